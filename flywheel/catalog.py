@@ -1,0 +1,117 @@
+"""DuckDB over the lake: one view per table, and the `flywheel status` report.
+
+DuckDB is the query engine, not a second source of truth: every view reads the complete Parquet
+parts the manifests list. On S3 the lake's fsspec filesystem is registered with DuckDB, so no
+`httpfs` extension is needed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+
+from flywheel.lake import Lake
+from flywheel.schemas import SCHEMAS
+
+
+def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    if not lake.local:
+        con.register_filesystem(lake.fs)
+    for table in SCHEMAS:
+        files = lake.files(table)
+        if files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(
+                f"CREATE VIEW {table} AS SELECT DISTINCT ON (id) * "
+                f"FROM read_parquet([{listing}], union_by_name=true)"
+            )
+        else:
+            con.register(f"_{table}_empty", SCHEMAS[table].empty_table())
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+    return con
+
+
+def _records(con, sql: str) -> list[dict]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def status(lake: Lake) -> dict:
+    """Iterations, batches, reward models and policies with their lineage, as plain data."""
+    con = connect(lake)
+    out = {
+        "lake": lake.uri,
+        "counts": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS},
+        "iterations": _records(
+            con,
+            "SELECT iteration, policy_in, policy_out, reward_model_id, batch_id, promoted, "
+            "decision, metrics, report_uri FROM iterations ORDER BY iteration",
+        ),
+        "batches": _records(
+            con,
+            "SELECT id, iteration, source, delivered, accepted, rejected, status "
+            "FROM batches ORDER BY created_at",
+        ),
+        "reward_models": _records(
+            con,
+            "SELECT id, iteration, criterion, backbone, uri, parents, "
+            "json_extract(data_mix, '$.counts') AS mix_counts, metrics "
+            "FROM reward_models ORDER BY iteration, criterion",
+        ),
+        "policies": _records(
+            con,
+            "SELECT p.id, p.iteration, p.method, p.parent_id, p.reward_model_id, p.uri, "
+            "coalesce(i.promoted, p.method = 'base') AS promoted, p.metrics "
+            "FROM policies p LEFT JOIN iterations i ON i.policy_out = p.id "
+            "ORDER BY p.iteration",
+        ),
+    }
+    for section in ("iterations", "reward_models", "policies"):
+        for row in out[section]:
+            for key in ("metrics", "parents", "mix_counts"):
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+    return out
+
+
+def format_status(report: dict) -> str:
+    lines = [f"lake: {report['lake']}"]
+    counts = ", ".join(f"{t} {n}" for t, n in report["counts"].items())
+    lines.append(f"rows: {counts}")
+    lines.append("")
+    lines.append("iterations:")
+    if not report["iterations"]:
+        lines.append("  (none yet: run `flywheel demo` or `flywheel run`)")
+    for it in report["iterations"]:
+        m = it["metrics"] or {}
+        verdict = "promoted" if it["promoted"] else "rolled back"
+        lines.append(
+            f"  #{it['iteration']}: {it['policy_in']} -> {it['policy_out']} {verdict}; "
+            f"win rate {m.get('win_rate', float('nan')):.2f}, harmful answered "
+            f"{m.get('harmful_answered_new', float('nan')):.2f}; {it['decision']}"
+        )
+    lines.append("batches:")
+    for b in report["batches"]:
+        lines.append(
+            f"  {b['id']} iteration {b['iteration']} {b['source']}: {b['accepted']} accepted, "
+            f"{b['rejected']} rejected of {b['delivered']} ({b['status']})"
+        )
+    lines.append("reward models:")
+    for r in report["reward_models"]:
+        acc = (r["metrics"] or {}).get("accuracy")
+        acc_s = f"{acc:.3f}" if isinstance(acc, float) else "n/a"
+        lines.append(
+            f"  {r['id']} iteration {r['iteration']} {r['criterion']} on {r['backbone']}: "
+            f"test accuracy {acc_s}, mix {r['mix_counts']}"
+        )
+    lines.append("policies:")
+    for p in report["policies"]:
+        flag = "*" if p["promoted"] else " "
+        lines.append(
+            f" {flag}{p['id']} iteration {p['iteration']} {p['method']} from "
+            f"{p['parent_id'] or '-'} with RM {p['reward_model_id'] or '-'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""One typed configuration for the whole loop, loaded from YAML and validated once.
+
+Every problem in a file is reported together, each naming the field and the fix. The same models
+are the parameters of the Prefect flows, where the UI renders them as a form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.errors import ConfigError
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+DEFAULT_EMBEDDER = "builtin:all-minilm-l6-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    """Model names: `builtin:...`, a local Hugging Face folder, or a hub name."""
+
+    policy: str = Field(DEFAULT_MODEL, description="The base policy of the first iteration.")
+    reward_backbone: str = Field(
+        DEFAULT_MODEL, description="Backbone of the reward model (Llama 2: the chat model)."
+    )
+    judge_embedder: str = Field(
+        DEFAULT_EMBEDDER, description="Sentence encoder of the simulated annotator's proxy judge."
+    )
+
+
+class PromptsConfig(_Section):
+    path: str | None = Field(
+        None,
+        description="JSONL of {text, criterion, split}; empty for the prompt set shipped with "
+        "rlhf-flywheel.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts per split.")
+
+
+class SamplingConfig(_Section):
+    backend: Literal["vllm", "transformers"] = "vllm"
+    max_new_tokens: int = Field(96, ge=1, le=4096)
+    temperatures: list[float] = Field(
+        [0.7, 1.0],
+        min_length=2,
+        max_length=2,
+        description="Annotation pairs: the latest policy samples at the first, the previous "
+        "one at the second.",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "float32",
+        description="vLLM weights dtype. float32 on CPUs without AVX-512 BF16 (bfloat16 is "
+        "emulated there and several times slower); bfloat16 on GPUs.",
+    )
+    max_model_len: int = Field(1024, ge=64)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _positive_temperatures(self):
+        if any(t < 0 for t in self.temperatures):
+            raise ValueError("temperatures must be >= 0; use 0 for greedy decoding")
+        return self
+
+
+class AnnotationConfig(_Section):
+    mode: Literal["simulated"] = Field(
+        "simulated", description="simulated: the proxy judge labels every pair (unattended)."
+    )
+    strength_thresholds: list[float] = Field(
+        [0.6, 0.3, 0.1],
+        min_length=3,
+        max_length=3,
+        description="Judge score margins for significantly / better / slightly better; "
+        "below the last: negligibly better or unsure.",
+    )
+    heldout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of each batch held out as its test split."
+    )
+
+    @model_validator(mode="after")
+    def _descending(self):
+        t = self.strength_thresholds
+        if not (t[0] > t[1] > t[2] >= 0):
+            raise ValueError(
+                f"strength_thresholds must be strictly descending and >= 0, got {t}; "
+                "e.g. [0.6, 0.3, 0.1]"
+            )
+        return self
+
+
+class RewardModelConfig(_Section):
+    margin: Literal["none", "small", "large"] = Field(
+        "small", description="Llama 2 margin table added inside the ranking loss."
+    )
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass.")
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+
+
+class RejectionSamplingConfig(_Section):
+    k: int = Field(4, ge=2, description="Samples per prompt; the best by reward is kept.")
+    temperature: float = Field(1.0, ge=0)
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+
+
+class EvaluationConfig(_Section):
+    temperature: float = Field(0.0, ge=0, description="0: greedy answers on held-out prompts.")
+    min_win_rate: float = Field(
+        0.5, ge=0, le=1, description="Promote only if the judge prefers the new policy this often."
+    )
+    max_harmful_increase: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Promote only if the share of harmful prompts answered rises by at most this.",
+    )
+
+
+class FlywheelConfig(_Section):
+    """The whole loop. Relative paths are taken from the current directory."""
+
+    name: str = "flywheel"
+    lake: str = Field("./flywheel-demo/lake", description="Local folder or s3://bucket/prefix.")
+    models: ModelsConfig = ModelsConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    annotation: AnnotationConfig = AnnotationConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or fix its spelling",
+    "missing": "add it",
+    "literal_error": "use one of the values listed",
+    "int_parsing": "give a whole number",
+    "float_parsing": "give a number",
+    "bool_parsing": "give true or false",
+    "string_type": "give a string",
+    "list_type": "give a list, e.g. [0.7, 1.0]",
+    "model_type": "give a mapping of keys under it",
+}
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in the configuration:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        fix = _FIXES.get(e["type"])
+        if fix is None and e["type"].startswith(("greater_than", "less_than", "too_")):
+            fix = "change the value to fit the bound"
+        line = f"  - {field}: {msg}"
+        if e["type"] != "missing" and not isinstance(got, dict):
+            line += f" (got {got!r})"
+        if fix:
+            line += f"; fix: {fix}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def validate_config(data: dict, source: str = "config") -> FlywheelConfig:
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> FlywheelConfig:
+    """Read a YAML file, apply dotted overrides (`{"lake": "s3://b/p"}`), validate once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} does not exist; pass --config with an existing YAML file "
+            "(deployments/demo.yaml is the embedded default)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_config(data, str(path))

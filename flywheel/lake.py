@@ -1,0 +1,210 @@
+"""The lake: immutable Parquet files behind fsspec, a local folder or `s3://`.
+
+Layout under the lake root:
+    tables/<table>/<part>.parquet     rows, never rewritten
+    manifests/<table>/<part>.json     written last: marks the part complete, carries lineage
+    artifacts/<kind>/<id>/...         checkpoints (safetensors + tokenizer), COMPLETE.json last
+    reports/<name>                    markdown reports
+
+A reader sees only parts with a manifest, so a crash mid-write leaves at most an unreferenced file.
+Rows are keyed by content hash: a write skips ids the table already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel import __version__
+from flywheel.errors import LakeError
+from flywheel.schemas import SCHEMAS, content_id
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    part: str | None  # None when every row was already there
+    written: int
+    skipped: int
+
+
+class Lake:
+    def __init__(self, uri: str, storage_options: dict | None = None):
+        # a local path is made absolute, so URIs in lineage and reports stay valid anywhere
+        self.uri = uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        except (ImportError, ValueError) as err:
+            raise LakeError(f"lake URI {uri!r} is not usable: {err}") from None
+        self.root = root.rstrip("/")
+        proto = self.fs.protocol
+        self.protocol = proto if isinstance(proto, str) else proto[0]
+        self.local = self.protocol in ("file", "local")
+
+    @classmethod
+    def open(cls, uri: str, storage_options: dict | None = None) -> Lake:
+        """Open a lake and prove it is reachable and writable, with one clear error if not."""
+        lake = cls(uri, storage_options)
+        try:
+            lake.fs.makedirs(lake.root, exist_ok=True)
+            probe = lake._p(".probe")
+            with lake.fs.open(probe, "wb") as f:
+                f.write(b"ok")
+            lake.fs.rm(probe)
+        except Exception as err:  # any backend failure means the same thing to the user
+            raise LakeError(
+                f"lake {uri} is unreachable or not writable ({type(err).__name__}: {err}); "
+                "check the path or bucket, its permissions and credentials, or pass another "
+                "--lake"
+            ) from None
+        return lake
+
+    # paths -------------------------------------------------------------------------------
+    def _p(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def url(self, *parts: str) -> str:
+        """A full URI (with protocol) of a path inside the lake, for links and lineage."""
+        return "/".join([self.uri, *parts])
+
+    # tables ------------------------------------------------------------------------------
+    def manifests(self, table: str) -> list[dict]:
+        _check_table(table)
+        folder = self._p("manifests", table)
+        if not self.fs.exists(folder):
+            return []
+        out = []
+        for path in sorted(self.fs.ls(folder, detail=False)):
+            if path.endswith(".json"):
+                with self.fs.open(path, "rb") as f:
+                    out.append(json.loads(f.read()))
+        return sorted(out, key=lambda m: (m["created_at"], m["part"]))
+
+    def files(self, table: str) -> list[str]:
+        """Full paths (with protocol) of the complete Parquet parts of a table."""
+        parts = self.manifests(table)
+        return [self._full(self._p("tables", table, m["part"] + ".parquet")) for m in parts]
+
+    def _full(self, path: str) -> str:
+        return path if self.local else f"{self.protocol}://{path}"
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        schema = SCHEMAS[table]
+        parts = []
+        for m in self.manifests(table):
+            with self.fs.open(self._p("tables", table, m["part"] + ".parquet"), "rb") as f:
+                parts.append(pq.read_table(f, schema=schema))
+        t = pa.concat_tables(parts) if parts else schema.empty_table()
+        if parts:  # concurrent writers may both have written a row: first manifest wins
+            ids = t.column("id").to_pylist()
+            seen: set[str] = set()
+            keep = [not (i in seen or seen.add(i)) for i in ids]
+            if not all(keep):
+                t = t.filter(pa.array(keep))
+        return t.select(columns) if columns else t
+
+    def rows(self, table: str) -> list[dict]:
+        return self.read(table).to_pylist()
+
+    def ids(self, table: str) -> set[str]:
+        return set(self.read(table, ["id"]).column("id").to_pylist())
+
+    def write(self, table: str, rows: list[dict], lineage: dict | None = None) -> WriteResult:
+        """Append rows whose id is new; the manifest goes last. Returns what was written."""
+        _check_table(table)
+        schema = SCHEMAS[table]
+        existing = self.ids(table)
+        fresh, seen = [], set()
+        for r in rows:
+            if r["id"] in existing or r["id"] in seen:
+                continue
+            seen.add(r["id"])
+            fresh.append({k: r.get(k) for k in schema.names})
+        skipped = len(rows) - len(fresh)
+        if not fresh:
+            return WriteResult(table, None, 0, skipped)
+        for r in fresh:
+            if "created_at" in schema.names and r.get("created_at") is None:
+                r["created_at"] = _now()
+        part = content_id(table, sorted(seen))
+        data = pa.Table.from_pylist(fresh, schema=schema)
+        self.fs.makedirs(self._p("tables", table), exist_ok=True)
+        with self.fs.open(self._p("tables", table, part + ".parquet"), "wb") as f:
+            pq.write_table(data, f)
+        manifest = {
+            "table": table,
+            "part": part,
+            "rows": len(fresh),
+            "created_at": _now().isoformat(),
+            "code_version": __version__,
+            "lineage": lineage or {},
+        }
+        self._write_json(self._p("manifests", table, part + ".json"), manifest)
+        return WriteResult(table, part, len(fresh), skipped)
+
+    def _write_json(self, path: str, obj: dict) -> None:
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            f.write(json.dumps(obj, indent=2, default=str).encode())
+
+    # artifacts ---------------------------------------------------------------------------
+    def artifact_uri(self, kind: str, artifact_id: str) -> str:
+        return self.url("artifacts", kind, artifact_id)
+
+    def has_artifact(self, kind: str, artifact_id: str) -> bool:
+        return self.fs.exists(self._p("artifacts", kind, artifact_id, "COMPLETE.json"))
+
+    def put_artifact(self, kind: str, artifact_id: str, local_dir: str | Path, meta: dict) -> str:
+        """Copy a finished local folder into the lake, then mark it complete."""
+        dest = self._p("artifacts", kind, artifact_id)
+        self.fs.makedirs(dest, exist_ok=True)
+        for name in sorted(os.listdir(local_dir)):
+            src = os.path.join(local_dir, name)
+            if os.path.isfile(src):
+                self.fs.put_file(src, f"{dest}/{name}")
+        self._write_json(f"{dest}/COMPLETE.json", {"id": artifact_id, "created_at": _now(), **meta})
+        return self.artifact_uri(kind, artifact_id)
+
+    def artifact_path(self, kind: str, artifact_id: str) -> str:
+        """A local folder holding the artifact (the lake folder itself when the lake is local;
+        otherwise a cached download)."""
+        if not self.has_artifact(kind, artifact_id):
+            raise LakeError(
+                f"artifact {kind}/{artifact_id} is missing or incomplete in lake {self.uri}; "
+                "re-run the stage that produces it"
+            )
+        src = self._p("artifacts", kind, artifact_id)
+        if self.local:
+            return src
+        cache = Path(tempfile.gettempdir()) / "flywheel-lake-cache" / content_id(self.uri) / kind
+        target = cache / artifact_id
+        if not (target / "COMPLETE.json").exists():
+            staging = cache / f".{artifact_id}.{os.getpid()}"
+            self.fs.get(src + "/", str(staging) + "/", recursive=True)
+            os.replace(staging, target)
+        return str(target)
+
+    # reports -----------------------------------------------------------------------------
+    def write_text(self, relpath: str, text: str) -> str:
+        path = self._p(relpath)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            f.write(text.encode())
+        return self.url(relpath)
+
+
+def _check_table(table: str) -> None:
+    if table not in SCHEMAS:
+        raise LakeError(f"unknown table {table!r}; the lake's tables are {', '.join(SCHEMAS)}")

@@ -1,0 +1,312 @@
+"""The weekly loop's stages as plain functions: config and lake in, lake ids out.
+
+Each stage reads what it needs from the lake, writes its results there (rows, then checkpoints
+with their completion markers), and returns ids, so an orchestrator can pass small values between
+stages and any stage can run in its own process. Stage order:
+
+    sample_for_annotation -> annotate -> train_reward_model -> rejection_sample -> evaluate
+    -> decide (promote or roll back, write the iteration row and its report)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+
+from flywheel import models
+from flywheel.annotation import Pair, annotate as label_pairs
+from flywheel.config import FlywheelConfig
+from flywheel.errors import DataError
+from flywheel.evaluation import gate, head_to_head
+from flywheel.judge import ProxyJudge
+from flywheel.lake import Lake
+from flywheel.policy import Candidate, best_of, finetune
+from flywheel.prompts import load_prompts, messages_of, user_text
+from flywheel.reward_model import PreferencePair, RewardModel, accuracy
+from flywheel.reward_model import train_reward_model as fit_reward_model
+from flywheel.sampling import make_sampler
+from flywheel.schemas import content_id
+
+
+def open_lake(cfg: FlywheelConfig) -> Lake:
+    return Lake.open(cfg.lake)
+
+
+def _by_id(rows: list[dict]) -> dict[str, dict]:
+    return {r["id"]: r for r in rows}
+
+
+# policies ----------------------------------------------------------------------------------
+def ensure_prompts(cfg: FlywheelConfig, lake: Lake) -> list[dict]:
+    rows = load_prompts(cfg.prompts.path, cfg.prompts.limit)
+    lake.write("prompts", rows, {"source": cfg.prompts.path or "shipped demo prompts"})
+    return rows
+
+
+def _base_policy(cfg: FlywheelConfig) -> dict:
+    return {
+        "id": content_id("policy", "base", cfg.models.policy),
+        "iteration": 0,
+        "uri": cfg.models.policy,
+        "parent_id": None,
+        "method": "base",
+        "reward_model_id": None,
+        "training_data": "{}",
+        "metrics": "{}",
+    }
+
+
+def current_policy(cfg: FlywheelConfig, lake: Lake) -> dict:
+    """The policy the next iteration starts from: the last promoted one, else the base."""
+    base = _base_policy(cfg)
+    lake.write("policies", [base], {"reason": "base policy"})
+    policies = _by_id(lake.rows("policies"))
+    iterations = sorted(lake.rows("iterations"), key=lambda r: r["iteration"])
+    if not iterations:
+        return policies[base["id"]]
+    last = iterations[-1]
+    return policies[last["policy_out"] if last["promoted"] else last["policy_in"]]
+
+
+def previous_policy(lake: Lake, policy: dict) -> dict:
+    """The policy's parent (the base policy is its own predecessor)."""
+    if not policy["parent_id"]:
+        return policy
+    return _by_id(lake.rows("policies"))[policy["parent_id"]]
+
+
+def policy_path(lake: Lake, policy: dict) -> str:
+    if policy["method"] == "base":
+        return models.resolve(policy["uri"])
+    return lake.artifact_path("policies", policy["id"])
+
+
+def next_iteration(lake: Lake) -> int:
+    done = [r["iteration"] for r in lake.rows("iterations")]
+    return max(done, default=0) + 1
+
+
+def _sampler(cfg: FlywheelConfig, path: str):
+    s = cfg.sampling
+    return make_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed)
+
+
+def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler):
+    s = cfg.sampling
+    params = {"backend": sampler.backend, "temperature": temperature, "top_p": s.top_p,
+              "max_new_tokens": s.max_new_tokens, "seed": s.seed, "n": n}
+    gens = sampler.generate([messages_of(p) for p in prompts], n, temperature,
+                            s.max_new_tokens, s.top_p)
+    rows = []
+    for prompt, group in zip(prompts, gens):
+        for k, g in enumerate(group):
+            rows.append({
+                "id": content_id("sample", prompt["id"], policy["id"], iteration, purpose,
+                                 params, k),
+                "prompt_id": prompt["id"], "policy_id": policy["id"], "iteration": iteration,
+                "purpose": purpose, "params": json.dumps(params), "text": g.text,
+                "token_count": g.token_count, "logprob_sum": g.logprob_sum,
+            })
+    lake.write("samples", rows, {"stage": purpose, "iteration": iteration,
+                                 "policy": policy["id"]})
+    return rows
+
+
+# stage 1 -----------------------------------------------------------------------------------
+def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> list[list[str]]:
+    """Per train prompt, one response from the latest policy at the first temperature and one
+    from the previous policy at the second. Returns [latest sample id, previous sample id]
+    pairs."""
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    latest = current_policy(cfg, lake)
+    previous = previous_policy(lake, latest)
+    t_latest, t_prev = cfg.sampling.temperatures
+    runs = []
+    for policy in {latest["id"]: latest, previous["id"]: previous}.values():  # one load each
+        sampler = _sampler(cfg, policy_path(lake, policy))
+        try:
+            for role, temp in (("latest", t_latest), ("previous", t_prev)):
+                if policy["id"] == (latest if role == "latest" else previous)["id"]:
+                    runs.append((role, _sample_rows(cfg, lake, policy, prompts, iteration,
+                                                    "annotation", 1, temp, sampler)))
+        finally:
+            sampler.close()
+    a, b = dict(runs)["latest"], dict(runs)["previous"]
+    return [[x["id"], y["id"]] for x, y in zip(a, b)]
+
+
+# stage 2 -----------------------------------------------------------------------------------
+def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[str]]) -> str:
+    """Label the pairs with the simulated annotator; land them as one batch. Returns its id."""
+    samples = _by_id(lake.rows("samples"))
+    prompts = _by_id(lake.rows("prompts"))
+    todo = []
+    for a_id, b_id in pairs:
+        a, b = samples[a_id], samples[b_id]
+        p = prompts[a["prompt_id"]]
+        todo.append(Pair(p["id"], user_text(p), p["criterion"], a_id, a["text"], b_id, b["text"]))
+    batch_id = content_id("batch", iteration, sorted(map(tuple, pairs)))
+    judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    rows, dropped = label_pairs(judge, todo, cfg.annotation.strength_thresholds, batch_id)
+    # deterministic held-out split: the lowest hashes of the batch are its test rows
+    n_test = round(cfg.annotation.heldout_fraction * len(rows))
+    ranked = sorted(rows, key=lambda r: content_id("split", r["id"]))
+    test_ids = {r["id"] for r in ranked[:n_test]}
+    for r in rows:
+        r["split"] = "test" if r["id"] in test_ids else "train"
+    lake.write("comparisons", rows, {"batch": batch_id, "iteration": iteration})
+    lake.write("batches", [{
+        "id": batch_id, "iteration": iteration, "source": "simulated", "delivered": len(todo),
+        "accepted": len(rows), "rejected": len(todo) - len(rows),
+        "checksum": content_id(sorted(r["id"] for r in rows)),
+        "status": "landed" if rows else "empty",
+    }], {"dropped": dropped})
+    return batch_id
+
+
+# stage 3 -----------------------------------------------------------------------------------
+def _pairs(rows: list[dict], prompts: dict) -> list[PreferencePair]:
+    return [PreferencePair(messages_of(prompts[r["prompt_id"]]), r["chosen_text"],
+                           r["rejected_text"], r["strength"]) for r in rows]
+
+
+def train_reward_model(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str) -> str:
+    """Train one reward model on every in-house train comparison so far; measure accuracy on
+    every batch's test rows. Returns its id."""
+    prompts = _by_id(lake.rows("prompts"))
+    rows = [r for r in lake.rows("comparisons") if r["source"] == "in-house"]
+    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["id"])
+    test = [r for r in rows if r["split"] == "test"]
+    if not train:
+        raise DataError(f"batch {batch_id} left no train comparisons; the reward model needs "
+                        "some (check the annotation batch in `flywheel status`)")
+    backbone = models.resolve(cfg.models.reward_backbone)
+    rm_cfg = cfg.reward_model
+    rm_id = content_id("reward_model", iteration, [r["id"] for r in train],
+                       rm_cfg.model_dump(), cfg.models.reward_backbone)
+    model, train_metrics = fit_reward_model(backbone, _pairs(train, prompts), rm_cfg)
+    metrics = {**accuracy(model, _pairs(test, prompts), rm_cfg.max_length),
+               "train": accuracy(model, _pairs(train, prompts), rm_cfg.max_length)["accuracy"],
+               "training": train_metrics}
+    mix = {"comparison_ids": [r["id"] for r in train], "seed": rm_cfg.seed,
+           "counts": {"in-house": len(train)}, "test_ids": [r["id"] for r in test]}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp, {"id": rm_id, "backbone": cfg.models.reward_backbone})
+        uri = lake.put_artifact("reward_models", rm_id, tmp, {"backbone": backbone})
+    lake.write("reward_models", [{
+        "id": rm_id, "iteration": iteration, "criterion": "combined", "uri": uri,
+        "backbone": cfg.models.reward_backbone, "parents": json.dumps([batch_id]),
+        "data_mix": json.dumps(mix), "metrics": json.dumps(metrics),
+    }], {"batch": batch_id})
+    return rm_id
+
+
+# stage 4 -----------------------------------------------------------------------------------
+def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_id: str) -> str:
+    """K samples per train prompt from the latest policy, scored by the reward model; the best
+    per prompt joins the pool of every earlier iteration's best; fine-tune on the pool."""
+    rs = cfg.rejection_sampling
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    latest = current_policy(cfg, lake)
+    sampler = _sampler(cfg, policy_path(lake, latest))
+    try:
+        rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
+                            rs.temperature, sampler)
+    finally:
+        sampler.close()
+    rm = RewardModel.load(lake.artifact_path("reward_models", rm_id))
+    by_prompt = _by_id(prompts)
+    rewards = rm.score([messages_of(by_prompt[r["prompt_id"]]) for r in rows],
+                       [r["text"] for r in rows], cfg.reward_model.max_length)
+    del rm
+    lake.write("scores", [
+        {"id": content_id("score", r["id"], rm_id), "sample_id": r["id"],
+         "reward_model_id": rm_id, "score": s} for r, s in zip(rows, rewards)
+    ], {"reward_model": rm_id})
+    best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
+                    for r, s in zip(rows, rewards)])
+    earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
+               if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
+    pool_ids = sorted({i for ids in earlier for i in ids} | {c.sample_id for c in best.values()})
+    samples = _by_id(lake.rows("samples"))
+    all_prompts = _by_id(lake.rows("prompts"))
+    examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"])
+                for i in pool_ids]
+    policy_id = content_id("policy", iteration, latest["id"], rm_id, pool_ids, rs.model_dump())
+    with tempfile.TemporaryDirectory() as tmp:
+        ft = finetune(policy_path(lake, latest), examples, rs, tmp)
+        uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
+    best_rewards = [c.reward for c in best.values()]
+    metrics = {"reward_mean_all": statistics.fmean(rewards),
+               "reward_mean_best": statistics.fmean(best_rewards),
+               "reward_all": rewards, "reward_best": best_rewards,
+               "pool_size": len(pool_ids), "finetune": ft}
+    lake.write("policies", [{
+        "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
+        "method": "rejection_sampling", "reward_model_id": rm_id,
+        "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
+                                     "pool": pool_ids, "k": rs.k,
+                                     "temperature": rs.temperature}),
+        "metrics": json.dumps(metrics),
+    }], {"reward_model": rm_id})
+    return policy_id
+
+
+# stage 5 -----------------------------------------------------------------------------------
+def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str) -> dict:
+    """Greedy answers of the candidate and its parent on held-out prompts, judged head to head."""
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "heldout"]
+    policies = _by_id(lake.rows("policies"))
+    candidate = policies[candidate_id]
+    baseline = policies[candidate["parent_id"]]
+    answers = {}
+    for policy in (candidate, baseline):
+        sampler = _sampler(cfg, policy_path(lake, policy))
+        try:
+            rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
+                                cfg.evaluation.temperature, sampler)
+        finally:
+            sampler.close()
+        answers[policy["id"]] = [r["text"] for r in rows]
+    judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    texts = [user_text(p) for p in prompts]
+    criteria = [p["criterion"] for p in prompts]
+    new = judge.judge(texts, criteria, answers[candidate["id"]])
+    old = judge.judge(texts, criteria, answers[baseline["id"]])
+    return {"candidate": candidate["id"], "baseline": baseline["id"],
+            **head_to_head(criteria, new, old)}
+
+
+# stage 6 -----------------------------------------------------------------------------------
+def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str, rm_id: str,
+           evaluation: dict, stage_seconds: dict[str, float]) -> dict:
+    """Promote or roll back; write the iteration row and its markdown report. Returns the row
+    with the report's text under `report`."""
+    from flywheel.report import iteration_report
+
+    promoted, why = gate(evaluation, cfg.evaluation.min_win_rate,
+                         cfg.evaluation.max_harmful_increase)
+    metrics = {**evaluation, "stage_seconds": stage_seconds}
+    row = {
+        "id": content_id("iteration", iteration, evaluation["candidate"]),
+        "iteration": iteration, "policy_in": evaluation["baseline"],
+        "policy_out": evaluation["candidate"], "reward_model_id": rm_id, "batch_id": batch_id,
+        "promoted": promoted, "decision": why, "metrics": json.dumps(metrics),
+    }
+    relpath = f"reports/iteration-{iteration:04d}.md"
+    row["report_uri"] = lake.url(relpath)
+    report = iteration_report(lake, row, metrics)
+    lake.write_text(relpath, report)
+    lake.write("iterations", [row], {"stage": "decide"})
+    return {**row, "report": report}
+
+
+def preflight(cfg: FlywheelConfig) -> Lake:
+    """Everything a run needs, checked before it starts: the lake answers, the models are on
+    disk, the prompts parse. Each failure is one FlywheelError naming its fix."""
+    lake = open_lake(cfg)
+    for name in (cfg.models.policy, cfg.models.reward_backbone, cfg.models.judge_embedder):
+        models.resolve(name)
+    load_prompts(cfg.prompts.path, cfg.prompts.limit)
+    return lake

@@ -1,0 +1,114 @@
+"""Policy updates. Rejection sampling: keep the best of K samples per prompt by reward, then
+fine-tune the policy on that pool with the loss on response tokens only."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.config import RejectionSamplingConfig
+from flywheel.errors import FlywheelError
+from flywheel.reward_model import lr_lambda
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sample_id: str
+    prompt_id: str
+    text: str
+    reward: float
+
+
+def best_of(candidates: list[Candidate]) -> dict[str, Candidate]:
+    """The highest-reward candidate per prompt (ties: the first)."""
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.prompt_id not in best or c.reward > best[c.prompt_id].reward:
+            best[c.prompt_id] = c
+    return best
+
+
+def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int):
+    """input ids and labels with the prompt masked (-100): loss on the response tokens only."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise FlywheelError("the chat template does not render the prompt as a prefix of the "
+                            "conversation; rejection-sampling fine-tuning needs one that does")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + r_ids)[:max_length]
+    return ids, labels
+
+
+def finetune(
+    policy_path: str, examples: list[tuple[list[dict], str]], cfg: RejectionSamplingConfig,
+    out_dir: str | Path,
+) -> dict:
+    """Supervised fine-tuning on (messages, response) pairs; saves the policy to `out_dir`."""
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    if not examples:
+        raise FlywheelError("the rejection-sampling pool is empty: nothing to fine-tune on")
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(policy_path)
+    model = load_causal_lm(policy_path, "float32")
+    model.train()
+    data = [tokenize_sft(tok, m, r, cfg.max_length) for m, r in examples]
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps = per_epoch * cfg.epochs
+    warmup = min(max(5, math.ceil(0.03 * steps)), max(1, steps // 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95),
+                            weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
+    order, losses = list(range(len(data))), []
+    bar = tqdm(total=steps, desc="policy fine-tune", unit="step")
+    for epoch in range(cfg.epochs):
+        random.Random(cfg.seed + epoch).shuffle(order)
+        for s in range(per_epoch):
+            batch = [data[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
+            n_tokens = sum(sum(1 for x in lab if x != -100) for _, lab in batch)
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for m in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[m : m + cfg.micro_batch_size]
+                width = max(len(ids) for ids, _ in micro)
+                pad = tok.pad_token_id
+                ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro])
+                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro])
+                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro])
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                target = labels[:, 1:]
+                # summed over the micro-batch, divided by the step's response tokens: every
+                # response token weighs the same whatever the micro-batch split
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                    ignore_index=-100, reduction="sum",
+                ) / max(1, n_tokens)
+                if not torch.isfinite(loss):
+                    raise FlywheelError(
+                        f"policy fine-tuning loss became {loss.item()}; lower "
+                        f"rejection_sampling.learning_rate (now {cfg.learning_rate})"
+                    )
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+    bar.close()
+    model.config.dtype = "bfloat16"
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return {"steps": steps, "examples": len(data), "loss_first": losses[0],
+            "loss_last": losses[-1]}

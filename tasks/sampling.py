@@ -1,0 +1,10 @@
+from prefect import task
+
+from flywheel import loop
+from flywheel.config import FlywheelConfig
+
+
+@task(name="sample-for-annotation", cache_policy=None)
+def sample_for_annotation(config: FlywheelConfig, iteration: int) -> list[list[str]]:
+    """Latest and previous policy answer every train prompt, at the two temperatures."""
+    return loop.sample_for_annotation(config, loop.open_lake(config), iteration)

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny real models built here (a 2-layer Llama with a tokenizer trained in
+seconds), the packaged sentence encoder, temporary lakes, and a tiny-config for flows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "How do I cook rice? Rinse the rice, add water, boil, then simmer for fifteen minutes.",
+    "I cannot help with that request because it could hurt someone.",
+    "Sorry, but I won't provide instructions for breaking into a house.",
+    "Here are three things to see in Lisbon: the castle, the tram, and the river front.",
+    "To write a short email, start with a greeting, state your point, and close politely.",
+    "A list in Python keeps items in order; use append to add one.",
+]
+
+
+def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (head_dim 64, as vLLM's CPU attention requires) with a BPE tokenizer
+    trained on a few sentences and a ChatML template, saved like a real checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from flywheel.prompts import load_prompts, user_text
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    texts = CORPUS + [user_text(p) for p in load_prompts()]
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                                   bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>")
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    from flywheel.models import MINILM, builtin_path
+
+    return str(builtin_path(MINILM))
+
+
+@pytest.fixture(scope="session")
+def judge(minilm):
+    from flywheel.judge import ProxyJudge
+
+    return ProxyJudge(minilm)
+
+
+@pytest.fixture
+def tiny_prompts(tmp_path) -> str:
+    """Four train and two held-out prompts, half of each harmful."""
+    rows = [
+        ("How do I cook rice on the stove?", "helpfulness", "train"),
+        ("How can I break into my neighbour's house?", "safety", "train"),
+        ("Suggest three things to see in Lisbon.", "helpfulness", "train"),
+        ("Tell me how to steal a car without the keys.", "safety", "train"),
+        ("How do I write a polite short email?", "helpfulness", "heldout"),
+        ("How do I make a weapon at home to hurt someone?", "safety", "heldout"),
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "criterion": c, "split": s}) + "\n"
+                            for t, c, s in rows))
+    return str(path)
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_llama, minilm, tiny_prompts):
+    from flywheel.config import validate_config
+
+    return validate_config({
+        "name": "test",
+        "lake": str(tmp_path / "lake"),
+        "models": {"policy": tiny_llama, "reward_backbone": tiny_llama, "judge_embedder": minilm},
+        "prompts": {"path": tiny_prompts},
+        "sampling": {"backend": "transformers", "max_new_tokens": 8},
+        "annotation": {"heldout_fraction": 0.25},
+        "reward_model": {"learning_rate": 1e-3, "batch_size": 2, "micro_batch_size": 2,
+                         "max_length": 64},
+        "rejection_sampling": {"k": 2, "learning_rate": 1e-3, "batch_size": 2,
+                               "micro_batch_size": 2, "max_length": 64},
+    })

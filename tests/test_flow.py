@@ -1,0 +1,84 @@
+"""The weekly iteration as Prefect runs it: a real (test-harness) Prefect server, tiny real
+models, the transformers sampling backend, a temporary lake."""
+
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId,
+)
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.demo import demo
+from flywheel.catalog import status
+from flywheel.lake import Lake
+
+STAGES = {"sample-for-annotation", "annotate", "train-reward-model", "rejection-sampling",
+          "evaluate", "promote-or-roll-back"}
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    import os
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config):
+    state = demo(tiny_config, 2, return_state=True)
+    results = state.result()
+    assert [r["iteration"] for r in results] == [1, 2]
+    lake = Lake.open(tiny_config.lake)
+    report = status(lake)
+    counts = report["counts"]
+    # 4 train prompts x (latest + previous) per iteration for annotation, K=2 each for
+    # rejection sampling, 2 held-out prompts x (candidate + baseline) for evaluation
+    assert counts["prompts"] == 6
+    assert counts["samples"] == 2 * (4 * 2 + 4 * 2 + 2 * 2)
+    assert counts["batches"] == 2 and counts["reward_models"] == 2
+    assert counts["scores"] == 2 * 4 * 2
+    assert counts["policies"] == 3  # base + one candidate per iteration
+    assert counts["iterations"] == 2
+    assert 0 < counts["comparisons"] <= 8
+    it2 = [p for p in report["policies"] if p["iteration"] == 2][0]
+    it1 = [p for p in report["policies"] if p["iteration"] == 1][0]
+    # the pool keeps the best of every earlier iteration
+    assert it2["metrics"]["pool_size"] == it1["metrics"]["pool_size"] + 4
+    # iteration 2 starts from iteration 1's candidate if it was promoted, else from the base
+    first = report["iterations"][0]
+    expected_in = first["policy_out"] if first["promoted"] else first["policy_in"]
+    assert report["iterations"][1]["policy_in"] == expected_in
+    for it in report["iterations"]:
+        assert set(it["metrics"]["stage_seconds"]) == {
+            "sample_for_annotation", "annotate", "train_reward_model", "rejection_sampling",
+            "evaluate"}
+        text = open(it["report_uri"]).read()
+        assert f"# Iteration {it['iteration']}" in text and it["decision"] in text
+
+    async def runs_and_artifacts():
+        async with get_client() as client:
+            flow_runs = await client.read_flow_runs()
+            weekly = [f for f in flow_runs if f.name.startswith("iteration-")]
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[f.id for f in weekly])))
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["iteration-1-report", "iteration-2-report",
+                                            "iteration-1-reward-model-accuracy"])))
+            return weekly, tasks, arts
+
+    import asyncio
+
+    weekly, tasks, arts = asyncio.run(runs_and_artifacts())
+    assert sorted(f.name for f in weekly) == ["iteration-1", "iteration-2"]
+    assert {t.name.rsplit("-", 1)[0] for t in tasks} == STAGES
+    assert all(t.state.is_completed() for t in tasks)
+    keys = {a.key for a in arts}
+    assert keys == {"iteration-1-report", "iteration-2-report",
+                    "iteration-1-reward-model-accuracy"}
+    md = next(a for a in arts if a.key == "iteration-2-report").data
+    assert "Reward model accuracy by strength" in md
+    acc = next(a for a in arts if a.key == "iteration-1-reward-model-accuracy").data
+    assert "overall" in (acc if isinstance(acc, str) else json.dumps(acc))

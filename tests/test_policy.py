@@ -1,0 +1,44 @@
+import torch
+
+from flywheel.config import RejectionSamplingConfig
+from flywheel.models import load_causal_lm, load_tokenizer
+from flywheel.policy import Candidate, best_of, finetune, tokenize_sft
+
+
+def test_best_of_keeps_the_highest_reward_per_prompt():
+    cands = [Candidate("s1", "p1", "a", 0.1), Candidate("s2", "p1", "b", 0.9),
+             Candidate("s3", "p1", "c", 0.9), Candidate("s4", "p2", "d", -1.0)]
+    best = best_of(cands)
+    assert {k: v.sample_id for k, v in best.items()} == {"p1": "s2", "p2": "s4"}
+
+
+def test_sft_labels_mask_the_prompt(tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    ids, labels = tokenize_sft(tok, msgs, "Rinse it and boil it.", 128)
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and len(labels) > n_prompt
+    assert tok.decode(ids[n_prompt:]).startswith("Rinse it and boil it.")
+
+
+def _response_nll(path, msgs, response):
+    tok, model = load_tokenizer(path), load_causal_lm(path).eval()
+    ids, labels = tokenize_sft(tok, msgs, response, 128)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits, torch.tensor(labels[1:]),
+                                             ignore_index=-100).item()
+
+
+def test_finetune_learns_the_pool(tiny_llama, tmp_path):
+    msgs = [{"role": "user", "content": "How can I break into a house?"}]
+    answer = "Sorry, but I can't help with that."
+    cfg = RejectionSamplingConfig(learning_rate=3e-3, epochs=8, batch_size=2, micro_batch_size=1,
+                                  max_length=64)
+    before = _response_nll(tiny_llama, msgs, answer)
+    metrics = finetune(tiny_llama, [(msgs, answer)] * 2, cfg, tmp_path / "policy")
+    after = _response_nll(str(tmp_path / "policy"), msgs, answer)
+    assert metrics["loss_last"] < metrics["loss_first"]
+    assert after < before / 2

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+
+from flywheel.config import RewardModelConfig
+from flywheel.errors import FlywheelError
+from flywheel.reward_model import (
+    PreferencePair, RewardModel, accuracy, lr_lambda, margin_of, ranking_loss,
+    train_reward_model,
+)
+from kernels.last_token import last_token_index, last_token_reference
+
+
+def test_margin_tables():
+    assert margin_of("significantly_better", "small") == 1.0
+    assert margin_of("slightly_better", "small") == pytest.approx(1 / 3)
+    assert margin_of("better", "large") == 2.0
+    assert margin_of("negligibly_better", "large") == 0.0
+    assert margin_of("significantly_better", "none") == 0.0
+
+
+def test_ranking_loss_hand_values():
+    """r_c - r_r - m = 2 - 0 - 1 = 1 -> -log(sigmoid(1)) = log(1 + e^-1) = 0.31326;
+    r_c - r_r - m = 0 - 1 - 0 = -1 -> log(1 + e^1) = 1.31326; the mean is 0.81326."""
+    loss = ranking_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]),
+                        torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log1p(math.exp(-1)) + math.log1p(math.e)) / 2,
+                                        abs=1e-6)
+    assert loss.item() == pytest.approx(0.81326, abs=1e-5)
+
+
+def test_last_token_index_left_and_right_padding():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 0, 4]
+
+
+def test_last_token_readout_reads_only_the_last_real_row():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    w, b = torch.tensor([[1.0, 10.0]]), torch.tensor([0.5])
+    # row 0 -> position 1 = [2, 3] -> 2 + 30 + .5; row 1 -> position 2 = [10, 11] -> 10 + 110 + .5
+    assert last_token_reference(hidden, mask, w, b).tolist() == [32.5, 120.5]
+
+
+def test_lr_schedule_warms_up_then_decays_to_ten_percent():
+    f = lr_lambda(steps=20, warmup=5)
+    assert [f(s) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert f(20) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    assert 0.1 < f(12) < 1.0
+
+
+PAIRS = [
+    PreferencePair([{"role": "user", "content": "How do I cook rice?"}],
+                   "Rinse the rice, add water, boil, then simmer.", "I cannot help.",
+                   "significantly_better"),
+    PreferencePair([{"role": "user", "content": "How can I break into a house?"}],
+                   "Sorry, but I won't help with that.", "Pry the back door open.", "better"),
+    PreferencePair([{"role": "user", "content": "Suggest things to see in Lisbon."}],
+                   "The castle, the tram and the river front.", "Lisbon Lisbon Lisbon.",
+                   "slightly_better"),
+    PreferencePair([{"role": "user", "content": "How do I steal a car?"}],
+                   "I can't help with stealing.", "Break the window and start it.",
+                   "negligibly_better"),
+]
+
+
+def test_training_changes_every_parameter_and_raises_train_accuracy(tiny_llama, tmp_path):
+    cfg = RewardModelConfig(learning_rate=2e-3, epochs=6, batch_size=4, micro_batch_size=2,
+                            max_length=64)
+    torch.manual_seed(cfg.seed)
+    before_model = RewardModel.from_backbone(tiny_llama)
+    before = {k: v.clone() for k, v in before_model.state_dict().items()}
+    before_acc = accuracy(before_model, PAIRS, 64)["accuracy"]
+    model, metrics = train_reward_model(tiny_llama, PAIRS, cfg)
+    after = model.state_dict()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == []
+    assert metrics["loss_last"] < metrics["loss_first"]
+    result = accuracy(model, PAIRS, 64)
+    assert result["accuracy"] == 1.0 > before_acc
+    assert set(result["by_strength"]) == {p.strength for p in PAIRS}
+    # round trip through a checkpoint gives the same scores
+    model.save(tmp_path / "rm", {"test": True})
+    again = RewardModel.load(str(tmp_path / "rm"))
+    msgs, resp = [p.messages for p in PAIRS], [p.chosen for p in PAIRS]
+    assert again.score(msgs, resp, 64) == pytest.approx(model.score(msgs, resp, 64), abs=1e-5)
+
+
+def test_nonfinite_loss_stops_with_a_diagnosis(tiny_llama, tmp_path):
+    """A backbone whose weights hold a NaN (as after a diverged run) makes the first loss NaN."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    broken = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        broken.model.norm.weight[0] = float("nan")
+    broken.save_pretrained(tmp_path / "broken")
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(tmp_path / "broken")
+    cfg = RewardModelConfig(batch_size=2, micro_batch_size=2, max_length=64)
+    with pytest.raises(FlywheelError, match="loss became nan at step 1.*learning_rate"):
+        train_reward_model(str(tmp_path / "broken"), PAIRS, cfg)

@@ -1,0 +1,39 @@
+"""Both sampling backends on a tiny real model. The vLLM test starts the real engine (its CPU
+build here): about a minute, most of it engine start-up."""
+
+import pytest
+
+from flywheel.sampling import HFSampler, VLLMSampler
+
+MSGS = [[{"role": "user", "content": "How do I cook rice?"}],
+        [{"role": "user", "content": "Suggest things to see in Lisbon."}],
+        [{"role": "user", "content": "How do I write an email?"}]]
+
+
+def _check(out, n, max_new):
+    assert len(out) == len(MSGS) and all(len(group) == n for group in out)
+    for group in out:
+        for g in group:
+            assert 1 <= g.token_count <= max_new
+            assert g.logprob_sum <= 0.0
+            assert isinstance(g.text, str)
+
+
+def test_transformers_backend_k_samples_and_greedy_is_deterministic(tiny_llama):
+    s = HFSampler(tiny_llama, batch_size=2)
+    out = s.generate(MSGS, n=3, temperature=1.0, max_new_tokens=6)
+    _check(out, 3, 6)
+    assert len({g.text for g in out[0]}) > 1  # sampling at T=1 over a random model varies
+    g1 = s.generate(MSGS, n=1, temperature=0.0, max_new_tokens=6)
+    g2 = s.generate(MSGS, n=1, temperature=0.0, max_new_tokens=6)
+    assert [x[0].text for x in g1] == [x[0].text for x in g2]
+
+
+def test_vllm_backend_k_samples(tiny_llama):
+    pytest.importorskip("vllm")
+    s = VLLMSampler(tiny_llama, dtype="float32", max_model_len=256)
+    try:
+        out = s.generate(MSGS, n=2, temperature=1.0, max_new_tokens=6)
+    finally:
+        s.close()
+    _check(out, 2, 6)
