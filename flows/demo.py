@@ -4,10 +4,15 @@ from prefect import flow
 
 from flywheel import loop
 from flywheel.config import FlywheelConfig
+from flywheel.sampling import close_samplers
 from flows.weekly import weekly_iteration
 
 
 @flow(name="flywheel-demo")
 def demo(config: FlywheelConfig, iterations: int = 2) -> list[dict]:
+    """`iterations` weekly iterations in a row, continuing from the lake's last one."""
     first = loop.next_iteration(loop.open_lake(config))
-    return [weekly_iteration(config, first + i) for i in range(iterations)]
+    try:
+        return [weekly_iteration(config, first + i) for i in range(iterations)]
+    finally:
+        close_samplers()  # sampling engines stay open between stages, not past the run

@@ -25,7 +25,7 @@ from flywheel.policy import Candidate, best_of, finetune
 from flywheel.prompts import load_prompts, messages_of, user_text
 from flywheel.reward_model import PreferencePair, RewardModel, accuracy
 from flywheel.reward_model import train_reward_model as fit_reward_model
-from flywheel.sampling import make_sampler
+from flywheel.sampling import shared_sampler
 from flywheel.schemas import content_id
 
 
@@ -89,7 +89,7 @@ def next_iteration(lake: Lake) -> int:
 
 def _sampler(cfg: FlywheelConfig, path: str):
     s = cfg.sampling
-    return make_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed)
+    return shared_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed)
 
 
 def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler):
@@ -125,13 +125,10 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
     runs = []
     for policy in {latest["id"]: latest, previous["id"]: previous}.values():  # one load each
         sampler = _sampler(cfg, policy_path(lake, policy))
-        try:
-            for role, temp in (("latest", t_latest), ("previous", t_prev)):
-                if policy["id"] == (latest if role == "latest" else previous)["id"]:
-                    runs.append((role, _sample_rows(cfg, lake, policy, prompts, iteration,
-                                                    "annotation", 1, temp, sampler)))
-        finally:
-            sampler.close()
+        for role, temp in (("latest", t_latest), ("previous", t_prev)):
+            if policy["id"] == (latest if role == "latest" else previous)["id"]:
+                runs.append((role, _sample_rows(cfg, lake, policy, prompts, iteration,
+                                                "annotation", 1, temp, sampler)))
     a, b = dict(runs)["latest"], dict(runs)["previous"]
     return [[x["id"], y["id"]] for x, y in zip(a, b)]
 
@@ -210,11 +207,8 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_id: str
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
     latest = current_policy(cfg, lake)
     sampler = _sampler(cfg, policy_path(lake, latest))
-    try:
-        rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
-                            rs.temperature, sampler)
-    finally:
-        sampler.close()
+    rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
+                        rs.temperature, sampler)
     rm = RewardModel.load(lake.artifact_path("reward_models", rm_id))
     by_prompt = _by_id(prompts)
     rewards = rm.score([messages_of(by_prompt[r["prompt_id"]]) for r in rows],
@@ -263,11 +257,8 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
     answers = {}
     for policy in (candidate, baseline):
         sampler = _sampler(cfg, policy_path(lake, policy))
-        try:
-            rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
-                                cfg.evaluation.temperature, sampler)
-        finally:
-            sampler.close()
+        rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
+                            cfg.evaluation.temperature, sampler)
         answers[policy["id"]] = [r["text"] for r in rows]
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     texts = [user_text(p) for p in prompts]
