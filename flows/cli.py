@@ -1,7 +1,7 @@
 """The `flywheel` command line.
 
     flywheel bootstrap                 convert the packaged default model once (cached)
-    flywheel demo [--iterations N]     N iterations of the embedded default on a local Prefect server
+    flywheel demo [--iterations N]     N iterations of the embedded default, local Prefect server
     flywheel run [--config FILE]       one weekly iteration with a config
     flywheel status [--json]           iterations, batches, reward models and policies of a lake
 

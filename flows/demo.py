@@ -2,10 +2,10 @@
 
 from prefect import flow
 
+from flows.weekly import weekly_iteration
 from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.sampling import close_samplers
-from flows.weekly import weekly_iteration
 
 
 @flow(name="flywheel-demo")

@@ -76,7 +76,9 @@ class ProxyJudge:
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(out) if out else torch.empty(0)
 
-    def judge(self, prompts: list[str], criteria: list[str], responses: list[str]) -> list[Judgement]:
+    def judge(
+        self, prompts: list[str], criteria: list[str], responses: list[str]
+    ) -> list[Judgement]:
         if not responses:
             return []
         rel = (self.embed(prompts) * self.embed(responses)).sum(-1).clamp(0, 1).tolist()

@@ -15,7 +15,8 @@ import statistics
 import tempfile
 
 from flywheel import models
-from flywheel.annotation import Pair, annotate as label_pairs
+from flywheel.annotation import Pair
+from flywheel.annotation import annotate as label_pairs
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
 from flywheel.evaluation import gate, head_to_head

