@@ -42,3 +42,8 @@ def test_finetune_learns_the_pool(tiny_llama, tmp_path):
     after = _response_nll(str(tmp_path / "policy"), msgs, answer)
     assert metrics["loss_last"] < metrics["loss_first"]
     assert after < before / 2
+    # saved at full precision: small updates must survive the checkpoint
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
