@@ -123,15 +123,12 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
     latest = current_policy(cfg, lake)
     previous = previous_policy(lake, latest)
     t_latest, t_prev = cfg.sampling.temperatures
-    runs = []
-    for policy in {latest["id"]: latest, previous["id"]: previous}.values():  # one load each
-        sampler = _sampler(cfg, policy_path(lake, policy))
-        for role, temp in (("latest", t_latest), ("previous", t_prev)):
-            if policy["id"] == (latest if role == "latest" else previous)["id"]:
-                runs.append((role, _sample_rows(cfg, lake, policy, prompts, iteration,
-                                                "annotation", 1, temp, sampler)))
-    a, b = dict(runs)["latest"], dict(runs)["previous"]
-    return [[x["id"], y["id"]] for x, y in zip(a, b)]
+    out = {}
+    for role, policy, temp in (("latest", latest, t_latest), ("previous", previous, t_prev)):
+        sampler = _sampler(cfg, policy_path(lake, policy))  # shared: one engine per policy
+        out[role] = _sample_rows(cfg, lake, policy, prompts, iteration, "annotation", 1, temp,
+                                 sampler)
+    return [[x["id"], y["id"]] for x, y in zip(out["latest"], out["previous"])]
 
 
 # stage 2 -----------------------------------------------------------------------------------

@@ -37,3 +37,20 @@ def test_vllm_backend_k_samples(tiny_llama):
     finally:
         s.close()
     _check(out, 2, 6)
+
+
+def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_path):
+    import shutil
+
+    from flywheel.sampling import _OPEN, close_samplers, shared_sampler
+
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_llama, other)
+    close_samplers()
+    a = shared_sampler("transformers", tiny_llama, "float32", 256, 0, keep=1)
+    assert shared_sampler("transformers", tiny_llama, "float32", 256, 0, keep=1) is a
+    b = shared_sampler("transformers", str(other), "float32", 256, 0, keep=1)
+    assert b is not a and not hasattr(a, "model")  # evicted: closed, its model released
+    assert list(_OPEN) == [("transformers", str(other), "float32", 256, 0)]
+    close_samplers()
+    assert not _OPEN
