@@ -41,18 +41,27 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
-def _run_flow(args, cfg, iterations: int) -> int:
+def _run_flow(args, cfg, iterations: int | None) -> int:
+    """`iterations` runs of the demo flow, or (None) one weekly-iteration flow run."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.demo import demo
     from flows.server import local_server
+    from flows.weekly import weekly_iteration
     from flywheel.loop import preflight
+    from flywheel.sampling import close_samplers
 
     lake = preflight(cfg)
     with local_server(keep=args.keep_server) as api_url:
         print(f"Prefect server: {api_url.removesuffix('/api')} (runs appear under Flow Runs)")
         with temporary_settings({PREFECT_API_URL: api_url}):
-            results = demo(cfg, iterations)
+            if iterations is None:
+                try:
+                    results = [weekly_iteration(cfg)]
+                finally:
+                    close_samplers()
+            else:
+                results = demo(cfg, iterations)
     for r in results:
         verdict = "promoted" if r["promoted"] else "rolled back"
         print(f"iteration {r['iteration']}: {verdict} ({r['decision']}); report {r['report_uri']}")
@@ -72,7 +81,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    return _run_flow(args, _config(args), 1)
+    return _run_flow(args, _config(args), None)
 
 
 def cmd_status(args) -> int:

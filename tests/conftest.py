@@ -113,3 +113,14 @@ def tiny_config(tmp_path, tiny_llama, minilm, tiny_prompts):
         "rejection_sampling": {"k": 2, "learning_rate": 1e-3, "batch_size": 2,
                                "micro_batch_size": 2, "max_length": 64},
     })
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> str:
+    """One Prefect test server for the session (start-up costs 10-20 s); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

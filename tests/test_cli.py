@@ -52,3 +52,21 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert p.returncode == 2
     assert "lake: Input should be a valid string" in p.stderr and "extra_key" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_run_one_iteration_then_status(capsys, tmp_path, tiny_config, prefect_server,
+                                       monkeypatch):
+    """`flywheel run` against a running server (PREFECT_API_URL), then `flywheel status`."""
+    import yaml
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config.model_dump()))
+    rc, out, err = _run(capsys, "run", "--config", str(cfg))
+    assert rc == 0, err
+    assert "iteration 1:" in out and f"Prefect server: {prefect_server.removesuffix('/api')}" in out
+    rc, out, _ = _run(capsys, "status", "--config", str(cfg))
+    assert rc == 0
+    assert "#1:" in out and "iterations 1" in out and "batches:" in out
+    rc, out, _ = _run(capsys, "status", "--lake", tiny_config.lake, "--json")
+    assert rc == 0 and '"iteration": 1' in out
