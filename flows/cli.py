@@ -97,7 +97,11 @@ def cmd_status(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flywheel", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="flywheel",
+        description="rlhf-flywheel: the iterative RLHF loop (sample, annotate, reward model, "
+        "rejection sampling, evaluate, promote) as Prefect flows over a Parquet lake.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bootstrap", help="convert the packaged SmolLM2 GGUF into a local model "
