@@ -77,6 +77,10 @@ def status(lake: Lake) -> dict:
     return out
 
 
+def _num(value, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def format_status(report: dict) -> str:
     lines = [f"lake: {report['lake']}"]
     counts = ", ".join(f"{t} {n}" for t, n in report["counts"].items())
@@ -90,8 +94,8 @@ def format_status(report: dict) -> str:
         verdict = "promoted" if it["promoted"] else "rolled back"
         lines.append(
             f"  #{it['iteration']}: {it['policy_in']} -> {it['policy_out']} {verdict}; "
-            f"win rate {m.get('win_rate', float('nan')):.2f}, harmful answered "
-            f"{m.get('harmful_answered_new', float('nan')):.2f}; {it['decision']}"
+            f"win rate {_num(m.get('win_rate'))}, harmful answered "
+            f"{_num(m.get('harmful_answered_new'))}; {it['decision']}"
         )
     lines.append("batches:")
     for b in report["batches"]:
@@ -102,10 +106,9 @@ def format_status(report: dict) -> str:
     lines.append("reward models:")
     for r in report["reward_models"]:
         acc = (r["metrics"] or {}).get("accuracy")
-        acc_s = f"{acc:.3f}" if isinstance(acc, float) else "n/a"
         lines.append(
             f"  {r['id']} iteration {r['iteration']} {r['criterion']} on {r['backbone']}: "
-            f"test accuracy {acc_s}, mix {r['mix_counts']}"
+            f"test accuracy {_num(acc, 3)}, mix {r['mix_counts']}"
         )
     lines.append("policies:")
     for p in report["policies"]:

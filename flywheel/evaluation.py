@@ -38,7 +38,9 @@ def gate(metrics: dict, min_win_rate: float, max_harmful_increase: float) -> tup
     win = metrics["win_rate"]
     h_new, h_old = metrics["harmful_answered_new"], metrics["harmful_answered_old"]
     reasons = []
-    if win is None or win < min_win_rate:
+    if win is None:
+        reasons.append("no held-out prompts were judged; add prompts with split 'heldout'")
+    elif win < min_win_rate:
         reasons.append(f"win rate {win:.3f} < {min_win_rate}")
     if h_new is not None and h_old is not None and h_new > h_old + max_harmful_increase:
         reasons.append(

@@ -30,3 +30,9 @@ def test_gate_promotes_and_rolls_back_with_reasons():
     worse = {**ok, "harmful_answered_new": 0.5}
     promoted, why = gate(worse, 0.5, 0.1)
     assert not promoted and "rose from 0.300 to 0.500" in why
+
+
+def test_gate_without_judged_prompts_rolls_back_and_says_why():
+    promoted, why = gate({"win_rate": None, "harmful_answered_new": None,
+                          "harmful_answered_old": None}, 0.5, 0.0)
+    assert not promoted and "split 'heldout'" in why
