@@ -1,0 +1,121 @@
+"""Llama 2's PPO reward from the two reward models, in one pass over the batch:
+
+    s = sigmoid(raw reward-model output)
+    R_c = s_safety  if the prompt is tagged safety or s_safety < 0.15,  else s_helpfulness
+    score = WHITEN(LOGIT(R_c))            (mean 0, variance 1 over the batch)
+    sequence reward = score - beta * sum_t KL_t
+    token rewards   = -beta * KL_t on every response token, plus the score on the last one
+
+KL_t is the per-token estimate log pi(a_t) - log pi_0(a_t) over response tokens (`mask`). R_c is
+clamped to [1e-6, 1 - 1e-6] before the logit. Rewards are not differentiated: forward only.
+
+Dispatch (`combine_rewards`): the Triton kernel for CUDA tensors, and for CPU tensors when
+TRITON_INTERPRET=1 was set before this module was imported; the torch reference otherwise.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.last_token import last_token_index
+
+SAFETY_THRESHOLD = 0.15
+CLAMP = 1e-6
+
+
+@triton.jit
+def _gated_logit(help_ptr, safe_ptr, tag_ptr, offs, mask, threshold, clamp):
+    s_h = tl.sigmoid(tl.load(help_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    s_s = tl.sigmoid(tl.load(safe_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    tag = tl.load(tag_ptr + offs, mask=mask, other=0)
+    rc = tl.where((tag != 0) | (s_s < threshold), s_s, s_h)
+    rc = tl.minimum(tl.maximum(rc, clamp), 1.0 - clamp)
+    return tl.log(rc) - tl.log(1.0 - rc)
+
+
+@triton.jit
+def _combine(help_ptr, safe_ptr, tag_ptr, kl_ptr, mask_ptr, last_ptr, score_ptr, seq_ptr,
+             tok_ptr, B, T, stride_kl, stride_mask, stride_tok, beta, threshold, clamp, eps,
+             BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr):
+    # one program: the whitening needs the whole batch's mean and variance first
+    total = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for start in range(0, B, BLOCK_B):
+        offs = start + tl.arange(0, BLOCK_B)
+        m = offs < B
+        x = _gated_logit(help_ptr, safe_ptr, tag_ptr, offs, m, threshold, clamp)
+        total += tl.where(m, x, 0.0)
+    mean = tl.sum(total, 0) / B
+    sq = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for start in range(0, B, BLOCK_B):
+        offs = start + tl.arange(0, BLOCK_B)
+        m = offs < B
+        x = _gated_logit(help_ptr, safe_ptr, tag_ptr, offs, m, threshold, clamp)
+        sq += tl.where(m, (x - mean) * (x - mean), 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / B + eps)
+    for start in range(0, B, BLOCK_B):
+        rows = start + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        score = (_gated_logit(help_ptr, safe_ptr, tag_ptr, rows, rmask, threshold, clamp)
+                 - mean) * rstd
+        last = tl.load(last_ptr + rows, mask=rmask, other=-1)
+        kl_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
+        for t0 in range(0, T, BLOCK_T):
+            cols = t0 + tl.arange(0, BLOCK_T)
+            m2 = rmask[:, None] & (cols[None, :] < T)
+            kl = tl.load(kl_ptr + rows[:, None].to(tl.int64) * stride_kl + cols[None, :],
+                         mask=m2, other=0.0).to(tl.float32)
+            keep = tl.load(mask_ptr + rows[:, None].to(tl.int64) * stride_mask + cols[None, :],
+                           mask=m2, other=0).to(tl.float32)
+            kl = kl * keep
+            kl_sum += tl.sum(kl, 1)
+            tok = -beta * kl + tl.where(cols[None, :] == last[:, None], score[:, None], 0.0)
+            tl.store(tok_ptr + rows[:, None].to(tl.int64) * stride_tok + cols[None, :], tok,
+                     mask=m2)
+        tl.store(score_ptr + rows, score, mask=rmask)
+        tl.store(seq_ptr + rows, score - beta * kl_sum, mask=rmask)
+
+
+def combine_rewards_reference(r_help, r_safe, safety_tag, kl, mask, beta,
+                              threshold=SAFETY_THRESHOLD, eps=1e-8):
+    """-> (score [B], sequence reward [B], token rewards [B, T]), all float32."""
+    s_h, s_s = torch.sigmoid(r_help.float()), torch.sigmoid(r_safe.float())
+    rc = torch.where(safety_tag.bool() | (s_s < threshold), s_s, s_h).clamp(CLAMP, 1 - CLAMP)
+    x = torch.log(rc) - torch.log1p(-rc)
+    mean = x.mean()
+    score = (x - mean) / torch.sqrt(((x - mean) ** 2).mean() + eps)
+    kl_m = kl.float() * mask.float()
+    tok = -beta * kl_m
+    rows = torch.arange(tok.shape[0], device=tok.device)
+    tok[rows, last_token_index(mask)] += score
+    return score, score - beta * kl_m.sum(-1), tok
+
+
+def combine_rewards_triton(r_help, r_safe, safety_tag, kl, mask, beta,
+                           threshold=SAFETY_THRESHOLD, eps=1e-8, block_b=None, block_t=None):
+    B, T = kl.shape
+    dev = kl.device
+    kl = kl if kl.stride(-1) == 1 else kl.contiguous()
+    mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).to(torch.int32)
+    last = last_token_index(mask).contiguous()
+    score = torch.empty(B, dtype=torch.float32, device=dev)
+    seq = torch.empty(B, dtype=torch.float32, device=dev)
+    tok = torch.empty(B, T, dtype=torch.float32, device=dev)
+    if B:
+        _combine[(1,)](r_help.contiguous(), r_safe.contiguous(),
+                       safety_tag.to(torch.int32).contiguous(), kl, mask, last, score, seq, tok,
+                       B, T, kl.stride(0), mask.stride(0), tok.stride(0), float(beta),
+                       float(threshold), CLAMP, float(eps),
+                       BLOCK_B=block_b or min(triton.next_power_of_2(B), 64),
+                       BLOCK_T=block_t or min(triton.next_power_of_2(T), 128))
+    return score, seq, tok
+
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def combine_rewards(r_help, r_safe, safety_tag, kl, mask, beta, threshold=SAFETY_THRESHOLD):
+    if kl.is_cuda or _INTERPRET:
+        return combine_rewards_triton(r_help, r_safe, safety_tag, kl, mask, beta, threshold)
+    return combine_rewards_reference(r_help, r_safe, safety_tag, kl, mask, beta, threshold)

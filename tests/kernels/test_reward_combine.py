@@ -1,0 +1,60 @@
+"""kernels/reward_combine.py: hand-derived values, and the kernel under Triton's interpreter
+against its torch reference."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def rc(interpreted):
+    return interpreted("kernels.reward_combine")
+
+
+def test_hand_derived_values(rc):
+    """help = [0, 2], safety = [3, -3], no safety tags.
+    Row 0: s_safe = sigmoid(3) = 0.953 >= 0.15, so R_c = sigmoid(0) = 0.5, logit 0.
+    Row 1: s_safe = sigmoid(-3) = 0.047 < 0.15: the safety gate picks it, logit -3.
+    Whitened: mean -1.5, std 1.5 -> scores [1, -1].
+    KL = [[0.1, 0.2], [0.3, 0.0]], beta 0.5 -> sequence rewards [1 - 0.15, -1 - 0.15];
+    token rewards [[-0.05, -0.1 + 1], [-0.15, 0 - 1]]."""
+    help_, safe = torch.tensor([0.0, 2.0]), torch.tensor([3.0, -3.0])
+    tag = torch.tensor([False, False])
+    kl, mask = torch.tensor([[0.1, 0.2], [0.3, 0.0]]), torch.ones(2, 2, dtype=torch.long)
+    for fn in (rc.combine_rewards_reference, rc.combine_rewards_triton):
+        score, seq, tok = fn(help_, safe, tag, kl, mask, 0.5)
+        torch.testing.assert_close(score, torch.tensor([1.0, -1.0]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(seq, torch.tensor([0.85, -1.15]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(tok, torch.tensor([[-0.05, 0.9], [-0.15, -1.0]]),
+                                   atol=1e-5, rtol=0)
+
+
+def test_safety_tag_forces_the_safety_score(rc):
+    """Row 0 tagged safety: R_c = sigmoid(1) (safety) although s_safe = 0.73 > 0.15; row 1
+    untagged with s_safe = 0.5: R_c = sigmoid(2) (helpfulness). Logits [1, 2] -> whitened
+    [-1, 1]; ignoring the tag would give logits [5, 2] -> [1, -1]."""
+    score, _, _ = rc.combine_rewards_triton(
+        torch.tensor([5.0, 2.0]), torch.tensor([1.0, 0.0]), torch.tensor([True, False]),
+        torch.zeros(2, 1), torch.ones(2, 1), 0.01)
+    torch.testing.assert_close(score, torch.tensor([-1.0, 1.0]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("B,T,bb,bt", [(1, 1, None, None), (5, 7, 2, 4), (33, 19, 8, 8),
+                                       (64, 130, None, None)])
+def test_matches_reference(rc, B, T, bb, bt, dtype):
+    torch.manual_seed(B * 100 + T)
+    help_, safe = (torch.randn(B) * 3).to(dtype), (torch.randn(B) * 3).to(dtype)
+    tag = torch.rand(B) < 0.3
+    kl = (torch.randn(B, T) * 0.1).to(dtype)
+    lengths = torch.randint(1, T + 1, (B,))
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    ref = rc.combine_rewards_reference(help_, safe, tag, kl, mask, 0.01)
+    out = rc.combine_rewards_triton(help_, safe, tag, kl, mask, 0.01, block_b=bb, block_t=bt)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    # the score sits on the last response token: one token later would be caught
+    if T > 1:
+        last = lengths - 1
+        rows = torch.arange(B)
+        expected = ref[0] - 0.01 * (kl.float() * mask)[rows, last]
+        torch.testing.assert_close(out[2][rows, last], expected, atol=2e-5, rtol=1e-5)
