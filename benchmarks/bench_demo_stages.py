@@ -30,8 +30,9 @@ def main():
     if args.run:
         t0 = time.perf_counter()
         exe = Path(sys.executable).with_name("flywheel")
+        # its own session: the demo's engine processes are shut down without touching this one
         subprocess.run([str(exe), "demo", "--iterations", "2", "--fresh", "--lake", args.lake],
-                       check=True)
+                       check=True, start_new_session=True)
         total_wall = time.perf_counter() - t0
     rows = sorted(Lake.open(args.lake).rows("iterations"), key=lambda r: r["iteration"])
     if not rows:
