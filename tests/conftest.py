@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton picks its interpreter when it is first imported, so this must precede every import of
+# triton (kernels/ imports it): on this CPU every kernel then runs through the interpreter, both
+# in tests/kernels/ and inside the models of the other tests. Set TRITON_INTERPRET=0 to run the
+# compiled kernels on a GPU instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
