@@ -1,5 +1,5 @@
-"""The full demo on the default models, as a user runs it (behind the `slow` marker: about half an
-hour on two CPU cores). Run with `make test-slow` or `pytest -m slow`."""
+"""The full demo on the default models, as a user runs it (behind the `slow` marker: about 20
+minutes on two CPU cores). Run with `make test-slow` or `pytest -m slow`."""
 
 import json
 import os
