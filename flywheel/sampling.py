@@ -49,7 +49,7 @@ def render_prompts(tokenizer, messages: list[list[dict]]) -> list[str]:
 class VLLMSampler:
     backend = "vllm"
 
-    def __init__(self, model_path: str, dtype="bfloat16", max_model_len=1024, seed=0):
+    def __init__(self, model_path: str, dtype="float32", max_model_len=1024, seed=0):
         # vLLM's CPU build: a 2 GiB KV cache is plenty at demo scale; and on a small machine do
         # not reserve a core for the scheduler (by default it does, which on 2 cores leaves the
         # model one: the demo model made 90 tokens/s on 32 prompts that way, 168 on 32 x 4
