@@ -1,0 +1,170 @@
+"""The review page end to end in headless Chromium (Playwright driving Debian's `chromium`):
+the token, labelling every pair by clicking, each label in the lake right after its click, a
+server killed midway (SIGKILL) and restarted resuming at the next unlabelled pair, and the
+completed round landing as a batch whose comparisons hold the responses the test clicked.
+
+Needs `pip install playwright` and `apt-get install chromium`; never `playwright install`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from annotation_lake import build_lake
+
+from flywheel.pairs import week_pairs
+
+CHROMIUM = "/usr/bin/chromium"
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is missing: .venv/bin/pip install playwright")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium",
+                allow_module_level=True)
+expect = sync_api.expect
+
+TOKEN = "page-test-token"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    req = urllib.request.Request(f"{url}/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"review server exited: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as res:
+                if res.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"review server at {url} did not answer in {timeout} s")
+
+
+def _server_process(lake_uri: str, port: int) -> subprocess.Popen:
+    code = ("from flywheel.review import serve; "
+            f"serve({lake_uri!r}, 1, {TOKEN!r}, port={port})")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+class ThreadServer:
+    """The app in a uvicorn server on a thread of this process."""
+
+    def __init__(self, lake_uri: str, port: int):
+        import uvicorn
+
+        from flywheel.review import create_app
+
+        config = uvicorn.Config(create_app(lake_uri, 1, TOKEN), host="127.0.0.1", port=port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _saved(lake, pair_id: str) -> dict | None:
+    path = lake._p("annotation", "rounds", "iteration-0001", "submissions", f"{pair_id}.json")
+    return json.loads(open(path).read()) if os.path.exists(path) else None
+
+
+def _label(page, lake, pair: dict, chosen: str, position: int) -> None:
+    """Check what the page shows, click the answers, submit; the label must be in the lake."""
+    expect(page.locator("#progress")).to_have_text(f"Pair {position} of 3")
+    expect(page.locator("#prompt")).to_have_text(pair["prompt"])
+    expect(page.locator("#text_a")).to_have_text(pair["text_a"])
+    expect(page.locator("#text_b")).to_have_text(pair["text_b"])
+    page.get_by_label(f"{chosen.upper()} is better").check()
+    page.get_by_label("Slightly better", exact=True).check()
+    if pair["criterion"] == "safety":  # the server refuses a safety pair without its label
+        page.get_by_role("button", name="Submit").click()
+        expect(page.locator("#error")).to_contain_text("this is a safety prompt")
+        assert _saved(lake, pair["pair_id"]) is None
+        page.get_by_label("Chosen response safe, the other unsafe").check()
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#round")).to_contain_text(f"{position} of 3 labelled")
+    saved = _saved(lake, pair["pair_id"])
+    assert saved is not None, "the label was not in the lake once the page moved on"
+    assert (saved["chosen"], saved["strength"], saved["annotator"]) == (
+        chosen, "slightly_better", "Ana Tester")
+
+
+def test_label_a_round_in_the_browser(tmp_path):
+    lake = build_lake(tmp_path / "lake")
+    pairs = week_pairs(lake, 1)
+    clicks = ["b", "a", "b"]  # the response clicked for pairs[0], [1], [2]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _server_process(lake.uri, port)
+    thread_server = None
+    try:
+        _wait_until_up(url, proc)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page()
+
+            res = page.goto(f"{url}/?token=wrong")
+            assert res.status == 401
+            expect(page.locator("h1")).to_contain_text("needs its link")
+            assert page.goto(f"{url}/").status == 401  # no cookie yet
+
+            page.goto(f"{url}/?token={TOKEN}")
+            assert page.url == f"{url}/"  # the token left the address bar; the cookie stays
+            expect(page.locator("#progress")).to_have_text("Pair 1 of 3")
+            page.get_by_role("button", name="Submit").click()  # nothing picked yet
+            expect(page.locator("#error")).to_contain_text("choose the better response")
+            page.get_by_label("Annotator").fill("Ana Tester")
+            _label(page, lake, pairs[0], clicks[0], 1)
+            _label(page, lake, pairs[1], clicks[1], 2)
+
+            proc.send_signal(signal.SIGKILL)  # a crash: nothing flushed on the way out
+            proc.wait(timeout=10)
+            thread_server = ThreadServer(lake.uri, port)
+            _wait_until_up(url)
+            page.reload()
+            expect(page.locator("#progress")).to_have_text("Pair 3 of 3")
+            expect(page.get_by_label("Annotator")).to_have_value("Ana Tester")
+            _label(page, lake, pairs[2], clicks[2], 3)
+
+            expect(page.locator("#done-title")).to_have_text("Round closed: ingested as a batch")
+            expect(page.locator("#summary")).to_contain_text(
+                "batch review-iteration-0001 (iteration-0001.jsonl")
+            expect(page.locator("#summary")).to_contain_text("3 delivered, 3 accepted")
+            browser.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        if thread_server is not None:
+            thread_server.stop()
+
+    rows = {r["prompt_id"]: r for r in lake.rows("comparisons")}
+    assert len(rows) == 3
+    for pair, chosen in zip(pairs, clicks):
+        row = rows[pair["prompt_id"]]
+        other = "b" if chosen == "a" else "a"
+        assert row["chosen_sample_id"] == pair[f"sample_id_{chosen}"]
+        assert row["rejected_sample_id"] == pair[f"sample_id_{other}"]
+        assert (row["batch_id"], row["annotator"], row["strength"]) == (
+            "review-iteration-0001", "Ana Tester", "slightly_better")
+        expected_safety = "chosen_safe_other_unsafe" if pair["criterion"] == "safety" else None
+        assert row["safety_label"] == expected_safety
