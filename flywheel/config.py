@@ -81,7 +81,18 @@ class AnnotationConfig(_Section):
         "below the last: negligibly better or unsure.",
     )
     heldout_fraction: float = Field(
-        0.2, ge=0, lt=1, description="Share of each batch held out as its test split."
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of each in-house batch held out as its test split (small batches).",
+    )
+    heldout_rows: int = Field(
+        1000,
+        ge=0,
+        description="At most this many rows of each in-house batch are held out (Llama 2: 1000).",
+    )
+    max_text_chars: int = Field(
+        32000, ge=1, description="Ingest rejects prompts or responses longer than this."
     )
 
     @model_validator(mode="after")

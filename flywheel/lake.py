@@ -5,6 +5,8 @@ Layout under the lake root:
     manifests/<table>/<part>.json     written last: marks the part complete, carries lineage
     artifacts/<kind>/<id>/...         checkpoints (safetensors + tokenizer), COMPLETE.json last
     reports/<name>                    markdown reports
+    raw/<checksum>/<file>             annotation batches as delivered, byte for byte
+    incoming/                         drop folder the inbox flow polls for new batches
 
 A reader sees only parts with a manifest, so a crash mid-write leaves at most an unreferenced file.
 Rows are keyed by content hash: a write skips ids the table already holds.
@@ -12,6 +14,7 @@ Rows are keyed by content hash: a write skips ids the table already holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel import __version__
@@ -102,18 +106,17 @@ class Lake:
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         schema = SCHEMAS[table]
+        want = pa.schema([schema.field(c) for c in columns]) if columns else schema
         parts = []
         for m in self.manifests(table):
             with self.fs.open(self._p("tables", table, m["part"] + ".parquet"), "rb") as f:
-                parts.append(pq.read_table(f, schema=schema))
-        t = pa.concat_tables(parts) if parts else schema.empty_table()
-        if parts:  # concurrent writers may both have written a row: first manifest wins
-            ids = t.column("id").to_pylist()
-            seen: set[str] = set()
-            keep = [not (i in seen or seen.add(i)) for i in ids]
-            if not all(keep):
-                t = t.filter(pa.array(keep))
-        return t.select(columns) if columns else t
+                parts.append(_conform(pq.read_table(f), want))
+        t = pa.concat_tables(parts) if parts else want.empty_table()
+        if len(parts) > 1:  # concurrent writers may both have written a row: first part wins
+            ids = t.column("id") if "id" in want.names else self.read(table, ["id"])["id"]
+            if pc.count_distinct(ids).as_py() < len(ids):
+                t = t.take(_first_occurrences(ids))
+        return t
 
     def rows(self, table: str) -> list[dict]:
         return self.read(table).to_pylist()
@@ -125,34 +128,51 @@ class Lake:
         """Append rows whose id is new; the manifest goes last. Returns what was written."""
         _check_table(table)
         schema = SCHEMAS[table]
-        existing = self.ids(table)
-        fresh, seen = [], set()
-        for r in rows:
-            if r["id"] in existing or r["id"] in seen:
-                continue
-            seen.add(r["id"])
-            fresh.append({k: r.get(k) for k in schema.names})
-        skipped = len(rows) - len(fresh)
-        if not fresh:
-            return WriteResult(table, None, 0, skipped)
+        fresh = [{k: r.get(k) for k in schema.names} for r in rows]
+        now = _now()
         for r in fresh:
             if "created_at" in schema.names and r.get("created_at") is None:
-                r["created_at"] = _now()
-        part = content_id(table, sorted(seen))
-        data = pa.Table.from_pylist(fresh, schema=schema)
+                r["created_at"] = now
+        return self.write_table(table, pa.Table.from_pylist(fresh, schema=schema), lineage)
+
+    def write_table(self, table: str, data: pa.Table, lineage: dict | None = None) -> WriteResult:
+        """Append the rows of an Arrow table whose id is new (the columnar path, for large
+        batches); the part is named by its ids, so writing the same rows again after a crash
+        rewrites the same file, and the manifest goes last."""
+        _check_table(table)
+        schema = SCHEMAS[table]
+        data = _conform(data, schema)
+        total = data.num_rows
+        if total:
+            if pc.count_distinct(data.column("id")).as_py() < total:
+                data = data.take(_first_occurrences(data.column("id")))
+            existing = self.read(table, ["id"]).column("id")
+            if len(existing):
+                data = data.filter(pc.invert(pc.is_in(data.column("id"), value_set=existing)))
+        if not data.num_rows:
+            return WriteResult(table, None, 0, total)
+        if "created_at" in schema.names:
+            stamp = pa.array([_now()] * data.num_rows, schema.field("created_at").type)
+            col = data.column("created_at")
+            filled = pc.if_else(pc.is_null(col), stamp, col) if col.null_count else col
+            data = data.set_column(schema.get_field_index("created_at"), "created_at", filled)
+        ids = pc.take(data.column("id"), pc.sort_indices(data.column("id")))
+        part = hashlib.sha256(
+            f"{table}\n".encode() + "\n".join(ids.to_pylist()).encode()
+        ).hexdigest()[:16]
         self.fs.makedirs(self._p("tables", table), exist_ok=True)
         with self.fs.open(self._p("tables", table, part + ".parquet"), "wb") as f:
             pq.write_table(data, f)
         manifest = {
             "table": table,
             "part": part,
-            "rows": len(fresh),
+            "rows": data.num_rows,
             "created_at": _now().isoformat(),
             "code_version": __version__,
             "lineage": lineage or {},
         }
         self._write_json(self._p("manifests", table, part + ".json"), manifest)
-        return WriteResult(table, part, len(fresh), skipped)
+        return WriteResult(table, part, data.num_rows, total - data.num_rows)
 
     def _write_json(self, path: str, obj: dict) -> None:
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -196,13 +216,43 @@ class Lake:
             os.replace(staging, target)
         return str(target)
 
-    # reports -----------------------------------------------------------------------------
+    # files: reports, delivered batches -----------------------------------------------------
     def write_text(self, relpath: str, text: str) -> str:
+        return self.write_bytes(relpath, text.encode())
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
         path = self._p(relpath)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with self.fs.open(path, "wb") as f:
-            f.write(text.encode())
+            f.write(data)
         return self.url(relpath)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        with self.fs.open(self._p(relpath), "rb") as f:
+            return f.read()
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self._p(relpath))
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with exactly the schema's columns, in order: columns an older part lacks are
+    null, extra ones are dropped, types are cast."""
+    cols = []
+    for field in schema:
+        if field.name in t.column_names:
+            col = t.column(field.name)
+            cols.append(col if col.type == field.type else col.cast(field.type))
+        else:
+            cols.append(pa.nulls(t.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _first_occurrences(ids) -> pa.Array:
+    """Indices of the first row of each distinct id, in their original order."""
+    idx = pa.table({"id": ids, "i": pa.array(range(len(ids)), pa.int64())})
+    first = idx.group_by("id", use_threads=False).aggregate([("i", "min")]).column("i_min")
+    return pc.take(first, pc.sort_indices(first))
 
 
 def _check_table(table: str) -> None:

@@ -50,22 +50,42 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("criterion", pa.string()),
             ("safety_label", pa.string()),
             ("annotator", pa.string()),
-            ("batch_id", pa.string()),
+            ("batch_id", pa.string()),  # the batch's name (deliveries of it share it)
+            ("delivery_id", pa.string()),  # the delivered file the row came from
             ("source", pa.string()),  # in-house | name of an open-source set
             ("split", pa.string()),  # train | test
             ("created_at", _ts),
         ]
     ),
+    # one row per delivered file: a batch re-delivered corrected has two rows, one name
     "batches": pa.schema(
         [
-            ("id", pa.string()),
+            ("id", pa.string()),  # delivery id: hash of batch name and file checksum
+            ("batch_id", pa.string()),
             ("iteration", pa.int64()),
-            ("source", pa.string()),
+            ("source", pa.string()),  # in-house, simulated, review, or an open-source set
+            ("filename", pa.string()),
+            ("raw_uri", pa.string()),  # the delivered file, kept byte for byte
             ("delivered", pa.int64()),
-            ("accepted", pa.int64()),
+            ("accepted", pa.int64()),  # valid rows, new or already in the lake
+            ("new", pa.int64()),
             ("rejected", pa.int64()),
-            ("checksum", pa.string()),
+            ("heldout", pa.int64()),
+            ("checksum", pa.string()),  # sha256 of the delivered bytes
+            ("summary", pa.string()),  # JSON: counts by reason, config used
             ("status", pa.string()),
+            ("created_at", _ts),
+        ]
+    ),
+    # rejected rows of every delivery, each with the first reason it failed
+    "quarantine": pa.schema(
+        [
+            ("id", pa.string()),
+            ("delivery_id", pa.string()),
+            ("batch_id", pa.string()),
+            ("row_index", pa.int64()),  # 0-based position in the delivered file
+            ("reason", pa.string()),
+            ("row", pa.string()),  # JSON of the row as delivered (or the raw line)
             ("created_at", _ts),
         ]
     ),
