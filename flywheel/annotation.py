@@ -3,7 +3,7 @@
 For each pair it emits which response was chosen (higher judge score), the strength of the
 preference from the score margin (`AnnotationConfig.strength_thresholds`), the criterion of the
 prompt, and the safety label of the pair. Pairs whose chosen response is unsafe while the other is
-safe are dropped, as Llama 2 drops them (the judge never prefers those, so this is a guard).
+safe are labelled so, and ingest drops them, as Llama 2 does (the judge never prefers those).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flywheel.judge import ProxyJudge
-from flywheel.schemas import STRENGTHS, content_id
+from flywheel.schemas import STRENGTHS
 
 ANNOTATOR = "simulated:proxy-judge-v1"
+EXCLUDED = "chosen_unsafe_other_safe"
 
 
 @dataclass(frozen=True)
@@ -44,44 +45,26 @@ def safety_label(chosen_safe: bool, other_safe: bool) -> str | None:
     return None  # chosen unsafe, other safe: excluded from the protocol
 
 
-def annotate(
-    judge: ProxyJudge, pairs: list[Pair], thresholds: list[float], batch_id: str
-) -> tuple[list[dict], dict]:
-    """Comparison rows for the lake, and counts of what was dropped and why."""
+def annotate(judge: ProxyJudge, pairs: list[Pair], thresholds: list[float]) -> list[dict]:
+    """One delivery row per pair (flywheel/ingest.py's format), labelled from the judge. Every
+    pair yields a row, so ingest accounts for all of them: identical responses and the excluded
+    chosen-unsafe category are rejected there, with their reason, like any annotator's."""
     prompts = [p.prompt_text for p in pairs]
     criteria = [p.criterion for p in pairs]
     ja = judge.judge(prompts, criteria, [p.a_text for p in pairs])
     jb = judge.judge(prompts, criteria, [p.b_text for p in pairs])
-    rows, dropped = [], {"identical_responses": 0, "chosen_unsafe_other_safe": 0}
+    rows = []
     for p, a, b in zip(pairs, ja, jb):
-        if p.a_text.strip() == p.b_text.strip():
-            dropped["identical_responses"] += 1
-            continue
         a_wins = a.score >= b.score
-        (cid, ctext, cj), (rid, rtext, rj) = (
-            ((p.a_id, p.a_text, a), (p.b_id, p.b_text, b))
-            if a_wins
-            else ((p.b_id, p.b_text, b), (p.a_id, p.a_text, a))
-        )
-        label = safety_label(cj.safe, rj.safe)
-        if label is None:
-            dropped["chosen_unsafe_other_safe"] += 1
-            continue
-        rows.append(
-            {
-                "id": content_id("comparison", p.prompt_id, cid, rid, ANNOTATOR),
-                "prompt_id": p.prompt_id,
-                "chosen_sample_id": cid,
-                "rejected_sample_id": rid,
-                "chosen_text": ctext,
-                "rejected_text": rtext,
-                "strength": strength_of(abs(a.score - b.score), thresholds),
-                "criterion": p.criterion,
-                "safety_label": label,
-                "annotator": ANNOTATOR,
-                "batch_id": batch_id,
-                "source": "in-house",
-                "split": None,  # set by the caller's held-out split
-            }
-        )
-    return rows, dropped
+        chosen, other = (a, b) if a_wins else (b, a)
+        rows.append({
+            "prompt_id": p.prompt_id,
+            "sample_id_a": p.a_id,
+            "sample_id_b": p.b_id,
+            "chosen": "a" if a_wins else "b",
+            "strength": strength_of(abs(a.score - b.score), thresholds),
+            "criterion": p.criterion,
+            "safety_label": safety_label(chosen.safe, other.safe) or EXCLUDED,
+            "annotator": ANNOTATOR,
+        })
+    return rows

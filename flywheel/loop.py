@@ -20,6 +20,7 @@ from flywheel.annotation import annotate as label_pairs
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
 from flywheel.evaluation import gate, head_to_head
+from flywheel.ingest import ingest_bytes
 from flywheel.judge import ProxyJudge
 from flywheel.lake import Lake
 from flywheel.policy import Candidate, best_of, finetune
@@ -133,7 +134,8 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
 
 # stage 2 -----------------------------------------------------------------------------------
 def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[str]]) -> str:
-    """Label the pairs with the simulated annotator; land them as one batch. Returns its id."""
+    """Label the pairs with the simulated annotator and ingest them as one batch, through the
+    same validation as any delivered batch. Returns the batch id."""
     samples = _by_id(lake.rows("samples"))
     prompts = _by_id(lake.rows("prompts"))
     todo = []
@@ -141,23 +143,13 @@ def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[s
         a, b = samples[a_id], samples[b_id]
         p = prompts[a["prompt_id"]]
         todo.append(Pair(p["id"], user_text(p), p["criterion"], a_id, a["text"], b_id, b["text"]))
-    batch_id = content_id("batch", iteration, sorted(map(tuple, pairs)))
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
-    rows, dropped = label_pairs(judge, todo, cfg.annotation.strength_thresholds, batch_id)
-    # deterministic held-out split: the lowest hashes of the batch are its test rows
-    n_test = round(cfg.annotation.heldout_fraction * len(rows))
-    ranked = sorted(rows, key=lambda r: content_id("split", r["id"]))
-    test_ids = {r["id"] for r in ranked[:n_test]}
-    for r in rows:
-        r["split"] = "test" if r["id"] in test_ids else "train"
-    lake.write("comparisons", rows, {"batch": batch_id, "iteration": iteration})
-    lake.write("batches", [{
-        "id": batch_id, "iteration": iteration, "source": "simulated", "delivered": len(todo),
-        "accepted": len(rows), "rejected": len(todo) - len(rows),
-        "checksum": content_id(sorted(r["id"] for r in rows)),
-        "status": "landed" if rows else "empty",
-    }], {"dropped": dropped})
-    return batch_id
+    rows = label_pairs(judge, todo, cfg.annotation.strength_thresholds)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    batch_id = f"iteration-{iteration:04d}-simulated"
+    result = ingest_bytes(lake, data, f"{batch_id}.jsonl", batch_id, cfg.annotation, iteration,
+                          source="simulated")
+    return result.batch_id
 
 
 # stage 3 -----------------------------------------------------------------------------------
@@ -184,14 +176,16 @@ def train_reward_model(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id
     metrics = {**accuracy(model, _pairs(test, prompts), rm_cfg.max_length),
                "train": accuracy(model, _pairs(train, prompts), rm_cfg.max_length)["accuracy"],
                "training": train_metrics}
+    batches = sorted({r["batch_id"] for r in train})
     mix = {"comparison_ids": [r["id"] for r in train], "seed": rm_cfg.seed,
-           "counts": {"in-house": len(train)}, "test_ids": [r["id"] for r in test]}
+           "counts": {"in-house": len(train)}, "test_ids": [r["id"] for r in test],
+           "batches": batches}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, {"id": rm_id, "backbone": cfg.models.reward_backbone})
         uri = lake.put_artifact("reward_models", rm_id, tmp, {"backbone": backbone})
     lake.write("reward_models", [{
         "id": rm_id, "iteration": iteration, "criterion": "combined", "uri": uri,
-        "backbone": cfg.models.reward_backbone, "parents": json.dumps([batch_id]),
+        "backbone": cfg.models.reward_backbone, "parents": json.dumps(batches),
         "data_mix": json.dumps(mix), "metrics": json.dumps(metrics),
     }], {"batch": batch_id})
     return rm_id

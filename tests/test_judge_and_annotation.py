@@ -50,14 +50,14 @@ def test_annotate_labels_pairs_in_the_llama2_protocol(judge):
     pairs = [
         Pair("p1", HARMFUL, "safety", "a1", COMPLY, "b1", REFUSAL),
         Pair("p2", HELPFUL, "helpfulness", "a2", RICE, "b2", LOOP),
-        Pair("p3", HELPFUL, "helpfulness", "a3", RICE, "b3", RICE),  # identical: dropped
+        Pair("p3", HELPFUL, "helpfulness", "a3", RICE, "b3", RICE),  # identical: ingest drops it
     ]
-    rows, dropped = annotate(judge, pairs, [0.6, 0.3, 0.1], "batch-1")
-    assert dropped == {"identical_responses": 1, "chosen_unsafe_other_safe": 0}
-    harm, help_ = rows
-    assert (harm["chosen_sample_id"], harm["rejected_sample_id"]) == ("b1", "a1")
+    rows = annotate(judge, pairs, [0.6, 0.3, 0.1])
+    assert len(rows) == 3  # one delivery row per pair: ingest accounts for every one
+    harm, help_, same = rows
+    assert (harm["sample_id_a"], harm["sample_id_b"], harm["chosen"]) == ("a1", "b1", "b")
     assert harm["safety_label"] == "chosen_safe_other_unsafe"
     assert harm["strength"] == "significantly_better"  # refusal ~1.0 vs compliance < 0
-    assert harm["criterion"] == "safety" and harm["batch_id"] == "batch-1"
-    assert help_["chosen_text"] == RICE and help_["safety_label"] == "both_safe"
-    assert len({r["id"] for r in rows}) == 2
+    assert harm["criterion"] == "safety" and harm["prompt_id"] == "p1"
+    assert help_["chosen"] == "a" and help_["safety_label"] == "both_safe"
+    assert same["strength"] == "negligibly_better"  # equal scores: margin 0

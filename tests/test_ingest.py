@@ -1,0 +1,232 @@
+"""Ingest: every delivered row accounted for, nothing twice, nothing lost on a crash."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flywheel.config import AnnotationConfig
+from flywheel.errors import DataError
+from flywheel.ingest import ingest_bytes, ingest_file
+from flywheel.lake import Lake
+
+BASE = {"criterion": "helpfulness", "annotator": "ann-1", "strength": "better", "chosen": "a"}
+
+
+def _lake(path) -> Lake:
+    lake = Lake.open(str(path))
+    lake.write("prompts", [{"id": "p1", "messages": json.dumps([{"role": "user",
+                                                                  "content": "Cook rice?"}]),
+                            "source": "t", "criterion": "helpfulness", "split": "train"}])
+    lake.write("samples", [
+        {"id": sid, "prompt_id": "p1", "policy_id": "pol", "iteration": 1,
+         "purpose": "annotation", "params": "{}", "text": text, "token_count": 3,
+         "logprob_sum": 0.0}
+        for sid, text in (("s1", "Rinse, boil, simmer."), ("s2", "No idea."))
+    ])
+    return lake
+
+
+def _jsonl(rows) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+# one row per reason, plus three good rows (rows 0-2)
+GOOD = [
+    dict(BASE, prompt_id="p1", sample_id_a="s1", sample_id_b="s2"),
+    dict(BASE, prompt="How do I boil an egg?", response_a="Boil it 8 minutes.",
+         response_b="Eggs are round.", strength="Significantly better"),
+    dict(BASE, prompt="How do I pick a lock?", response_a="I can't help with that.",
+         response_b="Use a pick.", criterion="safety", safety_label="chosen safe other unsafe"),
+]
+BAD = {
+    "duplicate_row": GOOD[1],
+    "unknown_prompt_id": dict(BASE, prompt_id="p404", response_a="x", response_b="y"),
+    "unknown_sample_id": dict(BASE, prompt_id="p1", sample_id_a="s1", sample_id_b="s404"),
+    "identical_responses": dict(BASE, prompt="Hi", response_a="Hello", response_b=" Hello "),
+    "empty_response": dict(BASE, prompt="Hi", response_a="  ", response_b="Hello"),
+    "oversize_text": dict(BASE, prompt="Hi", response_a="a" * 101, response_b="b"),
+    "invalid_strength": dict(BASE, prompt="Hi", response_a="x", response_b="y",
+                             strength="much better"),
+    "invalid_chosen": dict(BASE, prompt="Hi", response_a="x", response_b="y", chosen="c"),
+    "invalid_criterion": dict(BASE, prompt="Hi", response_a="x", response_b="y",
+                              criterion="honesty"),
+    "missing_annotator": dict(BASE, prompt="Hi", response_a="x", response_b="y", annotator=""),
+    "missing_strength": dict(BASE, prompt="Hi", response_a="x", response_b="y", strength=None),
+    "missing_safety_label": dict(BASE, prompt="Hi", response_a="x", response_b="y",
+                                 criterion="safety"),
+    "excluded_chosen_unsafe_other_safe": dict(
+        BASE, prompt="Hi", response_a="x", response_b="y", criterion="safety",
+        safety_label="chosen_unsafe_other_safe"),
+    "sample_prompt_mismatch": dict(BASE, prompt="Another prompt", sample_id_a="s1",
+                                   sample_id_b="s2"),
+    "malformed_row": '{"prompt": "Hi", "response_a": ',
+}
+CFG = AnnotationConfig(max_text_chars=100, heldout_fraction=0.0)
+
+
+def test_mixed_batch_counts_every_row_by_reason(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    data = _jsonl(GOOD + list(BAD.values()))
+    r = ingest_bytes(lake, data, "week-47.jsonl", cfg=CFG)
+    assert (r.batch_id, r.delivered, r.accepted, r.new, r.rejected) == ("week-47", 18, 3, 3, 15)
+    assert r.reasons == {reason: 1 for reason in BAD}
+    comparisons = {c["chosen_text"]: c for c in lake.rows("comparisons")}
+    assert set(comparisons) == {"Rinse, boil, simmer.", "Boil it 8 minutes.",
+                                "I can't help with that."}
+    by_samples = comparisons["Rinse, boil, simmer."]  # texts read from `samples`
+    assert (by_samples["chosen_sample_id"], by_samples["rejected_sample_id"],
+            by_samples["rejected_text"]) == ("s1", "s2", "No idea.")
+    assert comparisons["Boil it 8 minutes."]["strength"] == "significantly_better"
+    safety = comparisons["I can't help with that."]
+    assert (safety["criterion"], safety["safety_label"]) == ("safety", "chosen_safe_other_unsafe")
+    assert {c["batch_id"] for c in comparisons.values()} == {"week-47"}
+    quarantine = sorted(lake.rows("quarantine"), key=lambda q: q["row_index"])
+    assert [q["row_index"] for q in quarantine] == list(range(3, 18))
+    assert [q["reason"] for q in quarantine] == list(BAD)
+    assert json.loads(quarantine[0]["row"])["prompt"] == "How do I boil an egg?"
+    assert json.loads(quarantine[-1]["row"]) == {"raw": BAD["malformed_row"]}
+    assert lake.read_bytes(r.raw_uri.removeprefix(lake.uri + "/")) == data
+    (batch,) = lake.rows("batches")
+    assert (batch["delivered"], batch["accepted"], batch["rejected"]) == (18, 3, 15)
+    assert json.loads(batch["summary"])["reasons"] == r.reasons
+    # inline prompts became `prompts` rows; the unknown and rejected ones did not
+    texts = {json.loads(p["messages"])[-1]["content"] for p in lake.rows("prompts")}
+    assert texts == {"Cook rice?", "How do I boil an egg?", "How do I pick a lock?"}
+
+
+def test_same_file_again_is_a_no_op_and_a_corrected_one_adds_only_the_new(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    first = _jsonl(GOOD + [BAD["identical_responses"], BAD["invalid_strength"]])
+    r1 = ingest_bytes(lake, first, "week-47.jsonl", cfg=CFG)
+    parts = {t: len(lake.manifests(t)) for t in ("comparisons", "quarantine", "batches")}
+    again = ingest_bytes(lake, first, "renamed.jsonl", cfg=CFG)
+    assert again.already_ingested and again.batch_id == "week-47" and again.new == 3
+    assert {t: len(lake.manifests(t)) for t in parts} == parts
+    fixed = dict(BAD["invalid_strength"], strength="better")
+    second = _jsonl(GOOD + [dict(BAD["identical_responses"], response_b="Hi there"), fixed])
+    r2 = ingest_bytes(lake, second, "week-47.jsonl", cfg=CFG)
+    assert (r1.accepted, r1.rejected) == (3, 2)
+    assert (r2.delivered, r2.accepted, r2.new, r2.rejected) == (5, 5, 2, 0)
+    assert len(lake.rows("comparisons")) == 5
+    assert len(lake.rows("batches")) == 2  # two deliveries of one batch
+    assert {b["batch_id"] for b in lake.rows("batches")} == {"week-47"}
+
+
+def _rows(n: int, source: str | None = None) -> list[dict]:
+    return [dict(BASE, prompt=f"Question {i}?", response_a=f"Answer {i}.",
+                 response_b=f"Not {i}.", **({"source": source} if source else {}))
+            for i in range(n)]
+
+
+def test_heldout_split_is_deterministic_and_capped(tmp_path):
+    rows = _rows(40)
+    cfg = AnnotationConfig(heldout_fraction=0.25)
+    a = _lake(tmp_path / "a")
+    ra = ingest_bytes(a, _jsonl(rows), "b.jsonl", cfg=cfg)
+    b = _lake(tmp_path / "b")
+    ingest_bytes(b, _jsonl(rows[::-1]), "b.jsonl", cfg=cfg)
+    test_a = {c["id"] for c in a.rows("comparisons") if c["split"] == "test"}
+    test_b = {c["id"] for c in b.rows("comparisons") if c["split"] == "test"}
+    assert ra.heldout == 10 and test_a == test_b  # 0.25 x 40, whatever the row order
+    capped = _lake(tmp_path / "c")
+    rc = ingest_bytes(capped, _jsonl(rows), "b.jsonl",
+                      cfg=AnnotationConfig(heldout_fraction=0.25, heldout_rows=4))
+    assert rc.heldout == 4  # Llama 2 keeps a fixed number (1000) per large batch
+    open_source = _lake(tmp_path / "d")
+    ro = ingest_bytes(open_source, _jsonl(_rows(8, source="some-open-set")), "o.jsonl", cfg=cfg)
+    assert ro.accepted == 8 and ro.heldout == 0  # no strength needed, no held-out share
+
+
+def test_csv_parquet_and_gzip_deliveries_read_the_same(tmp_path):
+    rows = _rows(6)
+    lake = _lake(tmp_path / "lake")
+    table = pa.Table.from_pylist(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    csv_text = "prompt,response_a,response_b,chosen,strength,criterion,annotator\n" + "".join(
+        f'"{r["prompt"]}",{r["response_a"]},{r["response_b"]},a,better,helpfulness,ann-1\n'
+        for r in rows) + "too,few,fields\n"
+    r_csv = ingest_bytes(lake, csv_text.encode(), "vendor.csv", cfg=CFG)
+    assert (r_csv.accepted, r_csv.reasons) == (6, {"malformed_row": 1})
+    r_pq = ingest_bytes(_lake(tmp_path / "l2"), buf.getvalue(), "vendor.parquet", cfg=CFG)
+    r_gz = ingest_bytes(_lake(tmp_path / "l3"), gzip.compress(_jsonl(rows)), "v.jsonl.gz",
+                        cfg=CFG)
+    assert r_pq.accepted == r_gz.accepted == 6
+    ids = {c["id"] for c in lake.rows("comparisons")}
+    assert ids == {c["id"] for c in _lake(tmp_path / "l2").rows("comparisons")}
+
+
+def test_bad_input_gets_one_clear_error(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    with pytest.raises(DataError, match="cannot tell the file format"):
+        ingest_bytes(lake, b"{}", "batch.txt")
+    with pytest.raises(DataError, match="--batch-id"):
+        ingest_bytes(lake, b"{}", "b.jsonl", batch_id="week 47/../x")
+    with pytest.raises(DataError, match="no batch file"):
+        ingest_file(lake, tmp_path / "missing.jsonl")
+    empty = ingest_bytes(lake, b"\n\n", "empty.jsonl")
+    assert (empty.delivered, empty.accepted, empty.rejected) == (0, 0, 0)
+
+
+KILL = textwrap.dedent("""
+    import json, os, signal, sys
+    from flywheel.config import AnnotationConfig
+    from flywheel.ingest import ingest_bytes
+    from flywheel.lake import Lake
+    lake_uri, path, point = sys.argv[1:]
+    lake = Lake.open(lake_uri)
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    if point == "raw":
+        orig_bytes = Lake.write_bytes
+        def write_bytes(self, rel, data):
+            out = orig_bytes(self, rel, data)
+            die()
+        Lake.write_bytes = write_bytes
+    else:
+        table, when = point.split(":")
+        orig = Lake._write_json if when == "before-manifest" else Lake.write_table
+        def hooked(self, *args, **kw):
+            name = args[0]
+            if when == "before-manifest" and f"/manifests/{table}/" in name:
+                die()
+            out = orig(self, *args, **kw)
+            if when == "after" and name == table:
+                die()
+            return out
+        setattr(Lake, "_write_json" if when == "before-manifest" else "write_table", hooked)
+    ingest_bytes(lake, open(path, "rb").read(), "week-47.jsonl",
+                 cfg=AnnotationConfig(max_text_chars=100, heldout_fraction=0.25))
+""")
+
+
+@pytest.mark.parametrize("point", ["raw", "comparisons:before-manifest", "comparisons:after",
+                                   "quarantine:after"])
+def test_killed_ingest_run_again_leaves_no_duplicate_and_no_gap(tmp_path, point):
+    lake = _lake(tmp_path / "lake")
+    rows = _rows(12) + GOOD + list(BAD.values())
+    delivery = tmp_path / "week-47.jsonl"
+    delivery.write_bytes(_jsonl(rows))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL)
+    proc = subprocess.run([sys.executable, str(script), lake.uri, str(delivery), point],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr  # killed at the point, not finished
+    assert lake.rows("batches") == []
+    r = ingest_file(lake, delivery, cfg=AnnotationConfig(max_text_chars=100,
+                                                         heldout_fraction=0.25))
+    assert not r.already_ingested
+    assert (r.delivered, r.accepted, r.new, r.rejected) == (30, 15, 15, 15)
+    assert r.heldout == 4  # round(0.25 x 15), the same as an uninterrupted ingest
+    comparisons = lake.rows("comparisons")
+    assert len(comparisons) == len({c["id"] for c in comparisons}) == 15
+    assert len(lake.rows("quarantine")) == 15 and len(lake.rows("batches")) == 1
+    assert sum(c["split"] == "test" for c in comparisons) == 4
