@@ -87,6 +87,9 @@ class Lake:
     def manifests(self, table: str) -> list[dict]:
         _check_table(table)
         folder = self._p("manifests", table)
+        # listings are cached per filesystem (s3fs): drop it, or parts written since by another
+        # process stay invisible to this one
+        self.fs.invalidate_cache(folder)
         if not self.fs.exists(folder):
             return []
         out = []
@@ -184,7 +187,9 @@ class Lake:
         return self.url("artifacts", kind, artifact_id)
 
     def has_artifact(self, kind: str, artifact_id: str) -> bool:
-        return self.fs.exists(self._p("artifacts", kind, artifact_id, "COMPLETE.json"))
+        marker = self._p("artifacts", kind, artifact_id, "COMPLETE.json")
+        self.fs.invalidate_cache(marker.rsplit("/", 1)[0])  # see manifests()
+        return self.fs.exists(marker)
 
     def put_artifact(self, kind: str, artifact_id: str, local_dir: str | Path, meta: dict) -> str:
         """Copy a finished local folder into the lake, then mark it complete."""
@@ -230,6 +235,14 @@ class Lake:
     def read_bytes(self, relpath: str) -> bytes:
         with self.fs.open(self._p(relpath), "rb") as f:
             return f.read()
+
+    def listdir(self, relpath: str) -> list[str]:
+        """Names of the files directly under a folder of the lake (none if it is missing)."""
+        folder = self._p(relpath)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)
+                      if self.fs.isfile(p))
 
     def exists(self, relpath: str) -> bool:
         return self.fs.exists(self._p(relpath))

@@ -153,6 +153,16 @@ def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[s
 
 
 # stage 3 -----------------------------------------------------------------------------------
+def pending_batches(lake: Lake) -> list[str]:
+    """Batches with a delivery of new rows that no reward model has trained on yet, oldest
+    first (a corrected re-delivery of a trained batch is pending again)."""
+    trained = set()
+    for rm in lake.rows("reward_models"):
+        trained.update(json.loads(rm["data_mix"] or "{}").get("deliveries", []))
+    landed = sorted((b for b in lake.rows("batches") if b["new"]), key=lambda b: b["created_at"])
+    return list(dict.fromkeys(b["batch_id"] for b in landed if b["id"] not in trained))
+
+
 def _pairs(rows: list[dict], prompts: dict) -> list[PreferencePair]:
     return [PreferencePair(messages_of(prompts[r["prompt_id"]]), r["chosen_text"],
                            r["rejected_text"], r["strength"]) for r in rows]
@@ -177,9 +187,10 @@ def train_reward_model(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id
                "train": accuracy(model, _pairs(train, prompts), rm_cfg.max_length)["accuracy"],
                "training": train_metrics}
     batches = sorted({r["batch_id"] for r in train})
+    deliveries = sorted(b["id"] for b in lake.rows("batches"))  # all the mix could draw on
     mix = {"comparison_ids": [r["id"] for r in train], "seed": rm_cfg.seed,
            "counts": {"in-house": len(train)}, "test_ids": [r["id"] for r in test],
-           "batches": batches}
+           "batches": batches, "deliveries": deliveries}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, {"id": rm_id, "backbone": cfg.models.reward_backbone})
         uri = lake.put_artifact("reward_models", rm_id, tmp, {"backbone": backbone})

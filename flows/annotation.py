@@ -1,0 +1,61 @@
+"""Annotation flows: ingest a delivered batch, poll the lake's drop folder, retrain the reward
+model when batches land.
+
+    annotation-ingest       one file -> the ingest-batch task (emits flywheel.batch.landed)
+    annotation-inbox        every supported file under <lake>/incoming/ -> ingest-batch; files
+                            already ingested are no-ops (by checksum), so polling is safe
+    reward-model-retrain    started by the batch-landed trigger (tasks/events.py) with the
+                            batch's name; trains once on every pending batch, or stops at once
+                            when its batch is already in a reward model
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flywheel import loop
+from flywheel.config import FlywheelConfig
+from flywheel.delivery import SUFFIXES
+from tasks.ingest import ingest_batch
+from tasks.reward import train_reward_model
+
+INCOMING = "incoming"
+
+
+@flow(name="annotation-ingest", flow_run_name="ingest-{path}")
+def ingest(config: FlywheelConfig, path: str, batch_id: str | None = None) -> dict:
+    """Validate and land one delivered batch file (a local path or a URI)."""
+    return ingest_batch(config, path, batch_id)
+
+
+def incoming_files(lake, prefix: str = INCOMING) -> list[str]:
+    names = lake.listdir(prefix)
+    return [lake.url(prefix, n) for n in names
+            if n.lower().removesuffix(".gz").endswith(SUFFIXES)]
+
+
+@flow(name="annotation-inbox")
+def inbox(config: FlywheelConfig, prefix: str = INCOMING) -> list[dict]:
+    """Ingest every batch file dropped under the lake's `prefix` folder (for buckets that send
+    no notifications; deployed on an interval)."""
+    lake = loop.open_lake(config)
+    results = [ingest_batch(config, uri) for uri in incoming_files(lake, prefix)]
+    new = [r["batch_id"] for r in results if not r["already_ingested"]]
+    get_run_logger().info("inbox: %d file(s), %d new deliveries %s", len(results), len(new), new)
+    return results
+
+
+@flow(name="reward-model-retrain", flow_run_name="retrain-{batch_id}")
+def retrain(config: FlywheelConfig, batch_id: str) -> dict:
+    """Train the reward model on everything landed so far, if `batch_id` is not in one yet."""
+    logger = get_run_logger()
+    lake = loop.open_lake(config)
+    pending = loop.pending_batches(lake)
+    if batch_id not in pending:
+        logger.info("batch %s is already in a reward model (or added no rows): nothing to do",
+                    batch_id)
+        return {"batch_id": batch_id, "trained": False, "pending": pending}
+    iteration = loop.next_iteration(lake)
+    rm_id = train_reward_model(config, iteration, batch_id)
+    logger.info("reward model %s trained on batches %s", rm_id, pending)
+    return {"batch_id": batch_id, "trained": True, "reward_model_id": rm_id, "batches": pending}

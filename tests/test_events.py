@@ -1,0 +1,82 @@
+"""Batches landing start the reward-model retrain through a deployment trigger on a real
+Prefect server: one run per window however many events, at most one training per delivery."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from flows.annotation import retrain
+from flows.deploy import annotation_deployments
+from flywheel.ingest import ingest_bytes
+from flywheel.lake import Lake
+from tasks.events import emit_batch_landed
+
+DEBOUNCE = 8
+
+
+def _delivery(prompt_ids: list[str], tag: str) -> bytes:
+    rows = [{"prompt_id": pid, "response_a": f"A helpful answer {tag} {i}.",
+             "response_b": f"No {tag} {i}.", "chosen": "a", "strength": "better",
+             "criterion": "helpfulness", "annotator": "ann-1"} for i, pid in enumerate(prompt_ids)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _runs(client_sync, deployment_id):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return client_sync.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+@pytest.fixture
+def landed_lake(tiny_config):
+    from flywheel.loop import ensure_prompts
+
+    lake = Lake.open(tiny_config.lake)
+    prompts = [p["id"] for p in ensure_prompts(tiny_config, lake) if p["split"] == "train"]
+    return lake, prompts
+
+
+def test_landed_batches_start_one_debounced_retrain(prefect_server, tiny_config, landed_lake):
+    from prefect.client.orchestration import get_client
+
+    lake, prompts = landed_lake
+    on_batch, _ = annotation_deployments(tiny_config, debounce_seconds=DEBOUNCE)
+    deployment_id = on_batch.apply()
+    started = datetime.now(timezone.utc)
+    week1 = ingest_bytes(lake, _delivery(prompts, "w1"), "week-1.jsonl").to_dict()
+    assert emit_batch_landed(lake.uri, week1)
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 60
+        while not (runs := _runs(client, deployment_id)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(runs) == 1, "the batch-landed event started no retrain"
+        (run,) = runs
+        assert run.parameters["batch_id"] == "week-1"
+        assert run.parameters["config"]["lake"] == tiny_config.lake
+        # scheduled at the end of the debounce window, so batches landing meanwhile join it
+        assert (run.expected_start_time - started).total_seconds() >= DEBOUNCE - 2
+        # the same event again, and two more batches landing together: no second run
+        assert emit_batch_landed(lake.uri, week1)
+        for tag in ("w2", "w3"):
+            r = ingest_bytes(lake, _delivery(prompts, tag), f"week-{tag}.jsonl").to_dict()
+            assert emit_batch_landed(lake.uri, r)
+        time.sleep(4)
+        assert len(_runs(client, deployment_id)) == 1
+
+
+def test_retrain_trains_once_per_delivery(prefect_server, tiny_config, landed_lake):
+    lake, prompts = landed_lake
+    ingest_bytes(lake, _delivery(prompts, "w1"), "week-1.jsonl")
+    ingest_bytes(lake, _delivery(prompts, "w2"), "week-2.jsonl")
+    first = retrain(tiny_config, "week-1")
+    assert first["trained"] and first["batches"] == ["week-1", "week-2"]
+    (rm,) = lake.rows("reward_models")
+    assert json.loads(rm["data_mix"])["batches"] == ["week-1", "week-2"]
+    again = retrain(tiny_config, "week-2")  # its event arrived late: already trained on
+    assert again == {"batch_id": "week-2", "trained": False, "pending": []}
+    assert len(lake.rows("reward_models")) == 1
