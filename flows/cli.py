@@ -4,6 +4,12 @@
     flywheel demo [--iterations N]     N iterations of the embedded default, local Prefect server
     flywheel run [--config FILE]       one weekly iteration with a config
     flywheel status [--json]           iterations, batches, reward models and policies of a lake
+    flywheel ingest FILE               validate a delivered batch of comparisons into the lake
+    flywheel import SOURCE             an open-source preference set (HH-RLHF, UltraFeedback)
+    flywheel annotate export|import|serve   the week's pairs to Label Studio / Argilla / the
+                                       built-in review page, and their labels back as batches
+    flywheel lineage ID                the batches, mix, reward models and parents behind an id
+    flywheel serve                     run the retrain-on-batch and inbox-polling deployments
 
 Errors from input, config or environment print one line naming the fix, without a traceback.
 """
@@ -96,6 +102,110 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _lake(args):
+    from flywheel.lake import Lake
+
+    uri = args.lake or _config(args).lake
+    if "://" not in uri and not Path(uri).exists() and not getattr(args, "create", False):
+        raise FlywheelError(f"no lake at {uri}; run `flywheel demo` first or pass --lake")
+    return Lake.open(uri)
+
+
+def _annotation_cfg(args):
+    return _config(args).annotation
+
+
+def _announce(lake, result) -> int:
+    """Print the summary, emit the batch-landed event when a Prefect API is configured; the
+    exit status is 1 when nothing was accepted."""
+    from prefect.settings import PREFECT_API_URL
+
+    print(result.summary())
+    if result.new:
+        if PREFECT_API_URL.value():
+            from tasks.events import emit_batch_landed
+
+            emit_batch_landed(lake.uri, result.to_dict())
+            print(f"event flywheel.batch.landed sent to {PREFECT_API_URL.value()}")
+        else:
+            print("no Prefect API configured (PREFECT_API_URL): no batch-landed event sent; "
+                  "`flywheel serve` or the next weekly run will pick the batch up")
+    if not result.accepted:
+        print("flywheel: nothing was accepted; see the reasons above and the `quarantine` "
+              "table", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from flywheel.ingest import ingest_file
+
+    args.create = True
+    lake = _lake(args)
+    return _announce(lake, ingest_file(lake, args.file, args.batch_id, _annotation_cfg(args)))
+
+
+def cmd_import(args) -> int:
+    import tempfile
+
+    from flywheel.importers import convert, write_delivery
+    from flywheel.ingest import ingest_file
+
+    args.create = True
+    lake = _lake(args)
+    rows = convert(args.source, args.format, args.criterion, args.split, args.limit,
+                   args.source_name)
+    name = Path(args.source.rstrip("/")).name.split(".")[0] or "import"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_delivery(rows, Path(tmp) / f"{name}-{args.split}.jsonl")
+        result = ingest_file(lake, path, args.batch_id, _annotation_cfg(args))
+    return _announce(lake, result)
+
+
+def cmd_annotate(args) -> int:
+    from flywheel import exchange
+
+    lake = _lake(args)
+    if args.action == "export":
+        for path in exchange.write_export(lake, args.iteration, args.format, args.out):
+            print(f"wrote {path}")
+        return 0
+    if args.action == "import":
+        data = Path(args.file).read_bytes()
+        result = exchange.import_export(lake, data, args.format, Path(args.file).name,
+                                        args.batch_id, args.iteration, args.annotator,
+                                        _annotation_cfg(args))
+        return _announce(lake, result)
+    from flywheel.review import serve
+
+    serve(lake.uri, args.iteration, args.token, args.host, args.port, args.round,
+          _annotation_cfg(args))
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from flywheel.lineage import format_lineage, lineage
+
+    info = lineage(_lake(args), args.id)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_lineage(info))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import annotation_deployments
+    from flows.server import local_server
+
+    cfg = _config(args)
+    with local_server(keep=True) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
+        print(f"Prefect server: {api_url.removesuffix('/api')}; serving the annotation "
+              f"deployments of lake {cfg.lake} (Ctrl-C to stop)")
+        serve(*annotation_deployments(cfg, args.debounce, args.poll))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flywheel",
@@ -133,6 +243,72 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lake", help="lake to read (overrides --config)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_status)
+
+    def lake_opts(sp):
+        sp.add_argument("--config", default=str(DEMO_CONFIG),
+                        help="config whose lake and annotation settings to use")
+        sp.add_argument("--lake", help="lake (folder or s3://bucket/prefix; overrides --config)")
+
+    i = sub.add_parser("ingest", help="validate a delivered batch (JSONL, CSV or Parquet) into "
+                       "the lake; exit status 1 when nothing was accepted")
+    i.add_argument("file", help="the delivered file")
+    lake_opts(i)
+    i.add_argument("--batch-id", help="the batch's name (default: the file name's stem); a "
+                   "corrected re-delivery uses the same name")
+    i.set_defaults(fn=cmd_ingest)
+
+    im = sub.add_parser("import", help="import an open-source preference set as a batch")
+    im.add_argument("source", help="a local file (.jsonl[.gz], .json, .parquet) or a Hugging "
+                    "Face dataset name (needs network)")
+    lake_opts(im)
+    im.add_argument("--format", choices=["hh-rlhf", "ultrafeedback"],
+                    help="default: guessed from the name")
+    im.add_argument("--criterion", choices=["helpfulness", "safety"],
+                    help="HH-RLHF: default from the name (harmless -> safety)")
+    im.add_argument("--split", choices=["train", "test"], default="train",
+                    help="split of the imported rows (records that carry one keep it)")
+    im.add_argument("--limit", type=int, help="only the first N records")
+    im.add_argument("--source-name", help="the set's name in the `source` column")
+    im.add_argument("--batch-id", help="the batch's name")
+    im.set_defaults(fn=cmd_import)
+
+    a = sub.add_parser("annotate", help="the week's pairs for people: export to Label Studio "
+                       "or Argilla, import their exports, or serve the review page")
+    asub = a.add_subparsers(dest="action", required=True)
+    ae = asub.add_parser("export", help="write the iteration's pairs for a labelling tool")
+    ae.add_argument("--format", choices=["label-studio", "argilla"], required=True)
+    ae.add_argument("--iteration", type=int, required=True)
+    ae.add_argument("--out", required=True, help="tasks/records JSON file to write")
+    ai = asub.add_parser("import", help="ingest a labelling tool's JSON export as a batch")
+    ai.add_argument("file")
+    ai.add_argument("--format", choices=["label-studio", "argilla"], required=True)
+    ai.add_argument("--batch-id")
+    ai.add_argument("--iteration", type=int)
+    ai.add_argument("--annotator", help="annotator name when the export carries none")
+    asv = asub.add_parser("serve", help="the built-in review page for the iteration's pairs")
+    asv.add_argument("--iteration", type=int, required=True)
+    asv.add_argument("--token", help="access token (default: a random one, printed)")
+    asv.add_argument("--host", default="127.0.0.1")
+    asv.add_argument("--port", type=int, default=8765)
+    asv.add_argument("--round", help="round id (default iteration-NNNN)")
+    for sp in (ae, ai, asv):
+        lake_opts(sp)
+    a.set_defaults(fn=cmd_annotate)
+
+    li = sub.add_parser("lineage", help="batches, data mix, reward models and parent policies "
+                        "behind a policy or reward-model id")
+    li.add_argument("id", help="a policy or reward-model id (a unique prefix is enough)")
+    lake_opts(li)
+    li.add_argument("--json", action="store_true", help="machine-readable output")
+    li.set_defaults(fn=cmd_lineage)
+
+    sv = sub.add_parser("serve", help="serve the annotation deployments: retrain when batches "
+                        "land (debounced), poll the lake's incoming/ folder")
+    lake_opts(sv)
+    sv.add_argument("--debounce", type=int, default=600,
+                    help="seconds batches may keep landing before one retrain starts")
+    sv.add_argument("--poll", type=int, default=300, help="seconds between inbox polls")
+    sv.set_defaults(fn=cmd_serve)
     return p
 
 

@@ -70,3 +70,74 @@ def test_run_one_iteration_then_status(capsys, tmp_path, tiny_config, prefect_se
     assert "#1:" in out and "iterations 1" in out and "batches:" in out
     rc, out, _ = _run(capsys, "status", "--lake", tiny_config.lake, "--json")
     assert rc == 0 and '"iteration": 1' in out
+    # lineage of the iteration's candidate: its parent, reward model, batch and delivered file
+    import json
+
+    from flywheel.lake import Lake
+
+    lake = Lake.open(tiny_config.lake)
+    (candidate,) = [p for p in lake.rows("policies") if p["method"] == "rejection_sampling"]
+    rc, out, err = _run(capsys, "lineage", candidate["id"][:8], "--lake", tiny_config.lake,
+                        "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    first, base = info["ancestry"]
+    assert first["id"] == candidate["id"] and base["method"] == "base"
+    assert first["reward_model"]["batches"] == ["iteration-0001-simulated"]
+    (delivery,) = first["reward_model"]["deliveries"]
+    assert delivery["filename"] == "iteration-0001-simulated.jsonl"
+    assert lake.read_bytes(delivery["raw_uri"].removeprefix(lake.uri + "/"))
+    rc, out, _ = _run(capsys, "lineage", candidate["id"], "--lake", tiny_config.lake)
+    assert rc == 0 and "batch iteration-0001-simulated:" in out
+    rc, _, err = _run(capsys, "lineage", "zzzz", "--lake", tiny_config.lake)
+    assert rc == 2 and "is not a policy or reward model id" in err
+
+
+def _delivery(tmp_path, rows) -> str:
+    import json
+
+    path = tmp_path / "week-3.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_ingest_prints_counts_by_reason_and_fails_when_nothing_lands(capsys, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    good = {"prompt": "How do I boil an egg?", "response_a": "Eight minutes in boiling water.",
+            "response_b": "Eggs.", "chosen": "a", "strength": "better",
+            "criterion": "helpfulness", "annotator": "ann-1"}
+    lake = str(tmp_path / "lake")
+    path = _delivery(tmp_path, [good, dict(good, chosen="x"), dict(good, response_b="")])
+    rc, out, _ = _run(capsys, "ingest", path, "--lake", lake)
+    assert rc == 0
+    assert "3 delivered, 1 accepted (1 new, 0 already in the lake), 2 rejected" in out
+    assert "invalid_chosen" in out and "empty_response" in out
+    rc, out, _ = _run(capsys, "ingest", path, "--lake", lake)
+    assert rc == 0 and out.startswith("already ingested, nothing to do")
+    bad = _delivery(tmp_path, [dict(good, annotator=None)])
+    rc, out, err = _run(capsys, "ingest", bad, "--lake", lake, "--batch-id", "week-3b")
+    assert rc == 1 and "missing_annotator" in out and "nothing was accepted" in err
+    rc, _, err = _run(capsys, "ingest", str(tmp_path / "nope.jsonl"), "--lake", lake)
+    assert rc == 2 and "no batch file" in err
+
+
+def test_import_an_open_source_set(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    harmless = data / "hh_rlhf_harmless_base_test_dev.jsonl.gz"
+    if not harmless.exists():
+        import pytest
+
+        pytest.skip(f"{harmless} is missing (the shared data folder)")
+    lake = str(tmp_path / "lake")
+    rc, out, err = _run(capsys, "import", str(harmless), "--lake", lake, "--limit", "100",
+                        "--split", "test")
+    assert rc == 0, err
+    assert "100 delivered" in out
+    from flywheel.lake import Lake
+
+    rows = Lake.open(lake).rows("comparisons")
+    assert rows and {r["criterion"] for r in rows} == {"safety"}
+    assert {r["source"] for r in rows} == {"anthropic-hh-rlhf/harmless-base"}
+    assert {r["split"] for r in rows} == {"test"}
