@@ -239,13 +239,16 @@ class Lake:
     def listdir(self, relpath: str) -> list[str]:
         """Names of the files directly under a folder of the lake (none if it is missing)."""
         folder = self._p(relpath)
+        self.fs.invalidate_cache(folder)  # see manifests(): a poller must see new files
         if not self.fs.exists(folder):
             return []
         return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)
                       if self.fs.isfile(p))
 
     def exists(self, relpath: str) -> bool:
-        return self.fs.exists(self._p(relpath))
+        path = self._p(relpath)
+        self.fs.invalidate_cache(path.rsplit("/", 1)[0])  # see manifests()
+        return self.fs.exists(path)
 
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
