@@ -121,7 +121,7 @@ def _announce(lake, result) -> int:
     from prefect.settings import PREFECT_API_URL
 
     print(result.summary())
-    if result.new:
+    if result.new and not result.already_ingested:
         if PREFECT_API_URL.value():
             from tasks.events import emit_batch_landed
 

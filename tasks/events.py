@@ -43,8 +43,8 @@ def batch_landed(lake_uri: str, result: dict) -> dict:
 
 def emit_batch_landed(lake_uri: str, result: dict) -> bool:
     """Emit the event and wait until it is sent. Returns whether it was emitted: only deliveries
-    that added rows are news."""
-    if not result["new"]:
+    that added rows are news (a file ingested again is not)."""
+    if not result["new"] or result.get("already_ingested"):
         return False
     emit_event(**batch_landed(lake_uri, result))
     EventsWorker.drain_all()

@@ -80,3 +80,20 @@ def test_retrain_trains_once_per_delivery(prefect_server, tiny_config, landed_la
     again = retrain(tiny_config, "week-2")  # its event arrived late: already trained on
     assert again == {"batch_id": "week-2", "trained": False, "pending": []}
     assert len(lake.rows("reward_models")) == 1
+
+
+def test_inbox_ingests_files_dropped_in_the_lake_once(prefect_server, tiny_config, landed_lake):
+    from flows.annotation import inbox
+
+    lake, prompts = landed_lake
+    lake.write_bytes("incoming/week-1.jsonl", _delivery(prompts, "w1"))
+    lake.write_bytes("incoming/week-2.jsonl.gz", __import__("gzip").compress(
+        _delivery(prompts, "w2")))
+    lake.write_bytes("incoming/notes.txt", b"not a batch")
+    first = inbox(tiny_config)
+    assert sorted(r["batch_id"] for r in first) == ["week-1", "week-2"]
+    assert [(r["new"], r["event_emitted"]) for r in first] == [(len(prompts), True)] * 2
+    again = inbox(tiny_config)  # polling again: the same files are no-ops, no new events
+    assert all(r["already_ingested"] and not r["event_emitted"] for r in again)
+    assert len(lake.rows("batches")) == 2
+    assert len(lake.rows("comparisons")) == 2 * len(prompts)
