@@ -211,7 +211,20 @@ KILL = textwrap.dedent("""
 @pytest.mark.parametrize("point", ["raw", "comparisons:before-manifest", "comparisons:after",
                                    "quarantine:after"])
 def test_killed_ingest_run_again_leaves_no_duplicate_and_no_gap(tmp_path, point):
-    lake = _lake(tmp_path / "lake")
+    _kill_and_resume(_lake(tmp_path / "lake"), tmp_path, point)
+
+
+@pytest.mark.parametrize("point", ["comparisons:before-manifest", "quarantine:after"])
+def test_killed_ingest_on_s3_leaves_no_duplicate_and_no_gap(tmp_path, point):
+    import uuid
+
+    from s3 import moto_s3
+
+    with moto_s3() as (_, bucket):
+        _kill_and_resume(_lake(f"s3://{bucket}/lake-{uuid.uuid4().hex[:6]}"), tmp_path, point)
+
+
+def _kill_and_resume(lake: Lake, tmp_path, point: str) -> None:
     rows = _rows(12) + GOOD + list(BAD.values())
     delivery = tmp_path / "week-47.jsonl"
     delivery.write_bytes(_jsonl(rows))
