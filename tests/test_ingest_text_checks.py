@@ -1,0 +1,25 @@
+"""The text checks of ingest's validation query match DuckDB's trim() (which strips the Unicode
+space separators, category Zs, and nothing else) on the strings where they could differ."""
+
+import duckdb
+import pytest
+
+from flywheel.ingest import _blank, _trimmed
+
+CASES = ["", " ", "   ", "a", " a", "a ", " a b ", "\u00a0a\u3000", "\u2003", "\ta\n", "\t",
+         "\n", "a\u202f", "é ", " ü"]
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_blank_and_trimmed_agree_with_trim(text):
+    con = duckdb.connect()
+    got = con.execute(f"SELECT {_blank('$t')}, {_trimmed('$t')}, trim($t) = '', trim($t)",
+                      {"t": text}).fetchone()
+    assert got[0] == got[2]
+    assert got[1] == got[3]
+
+
+def test_the_cases_cover_both_outcomes():
+    con = duckdb.connect()
+    blank = [con.execute(f"SELECT {_blank('$t')}", {"t": t}).fetchone()[0] for t in CASES]
+    assert sum(blank) == 4 and not all(blank)  # "", " ", "   ", "\u2003"
