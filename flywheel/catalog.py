@@ -22,15 +22,26 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
     for table in SCHEMAS:
         files = lake.files(table)
         if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(
-                f"CREATE VIEW {table} AS SELECT DISTINCT ON (id) * "
-                f"FROM read_parquet([{listing}], union_by_name=true)"
-            )
+            con.execute(f"CREATE VIEW {table} AS {_view_sql(files)}")
         else:
             con.register(f"_{table}_empty", SCHEMAS[table].empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
     return con
+
+
+def _view_sql(files: list[str]) -> str:
+    """One row per id over a table's parts. A part never repeats an id (Lake.write_table), so
+    one part is read as it is; across parts, two writers racing may both have written a row, and
+    only the ids seen twice go through DISTINCT ON: carrying every column of every row through
+    it costs 1.3 s per 200k rows of 900-character texts."""
+    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    scan = f"read_parquet([{listing}], union_by_name=true)"
+    if len(files) == 1:
+        return f"SELECT * FROM {scan}"
+    return f"""WITH parts AS NOT MATERIALIZED (SELECT * FROM {scan}),
+      twice AS (SELECT id FROM parts GROUP BY id HAVING count(*) > 1)
+    SELECT * FROM parts ANTI JOIN twice USING (id)
+    UNION ALL SELECT DISTINCT ON (id) * FROM (SELECT * FROM parts SEMI JOIN twice USING (id))"""
 
 
 def _records(con, sql: str) -> list[dict]:
