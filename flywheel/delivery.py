@@ -10,6 +10,8 @@ import gzip
 import io
 import json
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -117,23 +119,60 @@ def read_delivery(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
         if fmt == "parquet":
             raise DataError(f"{filename}: not a readable Parquet file") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{filename}: not UTF-8 text ({err}); re-export it as UTF-8") from None
-        rows, raw = (_csv_slow if fmt == "csv" else _jsonl_slow)(text)
-        malformed = {i: raw[i] for i, r in enumerate(rows) if r is None}
-        names = sorted({k for r in rows if r for k in r})
-        t = pa.table({k: pa.array([None if r is None or r.get(k) is None else
-                                   r[k] if isinstance(r[k], str) else json.dumps(r[k])
-                                   for r in rows], pa.string()) for k in names})
-        if not names:
-            t = _empty_rows(len(rows))
+        found = _jsonl_bad_lines(data) if fmt == "jsonl" else None
+        t, malformed = found if found is not None else _read_slow(data, filename, fmt)
     n = t.num_rows
     t, ignored = _normalise(t)
     t = t.append_column("row_index", pa.array(range(n), pa.int64()))
     t = t.replace_schema_metadata({b"ignored": json.dumps(ignored).encode()})
     return t, malformed
+
+
+def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
+    """A JSONL file some of whose lines are not JSON objects, read without parsing every line
+    in Python: DuckDB's JSON validator finds those lines and Arrow parses the others. None when
+    that is not enough (not UTF-8, or values Arrow cannot type): the caller then reads line by
+    line."""
+    lines = [line for line in data.splitlines() if line.strip()]
+    try:
+        text = pa.array(lines, pa.binary()).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    con = duckdb.connect()
+    try:
+        con.register("lines", pa.table({"line": text}))
+        ok = con.sql("SELECT CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' "
+                     "ELSE false END AS ok FROM lines").fetchnumpy()["ok"].astype(bool)
+    finally:
+        con.close()
+    good = np.flatnonzero(ok)
+    malformed = {int(i): lines[i].decode() for i in np.flatnonzero(~ok)}
+    if not len(good):
+        return _empty_rows(len(lines)), malformed
+    try:
+        t = pajson.read_json(io.BytesIO(b"\n".join([lines[i] for i in good])))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if t.num_rows != len(good):
+        return None
+    where = np.full(len(lines), -1)
+    where[good] = np.arange(len(good))
+    return t.take(pa.array(where, mask=where < 0)), malformed  # malformed: a row of nulls
+
+
+def _read_slow(data: bytes, filename: str, fmt: str) -> tuple[pa.Table, dict[int, str]]:
+    """Line by line in Python: every row that parses, and the others as delivered."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{filename}: not UTF-8 text ({err}); re-export it as UTF-8") from None
+    rows, raw = (_csv_slow if fmt == "csv" else _jsonl_slow)(text)
+    malformed = {i: raw[i] for i, r in enumerate(rows) if r is None}
+    names = sorted({k for r in rows if r for k in r})
+    t = pa.table({k: pa.array([None if r is None or r.get(k) is None else
+                               r[k] if isinstance(r[k], str) else json.dumps(r[k])
+                               for r in rows], pa.string()) for k in names})
+    return (t if names else _empty_rows(len(rows))), malformed
 
 
 def _empty_rows(n: int) -> pa.Table:
