@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+from itertools import compress
 
 import duckdb
 import numpy as np
@@ -133,7 +134,7 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
     in Python: DuckDB's JSON validator finds those lines and Arrow parses the others. None when
     that is not enough (not UTF-8, or values Arrow cannot type): the caller then reads line by
     line."""
-    lines = [line for line in data.splitlines() if line.strip()]
+    lines = [line for line in data.splitlines() if line and not line.isspace()]
     try:
         text = pa.array(lines, pa.binary()).cast(pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -150,14 +151,18 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
     if not len(good):
         return _empty_rows(len(lines)), malformed
     try:
-        t = pajson.read_json(io.BytesIO(b"\n".join([lines[i] for i in good])))
+        t = pajson.read_json(io.BytesIO(b"\n".join(compress(lines, ok.tolist()))))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     if t.num_rows != len(good):
         return None
-    where = np.full(len(lines), -1)
-    where[good] = np.arange(len(good))
-    return t.take(pa.array(where, mask=where < 0)), malformed  # malformed: a row of nulls
+    # each malformed line a row of nulls, in its place; slices, not a take (3x slower)
+    null_row = pa.table({f.name: pa.nulls(1, f.type) for f in t.schema})
+    pieces, done = [], 0
+    for k, i in enumerate(sorted(malformed)):
+        pieces += [t.slice(done, i - k - done), null_row]
+        done = i - k
+    return pa.concat_tables([*pieces, t.slice(done)]), malformed
 
 
 def _read_slow(data: bytes, filename: str, fmt: str) -> tuple[pa.Table, dict[int, str]]:

@@ -53,3 +53,11 @@ def test_what_arrow_cannot_read_falls_back_to_line_by_line(data):
 def test_every_line_malformed():
     fast, bad = _jsonl_bad_lines(b"nope\n[]\n")
     assert bad == {0: "nope", 1: "[]"} and fast.num_rows == 2
+
+
+def test_malformed_first_and_last_lines():
+    data = b'{"a": \n{"prompt": "p1"}\n{"prompt": "p2"}\n{"prompt":'
+    (fast, bad_fast), (slow, bad_slow) = _both(data)
+    assert bad_fast == bad_slow == {0: '{"a": ', 3: '{"prompt":'}
+    assert _normalise(fast)[0].to_pylist() == _normalise(slow)[0].to_pylist()
+    assert fast.column("prompt").to_pylist() == [None, "p1", "p2", None]
