@@ -1,4 +1,5 @@
-"""A JSONL delivery with malformed lines is read without a Python parse per line; what it gives
+"""Fast paths of reading a delivery, each equal to the general path it skips. A JSONL delivery
+with malformed lines is read without a Python parse per line; what it gives
 must equal the line-by-line reading, row for row, with the same malformed lines by index."""
 
 import pytest
@@ -61,3 +62,26 @@ def test_malformed_first_and_last_lines():
     assert bad_fast == bad_slow == {0: '{"a": ', 3: '{"prompt":'}
     assert _normalise(fast)[0].to_pylist() == _normalise(slow)[0].to_pylist()
     assert fast.column("prompt").to_pylist() == [None, "p1", "p2", None]
+
+
+@pytest.mark.parametrize("text", ["Hi", 'a "quoted" \\ back', "é ü 日本", "tab\there\nnewline",
+                                  "\u2028 \x00 \x1f", "\ud800 lone surrogate", "[not a list"])
+def test_the_plain_prompt_id_is_the_content_id(text):
+    from flywheel.delivery import _user_prompt_id
+    from flywheel.schemas import content_id
+
+    assert _user_prompt_id(text) == content_id("prompt", [{"role": "user", "content": text}])
+
+
+@pytest.mark.parametrize("msgs", [
+    [{"role": "user", "content": 'a "q" é \u2028 \\'}],
+    [{"content": "order", "role": "user"}],
+    [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+    [{"role": "assistant", "content": "x"}],
+])
+def test_messages_json_is_json_dumps(msgs):
+    import json
+
+    from flywheel.ingest import _messages_json
+
+    assert _messages_json(msgs) == json.dumps(msgs)
