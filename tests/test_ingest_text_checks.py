@@ -4,10 +4,10 @@ space separators, category Zs, and nothing else) on the strings where they could
 import duckdb
 import pytest
 
-from flywheel.ingest import _blank, _trimmed
+from flywheel.ingest import _blank, _longer, _trimmed
 
 CASES = ["", " ", "   ", "a", " a", "a ", " a b ", "\u00a0a\u3000", "\u2003", "\ta\n", "\t",
-         "\n", "a\u202f", "é ", " ü"]
+         "\n", "a\u202f", "é ", " ü", "  a  b  ", "a \u00a0 \u3000", "\u3000\u3000a"]
 
 
 @pytest.mark.parametrize("text", CASES)
@@ -23,3 +23,11 @@ def test_the_cases_cover_both_outcomes():
     con = duckdb.connect()
     blank = [con.execute(f"SELECT {_blank('$t')}", {"t": t}).fetchone()[0] for t in CASES]
     assert sum(blank) == 4 and not all(blank)  # "", " ", "   ", "\u2003"
+
+
+@pytest.mark.parametrize("text,n", [("abc", 3), ("abcd", 3), ("ééé", 3), ("éééé", 3),
+                                    ("ééé", 5), ("", 0), (None, 3)])
+def test_longer_is_length_over_n(text, n):
+    got = duckdb.connect().execute(f"SELECT {_longer('$t', n)}, length($t) > {n}",
+                                   {"t": text}).fetchone()
+    assert got[0] == bool(got[1])
