@@ -63,8 +63,8 @@ def status(lake: Lake) -> dict:
         ),
         "batches": _records(
             con,
-            "SELECT id, iteration, source, delivered, accepted, rejected, status "
-            "FROM batches ORDER BY created_at",
+            "SELECT batch_id, id AS delivery_id, filename, iteration, source, delivered, "
+            "accepted, new, rejected, heldout, status FROM batches ORDER BY created_at",
         ),
         "reward_models": _records(
             con,
@@ -110,9 +110,11 @@ def format_status(report: dict) -> str:
         )
     lines.append("batches:")
     for b in report["batches"]:
+        when = f"iteration {b['iteration']}" if b["iteration"] is not None else "delivered"
         lines.append(
-            f"  {b['id']} iteration {b['iteration']} {b['source']}: {b['accepted']} accepted, "
-            f"{b['rejected']} rejected of {b['delivered']} ({b['status']})"
+            f"  {b['batch_id']} ({b['filename']}, {when}, {b['source']}): {b['accepted']} "
+            f"accepted ({b['new']} new, {b['heldout']} held out), {b['rejected']} rejected of "
+            f"{b['delivered']}"
         )
     lines.append("reward models:")
     for r in report["reward_models"]:
