@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import io
 import json
-from itertools import compress
 from json.encoder import encode_basestring_ascii
 
 import duckdb
@@ -136,24 +135,37 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
     in Python: DuckDB's JSON validator finds those lines and Arrow parses the others. None when
     that is not enough (not UTF-8, or values Arrow cannot type): the caller then reads line by
     line."""
-    lines = [line for line in data.splitlines() if line and not line.isspace()]
+    # the lines as one Arrow array over the delivered bytes (each keeps its newline): no copy
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
+    if not len(ends) or ends[-1] != len(data):
+        ends = np.append(ends, len(data))
+    offsets = pa.py_buffer(np.concatenate([[0], ends]).astype(np.int64))
+    lines = pa.Array.from_buffers(pa.large_binary(), len(ends),
+                                  [None, offsets, pa.py_buffer(data)])
     try:
-        text = pa.array(lines, pa.binary()).cast(pa.string())
+        text = lines.cast(pa.large_string())  # validates UTF-8
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     con = duckdb.connect()
     try:
         con.register("lines", pa.table({"line": text}))
-        ok = con.sql("SELECT CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' "
-                     "ELSE false END AS ok FROM lines").fetchnumpy()["ok"].astype(bool)
+        # a valid JSON text that opens with "{" is an object (json_type would parse it again)
+        found = con.sql(r"SELECT regexp_matches(line, '^\s*$') AS blank, json_valid(line) "
+                        r"AND regexp_matches(line, '^\s*\{') AS ok FROM lines").fetchnumpy()
     finally:
         con.close()
-    good = np.flatnonzero(ok)
-    malformed = {int(i): lines[i].decode() for i in np.flatnonzero(~ok)}
+    blank, ok = found["blank"].astype(bool), found["ok"].astype(bool)
+    rows = np.flatnonzero(~blank)  # blank lines are not rows
+    ok_rows = ok[rows]
+    good = np.flatnonzero(ok_rows)
+    malformed = {int(r): text[int(rows[r])].as_py().rstrip("\r\n")
+                 for r in np.flatnonzero(~ok_rows)}
     if not len(good):
-        return _empty_rows(len(lines)), malformed
+        return _empty_rows(len(rows)), malformed
+    kept = pc.filter(lines, pa.array(ok & ~blank))  # the good lines, back to back
+    start, stop = np.frombuffer(kept.buffers()[1], np.int64)[[kept.offset, kept.offset + len(kept)]]
     try:
-        t = pajson.read_json(io.BytesIO(b"\n".join(compress(lines, ok.tolist()))))
+        t = pajson.read_json(pa.BufferReader(kept.buffers()[2].slice(start, stop - start)))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
     if t.num_rows != len(good):
