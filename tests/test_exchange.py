@@ -310,3 +310,23 @@ def test_write_export_files(lake, tmp_path):
     assert json.loads(ag[1].read_text()) == argilla_settings()
     with pytest.raises(DataError, match="no pairs to label for iteration 5"):
         write_export(lake, 5, "argilla", tmp_path / "x.json")
+
+
+def test_cli_export_then_import_a_label_studio_round(lake, tmp_path, capsys, monkeypatch):
+    """`flywheel annotate export` writes the tasks and config; `flywheel annotate import` of the
+    tool's export lands a batch: 3 labelled answers pass, the one without a strength is
+    quarantined (the cancelled annotation is not a label)."""
+    from flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    out = tmp_path / "ls" / "tasks.json"
+    assert main(["annotate", "export", "--format", "label-studio", "--iteration", "1",
+                 "--out", str(out), "--lake", lake.uri]) == 0
+    assert len(json.loads(out.read_text())) == 3 and out.with_suffix(".xml").exists()
+    export = tmp_path / "project-7-export.json"
+    export.write_text(json.dumps(_ls_export(lake)))
+    assert main(["annotate", "import", str(export), "--format", "label-studio", "--lake",
+                 lake.uri, "--batch-id", "week-47-ls"]) == 0
+    printed = capsys.readouterr().out
+    assert "batch week-47-ls" in printed and "4 delivered, 3 accepted" in printed
+    assert "missing_strength" in printed
