@@ -99,9 +99,10 @@ class Lake:
                     out.append(json.loads(f.read()))
         return sorted(out, key=lambda m: (m["created_at"], m["part"]))
 
-    def files(self, table: str) -> list[str]:
-        """Full paths (with protocol) of the complete Parquet parts of a table."""
-        parts = self.manifests(table)
+    def files(self, table: str, manifests: list[dict] | None = None) -> list[str]:
+        """Full paths (with protocol) of the complete Parquet parts of a table (of the parts
+        `manifests` names, when given: what `manifests(table)` returned)."""
+        parts = self.manifests(table) if manifests is None else manifests
         return [self._full(self._p("tables", table, m["part"] + ".parquet")) for m in parts]
 
     def _full(self, path: str) -> str:

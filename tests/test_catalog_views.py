@@ -4,6 +4,9 @@ lands) can both write the same row."""
 
 import json
 
+import pytest
+
+import flywheel.catalog
 from flywheel.catalog import connect
 from flywheel.lake import Lake
 from flywheel.schemas import SCHEMAS
@@ -26,13 +29,27 @@ def _rows(lake):
     return cur.fetchall()
 
 
+def _view_text(lake) -> str:
+    return connect(lake).execute(
+        "SELECT sql FROM duckdb_views() WHERE view_name = 'prompts'").fetchone()[0]
+
+
+@pytest.fixture(params=["small", "large"])
+def size(request, monkeypatch):
+    """Run as a small table (DISTINCT ON) and as a large one (ids seen twice read apart)."""
+    if request.param == "large":
+        monkeypatch.setattr(flywheel.catalog, "SMALL_TABLE_ROWS", 0)
+    return request.param
+
+
 def test_one_part_is_read_as_it_is(tmp_path):
     lake = Lake.open(str(tmp_path / "lake"))
     lake.write("prompts", [_prompt(1), _prompt(2), _prompt(2)])
     assert _rows(lake) == [("p1", "t"), ("p2", "t")]
+    assert "DISTINCT" not in _view_text(lake).upper()
 
 
-def test_rows_written_twice_by_racing_writers_appear_once(tmp_path):
+def test_rows_written_twice_by_racing_writers_appear_once(tmp_path, size):
     """Parts: A = p1 p2 p3 (source a), B = p2 p3 p4 (b), C = p3 p5 (c). p2 is in two parts, p3 in
     three: 5 ids, each once; p1, p4 and p5 as written; p2 and p3 from one of their parts."""
     path = str(tmp_path / "lake")
@@ -52,10 +69,13 @@ def test_rows_written_twice_by_racing_writers_appear_once(tmp_path):
     cols = [d[0] for d in con.execute("SELECT * FROM prompts LIMIT 0").description]
     assert cols == SCHEMAS["prompts"].names
     assert sorted(lake.ids("prompts")) == [r[0] for r in rows]
+    assert "DISTINCT ON" in _view_text(lake).upper()
 
 
-def test_parts_without_overlap(tmp_path):
+def test_parts_without_overlap(tmp_path, size):
+    """Only a large table reads the ids apart first (the anti join on the ids seen twice)."""
     lake = Lake.open(str(tmp_path / "lake"))
     for i in range(3):
         lake.write("prompts", [_prompt(2 * i), _prompt(2 * i + 1)])
     assert [r[0] for r in _rows(lake)] == [f"p{i}" for i in range(6)]
+    assert ("ANTI JOIN" in _view_text(lake).upper()) == (size == "large")
