@@ -1,0 +1,155 @@
+"""Token log-probs from hidden states and the output head: the fused Triton op
+(kernels/head_logprobs.py) against eager PyTorch, forward and forward+backward, bf16, with peak
+memory, bytes moved and the achieved fraction of the GPU's bandwidth and bf16 tensor-core peak.
+
+    .venv/bin/python benchmarks/bench_head_logprobs.py [--reps 20]
+
+Writes benchmarks/results/head_logprobs.md. Eager is
+`(h @ W.T).float().log_softmax(-1).gather(-1, t[:, None])`, which stores [N, V] logits in bf16 and
+twice in float32. Without a GPU it says so in the results and only checks the torch reference
+against the kernel under Triton's interpreter on a small shape.
+"""
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+import torch
+from _machine import describe
+
+OUT = Path(__file__).parent / "results" / "head_logprobs.md"
+SHAPES = [(n, v, d) for v in (32000, 49152) for d in (576, 4096) for n in (4096, 16384)]
+# (HBM bytes/s, dense bf16 FLOP/s) from the vendor's data sheets, by device name
+PEAKS = {"H200": (4.8e12, 989e12), "H100 PCIe": (2.0e12, 756e12), "H100": (3.35e12, 989e12),
+         "A100": (2.0e12, 312e12)}
+
+
+def eager(h, w, t):
+    return (h @ w.t()).float().log_softmax(-1).gather(-1, t[:, None]).squeeze(-1)
+
+
+def _time_ms(fn, reps):
+    fn()  # compile and warm up
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _peak_gib(fn):
+    """Peak memory above what was allocated before the call (the inputs), GiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _case(op, n, v, d, reps, backward):
+    h = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+    w = (torch.randn(v, d, device="cuda") * d**-0.5).to(torch.bfloat16).requires_grad_(backward)
+    t = torch.randint(0, v, (n,), device="cuda")
+    g = torch.randn(n, device="cuda")
+
+    def run():
+        out = op(h, w, t)
+        if backward:
+            h.grad = w.grad = None
+            out.backward(g)
+
+    ms = _time_ms(run, reps)
+    peak = _peak_gib(run)
+    # unavoidable traffic: read h and W, write the log-probs; the backward reads them again
+    # (plus the saved lse) and writes dh and dW
+    nbytes = 2 * (n + v) * d + 4 * n
+    flops = 2 * n * v * d
+    if backward:
+        nbytes += 2 * (2 * (n + v) * d) + 8 * n
+        flops *= 3  # two more matmuls of the same size (the fused op also recomputes the logits)
+    return ms, peak, nbytes, flops
+
+
+def gpu_report(reps):
+    from kernels.head_logprobs import head_logprobs
+
+    name = torch.cuda.get_device_name()
+    bw, fl = next((p for k, p in PEAKS.items() if k in name), (None, None))
+    lines = [
+        "# Token log-probs from hidden states x output head: fused Triton vs eager PyTorch",
+        "",
+        f"Machine: {describe().replace('no GPU', name)}; torch {torch.__version__}. bf16 inputs, "
+        f"median of {reps} runs after one warm-up. Peak = torch.cuda.max_memory_allocated above "
+        "the inputs. Bytes = the unavoidable traffic (h, W, log-probs; for the backward also "
+        "dh, dW): the op is compute-bound, so the tensor-core fraction (2NVD FLOP forward, 6NVD "
+        "forward+backward, the fused op's recomputed logits not counted) is the telling one.",
+        "Command: `.venv/bin/python benchmarks/bench_head_logprobs.py`",
+        "",
+        "| pass | N | V | D | eager ms | fused ms | speed-up | eager peak GiB | fused peak GiB |"
+        " GB moved | fused BW frac | fused TC frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backward in (False, True):
+        for n, v, d in SHAPES:
+            e_ms, e_peak, nbytes, flops = _case(eager, n, v, d, reps, backward)
+            f_ms, f_peak, _, _ = _case(head_logprobs, n, v, d, reps, backward)
+            bw_frac = f"{nbytes / (f_ms * 1e-3) / bw:.2f}" if bw else "n/a"
+            tc_frac = f"{flops / (f_ms * 1e-3) / fl:.2f}" if fl else "n/a"
+            lines.append(
+                f"| {'fwd+bwd' if backward else 'fwd'} | {n} | {v} | {d} | {e_ms:.2f} | "
+                f"{f_ms:.2f} | {e_ms / f_ms:.2f}x | {e_peak:.2f} | {f_peak:.2f} | "
+                f"{nbytes / 1e9:.3f} | {bw_frac} | {tc_frac} |")
+            torch.cuda.empty_cache()
+    return lines
+
+
+def cpu_report():
+    # Triton picks its interpreter at first import: set before kernels/ imports triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from kernels.head_logprobs import head_logprobs_reference, head_logprobs_triton
+
+    torch.manual_seed(0)
+    n, v, d = 37, 257, 40
+    h = torch.randn(n, d, requires_grad=True)
+    w = (torch.randn(v, d) * 0.5).requires_grad_()
+    t = torch.randint(0, v, (n,))
+    out = head_logprobs_triton(h, w, t)
+    dh, dw = torch.autograd.grad(out.sum(), (h, w))
+    ref = head_logprobs_reference(h, w, t)
+    rdh, rdw = torch.autograd.grad(ref.sum(), (h, w))
+    err = max((out - ref).abs().max().item(), (dh - rdh).abs().max().item(),
+              (dw - rdw).abs().max().item())
+    return [
+        "# Token log-probs from hidden states x output head: fused Triton vs eager PyTorch",
+        "",
+        f"Machine: {describe()}.",
+        "Command: `.venv/bin/python benchmarks/bench_head_logprobs.py`",
+        "",
+        "No GPU was available in this run, so nothing was timed: kernel timings on a CPU through "
+        "Triton's interpreter mean nothing. Run this script on a CUDA machine for the table "
+        "(V = 32000 and 49152, D = 576 and 4096, N = 4096 and 16384, bf16).",
+        "",
+        f"Check only: the kernel under the interpreter against the float32 torch reference at "
+        f"N={n}, V={v}, D={d} (float32), forward and gradients: max abs difference {err:.2e}.",
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
