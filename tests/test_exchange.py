@@ -35,6 +35,19 @@ def _by_prompt(items, key=lambda x: x["prompt_id"]):
     return {key(x): x for x in items}
 
 
+def _expected_row(pairs):
+    """A builder of the delivery row a tool's export of a pair should give (None fields left
+    out, as the converters leave them)."""
+    def row(pid, chosen, strength, annotator, safety=None):
+        p = pairs[pid]
+        r = {"prompt_id": pid, "sample_id_a": p["sample_id_a"],
+             "sample_id_b": p["sample_id_b"], "chosen": chosen, "strength": strength,
+             "criterion": p["criterion"], "safety_label": safety, "annotator": annotator,
+             "source": "in-house"}
+        return {k: v for k, v in r.items() if v is not None}
+    return row
+
+
 def _ids(pair, chosen):
     """(chosen sample id, rejected sample id) of a pair when `chosen` ("a" | "b") won."""
     a, b = pair["sample_id_a"], pair["sample_id_b"]
@@ -137,16 +150,8 @@ def _ls_export(lake):
 
 
 def test_from_label_studio_rows(lake):
-    pairs = _by_prompt(week_pairs(lake, 1))
+    row = _expected_row(_by_prompt(week_pairs(lake, 1)))
     rows = from_label_studio(_ls_export(lake))
-
-    def row(pid, chosen, strength, annotator, safety=None):
-        p = pairs[pid]
-        r = {"prompt_id": pid, "sample_id_a": p["sample_id_a"],
-             "sample_id_b": p["sample_id_b"], "chosen": chosen, "strength": strength,
-             "criterion": p["criterion"], "safety_label": safety, "annotator": annotator,
-             "source": "in-house"}
-        return {k: v for k, v in r.items() if v is not None}
 
     assert rows == [  # the cancelled annotation (id 12) is skipped
         row("p-rice", "b", "better", "label-studio:10"),
@@ -254,15 +259,7 @@ def _ag_export(lake):
 
 
 def test_from_argilla_rows(lake):
-    pairs = _by_prompt(week_pairs(lake, 1))
-
-    def row(pid, chosen, strength, user, safety=None):
-        p = pairs[pid]
-        r = {"prompt_id": pid, "sample_id_a": p["sample_id_a"],
-             "sample_id_b": p["sample_id_b"], "chosen": chosen, "strength": strength,
-             "criterion": p["criterion"], "safety_label": safety, "annotator": user,
-             "source": "in-house"}
-        return {k: v for k, v in r.items() if v is not None}
+    row = _expected_row(_by_prompt(week_pairs(lake, 1)))
 
     assert from_argilla(_ag_export(lake)) == [
         row("p-rice", "a", "significantly_better", U1),

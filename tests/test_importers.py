@@ -1,5 +1,6 @@
-"""Importers against the real open-source files in /work/shared/data (see its SOURCES.md): one
-delivery row per record, the rejected ones named, texts checked by hand against the files."""
+"""Importers against the real open-source files in ../shared/data beside the repository (see
+its SOURCES.md): one delivery row per record, the rejected ones named, texts checked by hand
+against the files."""
 
 import gzip
 import json
