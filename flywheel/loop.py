@@ -23,6 +23,7 @@ from flywheel.evaluation import gate, head_to_head
 from flywheel.ingest import ingest_bytes
 from flywheel.judge import ProxyJudge
 from flywheel.lake import Lake
+from flywheel.pairs import write_delivery_jsonl
 from flywheel.policy import Candidate, best_of, finetune
 from flywheel.prompts import load_prompts, messages_of, user_text
 from flywheel.reward_model import PreferencePair, RewardModel, accuracy
@@ -145,7 +146,7 @@ def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[s
         todo.append(Pair(p["id"], user_text(p), p["criterion"], a_id, a["text"], b_id, b["text"]))
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     rows = label_pairs(judge, todo, cfg.annotation.strength_thresholds)
-    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    data = write_delivery_jsonl(rows)
     batch_id = f"iteration-{iteration:04d}-simulated"
     result = ingest_bytes(lake, data, f"{batch_id}.jsonl", batch_id, cfg.annotation, iteration,
                           source="simulated")
