@@ -106,6 +106,29 @@ class AnnotationConfig(_Section):
         return self
 
 
+class MixConfig(_Section):
+    """The Llama 2 reward-model data mixes (flywheel/mixes.py), over the lake's train rows."""
+
+    helpfulness_extra: float = Field(
+        1.0,
+        ge=0,
+        description="Helpfulness RM: rows sampled from in-house safety and open-source data per "
+        "in-house helpfulness row (Llama 2: an equal amount, 1.0).",
+    )
+    safety_helpfulness_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Safety RM: share of the mix drawn from helpfulness data (Llama 2: 10 %).",
+    )
+    allow_short: bool = Field(
+        False,
+        description="When a pool holds fewer rows than a ratio asks for, take them all and "
+        "record the shortfall instead of failing.",
+    )
+    seed: int = Field(0, description="Seed of the uniform sampling.")
+
+
 class RewardModelConfig(_Section):
     margin: Literal["none", "small", "large"] = Field(
         "small", description="Llama 2 margin table added inside the ranking loss."
@@ -116,6 +139,20 @@ class RewardModelConfig(_Section):
     micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass.")
     max_length: int = Field(512, ge=16)
     seed: int = 0
+    deepspeed: str | None = Field(
+        None,
+        description="Train through DeepSpeed with this config: a JSON file, or the name of one "
+        "in infra/deepspeed/ (zero2-cpu runs on a CPU; zero3 for several GPUs). Empty: plain "
+        "PyTorch.",
+    )
+    mix: MixConfig = MixConfig()
+    promotion_tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="A retrained reward model replaces the current one unless its accuracy on "
+        "one of the current model's test sets drops by more than this.",
+    )
 
 
 class RejectionSamplingConfig(_Section):
