@@ -156,18 +156,55 @@ LAKE_B = {
 }
 
 
-def test_a_pool_too_small_is_taken_whole_and_the_counts_say_so(tmp_path):
+def test_a_pool_too_small_fails_naming_what_is_missing_or_is_taken_whole(tmp_path):
     """Lake B: 12 in-house helpfulness (b1), 10 in-house safety (b2), no open-source rows.
-    helpfulness: kept 12, wanted 12, pool 10 -> all 10, short 2, total 22.
-    safety on [b2]: S = 10, wanted round(10 / 9) = 1, pool 0 (b1 left out) -> short 1, total 10.
+    helpfulness: kept 12, wanted 12, pool 10 -> an error naming the 2 missing rows; with
+    allow_short all 10 are taken, short 2, total 22.
+    safety on [b2]: S = 10, wanted round(10 x 0.1 / 0.9) = 1, pool 0 (b1 left out) -> short 1.
     helpfulness on [b2]: no in-house helpfulness rows -> empty mix, an error."""
     lake = build(Lake.open(str(tmp_path / "lake")), LAKE_B)
-    mix = helpfulness_mix(lake)
+    with pytest.raises(DataError, match=r"helpfulness mix cannot meet its ratio: it wants 12 "
+                       r"rows .*holds 10 .*\(2 missing\).*helpfulness_extra.*allow_short"):
+        helpfulness_mix(lake)
+    mix = helpfulness_mix(lake, allow_short=True)
     assert mix.counts == {"in-house helpfulness": 12, "in-house safety": 10, "open-source": 0,
                           "total": 22, "sample wanted": 12, "sample short": 2}
-    mix = safety_mix(lake, batches=["b2"])
+    with pytest.raises(DataError, match="safety mix cannot meet its ratio.*1 missing"):
+        safety_mix(lake, batches=["b2"])
+    mix = safety_mix(lake, batches=["b2"], allow_short=True)
     assert mix.counts == {"in-house safety": 10, "anthropic harmless": 0,
                           "in-house helpfulness": 0, "open-source helpfulness": 0,
                           "total": 10, "sample wanted": 1, "sample short": 1}
-    with pytest.raises(DataError, match="helpfulness mix is empty.*b2.*ingest"):
+    with pytest.raises(DataError, match="helpfulness mix is empty: no in-house helpfulness.*b2"):
         helpfulness_mix(lake, batches=["b2"])
+
+
+def test_ratios_are_config(tmp_path):
+    """Lake B again. helpfulness extra 0.5: 12 kept + round(6) sampled of the 10 safety rows.
+    safety share 0.5: 10 kept + round(10 x 0.5 / 0.5) = 10 sampled of the 12 helpfulness rows;
+    share 0.2: round(10 x 0.25) = round(2.5) = 3 (halves away from zero, as DuckDB rounds).
+    extra 0 gives the in-house helpfulness rows alone."""
+    lake = build(Lake.open(str(tmp_path / "lake")), LAKE_B)
+    mix = helpfulness_mix(lake, extra=0.5)
+    assert (mix.counts["in-house safety"], mix.counts["sample wanted"], mix.counts["total"]) == (
+        6, 6, 18)
+    mix = safety_mix(lake, helpfulness_share=0.5)
+    assert (mix.counts["in-house helpfulness"], mix.counts["total"]) == (10, 20)
+    assert safety_mix(lake, helpfulness_share=0.2).counts["in-house helpfulness"] == 3
+    assert helpfulness_mix(lake, extra=0).counts["total"] == 12
+    for bad in (-1, "1"):
+        with pytest.raises(DataError, match="extra must be a number"):
+            helpfulness_mix(lake, extra=bad)
+    with pytest.raises(DataError, match=r"share must be in \[0, 1\)"):
+        safety_mix(lake, helpfulness_share=1.0)
+
+
+def test_mixes_for_reads_the_config(tmp_path):
+    from flywheel.config import MixConfig
+    from flywheel.mixes import mixes_for
+
+    lake = build(Lake.open(str(tmp_path / "lake")), LAKE_B)
+    both = mixes_for(lake, MixConfig(helpfulness_extra=0.5, safety_helpfulness_share=0.5))
+    assert both["helpfulness"].counts["total"] == 18 and both["safety"].counts["total"] == 20
+    with pytest.raises(DataError, match="cannot meet its ratio"):
+        mixes_for(lake, MixConfig())
