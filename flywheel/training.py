@@ -1,13 +1,21 @@
 """What the reward-model and policy training loops share: the step plan, the optimizer with
-linear warmup and cosine decay, and the shuffled batches of each epoch."""
+linear warmup and cosine decay, the shuffled batches of each epoch, and the steppers that run
+one optimizer step over gradient-accumulated micro-batches, in plain PyTorch or through
+DeepSpeed (configs in infra/deepspeed/)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+
+from flywheel.errors import ConfigError
 
 
 def lr_lambda(steps: int, warmup: int, floor: float = 0.1):
@@ -41,3 +49,193 @@ def epoch_batches(n_examples: int, batch_size: int, epochs: int, seed: int) -> I
         random.Random(seed + epoch).shuffle(order)
         for start in range(0, n_examples, batch_size):
             yield order[start : start + batch_size]
+
+
+# --- steppers: one optimizer step over gradient-accumulated micro-batches -------------------
+
+# The DeepSpeed config keys the training loop sets; a config file must leave them out.
+LOOP_OWNED_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "gradient_clipping", "optimizer", "scheduler",
+)
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
+_WEIGHT_TOL = 1e-6
+
+
+class Stepper:
+    """AdamW (betas 0.9, 0.95, no weight decay) with `lr_lambda`'s schedule and the gradient norm
+    clipped to 1.0, fed one micro-batch at a time. Forward through `module`; for each micro-batch
+    call `backward(mean loss, weight)`, where the weights of one step's micro-batches are their
+    shares of the step's examples and sum to 1 (so the step's loss is the sum of weight * loss);
+    then `step()`. The last step of an epoch may have fewer micro-batches than the others."""
+
+    module: torch.nn.Module
+
+    def __init__(self) -> None:
+        self._weight = 0.0  # sum of the weights given since the last step
+
+    def backward(self, loss: torch.Tensor, weight: float) -> None:
+        if self._weight + weight > 1 + _WEIGHT_TOL:
+            raise ValueError(f"micro-batch weights of one step sum past 1 "
+                             f"({self._weight} + {weight}); call step() after each step's last")
+        self._weight += weight
+        self._backward(loss * weight, last=self._weight > 1 - _WEIGHT_TOL)
+
+    def step(self) -> None:
+        if abs(self._weight - 1) > _WEIGHT_TOL:
+            raise ValueError(f"micro-batch weights of this step sum to {self._weight}, not 1")
+        self._weight = 0.0
+        self._step()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step applies."""
+        raise NotImplementedError
+
+    def state_dict_for_save(self) -> dict[str, torch.Tensor]:
+        """The model's full state dict, gathered from every partition if need be."""
+        raise NotImplementedError
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+
+class TorchStepper(Stepper):
+    def __init__(self, model: torch.nn.Module, lr: float, steps: int, warmup: int):
+        super().__init__()
+        self.module = model
+        self.optimizer, self.scheduler = adamw_with_schedule(model, lr, steps, warmup)
+
+    def _backward(self, loss, last):
+        loss.backward()
+
+    def _step(self):
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict_for_save(self):
+        return self.module.state_dict()
+
+
+class DeepSpeedStepper(Stepper):
+    """The same step through a DeepSpeed engine. DeepSpeed counts micro-batches itself (it steps
+    every `gradient_accumulation_steps` backwards and divides each loss by that number); here the
+    loss goes in unscaled and the accumulation boundary is set from the weights instead, so a
+    short last step reduces and updates like a full one."""
+
+    def __init__(self, engine):
+        super().__init__()
+        self.engine = self.module = engine
+
+    def _backward(self, loss, last):
+        # set before the backward: ZeRO reduces (or offloads) the gradients on the boundary one
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def _step(self):
+        # on the boundary: clip, optimizer step, scheduler step, zero the gradients
+        self.engine.step()
+
+    @property
+    def lr(self):
+        return self.engine.get_lr()[0]
+
+    def state_dict_for_save(self):
+        """ZeRO-3 partitions the parameters: gather them into 16-bit weights (on rank 0; None on
+        the other ranks; every rank must call this). Needs
+        `stage3_gather_16bit_weights_on_model_save: true` in the config to be saved by
+        DeepSpeed's own save_16bit_model, which this mirrors. Other stages hold full weights."""
+        if self.engine.zero_optimization_partition_weights():
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.engine.module.state_dict()
+
+
+def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, micro_steps: int,
+                 deepspeed: str | None = None) -> Stepper:
+    """A plain PyTorch stepper, or with `deepspeed` (a DeepSpeed JSON config: a path ending in
+    .json, or a name in infra/deepspeed/) one through a DeepSpeed engine. `micro_steps` is the
+    number of micro-batches of a full step; `steps` and `warmup` drive `lr_lambda`.
+
+    The first DeepSpeed stepper of a process initialises torch.distributed (a one-process group
+    unless a launcher set RANK, WORLD_SIZE, ...) and it stays so: DeepSpeed caches its groups,
+    and later engines in the same process reuse them."""
+    if micro_steps < 1:
+        raise ValueError(f"micro_steps must be at least 1, got {micro_steps}")
+    if deepspeed is None:
+        return TorchStepper(model, lr, steps, warmup)
+    config = deepspeed_config(deepspeed, lr, micro_steps)
+    try:
+        import deepspeed as ds
+    except ImportError as e:
+        raise ConfigError(
+            f"DeepSpeed config {deepspeed!r} given but deepspeed is not importable ({e}): "
+            "`pip install --no-build-isolation deepspeed` after torch, or clear "
+            "reward_model.deepspeed to train with plain PyTorch"
+        ) from e
+    if not torch.distributed.is_initialized():
+        _single_process_env()
+        ds.init_distributed()
+    engine, *_ = ds.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup)),
+    )
+    return DeepSpeedStepper(engine)
+
+
+def deepspeed_config(name: str, lr: float, micro_steps: int) -> dict:
+    """The config file's settings (ZeRO stage, precision, offload) plus the keys the loop owns.
+    The optimizer is torch's AdamW, as in TorchStepper, except under optimizer offload, where
+    DeepSpeed's CPU AdamW (same update, run on the CPU) is the one that works with it."""
+    path = Path(name).expanduser() if name.endswith(".json") else DEEPSPEED_CONFIGS / f"{name}.json"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))) or "none"
+        raise ConfigError(
+            f"DeepSpeed config {name!r} not found ({path}); name one in infra/deepspeed/ "
+            f"({names}) or give the path of a .json file"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"DeepSpeed config {path} must hold a JSON object, got {config!r:.60}")
+    owned = [k for k in LOOP_OWNED_KEYS if k in config]
+    if owned:
+        raise ConfigError(
+            f"DeepSpeed config {path} sets {', '.join(owned)}: the training loop sets these from "
+            "its own config (learning rate, batch sizes, clipping 1.0); remove them from the file"
+        )
+    offload = ((config.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device")
+    params = {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0}
+    if offload in (None, "none"):
+        params["torch_adam"] = True
+    return {
+        **config,
+        # only DeepSpeed's throughput log and data loader read this: the loop batches itself
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": micro_steps,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": params},
+    }
+
+
+def _single_process_env() -> None:
+    """DeepSpeed's launcher (or torchrun) sets these; a plain one-process run gets defaults."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
