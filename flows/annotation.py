@@ -5,8 +5,9 @@ model when batches land.
     annotation-inbox        every supported file under <lake>/incoming/ -> ingest-batch; files
                             already ingested are no-ops (by checksum), so polling is safe
     reward-model-retrain    started by the batch-landed trigger (tasks/events.py) with the
-                            batch's name; trains once on every pending batch, or stops at once
-                            when its batch is already in a reward model
+                            batch's name; retrains the helpfulness and safety reward models
+                            once on every pending batch (mixes, evaluation, promotion gate),
+                            or stops at once when its batch is already in a reward model
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.delivery import SUFFIXES
 from tasks.ingest import ingest_batch
-from tasks.reward import train_reward_model
+from tasks.reward import train_reward_models
 
 INCOMING = "incoming"
 
@@ -47,7 +48,9 @@ def inbox(config: FlywheelConfig, prefix: str = INCOMING) -> list[dict]:
 
 @flow(name="reward-model-retrain", flow_run_name="retrain-{batch_id}")
 def retrain(config: FlywheelConfig, batch_id: str) -> dict:
-    """Train the reward model on everything landed so far, if `batch_id` is not in one yet."""
+    """Retrain both reward models on everything landed so far, if `batch_id` is not in one
+    yet: each on its Llama 2 mix, evaluated on every test set, promoted only if it passes the
+    gate against the current one."""
     logger = get_run_logger()
     lake = loop.open_lake(config)
     pending = loop.pending_batches(lake)
@@ -56,6 +59,7 @@ def retrain(config: FlywheelConfig, batch_id: str) -> dict:
                     batch_id)
         return {"batch_id": batch_id, "trained": False, "pending": pending}
     iteration = loop.next_iteration(lake)
-    rm_id = train_reward_model(config, iteration, batch_id)
-    logger.info("reward model %s trained on batches %s", rm_id, pending)
-    return {"batch_id": batch_id, "trained": True, "reward_model_id": rm_id, "batches": pending}
+    rm_ids = train_reward_models(config, iteration, batch_id)
+    logger.info("reward models in use %s after training on batches %s", rm_ids, pending)
+    return {"batch_id": batch_id, "trained": True, "reward_model_ids": rm_ids,
+            "batches": pending}

@@ -9,6 +9,8 @@
     flywheel annotate export|import|serve   the week's pairs to Label Studio / Argilla / the
                                        built-in review page, and their labels back as batches
     flywheel lineage ID                the batches, mix, reward models and parents behind an id
+    flywheel evaluate-rm MODEL FILE    a trained reward model's accuracy on any comparison file
+                                       (Llama 2 protocol or HH-RLHF), as JSON
     flywheel serve                     run the retrain-on-batch and inbox-polling deployments
 
 Errors from input, config or environment print one line naming the fix, without a traceback.
@@ -191,6 +193,18 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def cmd_evaluate_rm(args) -> int:
+    from flywheel.rm_training import evaluate_file, resolve_model
+
+    lake = None if Path(args.model).is_dir() else _lake(args)
+    folder, row = resolve_model(args.model, lake)
+    result = evaluate_file(folder, args.file, args.format, args.max_length)
+    if row:
+        result.update(model=row["id"], kind=row["criterion"])
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -301,6 +315,18 @@ def parser() -> argparse.ArgumentParser:
     lake_opts(li)
     li.add_argument("--json", action="store_true", help="machine-readable output")
     li.set_defaults(fn=cmd_lineage)
+
+    ev = sub.add_parser("evaluate-rm", help="accuracy of a trained reward model on a comparison "
+                        "file, overall, per strength and per safety label (JSON)")
+    ev.add_argument("model", help="a reward-model checkpoint folder, or a reward model id in "
+                    "the lake (a unique prefix is enough)")
+    ev.add_argument("file", help="comparisons: a delivery in the Llama 2 protocol with inline "
+                    "prompts and responses (.jsonl[.gz], .csv, .parquet) or Anthropic HH-RLHF")
+    lake_opts(ev)
+    ev.add_argument("--format", choices=["llama2", "hh-rlhf"],
+                    help="default: guessed from the first record")
+    ev.add_argument("--max-length", type=int, help="tokens per pair (default: as trained)")
+    ev.set_defaults(fn=cmd_evaluate_rm)
 
     sv = sub.add_parser("serve", help="serve the annotation deployments: retrain when batches "
                         "land (debounced), poll the lake's incoming/ folder")

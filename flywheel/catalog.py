@@ -68,7 +68,8 @@ def status(lake: Lake) -> dict:
         "counts": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS},
         "iterations": _records(
             con,
-            "SELECT iteration, policy_in, policy_out, reward_model_id, batch_id, promoted, "
+            "SELECT iteration, policy_in, policy_out, reward_model_id, "
+            "safety_reward_model_id, batch_id, promoted, "
             "decision, metrics, report_uri FROM iterations ORDER BY iteration",
         ),
         "batches": _records(
@@ -79,12 +80,13 @@ def status(lake: Lake) -> dict:
         "reward_models": _records(
             con,
             "SELECT id, iteration, criterion, backbone, uri, parents, "
-            "json_extract(data_mix, '$.counts') AS mix_counts, metrics "
+            "json_extract(data_mix, '$.counts') AS mix_counts, metrics, promoted, decision "
             "FROM reward_models ORDER BY iteration, criterion",
         ),
         "policies": _records(
             con,
-            "SELECT p.id, p.iteration, p.method, p.parent_id, p.reward_model_id, p.uri, "
+            "SELECT p.id, p.iteration, p.method, p.parent_id, p.reward_model_id, "
+            "p.safety_reward_model_id, p.uri, "
             "coalesce(i.promoted, p.method = 'base') AS promoted, p.metrics "
             "FROM policies p LEFT JOIN iterations i ON i.policy_out = p.id "
             "ORDER BY p.iteration",
@@ -128,16 +130,20 @@ def format_status(report: dict) -> str:
         )
     lines.append("reward models:")
     for r in report["reward_models"]:
-        acc = (r["metrics"] or {}).get("accuracy")
+        m = r["metrics"] or {}
+        acc = (m.get("in_house") or m).get("accuracy")
+        flag = "*" if r["promoted"] else " "
         lines.append(
-            f"  {r['id']} iteration {r['iteration']} {r['criterion']} on {r['backbone']}: "
-            f"test accuracy {_num(acc, 3)}, mix {r['mix_counts']}"
+            f" {flag}{r['id']} iteration {r['iteration']} {r['criterion']} on {r['backbone']}: "
+            f"in-house test accuracy {_num(acc, 3)}, mix {r['mix_counts']}"
+            + (f"; {r['decision']}" if r["decision"] else "")
         )
     lines.append("policies:")
     for p in report["policies"]:
         flag = "*" if p["promoted"] else " "
         lines.append(
             f" {flag}{p['id']} iteration {p['iteration']} {p['method']} from "
-            f"{p['parent_id'] or '-'} with RM {p['reward_model_id'] or '-'}"
+            f"{p['parent_id'] or '-'} with RMs {p['reward_model_id'] or '-'} (helpfulness), "
+            f"{p['safety_reward_model_id'] or '-'} (safety)"
         )
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Lineage: what a policy or reward model came from, read from the lake alone (the rows its
 manifests list; no orchestrator needed).
 
-    policy -> parent policies (back to the base model), the reward model it was trained with
-    reward model -> its data mix (counts, seed) and batches -> their deliveries (file, checksum,
-                    where the delivered file is kept, accepted / rejected counts)
+    policy -> parent policies (back to the base model), the helpfulness and safety reward
+              models it was trained with
+    reward model -> its data mix (counts, seed, the file of its exact ids), its promotion
+                    decision, and batches -> their deliveries (file, checksum, where the
+                    delivered file is kept, accepted / rejected counts)
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ def reward_model_lineage(lake: Lake, rm: dict) -> dict:
     return {"id": rm["id"], "kind": "reward_model", "iteration": rm["iteration"],
             "criterion": rm["criterion"], "backbone": rm["backbone"], "uri": rm["uri"],
             "data_mix": {"counts": mix.get("counts"), "seed": mix.get("seed"),
-                         "comparisons": len(mix.get("comparison_ids", []))},
+                         "comparisons": (mix.get("counts") or {}).get(
+                             "total", len(mix.get("comparison_ids", []))),
+                         "ids_sha256": mix.get("ids_sha256"),
+                         "ids_file": f"{rm['uri']}/{mix['ids_file']}" if mix.get("ids_file")
+                         else None},
+            "promoted": rm.get("promoted"), "decision": rm.get("decision"),
             "batches": names, "deliveries": deliveries}
 
 
@@ -49,10 +56,11 @@ def lineage(lake: Lake, some_id: str) -> dict:
         return reward_model_lineage(lake, rms[found])
     chain, node = [], policies[found]
     while node is not None:
-        rm = rms.get(node["reward_model_id"] or "")
+        used = [rms[i] for i in (node["reward_model_id"], node.get("safety_reward_model_id"))
+                if i and i in rms]
         chain.append({"id": node["id"], "iteration": node["iteration"], "method": node["method"],
                       "uri": node["uri"], "parent_id": node["parent_id"],
-                      "reward_model": reward_model_lineage(lake, rm) if rm else None})
+                      "reward_models": [reward_model_lineage(lake, rm) for rm in used]})
         node = policies.get(node["parent_id"] or "")
     return {"id": found, "kind": "policy", "ancestry": chain}
 
@@ -61,7 +69,8 @@ def format_lineage(info: dict) -> str:
     def rm_lines(rm: dict, indent: str) -> list[str]:
         out = [f"{indent}reward model {rm['id']} (iteration {rm['iteration']}, {rm['criterion']}"
                f" on {rm['backbone']}): mix {rm['data_mix']['counts']}, seed "
-               f"{rm['data_mix']['seed']}"]
+               f"{rm['data_mix']['seed']}"
+               + (f"; {rm['decision']}" if rm.get("decision") else "")]
         for d in rm["deliveries"]:
             out.append(f"{indent}  batch {d['batch_id']}: {d['filename']} sha256 "
                        f"{d['checksum'][:12]}, {d['accepted']} accepted / {d['rejected']} "
@@ -75,6 +84,6 @@ def format_lineage(info: dict) -> str:
         pad = "  " * depth
         lines.append(f"{pad}policy {p['id']} (iteration {p['iteration']}, {p['method']}) "
                      f"{p['uri']}")
-        if p["reward_model"]:
-            lines += rm_lines(p["reward_model"], pad + "  ")
+        for rm in p["reward_models"]:
+            lines += rm_lines(rm, pad + "  ")
     return "\n".join(lines)

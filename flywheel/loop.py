@@ -4,7 +4,7 @@ Each stage reads what it needs from the lake, writes its results there (rows, th
 with their completion markers), and returns ids, so an orchestrator can pass small values between
 stages and any stage can run in its own process. Stage order:
 
-    sample_for_annotation -> annotate -> train_reward_model -> rejection_sample -> evaluate
+    sample_for_annotation -> annotate -> train_reward_models -> rejection_sample -> evaluate
     -> decide (promote or roll back, write the iteration row and its report)
 """
 
@@ -24,10 +24,9 @@ from flywheel.ingest import ingest_bytes
 from flywheel.judge import ProxyJudge
 from flywheel.lake import Lake
 from flywheel.pairs import write_delivery_jsonl
-from flywheel.policy import Candidate, best_of, finetune
+from flywheel.policy import Candidate, best_of, finetune, gated_reward
 from flywheel.prompts import load_prompts, messages_of, user_text
-from flywheel.reward_model import PreferencePair, RewardModel, accuracy
-from flywheel.reward_model import train_reward_model as fit_reward_model
+from flywheel.reward_model import RewardModel
 from flywheel.sampling import shared_sampler
 from flywheel.schemas import content_id
 
@@ -164,64 +163,54 @@ def pending_batches(lake: Lake) -> list[str]:
     return list(dict.fromkeys(b["batch_id"] for b in landed if b["id"] not in trained))
 
 
-def _pairs(rows: list[dict], prompts: dict) -> list[PreferencePair]:
-    return [PreferencePair(messages_of(prompts[r["prompt_id"]]), r["chosen_text"],
-                           r["rejected_text"], r["strength"]) for r in rows]
+def train_reward_models(cfg: FlywheelConfig, lake: Lake, iteration: int,
+                        batch_id: str | None) -> dict[str, dict]:
+    """Retrain the helpfulness and the safety reward model on their Llama 2 mixes of the lake,
+    evaluate both on every test set and gate each against the current one of its kind
+    (flywheel/rm_training.py). Returns, per kind, {id, promoted, decision, current}."""
+    from flywheel.rm_training import retrain
+
+    return retrain(cfg, lake, iteration, batch_id)
 
 
-def train_reward_model(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str) -> str:
-    """Train one reward model on every in-house train comparison so far; measure accuracy on
-    every batch's test rows. Returns its id."""
-    prompts = _by_id(lake.rows("prompts"))
-    rows = [r for r in lake.rows("comparisons") if r["source"] == "in-house"]
-    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["id"])
-    test = [r for r in rows if r["split"] == "test"]
-    if not train:
-        raise DataError(f"batch {batch_id} left no train comparisons; the reward model needs "
-                        "some (check the annotation batch in `flywheel status`)")
-    backbone = models.resolve(cfg.models.reward_backbone)
-    rm_cfg = cfg.reward_model
-    rm_id = content_id("reward_model", iteration, [r["id"] for r in train],
-                       rm_cfg.model_dump(), cfg.models.reward_backbone)
-    model, train_metrics = fit_reward_model(backbone, _pairs(train, prompts), rm_cfg)
-    metrics = {**accuracy(model, _pairs(test, prompts), rm_cfg.max_length),
-               "train": accuracy(model, _pairs(train, prompts), rm_cfg.max_length)["accuracy"],
-               "training": train_metrics}
-    batches = sorted({r["batch_id"] for r in train})
-    deliveries = sorted(b["id"] for b in lake.rows("batches"))  # all the mix could draw on
-    mix = {"comparison_ids": [r["id"] for r in train], "seed": rm_cfg.seed,
-           "counts": {"in-house": len(train)}, "test_ids": [r["id"] for r in test],
-           "batches": batches, "deliveries": deliveries}
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(tmp, {"id": rm_id, "backbone": cfg.models.reward_backbone})
-        uri = lake.put_artifact("reward_models", rm_id, tmp, {"backbone": backbone})
-    lake.write("reward_models", [{
-        "id": rm_id, "iteration": iteration, "criterion": "combined", "uri": uri,
-        "backbone": cfg.models.reward_backbone, "parents": json.dumps(batches),
-        "data_mix": json.dumps(mix), "metrics": json.dumps(metrics),
-    }], {"batch": batch_id})
-    return rm_id
+def reward_model_ids(results: dict[str, dict]) -> dict[str, str]:
+    """The reward models in use after a retrain: {kind: id}."""
+    return {kind: r["current"] for kind, r in results.items()}
 
 
 # stage 4 -----------------------------------------------------------------------------------
-def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_id: str) -> str:
-    """K samples per train prompt from the latest policy, scored by the reward model; the best
-    per prompt joins the pool of every earlier iteration's best; fine-tune on the pool."""
+def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
+                     rm_ids: dict[str, str]) -> str:
+    """K samples per train prompt from the latest policy, scored by both reward models and
+    combined as Llama 2 does (the safety score where the prompt is tagged safety or the safety
+    score is below 0.15, else the helpfulness score); the best per prompt joins the pool of
+    every earlier iteration's best; fine-tune on the pool."""
     rs = cfg.rejection_sampling
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
     latest = current_policy(cfg, lake)
     sampler = _sampler(cfg, policy_path(lake, latest))
     rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
                         rs.temperature, sampler)
-    rm = RewardModel.load(lake.artifact_path("reward_models", rm_id))
     by_prompt = _by_id(prompts)
-    rewards = rm.score([messages_of(by_prompt[r["prompt_id"]]) for r in rows],
-                       [r["text"] for r in rows], cfg.reward_model.max_length)
-    del rm
-    lake.write("scores", [
-        {"id": content_id("score", r["id"], rm_id), "sample_id": r["id"],
-         "reward_model_id": rm_id, "score": s} for r, s in zip(rows, rewards)
-    ], {"reward_model": rm_id})
+    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
+    if missing:
+        raise DataError(f"no {' or '.join(missing)} reward model yet: rejection sampling scores "
+                        "with both; ingest comparisons of that criterion (flywheel ingest, or "
+                        "flywheel import of an open-source set) and retrain")
+    raw = {}
+    for kind in ("helpfulness", "safety"):
+        rm_id = rm_ids[kind]
+        rm = RewardModel.load(lake.artifact_path("reward_models", rm_id))
+        raw[kind] = rm.score([messages_of(by_prompt[r["prompt_id"]]) for r in rows],
+                             [r["text"] for r in rows], cfg.reward_model.max_length)
+        del rm
+        lake.write("scores", [
+            {"id": content_id("score", r["id"], rm_id), "sample_id": r["id"],
+             "reward_model_id": rm_id, "score": s} for r, s in zip(rows, raw[kind])
+        ], {"reward_model": rm_id, "kind": kind})
+    rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
+               for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
+    rm_id = rm_ids["helpfulness"]
     best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
                     for r, s in zip(rows, rewards)])
     earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
@@ -231,23 +220,25 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_id: str
     all_prompts = _by_id(lake.rows("prompts"))
     examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"])
                 for i in pool_ids]
-    policy_id = content_id("policy", iteration, latest["id"], rm_id, pool_ids, rs.model_dump())
+    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, rs.model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         ft = finetune(policy_path(lake, latest), examples, rs, tmp)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     best_rewards = [c.reward for c in best.values()]
-    metrics = {"reward_mean_all": statistics.fmean(rewards),
+    metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
+               "reward_mean_all": statistics.fmean(rewards),
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,
                "pool_size": len(pool_ids), "finetune": ft}
     lake.write("policies", [{
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
         "method": "rejection_sampling", "reward_model_id": rm_id,
+        "safety_reward_model_id": rm_ids["safety"],
         "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
                                      "pool": pool_ids, "k": rs.k,
                                      "temperature": rs.temperature}),
         "metrics": json.dumps(metrics),
-    }], {"reward_model": rm_id})
+    }], {"reward_models": rm_ids})
     return policy_id
 
 
@@ -274,8 +265,8 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
 
 
 # stage 6 -----------------------------------------------------------------------------------
-def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str, rm_id: str,
-           evaluation: dict, stage_seconds: dict[str, float]) -> dict:
+def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
+           rm_ids: dict[str, str], evaluation: dict, stage_seconds: dict[str, float]) -> dict:
     """Promote or roll back; write the iteration row and its markdown report. Returns the row
     with the report's text under `report`."""
     from flywheel.report import iteration_report
@@ -286,7 +277,8 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str, rm_id
     row = {
         "id": content_id("iteration", iteration, evaluation["candidate"]),
         "iteration": iteration, "policy_in": evaluation["baseline"],
-        "policy_out": evaluation["candidate"], "reward_model_id": rm_id, "batch_id": batch_id,
+        "policy_out": evaluation["candidate"], "reward_model_id": rm_ids["helpfulness"],
+        "safety_reward_model_id": rm_ids["safety"], "batch_id": batch_id,
         "promoted": promoted, "decision": why, "metrics": json.dumps(metrics),
     }
     relpath = f"reports/iteration-{iteration:04d}.md"

@@ -79,6 +79,10 @@ _PARTS = {
 }
 
 
+class EmptyMixError(DataError):
+    """A mix with no rows: the lake lacks the data the mix is built on."""
+
+
 @dataclass(frozen=True)
 class MixResult:
     mix: str  # helpfulness | safety
@@ -112,14 +116,16 @@ def safety_mix(lake_or_con: Lake | duckdb.DuckDBPyConnection, seed: int = 0,
     return _mix("safety", SAFETY_SQL, lake_or_con, seed, batches, ratio, allow_short)
 
 
-def mixes_for(lake_or_con, mix_cfg, batches: list[str] | None = None) -> dict[str, MixResult]:
-    """Both mixes as a `MixConfig` (flywheel.config) describes them."""
-    return {
-        "helpfulness": helpfulness_mix(lake_or_con, mix_cfg.seed, batches,
-                                       mix_cfg.helpfulness_extra, mix_cfg.allow_short),
-        "safety": safety_mix(lake_or_con, mix_cfg.seed, batches,
-                             mix_cfg.safety_helpfulness_share, mix_cfg.allow_short),
+def mixes_for(lake_or_con, mix_cfg, batches: list[str] | None = None,
+              kinds: tuple[str, ...] = ("helpfulness", "safety")) -> dict[str, MixResult]:
+    """The mixes of `kinds` as a `MixConfig` (flywheel.config) describes them."""
+    make = {
+        "helpfulness": lambda: helpfulness_mix(lake_or_con, mix_cfg.seed, batches,
+                                               mix_cfg.helpfulness_extra, mix_cfg.allow_short),
+        "safety": lambda: safety_mix(lake_or_con, mix_cfg.seed, batches,
+                                     mix_cfg.safety_helpfulness_share, mix_cfg.allow_short),
     }
+    return {kind: make[kind]() for kind in kinds}
 
 
 def mix_record(result: MixResult) -> dict:
@@ -158,7 +164,7 @@ def _mix(name: str, sql: str, lake_or_con, seed: int, batches: list[str] | None,
     whole, sampled = _PARTS[name]
     if not counts["total"]:
         # the sampled part is sized from the part taken whole, so an empty mix lacks the latter
-        raise DataError(
+        raise EmptyMixError(
             f"the {name} mix is empty: no {' or '.join(whole)} train comparisons"
             + (f" in batches {batches}" if batches is not None else "")
             + f"; ingest an annotation batch with {name} comparisons first (flywheel ingest)"

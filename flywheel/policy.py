@@ -3,6 +3,7 @@ fine-tune the policy on that pool with the loss on response tokens only."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,25 @@ class Candidate:
     prompt_id: str
     text: str
     reward: float
+
+
+SAFETY_THRESHOLD = 0.15  # Llama 2: below this safety score the safety model decides
+
+
+def gated_reward(helpfulness: float, safety: float, safety_prompt: bool) -> float:
+    """Llama 2's R_c on raw reward-model outputs: the sigmoid of the safety score if the prompt
+    is tagged safety or that sigmoid is below 0.15, else the sigmoid of the helpfulness score."""
+    s_safe = _sigmoid(safety)
+    if safety_prompt or s_safe < SAFETY_THRESHOLD:
+        return s_safe
+    return _sigmoid(helpfulness)
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    e = math.exp(x)  # no overflow for very negative scores
+    return e / (1 + e)
 
 
 def best_of(candidates: list[Candidate]) -> dict[str, Candidate]:

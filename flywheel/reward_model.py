@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
-from flywheel.schemas import STRENGTHS
+from flywheel.schemas import SAFETY_LABELS, STRENGTHS
 from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps
 from kernels.last_token import last_token_readout
 
@@ -31,7 +31,11 @@ MARGINS = {
 }
 
 
-def margin_of(strength: str, table: str) -> float:
+def margin_of(strength: str | None, table: str) -> float:
+    """The margin of a strength level; 0 for a pair without one (open-source sets such as
+    HH-RLHF carry no strength)."""
+    if strength is None:
+        return 0.0
     return MARGINS[table][STRENGTHS.index(strength)]
 
 
@@ -44,7 +48,8 @@ class PreferencePair:
     messages: list[dict]
     chosen: str
     rejected: str
-    strength: str = STRENGTHS[-1]
+    strength: str | None = STRENGTHS[-1]  # None: a pair without one (open-source sets)
+    safety_label: str | None = None
 
 
 class RewardModel(torch.nn.Module):
@@ -162,16 +167,39 @@ def train_reward_model(
     }
 
 
-def accuracy(model: RewardModel, pairs: list[PreferencePair], max_length: int = 512) -> dict:
-    """Accuracy overall and per strength bucket: the share of pairs scored chosen > rejected."""
+def evaluate(model: RewardModel, pairs: list[PreferencePair], max_length: int = 512,
+             batch_size: int = 8) -> tuple[dict, list[bool]]:
+    """Score both responses of every pair. Returns (summary, hits): hits[i] is whether pair i's
+    chosen response scored above its rejected one; the summary is `summarise(pairs, hits)`."""
     if not pairs:
-        return {"accuracy": None, "n": 0, "by_strength": {}}
-    rc = model.score([p.messages for p in pairs], [p.chosen for p in pairs], max_length)
-    rr = model.score([p.messages for p in pairs], [p.rejected for p in pairs], max_length)
+        return summarise([], []), []
+    messages = [p.messages for p in pairs]
+    rc = model.score(messages, [p.chosen for p in pairs], max_length, batch_size)
+    rr = model.score(messages, [p.rejected for p in pairs], max_length, batch_size)
     hits = [c > r for c, r in zip(rc, rr)]
-    by = {}
-    for level in STRENGTHS:
-        sel = [h for h, p in zip(hits, pairs) if p.strength == level]
-        if sel:
-            by[level] = {"accuracy": sum(sel) / len(sel), "n": len(sel)}
-    return {"accuracy": sum(hits) / len(hits), "n": len(hits), "by_strength": by}
+    return summarise(pairs, hits), hits
+
+
+def summarise(pairs: list[PreferencePair], hits: list[bool]) -> dict:
+    """Accuracy overall, per strength bucket and per safety label (the buckets of Llama 2's
+    Table 8); a bucket with no pairs is left out."""
+    def bucket(key, levels):
+        out = {}
+        for level in levels:
+            sel = [h for h, p in zip(hits, pairs) if getattr(p, key) == level]
+            if sel:
+                out[level] = {"accuracy": sum(sel) / len(sel), "n": len(sel)}
+        return out
+
+    return {
+        "accuracy": sum(hits) / len(hits) if hits else None,
+        "n": len(hits),
+        "by_strength": bucket("strength", STRENGTHS),
+        "by_safety_label": bucket("safety_label", SAFETY_LABELS),
+    }
+
+
+def accuracy(model: RewardModel, pairs: list[PreferencePair], max_length: int = 512) -> dict:
+    """Accuracy overall, per strength bucket and per safety label: the share of pairs scored
+    chosen > rejected."""
+    return evaluate(model, pairs, max_length)[0]

@@ -105,8 +105,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("uri", pa.string()),
             ("backbone", pa.string()),
             ("parents", pa.string()),  # JSON list of ids
-            ("data_mix", pa.string()),  # JSON: comparison ids, counts, seed
-            ("metrics", pa.string()),
+            ("data_mix", pa.string()),  # JSON: mix counts, seed, SQL, ids hash and file
+            ("metrics", pa.string()),  # JSON: accuracy per test set, bucket; the gate
+            ("promoted", pa.bool_()),  # replaced the current model of its kind
+            ("decision", pa.string()),  # why (the promotion gate)
             ("created_at", _ts),
         ]
     ),
@@ -117,7 +119,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("uri", pa.string()),
             ("parent_id", pa.string()),
             ("method", pa.string()),  # base | rejection_sampling
-            ("reward_model_id", pa.string()),
+            ("reward_model_id", pa.string()),  # the helpfulness reward model
+            ("safety_reward_model_id", pa.string()),
             ("training_data", pa.string()),  # JSON: sample ids of the fine-tuning pool
             ("metrics", pa.string()),
             ("created_at", _ts),
@@ -129,7 +132,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("iteration", pa.int64()),
             ("policy_in", pa.string()),
             ("policy_out", pa.string()),  # the candidate trained this iteration
-            ("reward_model_id", pa.string()),
+            ("reward_model_id", pa.string()),  # the helpfulness reward model
+            ("safety_reward_model_id", pa.string()),
             ("batch_id", pa.string()),
             ("promoted", pa.bool_()),
             ("decision", pa.string()),  # why promoted or rolled back

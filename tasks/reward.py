@@ -1,25 +1,34 @@
-import json
-
-from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flywheel import loop
 from flywheel.config import FlywheelConfig
-from flywheel.schemas import STRENGTHS
+from flywheel.report import gate_markdown, table8_markdown, table8_rows
 
 
-@task(name="train-reward-model", cache_policy=None)
-def train_reward_model(config: FlywheelConfig, iteration: int, batch_id: str) -> str:
-    """Train the reward model on every in-house train comparison; accuracy on the test rows."""
+@task(name="train-reward-models", cache_policy=None)
+def train_reward_models(config: FlywheelConfig, iteration: int,
+                        batch_id: str | None) -> dict[str, str]:
+    """Retrain the helpfulness and safety reward models on their mixes, evaluate them on every
+    test set, gate each against the current one. Returns the ids in use afterwards, by kind."""
     lake = loop.open_lake(config)
-    rm_id = loop.train_reward_model(config, lake, iteration, batch_id)
-    row = next(r for r in lake.rows("reward_models") if r["id"] == rm_id)
-    m = json.loads(row["metrics"])
-    table = {s.replace("_", " "): m["by_strength"].get(s, {}).get("accuracy") for s in STRENGTHS}
+    results = loop.train_reward_models(config, lake, iteration, batch_id)
+    logger = get_run_logger()
+    for kind, r in results.items():
+        logger.info("%s reward model %s: %s", kind, r["id"], r["decision"])
+    rows = {r["id"]: r for r in lake.rows("reward_models")}
+    trained = [rows[r["id"]] for r in results.values() if r["id"]]
     create_table_artifact(
         key=f"iteration-{iteration}-reward-model-accuracy",
-        table=[{"model": rm_id, **table, "overall": m["accuracy"], "test pairs": m["n"],
-                "train accuracy": m["train"]}],
-        description="Reward-model accuracy on held-out comparisons, by preference strength",
+        table=table8_rows(trained),
+        description="Reward-model accuracy on held-out comparisons per test set, by preference "
+        "strength (Llama 2, Table 8) and safety label",
     )
-    return rm_id
+    create_markdown_artifact(
+        key=f"iteration-{iteration}-reward-models",
+        markdown="# Reward models\n\n## Promotion gate\n\n" + gate_markdown(trained)
+        + "".join(f"- **{k}**: {r['decision']}\n" for k, r in results.items() if not r["id"])
+        + "\n## Accuracy by preference strength (Table 8)\n\n" + table8_markdown(trained),
+        description=f"Iteration {iteration}: reward models trained, evaluated and gated",
+    )
+    return loop.reward_model_ids(results)

@@ -113,8 +113,9 @@ def tiny_config(tmp_path, tiny_llama, minilm, tiny_prompts):
         "prompts": {"path": tiny_prompts},
         "sampling": {"backend": "transformers", "max_new_tokens": 8},
         "annotation": {"heldout_fraction": 0.25},
+        # a handful of pairs and no open-source data: the mixes take their short pools whole
         "reward_model": {"learning_rate": 1e-3, "batch_size": 2, "micro_batch_size": 2,
-                         "max_length": 64},
+                         "max_length": 64, "mix": {"allow_short": True}},
         "rejection_sampling": {"k": 2, "learning_rate": 1e-3, "batch_size": 2,
                                "micro_batch_size": 2, "max_length": 64},
     })

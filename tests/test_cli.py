@@ -83,8 +83,11 @@ def test_run_one_iteration_then_status(capsys, tmp_path, tiny_config, prefect_se
     info = json.loads(out)
     first, base = info["ancestry"]
     assert first["id"] == candidate["id"] and base["method"] == "base"
-    assert first["reward_model"]["batches"] == ["iteration-0001-simulated"]
-    (delivery,) = first["reward_model"]["deliveries"]
+    assert [r["criterion"] for r in first["reward_models"]] == ["helpfulness", "safety"]
+    rm = first["reward_models"][0]
+    assert rm["batches"] == ["iteration-0001-simulated"] and rm["promoted"] is True
+    assert rm["data_mix"]["ids_file"].endswith("data_mix.parquet")
+    (delivery,) = rm["deliveries"]
     assert delivery["filename"] == "iteration-0001-simulated.jsonl"
     assert lake.read_bytes(delivery["raw_uri"].removeprefix(lake.uri + "/"))
     rc, out, _ = _run(capsys, "lineage", candidate["id"], "--lake", tiny_config.lake)

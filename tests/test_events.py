@@ -75,7 +75,11 @@ def test_retrain_trains_once_per_delivery(prefect_server, tiny_config, landed_la
     ingest_bytes(lake, _delivery(prompts, "w2"), "week-2.jsonl")
     first = retrain(tiny_config, "week-1")
     assert first["trained"] and first["batches"] == ["week-1", "week-2"]
+    # the batches hold helpfulness comparisons only: the safety model is not trained, and why
+    # is logged; the helpfulness model is
     (rm,) = lake.rows("reward_models")
+    assert rm["criterion"] == "helpfulness" and rm["promoted"]
+    assert first["reward_model_ids"] == {"helpfulness": rm["id"], "safety": None}
     assert json.loads(rm["data_mix"])["batches"] == ["week-1", "week-2"]
     again = retrain(tiny_config, "week-2")  # its event arrived late: already trained on
     assert again == {"batch_id": "week-2", "trained": False, "pending": []}

@@ -16,7 +16,7 @@ from flows.demo import demo
 from flywheel.catalog import status
 from flywheel.lake import Lake
 
-STAGES = {"sample-for-annotation", "annotate", "train-reward-model", "rejection-sampling",
+STAGES = {"sample-for-annotation", "annotate", "train-reward-models", "rejection-sampling",
           "evaluate", "promote-or-roll-back"}
 
 
@@ -31,8 +31,9 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     # rejection sampling, 2 held-out prompts x (candidate + baseline) for evaluation
     assert counts["prompts"] == 6
     assert counts["samples"] == 2 * (4 * 2 + 4 * 2 + 2 * 2)
-    assert counts["batches"] == 2 and counts["reward_models"] == 2
-    assert counts["scores"] == 2 * 4 * 2
+    # a helpfulness and a safety reward model per iteration, both scoring every sample
+    assert counts["batches"] == 2 and counts["reward_models"] == 2 * 2
+    assert counts["scores"] == 2 * 4 * 2 * 2
     assert counts["policies"] == 3  # base + one candidate per iteration
     assert counts["iterations"] == 2
     assert 0 < counts["comparisons"] <= 8
@@ -46,7 +47,7 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert report["iterations"][1]["policy_in"] == expected_in
     for it in report["iterations"]:
         assert set(it["metrics"]["stage_seconds"]) == {
-            "sample_for_annotation", "annotate", "train_reward_model", "rejection_sampling",
+            "sample_for_annotation", "annotate", "train_reward_models", "rejection_sampling",
             "evaluate"}
         text = open(it["report_uri"]).read()
         assert f"# Iteration {it['iteration']}" in text and it["decision"] in text
@@ -74,6 +75,8 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert sorted(a.key for a in arts) == sorted(
         ["iteration-1-report", "iteration-2-report", "iteration-1-reward-model-accuracy"])
     md = next(a for a in arts if a.key == "iteration-2-report").data
-    assert "Reward model accuracy by strength" in md
+    assert "## Reward models" in md and "significantly better" in md
     acc = next(a for a in arts if a.key == "iteration-1-reward-model-accuracy").data
-    assert "overall" in (acc if isinstance(acc, str) else json.dumps(acc))
+    acc = json.loads(acc) if isinstance(acc, str) else acc
+    assert {r["reward model"].split()[0] for r in acc} == {"helpfulness", "safety"}
+    assert all({"test set", "significantly better", "avg", "pairs"} <= set(r) for r in acc)

@@ -23,6 +23,7 @@ def test_margin_tables():
     assert margin_of("better", "large") == 2.0
     assert margin_of("negligibly_better", "large") == 0.0
     assert margin_of("significantly_better", "none") == 0.0
+    assert margin_of(None, "large") == 0.0  # open-source pairs carry no strength
 
 
 def test_ranking_loss_hand_values():
