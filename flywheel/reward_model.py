@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
 from flywheel.schemas import SAFETY_LABELS, STRENGTHS
-from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps
+from flywheel.training import epoch_batches, make_stepper, plan_steps
 from kernels.last_token import last_token_readout
 
 # Margin per strength level, significantly better first (Llama 2, section 3.2.2).
@@ -69,6 +69,13 @@ class RewardModel(torch.nn.Module):
 
         backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
         return cls(backbone, load_tokenizer(path))
+
+    @classmethod
+    def from_state(cls, backbone_path: str, state: dict) -> RewardModel:
+        """A fresh model holding `state` (the full state dict of a trained one, in float32)."""
+        model = cls.from_backbone(backbone_path)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        return model
 
     @classmethod
     def load(cls, path: str) -> RewardModel:
@@ -125,12 +132,12 @@ def train_reward_model(
     model = RewardModel.from_backbone(backbone_path)
     model.train()
     steps, warmup = plan_steps(len(pairs), cfg.batch_size, cfg.epochs)
-    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    micro_steps = math.ceil(min(cfg.batch_size, len(pairs)) / cfg.micro_batch_size)
+    stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step")
     for idx in epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed):
         batch = [pairs[i] for i in idx]
-        opt.zero_grad(set_to_none=True)
         step_loss = 0.0
         for m in range(0, len(batch), cfg.micro_batch_size):
             micro = batch[m : m + cfg.micro_batch_size]
@@ -138,7 +145,7 @@ def train_reward_model(
             enc = model.encode([p.messages for p in micro] * 2,
                                [p.chosen for p in micro] + [p.rejected for p in micro],
                                cfg.max_length)
-            rewards = model(enc["input_ids"], enc["attention_mask"])
+            rewards = stepper.module(enc["input_ids"], enc["attention_mask"]).float()
             margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro])
             loss = ranking_loss(rewards[:n], rewards[n:], margin)
             if not torch.isfinite(loss):
@@ -147,17 +154,18 @@ def train_reward_model(
                     f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
                     "the data for empty responses"
                 )
-            (loss * n / len(batch)).backward()
+            stepper.backward(loss, n / len(batch))
             step_loss += loss.item() * n / len(batch)
             correct += int((rewards[:n] > rewards[n:]).sum())
             seen += n
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        stepper.step()
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
     bar.close()
+    if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
+        model = RewardModel.from_state(backbone_path, stepper.state_dict_for_save())
+        del stepper
     return model.eval(), {
         "steps": steps,
         "warmup_steps": warmup,
