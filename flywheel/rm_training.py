@@ -298,7 +298,7 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
     from pathlib import Path
 
     from flywheel.config import AnnotationConfig
-    from flywheel.importers import convert, detect_format, write_delivery
+    from flywheel.importers import convert, detect_format, hh_criterion, write_delivery
     from flywheel.ingest import ingest_bytes
     from flywheel.reward_model import RewardModel
 
@@ -311,7 +311,11 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         lake = Lake.open(f"{tmp}/lake")
         if fmt == "hh-rlhf":
-            delivery = write_delivery(convert(str(src), "hh-rlhf", split="test"),
+            try:  # the criterion labels the rows only; it does not change a score
+                criterion = hh_criterion(str(src))
+            except DataError:
+                criterion = "helpfulness"
+            delivery = write_delivery(convert(str(src), "hh-rlhf", criterion, split="test"),
                                       Path(tmp) / "hh-rlhf.jsonl")
             data, name = delivery.read_bytes(), delivery.name
         elif fmt == "llama2":

@@ -146,14 +146,27 @@ def test_a_batch_of_flipped_labels_is_refused_by_the_gate(rm_config):
     assert current_models(lake)["helpfulness"]["id"] == first["id"]
 
 
-def test_an_empty_safety_mix_is_one_error_naming_what_is_missing(rm_config):
+def test_a_kind_without_data_is_not_trained_and_no_data_at_all_is_one_error(rm_config):
+    """Only helpfulness comparisons so far: the helpfulness model trains, the safety one is
+    skipped with the reason. Only test rows: nothing can train, one error names what is
+    missing."""
     from flywheel.errors import DataError
 
-    lake = build(Lake.open(rm_config.lake), {"h.jsonl": [("in-house", "helpfulness", "train", 4)]})
-    with pytest.raises(DataError, match="safety mix is empty: no in-house safety or anthropic "
-                       "harmless train comparisons.*flywheel ingest.*flywheel import"):
-        retrain(rm_config, lake, iteration=1)
-    assert lake.rows("reward_models") == []
+    lake = build(Lake.open(rm_config.lake), {"h.jsonl": [("in-house", "helpfulness", "train", 4),
+                                                         ("in-house", "helpfulness", "test", 1)]})
+    results = retrain(rm_config, lake, iteration=1)
+    assert results["helpfulness"]["promoted"]
+    assert results["safety"]["id"] is None and results["safety"]["current"] is None
+    assert results["safety"]["decision"].startswith(
+        "not trained: the safety mix is empty: no in-house safety or anthropic harmless train "
+        "comparisons")
+    assert [r["criterion"] for r in lake.rows("reward_models")] == ["helpfulness"]
+    other = build(Lake.open(rm_config.lake + "-2"), {"t.jsonl": [
+        ("in-house", "safety", "test", 2)]})
+    with pytest.raises(DataError, match="no reward model can be trained: the helpfulness mix is "
+                       "empty.*; the safety mix is empty.*flywheel import"):
+        retrain(rm_config, other, iteration=1)
+    assert other.rows("reward_models") == []
 
 
 # evaluate-rm on any comparison file ------------------------------------------------------------
@@ -188,7 +201,7 @@ def _llama2_file(path) -> str:
         {"prompt": "Suggest a book.", "response_a": "Dune.", "response_b": "",
          "chosen": "a", "strength": "unsure", "criterion": "helpfulness"},  # empty response
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps({**r, "annotator": "ann-1"}) + "\n" for r in rows))
     return str(path)
 
 
