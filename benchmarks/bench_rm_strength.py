@@ -65,9 +65,10 @@ def simulated_labels(rows: list[dict], judge: ProxyJudge, thresholds: list[float
         a, b = r["response_a"], r["response_b"]
         if rng.random() < 0.5:
             a, b = b, a
-        prompt_text = "\n".join(m["content"] for m in r["prompt"] if m["role"] == "user")
+        messages = json.loads(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"]
+        prompt_text = "\n".join(m["content"] for m in messages if m["role"] == "user")
         pairs.append(Pair(str(i), prompt_text, r["criterion"], "a", a, "b", b))
-        texts.append((r["prompt"], a, b))
+        texts.append((messages, a, b))
     out = []
     for (prompt, a, b), lab in zip(texts, annotate(judge, pairs, thresholds)):
         out.append({"prompt": prompt, "response_a": a, "response_b": b,
@@ -150,7 +151,7 @@ def main() -> None:
         "",
         "Deliveries:",
         "",
-        *[f"- {r.summary()}" for r in ingested],
+        *[f"- {r.summary().splitlines()[0]}" for r in ingested],
         "",
         "## Accuracy on each model's own in-house test rows, by strength",
         "",

@@ -25,10 +25,16 @@ def test_demo_completes_two_iterations(tmp_path):
                         capture_output=True, text=True, timeout=300)
     report = json.loads(st.stdout)
     assert [i["iteration"] for i in report["iterations"]] == [1, 2]
-    assert len(report["batches"]) == 2 and len(report["reward_models"]) == 2
+    # a helpfulness and a safety reward model per iteration, each with its gate decision
+    assert len(report["batches"]) == 2 and len(report["reward_models"]) == 4
+    assert sorted(r["criterion"] for r in report["reward_models"]) == ["helpfulness"] * 2 + [
+        "safety"] * 2
+    assert all(r["decision"] for r in report["reward_models"])
     assert len([p for p in report["policies"] if p["method"] == "rejection_sampling"]) == 2
     for it in report["iterations"]:
         assert Path(it["report_uri"]).is_file()
         assert it["metrics"]["win_rate"] is not None
+        text = Path(it["report_uri"]).read_text()
+        assert "## Reward models" in text and "significantly better" in text
     c = report["counts"]
     assert c["samples"] > 0 and c["comparisons"] > 0 and c["scores"] > 0

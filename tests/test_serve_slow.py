@@ -67,7 +67,8 @@ def test_serve_ingests_dropped_files_and_retrains(tmp_path, tiny_config):
         (batch,) = lake.rows("batches")
         assert (batch["batch_id"], batch["accepted"]) == ("week-1", 8)
         _wait(lambda: lake.rows("reward_models"), 150, "the triggered retrain", procs)
-        (rm,) = lake.rows("reward_models")
+        (rm,) = lake.rows("reward_models")  # helpfulness rows only: no safety model yet
+        assert rm["criterion"] == "helpfulness" and rm["promoted"]
         assert json.loads(rm["data_mix"])["batches"] == ["week-1"]
     finally:
         for p in reversed(procs):
