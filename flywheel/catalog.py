@@ -24,12 +24,21 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
         if manifests:
             rows = sum(m.get("rows") or 0 for m in manifests)
             sql = _view_sql(lake.files(table, manifests), rows)
-            con.execute(f"CREATE VIEW {table} AS {sql}")
+            con.execute(f"CREATE VIEW _{table}_parts AS {sql}")
+            have = {r[0] for r in con.execute(f"DESCRIBE _{table}_parts").fetchall()}
+            # columns added to a table after its parts were written read as NULL
+            cols = ", ".join(
+                f.name if f.name in have else f"NULL::{_DUCK_TYPES[str(f.type)]} AS {f.name}"
+                for f in SCHEMAS[table])
+            con.execute(f"CREATE VIEW {table} AS SELECT {cols} FROM _{table}_parts")
         else:
             con.register(f"_{table}_empty", SCHEMAS[table].empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
     return con
 
+
+_DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN",
+               "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
 
 # Below this many rows DISTINCT ON over every column is cheap (at most 0.3 s, even with
 # 900-character texts) and reads each part once, the cheapest on S3 (a part read is a few

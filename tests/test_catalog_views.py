@@ -79,3 +79,25 @@ def test_parts_without_overlap(tmp_path, size):
         lake.write("prompts", [_prompt(2 * i), _prompt(2 * i + 1)])
     assert [r[0] for r in _rows(lake)] == [f"p{i}" for i in range(6)]
     assert ("ANTI JOIN" in _view_text(lake).upper()) == (size == "large")
+
+
+def test_columns_added_after_a_part_was_written_read_as_null(tmp_path):
+    """A lake written before `reward_models` had `promoted` and `decision`: the views and the
+    status report still answer, with NULL for the missing columns."""
+    import pyarrow.parquet as pq
+
+    from flywheel.catalog import connect, status
+    from flywheel.lake import Lake
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("reward_models", [{"id": "r1", "iteration": 1, "criterion": "combined",
+                                  "uri": "x", "backbone": "b", "parents": "[]",
+                                  "data_mix": "{}", "metrics": "{}"}])
+    (part,) = lake.files("reward_models")
+    pq.write_table(pq.read_table(part).drop_columns(["promoted", "decision"]), part)
+    con = connect(lake)
+    assert con.sql("SELECT id, promoted, decision FROM reward_models").fetchall() == [
+        ("r1", None, None)]
+    con.close()
+    (row,) = status(lake)["reward_models"]
+    assert (row["id"], row["promoted"], row["decision"]) == ("r1", None, None)
