@@ -31,7 +31,7 @@ def _rows(lake):
 
 def _view_text(lake) -> str:
     return connect(lake).execute(
-        "SELECT sql FROM duckdb_views() WHERE view_name = 'prompts'").fetchone()[0]
+        "SELECT sql FROM duckdb_views() WHERE view_name = '_prompts_parts'").fetchone()[0]
 
 
 @pytest.fixture(params=["small", "large"])
