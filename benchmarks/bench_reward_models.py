@@ -237,8 +237,9 @@ Git-LFS pointers upstream and could not be fetched), so both the train and the h
 here come from Anthropic's test sets. The held-out pairs are a fifth of the sets Llama 2 reports
 on, but these models were trained on the other four fifths of the same sets (same distribution,
 same annotators), which Llama 2's were not. A reward model trained this way must never be scored
-on those files as if they were unseen: ../shared/data/SOURCES.md asks to keep them out of
-reward-model training, and this benchmark keeps no checkpoint. How hard the sets are for a
+on those files as if they were unseen (../shared/data/SOURCES.md: split them deterministically,
+never report accuracy on rows a model trained on, keep the official test rows away from models
+evaluated on them), and this benchmark keeps no checkpoint. How hard the sets are for a
 trivial rule, on the held-out splits: "the longer reply (in characters) wins" is right on
 53.7 % of the helpfulness pairs and 44.6 % of the safety pairs (there the shorter reply, often
 a refusal, wins 55.4 %).
