@@ -19,10 +19,12 @@ stays in use and the new row says why. The first model of a kind is promoted.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -269,8 +271,6 @@ def _fit(cfg, lake, con, iteration, kind, mix, record, sets, deliveries, rm_id, 
 def resolve_model(spec: str, lake: Lake | None = None) -> tuple[str, dict]:
     """A reward-model checkpoint folder, or the id (or a unique prefix) of one in `lake`.
     Returns (local folder, its reward_models row or {})."""
-    from pathlib import Path
-
     if Path(spec).is_dir():
         if not (Path(spec) / "head.safetensors").is_file():
             raise DataError(f"{spec} is not a reward-model checkpoint (no head.safetensors); "
@@ -294,9 +294,6 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
     (inline prompt and responses, JSONL / CSV / Parquet) or Anthropic HH-RLHF. Each row goes
     through the same validation as an ingested batch; every accepted row is scored, whatever
     its split. Returns overall accuracy and the per strength / safety label buckets."""
-    import json as _json
-    from pathlib import Path
-
     from flywheel.config import AnnotationConfig
     from flywheel.importers import convert, detect_format, hh_criterion, write_delivery
     from flywheel.ingest import ingest_bytes
@@ -306,7 +303,7 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
     if not src.is_file():
         raise DataError(f"comparison file {path} does not exist")
     fmt = fmt or _guess_format(src)
-    meta = _json.loads((Path(model_dir) / "reward_model.json").read_text() or "{}")
+    meta = json.loads((Path(model_dir) / "reward_model.json").read_text() or "{}")
     max_length = max_length or meta.get("max_length") or 512
     with tempfile.TemporaryDirectory() as tmp:
         lake = Lake.open(f"{tmp}/lake")
@@ -344,16 +341,13 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
 
 def _guess_format(path) -> str:
     """hh-rlhf when the first record has only `chosen` and `rejected` dialogues."""
-    import gzip
-    import json as _json
-
     name = path.name.lower()
     if name.removesuffix(".gz").endswith((".jsonl", ".json", ".ndjson")):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
             first = f.readline()
         try:
-            record = _json.loads(first)
+            record = json.loads(first)
         except ValueError:
             return "llama2"
         if isinstance(record, dict) and {"chosen", "rejected"} <= set(record) and not (
