@@ -1,6 +1,7 @@
 """`flywheel serve` end to end on a real `prefect server start`: a file dropped into the lake's
 incoming/ folder is picked up by the scheduled inbox deployment, its batch-landed event triggers
-the retrain deployment, and a reward model lands. About 2-3 minutes: slow marker."""
+the retrain deployment, and a reward model lands. About 2 minutes on an idle machine, much longer on a loaded one (hence
+the generous waits, which print the logs of both processes when they run out): slow marker."""
 
 from __future__ import annotations
 
@@ -26,14 +27,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(predicate, seconds: float, what: str, procs) -> None:
+def _tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return f"--- {path.name} (last {lines} lines) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _wait(predicate, seconds: float, what: str, procs, logs=()) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
         for p in procs:
             if p.poll() is not None:
-                raise AssertionError(f"{p.args[:3]} exited with {p.returncode} before {what}")
+                raise AssertionError(f"{p.args[:3]} exited with {p.returncode} before {what}\n"
+                                     + "\n".join(_tail(Path(f.name)) for f in logs))
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            for f in logs:
+                f.flush()
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}\n"
+                                 + "\n".join(_tail(Path(f.name)) for f in logs))
         time.sleep(2)
 
 
@@ -58,15 +68,16 @@ def test_serve_ingests_dropped_files_and_retrains(tmp_path, tiny_config):
                               stderr=subprocess.STDOUT, start_new_session=True)
     procs = [server]
     try:
-        _wait(lambda: healthy(api), 120, "the Prefect server", procs)
+        _wait(lambda: healthy(api), 120, "the Prefect server", procs, logs)
         serve = subprocess.Popen([str(bin_dir / "flywheel"), "serve", "--config", str(cfg),
                                   "--poll", "10", "--debounce", "5"], env=env, stdout=logs[1],
                                  stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(serve)
-        _wait(lambda: lake.rows("batches"), 150, "the inbox to ingest the dropped file", procs)
+        _wait(lambda: lake.rows("batches"), 300, "the inbox to ingest the dropped file", procs,
+              logs)
         (batch,) = lake.rows("batches")
         assert (batch["batch_id"], batch["accepted"]) == ("week-1", 8)
-        _wait(lambda: lake.rows("reward_models"), 150, "the triggered retrain", procs)
+        _wait(lambda: lake.rows("reward_models"), 600, "the triggered retrain", procs, logs)
         (rm,) = lake.rows("reward_models")  # helpfulness rows only: no safety model yet
         assert rm["criterion"] == "helpfulness" and rm["promoted"]
         assert json.loads(rm["data_mix"])["batches"] == ["week-1"]
