@@ -1,7 +1,8 @@
 """`flywheel serve` end to end on a real `prefect server start`: a file dropped into the lake's
 incoming/ folder is picked up by the scheduled inbox deployment, its batch-landed event triggers
-the retrain deployment, and a reward model lands. About 2 minutes on an idle machine, much longer on a loaded one (hence
-the generous waits, which print the logs of both processes when they run out): slow marker."""
+the retrain deployment, and a reward model lands. About 2 minutes on an idle machine, much
+longer on a loaded one (hence the generous waits, which print the logs of both processes when
+they run out): slow marker."""
 
 from __future__ import annotations
 
