@@ -1,0 +1,324 @@
+"""The scoring engine: reward-model scores and reference log-probs for (prompt, K responses)
+groups, the way rejection sampling, reward-model evaluation and PPO need them.
+
+What it does that a sequence-classification model over padded batches does not:
+- **Prefix reuse.** For a causal decoder (a checkpoint whose architecture is `...ForCausalLM`,
+  such as the policy backbone Llama 2 uses for its reward models), each group's prompt runs once;
+  its keys and values are copied to the group's K rows and only the response tokens run after
+  them. The work per group falls from K x (P + R) tokens to P + K x R.
+- **Length buckets.** Rows are sorted by length and cut into forward passes of about
+  `token_budget` padded tokens, so little compute goes to padding.
+- **Read-out on the last token only.** The backbone's final RMSNorm is deferred and applied by
+  the last-token kernel (kernels/last_token.py) together with the scalar head, on one row per
+  sequence; reference log-probs come from hidden states and the output head through
+  kernels/head_logprobs.py, without a [tokens, vocab] float32 temporary.
+
+The token sequences are exactly those of `RewardModel.encode`: each full conversation is
+tokenized as a whole, and a row reuses its group's prompt only if the prompt's tokens are a prefix
+of its own (a tokenizer could merge across the boundary) and it was not truncated. Every other row,
+and every row of an encoder backbone (bidirectional attention: the prompt's states depend on the
+response), is scored as a whole sequence in the length buckets. The scores therefore match the
+plain path up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.errors import FlywheelError
+from kernels.head_logprobs import head_logprobs
+from kernels.last_token import last_token_readout
+from kernels.reward_combine import combine_rewards
+
+
+@dataclass(frozen=True)
+class Group:
+    """One prompt (chat messages, without the answer) and the responses to score for it."""
+
+    messages: list[dict]
+    responses: list[str]
+    safety: bool = False  # the prompt is tagged safety (Llama 2's reward gate)
+
+
+@dataclass
+class ScoringStats:
+    sequences: int = 0
+    tokens: int = 0  # tokens of the full sequences scored (prompt + response, each row)
+    computed_tokens: int = 0  # tokens the backbone ran, padding included
+    reused_groups: int = 0  # groups whose prompt ran once for all its rows
+    whole_rows: int = 0  # rows scored as whole sequences
+    seconds: float = 0.0
+
+    def add(self, other: ScoringStats) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+@dataclass
+class _Row:
+    group: int
+    index: int  # position in its group
+    ids: list[int]  # the whole sequence
+    prefix: int = 0  # tokens shared with the group's prompt (0: scored whole)
+
+
+@dataclass
+class _Plan:
+    prompts: dict[int, list[int]] = field(default_factory=dict)  # group -> prompt ids (reused)
+    reused: list[_Row] = field(default_factory=list)
+    whole: list[_Row] = field(default_factory=list)
+
+
+def supports_prefix_reuse(backbone) -> bool:
+    """A causal decoder with a key/value cache: a prompt's states do not depend on what follows."""
+    archs = getattr(backbone.config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") for a in archs) and not getattr(
+        backbone.config, "is_encoder_decoder", False)
+
+
+@contextmanager
+def _deferred_norm(backbone, enabled: bool):
+    """Run the backbone without its final RMSNorm, yielding (weight, eps) for the read-out to
+    apply on the gathered rows; (None, 0) when the backbone has no such norm (or not enabled)."""
+    norm = getattr(backbone, "norm", None)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if not enabled or norm is None or not type(norm).__name__.endswith("RMSNorm") or eps is None:
+        yield None, 0.0
+        return
+    backbone.norm = torch.nn.Identity()
+    try:
+        yield norm.weight, float(eps)
+    finally:
+        backbone.norm = norm
+
+
+def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their 0/1 mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _chunks(items: list, cost, budget: int):
+    """Consecutive runs of `items` (already sorted by size) whose padded cost stays within the
+    budget; a single item over it runs alone."""
+    run: list = []
+    for it in items:
+        if run and cost(run + [it]) > budget:
+            yield run
+            run = []
+        run.append(it)
+    if run:
+        yield run
+
+
+class ScoringEngine:
+    def __init__(self, max_length: int = 512, token_budget: int = 4096,
+                 reuse_prefix: bool = True, fuse_norm: bool = True, progress: bool = True):
+        if max_length < 2:
+            raise FlywheelError(f"scoring max_length must be at least 2 (got {max_length})")
+        self.max_length = max_length
+        self.token_budget = token_budget
+        self.reuse_prefix = reuse_prefix
+        self.fuse_norm = fuse_norm
+        self.progress = progress
+        self.stats = ScoringStats()
+
+    # tokenization --------------------------------------------------------------------------
+    def _plan(self, tokenizer, groups: list[Group], reuse: bool) -> _Plan:
+        plan = _Plan()
+        tokenizer.truncation_side = "left"  # as RewardModel.encode: keep the response's end
+        if not tokenizer.chat_template:  # pair encoding, as RewardModel.encode does it
+            owners = [(g, k) for g, grp in enumerate(groups) for k in range(len(grp.responses))]
+            if not owners:
+                return plan
+            prompts = ["\n".join(m["content"] for m in groups[g].messages) for g, _ in owners]
+            responses = [groups[g].responses[k] for g, k in owners]
+            ids = tokenizer(prompts, responses, truncation="longest_first",
+                            max_length=self.max_length)["input_ids"]
+            plan.whole = [_Row(g, k, i) for (g, k), i in zip(owners, ids)]
+            return plan
+        texts, owners = [], []
+        for g, grp in enumerate(groups):
+            for k, r in enumerate(grp.responses):
+                texts.append(tokenizer.apply_chat_template(
+                    grp.messages + [{"role": "assistant", "content": r}], tokenize=False))
+                owners.append((g, k))
+        full = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        prompts = {}
+        if reuse:
+            ptexts = [tokenizer.apply_chat_template(grp.messages, tokenize=False,
+                                                    add_generation_prompt=True) for grp in groups]
+            p_ids = tokenizer(ptexts, add_special_tokens=False)["input_ids"] if ptexts else []
+            prompts = dict(enumerate(p_ids))
+        for (g, k), ids in zip(owners, full):
+            p = prompts.get(g)
+            if (p is not None and len(p) < len(ids) <= self.max_length
+                    and ids[: len(p)] == p):
+                plan.reused.append(_Row(g, k, ids, len(p)))
+                plan.prompts[g] = p
+            else:
+                plan.whole.append(_Row(g, k, ids[-self.max_length:]))  # left truncation
+        return plan
+
+    # forward passes ------------------------------------------------------------------------
+    def _prefix_forward(self, backbone, pad_id: int, prompts: list[list[int]],
+                        rows: list[_Row], owner: list[int]):
+        """Prompts once (right-padded), their cache copied to each row, then the rows' response
+        tokens. Returns (prompt hidden [G, P, d], response hidden [N, R, d], response mask)."""
+        p_ids, p_mask = _pad(prompts, pad_id)
+        out = backbone(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
+        cache = out.past_key_values
+        index = torch.tensor(owner, dtype=torch.long)
+        cache.reorder_cache(index)  # one copy of its prompt's keys and values per row
+        r_ids, r_mask = _pad([r.ids[r.prefix:] for r in rows], pad_id)
+        lengths = torch.tensor([r.prefix for r in rows], dtype=torch.long)
+        positions = lengths[:, None] + torch.arange(r_ids.shape[1])[None, :]
+        mask = torch.cat([p_mask[index], r_mask], dim=1)
+        res = backbone(input_ids=r_ids, attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+        self.stats.computed_tokens += p_ids.numel() + r_ids.numel()
+        return out.last_hidden_state, res.last_hidden_state, r_mask
+
+    def _buckets(self, plan: _Plan):
+        """Forward-pass units, each sorted by length: ('reused', [group ids]) and
+        ('whole', [rows])."""
+        by_group: dict[int, list[_Row]] = {}
+        for r in plan.reused:
+            by_group.setdefault(r.group, []).append(r)
+
+        def group_cost(gs):
+            width = max(len(plan.prompts[g]) for g in gs)
+            rows = [r for g in gs for r in by_group[g]]
+            return len(gs) * width + len(rows) * (max(len(r.ids) - r.prefix for r in rows))
+
+        order = sorted(by_group, key=lambda g: (len(plan.prompts[g]),
+                                                max(len(r.ids) for r in by_group[g])))
+        units = [("reused", [r for g in gs for r in by_group[g]], gs)
+                 for gs in _chunks(order, group_cost, self.token_budget)]
+        whole = sorted(plan.whole, key=lambda r: len(r.ids))
+        units += [("whole", rs, None) for rs in _chunks(
+            whole, lambda rs: len(rs) * max(len(r.ids) for r in rs), self.token_budget)]
+        return units
+
+    # reward models -------------------------------------------------------------------------
+    @torch.no_grad()
+    def rewards(self, model, groups: list[Group], desc: str = "scoring") -> list[list[float]]:
+        """Raw scores of `model` (a RewardModel) for every response of every group."""
+        start = time.perf_counter()
+        model.eval()
+        tok, backbone = model.tokenizer, model.backbone
+        reuse = self.reuse_prefix and supports_prefix_reuse(backbone)
+        plan = self._plan(tok, groups, reuse)
+        out = [[0.0] * len(g.responses) for g in groups]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        units = self._buckets(plan)
+        bar = tqdm(total=sum(len(g.responses) for g in groups), desc=desc, unit="seq",
+                   disable=not self.progress)
+        with _deferred_norm(backbone, self.fuse_norm) as (norm_w, eps):
+            for kind, rows, gs in units:
+                if kind == "reused":
+                    owner_pos = {g: i for i, g in enumerate(gs)}
+                    _, hidden, mask = self._prefix_forward(
+                        backbone, pad_id, [plan.prompts[g] for g in gs], rows,
+                        [owner_pos[r.group] for r in rows])
+                    self.stats.reused_groups += len(gs)
+                else:
+                    ids, mask = _pad([r.ids for r in rows], pad_id)
+                    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+                    self.stats.computed_tokens += ids.numel()
+                    self.stats.whole_rows += len(rows)
+                scores = last_token_readout(hidden, mask, model.head.weight, model.head.bias,
+                                            norm_w, eps if norm_w is not None else 1e-6)
+                for r, s in zip(rows, scores.tolist()):
+                    out[r.group][r.index] = s
+                bar.update(len(rows))
+        bar.close()
+        self._account(plan, start)
+        return out
+
+    def _account(self, plan: _Plan, start: float) -> None:
+        rows = plan.reused + plan.whole
+        self.stats.sequences += len(rows)
+        self.stats.tokens += sum(len(r.ids) for r in rows)
+        self.stats.seconds += time.perf_counter() - start
+
+    # reference policy ----------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_logprobs(self, lm, tokenizer, groups: list[Group],
+                           desc: str = "reference log-probs") -> list[list[torch.Tensor]]:
+        """Log-probabilities under the causal LM `lm` of each response's tokens given its prompt
+        (float32, one tensor per response), tokenized as rejection-sampling fine-tuning does:
+        the prompt with the generation prompt, then the rest of the conversation. A response is
+        cut to fit `max_length` after its prompt."""
+        start = time.perf_counter()
+        lm.eval()
+        backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+        plan = _Plan()
+        for g, grp in enumerate(groups):
+            prompt = tokenizer.apply_chat_template(grp.messages, tokenize=False,
+                                                   add_generation_prompt=True)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(p) >= self.max_length:
+                raise FlywheelError(
+                    f"a prompt of {len(p)} tokens leaves no room for its response within "
+                    f"max_length {self.max_length}; raise the scoring max_length")
+            plan.prompts[g] = p
+            for k, r in enumerate(grp.responses):
+                full = tokenizer.apply_chat_template(
+                    grp.messages + [{"role": "assistant", "content": r}], tokenize=False)
+                resp = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+                resp = resp[: self.max_length - len(p)] or [tokenizer.eos_token_id or 0]
+                plan.reused.append(_Row(g, k, p + resp, len(p)))
+        out: list[list[torch.Tensor]] = [[None] * len(g.responses) for g in groups]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        bar = tqdm(total=len(plan.reused), desc=desc, unit="seq", disable=not self.progress)
+        for _, rows, gs in self._buckets(plan):
+            owner_pos = {g: i for i, g in enumerate(gs)}
+            owner = [owner_pos[r.group] for r in rows]
+            p_hidden, r_hidden, r_mask = self._prefix_forward(
+                backbone, pad_id, [plan.prompts[g] for g in gs], rows, owner)
+            p_last = torch.tensor([len(plan.prompts[g]) - 1 for g in gs])
+            first = p_hidden[torch.arange(len(gs)), p_last][owner]  # predicts response token 0
+            hidden = torch.cat([first[:, None], r_hidden[:, :-1]], dim=1)
+            targets = _pad([r.ids[r.prefix:] for r in rows], 0)[0]
+            keep = r_mask.bool()
+            logp = head_logprobs(hidden[keep], head.weight, targets[keep])
+            for r, lp in zip(rows, logp.split(r_mask.sum(1).tolist())):
+                out[r.group][r.index] = lp
+            self.stats.reused_groups += len(gs)
+            bar.update(len(rows))
+        bar.close()
+        self._account(plan, start)
+        return out
+
+
+def combine(groups: list[Group], helpfulness: list[list[float]], safety: list[list[float]],
+            kl: list[list[torch.Tensor]] | None = None, beta: float = 0.0):
+    """Llama 2's PPO reward for every response, flattened group by group, in one pass of the
+    reward-combination kernel (kernels/reward_combine.py): returns (score, sequence reward,
+    token rewards, token mask) where score = WHITEN(LOGIT(R_c)) over the batch. `kl` holds the
+    per-token KL estimates of each response (log pi - log pi_0); without it the KL is zero."""
+    r_h = torch.tensor([s for g in helpfulness for s in g], dtype=torch.float32)
+    r_s = torch.tensor([s for g in safety for s in g], dtype=torch.float32)
+    tags = torch.tensor([int(g.safety) for g in groups for _ in g.responses], dtype=torch.int32)
+    if kl is None:
+        kl = [[torch.zeros(1) for _ in g.responses] for g in groups]
+    flat = [t.float() for g in kl for t in g]
+    width = max(len(t) for t in flat) if flat else 1
+    kl_t = torch.zeros(len(flat), width)
+    mask = torch.zeros(len(flat), width, dtype=torch.int32)
+    for i, t in enumerate(flat):
+        kl_t[i, : len(t)] = t
+        mask[i, : len(t)] = 1
+    score, seq, tok = combine_rewards(r_h, r_s, tags, kl_t, mask, beta)
+    return score, seq, tok, mask

@@ -1,0 +1,153 @@
+"""The scoring engine against the plain paths it replaces: the same scores as `RewardModel.score`
+(whole padded sequences), the same reference log-probs as a full forward with log-softmax, with
+the prompt run once per group where the backbone allows it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flywheel.policy import gated_reward, tokenize_sft
+from flywheel.reward_model import RewardModel
+from flywheel.scoring import Group, ScoringEngine, combine, supports_prefix_reuse
+
+PROMPTS = ["How do I cook rice on the stove?", "Tell me how to steal a car without the keys.",
+           "Suggest three things to see in Lisbon, please, with a short reason for each one."]
+REPLIES = ["Rinse the rice, add water, boil, then simmer.", "I cannot help with that.",
+           "The castle, the tram and the river front.", "Sorry.",
+           "To write a short email, start with a greeting, state your point, and close politely."]
+
+
+def _groups(k: int, n: int = 3) -> list[Group]:
+    return [Group([{"role": "user", "content": PROMPTS[g % len(PROMPTS)] * (g + 1)}],
+                  [REPLIES[(g + j) % len(REPLIES)] * (1 + j % 3) for j in range(k + g % 2)],
+                  safety=g % 2 == 1)
+            for g in range(n)]
+
+
+@pytest.fixture(scope="module")
+def llama_rm(tiny_llama):
+    torch.manual_seed(1)
+    rm = RewardModel.from_backbone(tiny_llama).eval()
+    torch.nn.init.normal_(rm.head.weight)
+    torch.nn.init.normal_(rm.head.bias)
+    return rm
+
+
+def _plain(rm, groups, max_length):
+    flat = rm.score([g.messages for g in groups for _ in g.responses],
+                    [r for g in groups for r in g.responses], max_length)
+    out, i = [], 0
+    for g in groups:
+        out.append(flat[i: i + len(g.responses)])
+        i += len(g.responses)
+    return out
+
+
+def _close(a, b, tol=1e-4):
+    assert [len(x) for x in a] == [len(x) for x in b]
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, abs=tol, rel=tol)
+
+
+def test_prefix_reuse_gives_the_plain_scores_with_fewer_tokens(llama_rm):
+    groups = _groups(k=4)
+    engine = ScoringEngine(max_length=512, token_budget=1500, progress=False)
+    assert supports_prefix_reuse(llama_rm.backbone)
+    got = engine.rewards(llama_rm, groups)
+    _close(got, _plain(llama_rm, groups, 512))
+    st = engine.stats
+    assert st.reused_groups == len(groups) and st.whole_rows == 0
+    assert st.sequences == sum(len(g.responses) for g in groups)
+
+    # long prompts, short replies: the backbone runs each prompt once, not K times
+    long = [Group([{"role": "user", "content": p * 3}], REPLIES[:4]) for p in PROMPTS]
+    engine = ScoringEngine(max_length=512, progress=False)
+    _close(engine.rewards(llama_rm, long), _plain(llama_rm, long, 512))
+    assert engine.stats.computed_tokens < 0.6 * engine.stats.tokens
+
+
+def test_budget_splits_and_single_rows_give_the_same_scores(llama_rm):
+    groups = _groups(k=3, n=4) + [Group([{"role": "user", "content": "Hi"}], ["Hello."])]
+    want = _plain(llama_rm, groups, 512)
+    for budget in (1, 64, 100_000):  # one group per pass ... everything in one pass
+        _close(ScoringEngine(512, token_budget=budget, progress=False).rewards(llama_rm, groups),
+               want)
+
+
+def test_truncated_rows_are_scored_whole_like_the_plain_path(llama_rm):
+    groups = _groups(k=3)
+    engine = ScoringEngine(max_length=40, progress=False)
+    got = engine.rewards(llama_rm, groups)
+    _close(got, _plain(llama_rm, groups, 40))
+    assert engine.stats.whole_rows > 0
+
+
+def test_deferred_norm_matches_and_is_restored(llama_rm):
+    groups = _groups(k=2)
+    norm = llama_rm.backbone.norm
+    fused = ScoringEngine(512, fuse_norm=True, progress=False).rewards(llama_rm, groups)
+    plain = ScoringEngine(512, fuse_norm=False, progress=False).rewards(llama_rm, groups)
+    _close(fused, plain)
+    assert llama_rm.backbone.norm is norm
+
+
+def test_encoder_backbone_is_scored_whole(minilm):
+    torch.manual_seed(0)
+    rm = RewardModel.from_backbone(minilm).eval()
+    torch.nn.init.normal_(rm.head.weight)
+    groups = _groups(k=3)
+    engine = ScoringEngine(max_length=64, token_budget=200, progress=False)
+    assert not supports_prefix_reuse(rm.backbone)
+    _close(engine.rewards(rm, groups), _plain(rm, groups, 64))
+    assert engine.stats.reused_groups == 0
+    assert engine.stats.whole_rows == sum(len(g.responses) for g in groups)
+
+
+def test_reference_logprobs_match_a_full_forward(tiny_llama):
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    lm, tok = load_causal_lm(tiny_llama).eval(), load_tokenizer(tiny_llama)
+    groups = _groups(k=3)
+    engine = ScoringEngine(max_length=512, token_budget=300, progress=False)
+    got = engine.reference_logprobs(lm, tok, groups)
+    for g, grp in enumerate(groups):
+        for k, resp in enumerate(grp.responses):
+            ids, labels = tokenize_sft(tok, grp.messages, resp, 512)
+            with torch.no_grad():
+                logits = lm(torch.tensor([ids])).logits[0, :-1].float()
+            target = torch.tensor(ids[1:])
+            want = torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
+            want = want[torch.tensor(labels[1:]) != -100]
+            assert got[g][k].shape == want.shape
+            torch.testing.assert_close(got[g][k], want, atol=1e-4, rtol=1e-4)
+
+
+def test_combine_picks_what_the_gated_reward_picks():
+    groups = [Group([{"role": "user", "content": "q"}], ["a", "b", "c"], safety=s)
+              for s in (False, True)]
+    help_ = [[2.0, -1.0, 0.5], [3.0, 0.0, -2.0]]
+    safe = [[-3.0, 1.0, 1.0], [-1.0, 2.0, 0.5]]
+    score, seq, tok, mask = combine(groups, help_, safe)
+    rc = [gated_reward(h, s, g.safety) for g, hs, ss in zip(groups, help_, safe)
+          for h, s in zip(hs, ss)]
+    x = torch.tensor([math.log(r / (1 - r)) for r in rc])
+    torch.testing.assert_close(score, (x - x.mean()) / x.std(unbiased=False), atol=1e-4,
+                               rtol=1e-4)
+    torch.testing.assert_close(seq, score)  # no KL given
+    assert score[:3].argmax() == torch.tensor(rc[:3]).argmax()
+    assert score[3:].argmax() == torch.tensor(rc[3:]).argmax()
+    # group 1's first reply: safety score sigmoid(-3) < 0.15 gates it to the safety model
+    assert rc[0] == pytest.approx(1 / (1 + math.exp(3)))
+
+
+def test_combine_subtracts_the_kl_per_token():
+    groups = [Group([{"role": "user", "content": "q"}], ["a", "b"])]
+    kl = [[torch.tensor([0.5, 0.5, 1.0]), torch.tensor([2.0])]]
+    score, seq, tok, mask = combine(groups, [[1.0, -1.0]], [[1.0, 1.0]], kl, beta=0.1)
+    torch.testing.assert_close(seq, score - 0.1 * torch.tensor([2.0, 2.0]))
+    assert tok[0].tolist() == pytest.approx([-0.05, -0.05, -0.1 + score[0].item()])
+    assert tok[1, 0].item() == pytest.approx(-0.2 + score[1].item())
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
