@@ -166,6 +166,20 @@ class RejectionSamplingConfig(_Section):
     seed: int = 0
 
 
+class ScoringConfig(_Section):
+    """The scoring engine (flywheel/scoring.py) that rejection sampling, reward-model evaluation
+    and PPO score through."""
+
+    token_budget: int = Field(
+        4096, ge=64, description="Padded tokens per forward pass; raise it on a GPU."
+    )
+    reuse_prefix: bool = Field(
+        True,
+        description="Run each prompt once for all its responses when the backbone is a causal "
+        "decoder (the scores are the same either way).",
+    )
+
+
 class EvaluationConfig(_Section):
     temperature: float = Field(0.0, ge=0, description="0: greedy answers on held-out prompts.")
     min_win_rate: float = Field(
@@ -190,6 +204,7 @@ class FlywheelConfig(_Section):
     annotation: AnnotationConfig = AnnotationConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    scoring: ScoringConfig = ScoringConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
 

@@ -26,9 +26,9 @@ from flywheel.lake import Lake
 from flywheel.pairs import write_delivery_jsonl
 from flywheel.policy import Candidate, best_of, finetune, gated_reward
 from flywheel.prompts import load_prompts, messages_of, user_text
-from flywheel.reward_model import RewardModel
 from flywheel.sampling import shared_sampler
 from flywheel.schemas import content_id
+from flywheel.scoring import ScoringEngine, score_samples
 
 
 def open_lake(cfg: FlywheelConfig) -> Lake:
@@ -186,28 +186,20 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     score is below 0.15, else the helpfulness score); the best per prompt joins the pool of
     every earlier iteration's best; fine-tune on the pool."""
     rs = cfg.rejection_sampling
+    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
+    if missing:
+        raise DataError(f"no {' or '.join(missing)} reward model yet: rejection sampling scores "
+                        "with both; ingest comparisons of that criterion (flywheel ingest, or "
+                        "flywheel import of an open-source set) and retrain")
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
     latest = current_policy(cfg, lake)
     sampler = _sampler(cfg, policy_path(lake, latest))
     rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
                         rs.temperature, sampler)
     by_prompt = _by_id(prompts)
-    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
-    if missing:
-        raise DataError(f"no {' or '.join(missing)} reward model yet: rejection sampling scores "
-                        "with both; ingest comparisons of that criterion (flywheel ingest, or "
-                        "flywheel import of an open-source set) and retrain")
-    raw = {}
-    for kind in ("helpfulness", "safety"):
-        rm_id = rm_ids[kind]
-        rm = RewardModel.load(lake.artifact_path("reward_models", rm_id))
-        raw[kind] = rm.score([messages_of(by_prompt[r["prompt_id"]]) for r in rows],
-                             [r["text"] for r in rows], cfg.reward_model.max_length)
-        del rm
-        lake.write("scores", [
-            {"id": content_id("score", r["id"], rm_id), "sample_id": r["id"],
-             "reward_model_id": rm_id, "score": s} for r, s in zip(rows, raw[kind])
-        ], {"reward_model": rm_id, "kind": kind})
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    raw = score_samples(lake, rows, by_prompt,
+                        {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
     rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
                for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
     rm_id = rm_ids["helpfulness"]
@@ -226,6 +218,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     best_rewards = [c.reward for c in best.values()]
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
+               "scoring": vars(engine.stats),
                "reward_mean_all": statistics.fmean(rewards),
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,

@@ -111,6 +111,8 @@ class RewardModel(torch.nn.Module):
 
     @torch.no_grad()
     def score(self, messages, responses, max_length=512, batch_size=8) -> list[float]:
+        """Whole padded sequences, batch by batch: the simple path, kept as the reference the
+        scoring engine (flywheel/scoring.py, which the loop uses) is tested against."""
         self.eval()
         order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
         out = [0.0] * len(responses)
@@ -176,15 +178,20 @@ def train_reward_model(
 
 
 def evaluate(model: RewardModel, pairs: list[PreferencePair], max_length: int = 512,
-             batch_size: int = 8) -> tuple[dict, list[bool]]:
-    """Score both responses of every pair. Returns (summary, hits): hits[i] is whether pair i's
-    chosen response scored above its rejected one; the summary is `summarise(pairs, hits)`."""
+             engine=None) -> tuple[dict, list[bool]]:
+    """Score both responses of every pair through the scoring engine (the pair's prompt runs
+    once for both where the backbone allows it). Returns (summary, hits): hits[i] is whether
+    pair i's chosen response scored above its rejected one; the summary is
+    `summarise(pairs, hits)`. `engine`: a configured ScoringEngine (default: one with
+    `max_length` and the default token budget)."""
+    from flywheel.scoring import Group, ScoringEngine
+
     if not pairs:
         return summarise([], []), []
-    messages = [p.messages for p in pairs]
-    rc = model.score(messages, [p.chosen for p in pairs], max_length, batch_size)
-    rr = model.score(messages, [p.rejected for p in pairs], max_length, batch_size)
-    hits = [c > r for c, r in zip(rc, rr)]
+    engine = engine or ScoringEngine(max_length=max_length)
+    scores = engine.rewards(model, [Group(p.messages, [p.chosen, p.rejected]) for p in pairs],
+                            desc="evaluating")
+    hits = [c > r for c, r in scores]
     return summarise(pairs, hits), hits
 
 

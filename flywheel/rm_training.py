@@ -38,6 +38,7 @@ from flywheel.lake import Lake
 from flywheel.mixes import IN_HOUSE, EmptyMixError, MixResult, mix_record, mixes_for
 from flywheel.reward_model import PreferencePair, evaluate, summarise, train_reward_model
 from flywheel.schemas import content_id
+from flywheel.scoring import ScoringEngine
 
 KINDS = ("helpfulness", "safety")
 SEP = " · "
@@ -91,13 +92,13 @@ def load_pairs(con: duckdb.DuckDBPyConnection, ids) -> dict[str, PreferencePair]
 
 
 def evaluate_sets(model, con, sets: list[EvalSet], max_length: int,
-                  pairs: dict[str, PreferencePair] | None = None):
+                  pairs: dict[str, PreferencePair] | None = None, engine=None):
     """Score every test row once. Returns ({set name: summary}, {comparison id: hit}, the
     pairs by id)."""
     ids = sorted({i for s in sets for i in s.ids})
     pairs = dict(pairs or {})
     pairs.update(load_pairs(con, [i for i in ids if i not in pairs]))
-    _, hits = evaluate(model, [pairs[i] for i in ids], max_length)
+    _, hits = evaluate(model, [pairs[i] for i in ids], max_length, engine)
     hit = dict(zip(ids, hits))
     per_set = {
         s.name: {"criterion": s.criterion, "source": s.source,
@@ -224,15 +225,16 @@ def _fit(cfg, lake, con, iteration, kind, mix, record, sets, deliveries, rm_id, 
     backbone = models.resolve(cfg.models.reward_backbone)
     model, training = train_reward_model(backbone, [pairs[i] for i in ids], rm_cfg,
                                          desc=f"{kind} reward model")
-    per_set, hits, pairs = evaluate_sets(model, con, sets, rm_cfg.max_length, pairs)
+    engine = ScoringEngine.from_config(cfg.scoring, rm_cfg.max_length)
+    per_set, hits, pairs = evaluate_sets(model, con, sets, rm_cfg.max_length, pairs, engine)
     sample = ids[:TRAIN_ACCURACY_ROWS]  # ids are content hashes: a uniform sample
-    train_acc, _ = evaluate(model, [pairs[i] for i in sample], rm_cfg.max_length)
+    train_acc, _ = evaluate(model, [pairs[i] for i in sample], rm_cfg.max_length, engine)
     current = current_models(lake).get(kind)
     current_sets = _read_test_ids(lake, current) if current else {}
     unseen = sorted({i for v in current_sets.values() for i in v} - hits.keys())
     if unseen:  # rows of the current model's test sets no longer in the lake's test sets
         more = load_pairs(con, unseen)
-        _, extra = evaluate(model, [more[i] for i in unseen], rm_cfg.max_length)
+        _, extra = evaluate(model, [more[i] for i in unseen], rm_cfg.max_length, engine)
         hits.update(zip(unseen, extra))
     promoted, why, compared = gate(hits, current, current_sets, rm_cfg.promotion_tolerance)
     batches = [b for (b,) in con.sql(
@@ -289,7 +291,7 @@ def resolve_model(spec: str, lake: Lake | None = None) -> tuple[str, dict]:
 
 
 def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
-                  max_length: int | None = None, batch_size: int = 8) -> dict:
+                  max_length: int | None = None) -> dict:
     """Accuracy of a reward model on a comparison file: a delivery in the Llama 2 protocol
     (inline prompt and responses, JSONL / CSV / Parquet) or Anthropic HH-RLHF. Each row goes
     through the same validation as an ingested batch; every accepted row is scored, whatever
@@ -333,7 +335,7 @@ def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
         raise DataError(f"{path}: no row could be evaluated ({result.rejected} rejected: "
                         f"{result.reasons}); rows need an inline prompt and both responses")
     model = RewardModel.load(model_dir)
-    summary, _ = evaluate(model, [pairs[i] for i in ids], max_length, batch_size)
+    summary, _ = evaluate(model, [pairs[i] for i in ids], max_length)
     return {"model": model_dir, "kind": meta.get("kind"), "file": str(src), "format": fmt,
             "delivered": result.delivered, "evaluated": len(ids), "rejected": result.reasons,
             "max_length": max_length, **summary}

@@ -11,7 +11,7 @@ import torch
 
 from flywheel.policy import gated_reward, tokenize_sft
 from flywheel.reward_model import RewardModel
-from flywheel.scoring import Group, ScoringEngine, combine, supports_prefix_reuse
+from flywheel.scoring import Group, ScoringEngine, combine, group_samples, supports_prefix_reuse
 
 PROMPTS = ["How do I cook rice on the stove?", "Tell me how to steal a car without the keys.",
            "Suggest three things to see in Lisbon, please, with a short reason for each one."]
@@ -151,3 +151,14 @@ def test_combine_subtracts_the_kl_per_token():
     assert tok[0].tolist() == pytest.approx([-0.05, -0.05, -0.1 + score[0].item()])
     assert tok[1, 0].item() == pytest.approx(-0.2 + score[1].item())
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_group_samples_keeps_each_row_findable():
+    prompts = {p: {"messages": f'[{{"role": "user", "content": "{p}"}}]',
+                   "criterion": "safety" if p == "b" else "helpfulness"} for p in "ab"}
+    rows = [{"prompt_id": p, "text": t} for p, t in
+            [("a", "a0"), ("b", "b0"), ("a", "a1"), ("b", "b1"), ("a", "a2")]]
+    groups, where = group_samples(rows, prompts)
+    assert [g.responses for g in groups] == [["a0", "a1", "a2"], ["b0", "b1"]]
+    assert [g.safety for g in groups] == [False, True]
+    assert [groups[g].responses[k] for g, k in where] == [r["text"] for r in rows]
