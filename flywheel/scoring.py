@@ -23,6 +23,7 @@ plain path up to floating-point summation order.
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -179,21 +180,36 @@ class ScoringEngine:
     # forward passes ------------------------------------------------------------------------
     def _prefix_forward(self, backbone, pad_id: int, prompts: list[list[int]],
                         rows: list[_Row], owner: list[int]):
-        """Prompts once (right-padded), their cache copied to each row, then the rows' response
-        tokens. Returns (prompt hidden [G, P, d], response hidden [N, R, d], response mask)."""
+        """The prompts once (right-padded), then the rows' response tokens after a copy of
+        their prompt's keys and values, in sub-batches of similar response length (a group's K
+        responses vary widely). Yields (row positions, prompt hidden [G, P, d], response hidden
+        [n, R, d], response mask [n, R]) per sub-batch."""
         p_ids, p_mask = _pad(prompts, pad_id)
         out = backbone(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
         cache = out.past_key_values
-        index = torch.tensor(owner, dtype=torch.long)
-        cache.reorder_cache(index)  # one copy of its prompt's keys and values per row
-        r_ids, r_mask = _pad([r.ids[r.prefix:] for r in rows], pad_id)
-        lengths = torch.tensor([r.prefix for r in rows], dtype=torch.long)
-        positions = lengths[:, None] + torch.arange(r_ids.shape[1])[None, :]
-        mask = torch.cat([p_mask[index], r_mask], dim=1)
-        res = backbone(input_ids=r_ids, attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True)
-        self.stats.computed_tokens += p_ids.numel() + r_ids.numel()
-        return out.last_hidden_state, res.last_hidden_state, r_mask
+        self.stats.computed_tokens += p_ids.numel()
+        layers = getattr(cache, "layers", None)
+        plain = layers is not None and all(type(x).__name__ == "DynamicLayer" for x in layers)
+        base = [(x.keys, x.values) for x in layers] if plain else None
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids) - rows[i].prefix)
+        width = lambda sub: len(sub) * max(len(rows[i].ids) - rows[i].prefix for i in sub)  # noqa: E731
+        for sub in _chunks(order, width, self.token_budget):
+            index = torch.tensor([owner[i] for i in sub], dtype=torch.long)
+            if plain:  # each row a copy of its prompt's keys and values; the base stays intact
+                for x, (k, v) in zip(layers, base):
+                    x.keys, x.values = k.index_select(0, index), v.index_select(0, index)
+                sub_cache = cache
+            else:
+                sub_cache = copy.deepcopy(cache)
+                sub_cache.reorder_cache(index)
+            r_ids, r_mask = _pad([rows[i].ids[rows[i].prefix:] for i in sub], pad_id)
+            lengths = torch.tensor([rows[i].prefix for i in sub], dtype=torch.long)
+            positions = lengths[:, None] + torch.arange(r_ids.shape[1])[None, :]
+            mask = torch.cat([p_mask[index], r_mask], dim=1)
+            res = backbone(input_ids=r_ids, attention_mask=mask, position_ids=positions,
+                           past_key_values=sub_cache, use_cache=True)
+            self.stats.computed_tokens += r_ids.numel()
+            yield sub, out.last_hidden_state, res.last_hidden_state, r_mask
 
     def _buckets(self, plan: _Plan):
         """Forward-pass units, each sorted by length: ('reused', [group ids]) and
@@ -202,10 +218,9 @@ class ScoringEngine:
         for r in plan.reused:
             by_group.setdefault(r.group, []).append(r)
 
-        def group_cost(gs):
+        def group_cost(gs):  # the prompt pass, padded, and the response tokens
             width = max(len(plan.prompts[g]) for g in gs)
-            rows = [r for g in gs for r in by_group[g]]
-            return len(gs) * width + len(rows) * (max(len(r.ids) - r.prefix for r in rows))
+            return len(gs) * width + sum(len(r.ids) - r.prefix for g in gs for r in by_group[g])
 
         order = sorted(by_group, key=lambda g: (len(plan.prompts[g]),
                                                 max(len(r.ids) for r in by_group[g])))
@@ -234,20 +249,23 @@ class ScoringEngine:
             for kind, rows, gs in units:
                 if kind == "reused":
                     owner_pos = {g: i for i, g in enumerate(gs)}
-                    _, hidden, mask = self._prefix_forward(
+                    passes = ((sub, hidden, mask) for sub, _, hidden, mask in self._prefix_forward(
                         backbone, pad_id, [plan.prompts[g] for g in gs], rows,
-                        [owner_pos[r.group] for r in rows])
+                        [owner_pos[r.group] for r in rows]))
                     self.stats.reused_groups += len(gs)
                 else:
                     ids, mask = _pad([r.ids for r in rows], pad_id)
                     hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
                     self.stats.computed_tokens += ids.numel()
                     self.stats.whole_rows += len(rows)
-                scores = last_token_readout(hidden, mask, model.head.weight, model.head.bias,
-                                            norm_w, eps if norm_w is not None else 1e-6)
-                for r, s in zip(rows, scores.tolist()):
-                    out[r.group][r.index] = s
-                bar.update(len(rows))
+                    passes = [(range(len(rows)), hidden, mask)]
+                for sub, hidden, mask in passes:
+                    scores = last_token_readout(hidden, mask, model.head.weight,
+                                                model.head.bias, norm_w,
+                                                eps if norm_w is not None else 1e-6)
+                    for i, s in zip(sub, scores.tolist()):
+                        out[rows[i].group][rows[i].index] = s
+                    bar.update(len(sub))
         bar.close()
         self._account(plan, start)
         return out
@@ -291,18 +309,20 @@ class ScoringEngine:
         for _, rows, gs in self._buckets(plan):
             owner_pos = {g: i for i, g in enumerate(gs)}
             owner = [owner_pos[r.group] for r in rows]
-            p_hidden, r_hidden, r_mask = self._prefix_forward(
-                backbone, pad_id, [plan.prompts[g] for g in gs], rows, owner)
             p_last = torch.tensor([len(plan.prompts[g]) - 1 for g in gs])
-            first = p_hidden[torch.arange(len(gs)), p_last][owner]  # predicts response token 0
-            hidden = torch.cat([first[:, None], r_hidden[:, :-1]], dim=1)
-            targets = _pad([r.ids[r.prefix:] for r in rows], 0)[0]
-            keep = r_mask.bool()
-            logp = head_logprobs(hidden[keep], head.weight, targets[keep])
-            for r, lp in zip(rows, logp.split(r_mask.sum(1).tolist())):
-                out[r.group][r.index] = lp
+            for sub, p_hidden, r_hidden, r_mask in self._prefix_forward(
+                    backbone, pad_id, [plan.prompts[g] for g in gs], rows, owner):
+                # the prompt's last state predicts response token 0, response state j token j+1
+                first = p_hidden[torch.tensor([owner[i] for i in sub]),
+                                 p_last[torch.tensor([owner[i] for i in sub])]]
+                hidden = torch.cat([first[:, None], r_hidden[:, :-1]], dim=1)
+                targets = _pad([rows[i].ids[rows[i].prefix:] for i in sub], 0)[0]
+                keep = r_mask.bool()
+                logp = head_logprobs(hidden[keep], head.weight, targets[keep])
+                for i, lp in zip(sub, logp.split(r_mask.sum(1).tolist())):
+                    out[rows[i].group][rows[i].index] = lp
+                bar.update(len(sub))
             self.stats.reused_groups += len(gs)
-            bar.update(len(rows))
         bar.close()
         self._account(plan, start)
         return out
