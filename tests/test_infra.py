@@ -168,6 +168,7 @@ def test_k8s_template_renders_a_gpu_job():
                                       "limits": {"nvidia.com/gpu": 2}}
     assert container["image"] == "registry.example/rlhf-flywheel-gpu:1"
     assert container["env"] == {"PREFECT_API_URL": "http://prefect:4200/api"}
+    assert container["envFrom"] == [{"secretRef": {"name": "flywheel-lake", "optional": True}}]
     assert manifest["metadata"] == {"generateName": "train-rm-", "namespace": "flywheel"}
     assert pod["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert job["pod_watch_timeout_seconds"] == 900 and manifest["spec"]["backoffLimit"] == 0
