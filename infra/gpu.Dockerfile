@@ -42,8 +42,8 @@ RUN pip install torch==2.13.0 vllm==0.32.0
 ENV TORCH_CUDA_ARCH_LIST="8.0;9.0"
 RUN DS_BUILD_CPU_ADAM=1 pip install --no-build-isolation deepspeed==0.19.8
 
-# The project, with the source kept in the working directory: a process worker starts flow runs
-# from their deployment's entrypoint (flows/...) relative to it
+# The project, with the source kept in the working directory: deployments run here set it as
+# theirs, so that entrypoints such as flows/weekly.py:weekly_iteration resolve
 WORKDIR /opt/rlhf-flywheel
 COPY pyproject.toml README.md ./
 COPY flywheel ./flywheel
