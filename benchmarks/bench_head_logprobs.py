@@ -1,6 +1,7 @@
 """Token log-probs from hidden states and the output head: the fused Triton op
 (kernels/head_logprobs.py) against eager PyTorch, forward and forward+backward, bf16, with peak
-memory, bytes moved and the achieved fraction of the GPU's bandwidth and bf16 tensor-core peak.
+memory, bytes moved and the achieved fraction of the measured bandwidth, and of the data sheet's
+bandwidth and bf16 tensor-core peak.
 
     .venv/bin/python benchmarks/bench_head_logprobs.py [--reps 20]
 
@@ -12,10 +13,10 @@ against the kernel under Triton's interpreter on a small shape.
 
 import argparse
 import os
-import statistics
 from pathlib import Path
 
 import torch
+from _gpu import bandwidth_line, measured_bandwidth, peak_gib, time_ms
 from _machine import describe
 
 OUT = Path(__file__).parent / "results" / "head_logprobs.md"
@@ -27,30 +28,6 @@ PEAKS = {"H200": (4.8e12, 989e12), "H100 PCIe": (2.0e12, 756e12), "H100": (3.35e
 
 def eager(h, w, t):
     return (h @ w.t()).float().log_softmax(-1).gather(-1, t[:, None]).squeeze(-1)
-
-
-def _time_ms(fn, reps):
-    fn()  # compile and warm up
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def _peak_gib(fn):
-    """Peak memory above what was allocated before the call (the inputs), GiB."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
 def _case(op, n, v, d, reps, backward):
@@ -65,8 +42,9 @@ def _case(op, n, v, d, reps, backward):
             h.grad = w.grad = None
             out.backward(g)
 
-    ms = _time_ms(run, reps)
-    peak = _peak_gib(run)
+    ms = time_ms(run, reps)
+    h.grad = w.grad = None  # the peak counts the gradients this call returns
+    peak = peak_gib(run)
     # unavoidable traffic: read h and W, write the log-probs; the backward reads them again
     # (plus the saved lse) and writes dh and dW
     nbytes = 2 * (n + v) * d + 4 * n
@@ -82,30 +60,35 @@ def gpu_report(reps):
 
     name = torch.cuda.get_device_name()
     bw, fl = next((p for k, p in PEAKS.items() if k in name), (None, None))
+    measured = measured_bandwidth()
     lines = [
         "# Token log-probs from hidden states x output head: fused Triton vs eager PyTorch",
         "",
         f"Machine: {describe().replace('no GPU', name)}; torch {torch.__version__}. bf16 inputs, "
         f"median of {reps} runs after one warm-up. Peak = torch.cuda.max_memory_allocated above "
-        "the inputs. Bytes = the unavoidable traffic (h, W, log-probs; for the backward also "
-        "dh, dW): the op is compute-bound, so the tensor-core fraction (2NVD FLOP forward, 6NVD "
-        "forward+backward, the fused op's recomputed logits not counted) is the telling one.",
+        "the inputs, the returned gradients included. Bytes = the unavoidable traffic (h, W, "
+        "log-probs; for the backward also dh, dW): the op is compute-bound, so the tensor-core "
+        "fraction (2NVD FLOP forward, 6NVD forward+backward, the fused op's recomputed logits not "
+        "counted) is the telling one. BW frac = bytes / fused time / measured bandwidth; sheet BW "
+        "frac and TC frac against the data sheet's figures for this GPU.",
+        bandwidth_line(measured),
         "Command: `.venv/bin/python benchmarks/bench_head_logprobs.py`",
         "",
         "| pass | N | V | D | eager ms | fused ms | speed-up | eager peak GiB | fused peak GiB |"
-        " GB moved | fused BW frac | fused TC frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " GB moved | fused BW frac | fused sheet BW frac | fused TC frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backward in (False, True):
         for n, v, d in SHAPES:
             e_ms, e_peak, nbytes, flops = _case(eager, n, v, d, reps, backward)
             f_ms, f_peak, _, _ = _case(head_logprobs, n, v, d, reps, backward)
-            bw_frac = f"{nbytes / (f_ms * 1e-3) / bw:.2f}" if bw else "n/a"
+            sheet_frac = f"{nbytes / (f_ms * 1e-3) / bw:.2f}" if bw else "n/a"
             tc_frac = f"{flops / (f_ms * 1e-3) / fl:.2f}" if fl else "n/a"
             lines.append(
                 f"| {'fwd+bwd' if backward else 'fwd'} | {n} | {v} | {d} | {e_ms:.2f} | "
                 f"{f_ms:.2f} | {e_ms / f_ms:.2f}x | {e_peak:.2f} | {f_peak:.2f} | "
-                f"{nbytes / 1e9:.3f} | {bw_frac} | {tc_frac} |")
+                f"{nbytes / 1e9:.3f} | {nbytes / (f_ms * 1e-3) / measured:.2f} | {sheet_frac} | "
+                f"{tc_frac} |")
             torch.cuda.empty_cache()
     return lines
 
