@@ -2,8 +2,9 @@
 groups, the way rejection sampling, reward-model evaluation and PPO need them.
 
 What it does that a sequence-classification model over padded batches does not:
-- **Prefix reuse.** For a causal decoder (a checkpoint whose architecture is `...ForCausalLM`,
-  such as the policy backbone Llama 2 uses for its reward models), each group's prompt runs once;
+- **Prefix reuse.** For a causal decoder (probed: a prompt's hidden states must not change when
+  tokens follow; the policy backbone Llama 2 uses for its reward models is one), each group's
+  prompt runs once;
   its keys and values are copied to the group's K rows and only the response tokens run after
   them. The work per group falls from K x (P + R) tokens to P + K x R.
 - **Length buckets.** Rows are sorted by length and cut into forward passes of about
@@ -24,6 +25,7 @@ plain path up to floating-point summation order.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,10 +78,21 @@ class _Plan:
 
 
 def supports_prefix_reuse(backbone) -> bool:
-    """A causal decoder with a key/value cache: a prompt's states do not depend on what follows."""
-    archs = getattr(backbone.config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") for a in archs) and not getattr(
-        backbone.config, "is_encoder_decoder", False)
+    """Whether a prompt's hidden states do not depend on what follows it (a causal decoder) and
+    the backbone takes a key/value cache. Probed once per model with two short forwards, since a
+    saved reward-model backbone names only its base class (`LlamaModel`, `BertModel`)."""
+    known = getattr(backbone, "_flywheel_causal", None)
+    if known is not None:
+        return known
+    causal = False
+    if "past_key_values" in inspect.signature(backbone.forward).parameters:
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6]]) % backbone.config.vocab_size
+        with torch.no_grad():
+            short = backbone(input_ids=ids[:, :3]).last_hidden_state
+            long = backbone(input_ids=ids).last_hidden_state[:, :3]
+        causal = bool(torch.allclose(short, long, atol=1e-4, rtol=1e-3))
+    backbone._flywheel_causal = causal
+    return causal
 
 
 @contextmanager

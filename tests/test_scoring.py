@@ -69,6 +69,17 @@ def test_prefix_reuse_gives_the_plain_scores_with_fewer_tokens(llama_rm):
     assert engine.stats.computed_tokens < 0.6 * engine.stats.tokens
 
 
+def test_a_saved_reward_model_still_reuses_its_prompts(llama_rm, tmp_path):
+    # a saved backbone's config names its base class (LlamaModel), not ...ForCausalLM
+    llama_rm.save(tmp_path / "rm", {"kind": "helpfulness"})
+    again = RewardModel.load(str(tmp_path / "rm"))
+    assert "ForCausalLM" not in "".join(again.backbone.config.architectures or [])
+    groups = _groups(k=3)
+    engine = ScoringEngine(512, progress=False)
+    _close(engine.rewards(again, groups), _plain(llama_rm, groups, 512))
+    assert engine.stats.reused_groups == len(groups)
+
+
 def test_budget_splits_and_single_rows_give_the_same_scores(llama_rm):
     groups = _groups(k=3, n=4) + [Group([{"role": "user", "content": "Hi"}], ["Hello."])]
     want = _plain(llama_rm, groups, 512)
