@@ -4,9 +4,8 @@ groups, the way rejection sampling, reward-model evaluation and PPO need them.
 What it does that a sequence-classification model over padded batches does not:
 - **Prefix reuse.** For a causal decoder (probed: a prompt's hidden states must not change when
   tokens follow; the policy backbone Llama 2 uses for its reward models is one), each group's
-  prompt runs once;
-  its keys and values are copied to the group's K rows and only the response tokens run after
-  them. The work per group falls from K x (P + R) tokens to P + K x R.
+  prompt runs once; its keys and values are copied to the group's K rows and only the response
+  tokens run after them. The work per group falls from K x (P + R) tokens to P + K x R.
 - **Length buckets.** Rows are sorted by length and cut into forward passes of about
   `token_budget` padded tokens, so little compute goes to padding.
 - **Read-out on the last token only.** The backbone's final RMSNorm is deferred and applied by
