@@ -242,19 +242,41 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
     policies = _by_id(lake.rows("policies"))
     candidate = policies[candidate_id]
     baseline = policies[candidate["parent_id"]]
-    answers = {}
+    answers, rows_of = {}, {}
     for policy in (candidate, baseline):
         sampler = _sampler(cfg, policy_path(lake, policy))
         rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
                             cfg.evaluation.temperature, sampler)
         answers[policy["id"]] = [r["text"] for r in rows]
+        rows_of[policy["id"]] = rows
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     texts = [user_text(p) for p in prompts]
     criteria = [p["criterion"] for p in prompts]
     new = judge.judge(texts, criteria, answers[candidate["id"]])
     old = judge.judge(texts, criteria, answers[baseline["id"]])
     return {"candidate": candidate["id"], "baseline": baseline["id"],
-            **head_to_head(criteria, new, old)}
+            **head_to_head(criteria, new, old),
+            **_reward_of_answers(cfg, lake, candidate, rows_of)}
+
+
+def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict,
+                       rows_of: dict[str, list[dict]]) -> dict:
+    """R_c of the candidate's and its parent's held-out answers under the reward models the
+    candidate was trained with (both answers to a prompt scored as one group), for the
+    before/after reward distributions of the report. Empty when the policy names none."""
+    rm_ids = {"helpfulness": candidate.get("reward_model_id"),
+              "safety": candidate.get("safety_reward_model_id")}
+    if not all(rm_ids.values()):
+        return {}
+    new, old = rows_of[candidate["id"]], rows_of[candidate["parent_id"]]
+    prompts = _by_id(lake.rows("prompts"))
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    raw = score_samples(lake, new + old, prompts, rm_ids, engine)
+    rc = [gated_reward(h, s, prompts[r["prompt_id"]]["criterion"] == "safety")
+          for r, h, s in zip(new + old, raw["helpfulness"], raw["safety"])]
+    return {"reward_new": rc[: len(new)], "reward_old": rc[len(new):],
+            "reward_mean_new": statistics.fmean(rc[: len(new)]) if new else None,
+            "reward_mean_old": statistics.fmean(rc[len(new):]) if old else None}
 
 
 # stage 6 -----------------------------------------------------------------------------------

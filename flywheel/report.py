@@ -100,6 +100,8 @@ def iteration_report(lake: Lake, row: dict, metrics: dict) -> str:
         f"{_fmt(metrics['helpful_refused_old'])} |",
         f"| mean judge score | {_fmt(metrics['judge_mean_new'])} | "
         f"{_fmt(metrics['judge_mean_old'])} |",
+        f"| mean reward R_c on held-out answers | {_fmt(metrics.get('reward_mean_new'))} | "
+        f"{_fmt(metrics.get('reward_mean_old'))} |",
         "",
         "## Reward models",
         "",

@@ -31,9 +31,10 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     # rejection sampling, 2 held-out prompts x (candidate + baseline) for evaluation
     assert counts["prompts"] == 6
     assert counts["samples"] == 2 * (4 * 2 + 4 * 2 + 2 * 2)
-    # a helpfulness and a safety reward model per iteration, both scoring every sample
+    # a helpfulness and a safety reward model per iteration, both scoring every rejection
+    # sample (4 prompts x K=2) and every held-out answer (2 prompts x candidate + baseline)
     assert counts["batches"] == 2 and counts["reward_models"] == 2 * 2
-    assert counts["scores"] == 2 * 4 * 2 * 2
+    assert counts["scores"] == 2 * (4 * 2 + 2 * 2) * 2
     assert counts["policies"] == 3  # base + one candidate per iteration
     assert counts["iterations"] == 2
     assert 0 < counts["comparisons"] <= 8
@@ -51,6 +52,10 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
             "evaluate"}
         text = open(it["report_uri"]).read()
         assert f"# Iteration {it['iteration']}" in text and it["decision"] in text
+        m = it["metrics"]
+        assert len(m["reward_new"]) == len(m["reward_old"]) == 2
+        assert all(0 < r < 1 for r in m["reward_new"] + m["reward_old"])  # R_c is a sigmoid
+        assert f"| mean reward R_c on held-out answers | {m['reward_mean_new']:.3f} |" in text
 
     async def runs_and_artifacts():
         async with get_client() as client:
