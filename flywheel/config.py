@@ -70,8 +70,20 @@ class SamplingConfig(_Section):
 
 
 class AnnotationConfig(_Section):
-    mode: Literal["simulated"] = Field(
-        "simulated", description="simulated: the proxy judge labels every pair (unattended)."
+    mode: Literal["simulated", "human"] = Field(
+        "simulated",
+        description="simulated: the proxy judge labels every pair (unattended). human: the "
+        "pairs are exported for people and the iteration waits, suspended, until the week's "
+        "batch lands.",
+    )
+    batch_name: str = Field(
+        "iteration-{iteration:04d}",
+        description="Human mode: the batch id the week's labels land under (`flywheel ingest "
+        "--batch-id`); the review page's `review-iteration-NNNN` also counts.",
+    )
+    wait_hours: float = Field(
+        168.0, gt=0, description="Human mode: how long an iteration waits for its batch before "
+        "it fails (a retry once the batch has landed picks up from there)."
     )
     strength_thresholds: list[float] = Field(
         [0.6, 0.3, 0.1],
@@ -97,6 +109,11 @@ class AnnotationConfig(_Section):
 
     @model_validator(mode="after")
     def _descending(self):
+        try:
+            self.batch_name.format(iteration=1)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"batch_name must be a name with an optional {{iteration}} field, "
+                             f"e.g. 'iteration-{{iteration:04d}}' ({err})") from None
         t = self.strength_thresholds
         if not (t[0] > t[1] > t[2] >= 0):
             raise ValueError(
@@ -166,6 +183,17 @@ class RejectionSamplingConfig(_Section):
     seed: int = 0
 
 
+class PolicyUpdateConfig(_Section):
+    """How each iteration updates the policy: rejection sampling always; PPO on top of it in the
+    iterations listed (Llama 2 added PPO from RLHF-V5)."""
+
+    ppo_iterations: list[int] = Field(
+        [],
+        description="Iterations that run PPO after rejection sampling (PPO is not built yet: "
+        "such an iteration stops before it samples, saying so).",
+    )
+
+
 class ScoringConfig(_Section):
     """The scoring engine (flywheel/scoring.py) that rejection sampling, reward-model evaluation
     and PPO score through."""
@@ -204,6 +232,7 @@ class FlywheelConfig(_Section):
     annotation: AnnotationConfig = AnnotationConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     rejection_sampling: RejectionSamplingConfig = RejectionSamplingConfig()
+    policy_update: PolicyUpdateConfig = PolicyUpdateConfig()
     scoring: ScoringConfig = ScoringConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 

@@ -1,11 +1,12 @@
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flywheel import loop
+from flywheel import loop, plan
 from flywheel.config import FlywheelConfig
+from tasks.resume import stage_cache
 
 
-@task(name="annotate", cache_policy=None)
+@task(name="annotate", cache_policy=stage_cache(loop.annotate))
 def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> str:
     """The simulated annotator labels the pairs; they land as one batch."""
     lake = loop.open_lake(config)
@@ -22,3 +23,21 @@ def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> 
         description=f"Batch {batch_id}: {len(rows)} comparisons of {len(pairs)} pairs",
     )
     return batch_id
+
+
+@task(name="export-pairs", cache_policy=stage_cache(plan.export_pairs))
+def export_pairs(config: FlywheelConfig, iteration: int, batch_ids: list[str]) -> dict[str, str]:
+    """Human mode: the week's pairs for Label Studio and Argilla, written to the lake; the
+    artifact says where and how the labels come back."""
+    uris = plan.export_pairs(loop.open_lake(config), iteration)
+    create_markdown_artifact(
+        key=f"iteration-{iteration}-pairs-to-label",
+        markdown=f"# Iteration {iteration}: pairs to label\n\n"
+        + "".join(f"- {kind}: `{uri}`\n" for kind, uri in uris.items())
+        + f"\nThe iteration waits for batch `{batch_ids[0]}`: import the labels with "
+        f"`flywheel annotate import FILE --format label-studio|argilla --batch-id {batch_ids[0]}`"
+        f" or `flywheel ingest FILE --batch-id {batch_ids[0]}`, or label them on the review page "
+        f"(`flywheel annotate serve --iteration {iteration}`, batch `{batch_ids[1]}`).\n",
+        description=f"Iteration {iteration}: exported for annotation",
+    )
+    return uris

@@ -10,10 +10,16 @@ in a window starts one flow run, scheduled at the end of the window; further eve
 on every batch pending by then. A repeat after the window starts a run that finds its batch
 already trained and stops without training (`flows/annotation.py`): at most one retrain per
 delivery however often its event arrives.
+
+A weekly iteration in human annotation mode waits, suspended, for its batch: it tags its flow run
+with `awaiting_tag(lake, batch)` for each batch id it accepts, and the event of a delivery of
+such a batch names the tagged runs as related resources (role `awaiting-iteration`). One
+automation (`ensure_resume_automation`) resumes the run an event names that way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta
 
@@ -22,10 +28,39 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.events.worker import EventsWorker
 
 BATCH_LANDED = "flywheel.batch.landed"
+AWAITING_ROLE = "awaiting-iteration"
+RESUME_AUTOMATION = "flywheel-resume-iteration-on-batch-landed"
 
 
-def batch_landed(lake_uri: str, result: dict) -> dict:
-    """The event, as keyword arguments of `emit_event`."""
+def awaiting_tag(lake_uri: str, batch_id: str) -> str:
+    """The tag of a flow run waiting for `batch_id` to land in the lake."""
+    lake = hashlib.sha256(lake_uri.encode()).hexdigest()[:12]
+    return f"flywheel-awaits:{lake}:{batch_id}"
+
+
+def awaiting_runs(lake_uri: str, batch_id: str) -> list[str]:
+    """Ids of the flow runs waiting for the batch: suspended ones first, then running ones
+    about to suspend."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[awaiting_tag(lake_uri, batch_id)]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PAUSED, StateType.RUNNING]))))
+    runs.sort(key=lambda r: r.state_type != StateType.PAUSED)
+    return [str(r.id) for r in runs]
+
+
+def batch_landed(lake_uri: str, result: dict, awaiting: list[str] = ()) -> dict:
+    """The event, as keyword arguments of `emit_event`; `awaiting`: flow runs waiting for it."""
     return {
         "event": BATCH_LANDED,
         "resource": {
@@ -37,6 +72,8 @@ def batch_landed(lake_uri: str, result: dict) -> dict:
         },
         "payload": {k: result[k] for k in ("delivered", "accepted", "new", "rejected",
                                            "heldout", "checksum", "filename")},
+        "related": [{"prefect.resource.id": f"prefect.flow-run.{run_id}",
+                     "prefect.resource.role": AWAITING_ROLE} for run_id in awaiting],
         "id": uuid.uuid5(uuid.NAMESPACE_URL, f"flywheel:{lake_uri}:{result['delivery_id']}"),
     }
 
@@ -46,7 +83,7 @@ def emit_batch_landed(lake_uri: str, result: dict) -> bool:
     that added rows are news (a file ingested again is not)."""
     if not result["new"] or result.get("already_ingested"):
         return False
-    emit_event(**batch_landed(lake_uri, result))
+    emit_event(**batch_landed(lake_uri, result, awaiting_runs(lake_uri, result["batch_id"])))
     EventsWorker.drain_all()
     return True
 
@@ -66,3 +103,27 @@ def retrain_trigger(lake_uri: str, debounce_seconds: int,
         schedule_after=window,
         parameters={**parameters, "batch_id": "{{ event.resource.name }}"},
     )
+
+
+def ensure_resume_automation() -> str:
+    """The automation that resumes an iteration waiting for its batch when the batch's event
+    names it; created once per server. Returns created or unchanged."""
+    from prefect.automations import Automation
+    from prefect.events.actions import ResumeFlowRun
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    try:
+        Automation.read(name=RESUME_AUTOMATION)
+        return "unchanged"
+    except ValueError:  # Automation.read's answer when none has the name
+        pass
+    Automation(
+        name=RESUME_AUTOMATION,
+        description="Resume the weekly iteration (human annotation mode) that waits for the "
+        "batch that just landed",
+        trigger=EventTrigger(expect={BATCH_LANDED},
+                             match_related={"prefect.resource.role": AWAITING_ROLE},
+                             posture=Posture.Reactive, threshold=1),
+        actions=[ResumeFlowRun()],
+    ).create()
+    return "created"

@@ -4,9 +4,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.report import gate_markdown, table8_markdown, table8_rows
+from flywheel.rm_training import retrain
+from tasks.resume import stage_cache
 
 
-@task(name="train-reward-models", cache_policy=None)
+@task(name="train-reward-models",
+      cache_policy=stage_cache(loop.train_reward_models, loop.reward_model_ids, retrain))
 def train_reward_models(config: FlywheelConfig, iteration: int,
                         batch_id: str | None) -> dict[str, str]:
     """Retrain the helpfulness and safety reward models on their mixes, evaluate them on every

@@ -1,0 +1,84 @@
+"""What one weekly iteration runs beyond the stage functions of flywheel/loop.py: the
+policy-update methods of the iteration, and in human annotation mode the exported pairs and the
+batch the iteration waits for."""
+
+from __future__ import annotations
+
+import json
+
+from flywheel.config import FlywheelConfig
+from flywheel.errors import ConfigError
+from flywheel.lake import Lake
+from flywheel.review_round import default_round_id
+
+# policy-update methods, in the order an iteration runs them; PPO is the next one to build
+BUILT = {"rejection_sampling"}
+
+
+def policy_update_methods(cfg: FlywheelConfig, iteration: int) -> list[str]:
+    """Rejection sampling every iteration; PPO after it in `policy_update.ppo_iterations`."""
+    methods = ["rejection_sampling"]
+    if iteration in cfg.policy_update.ppo_iterations:
+        methods.append("ppo")
+    return methods
+
+
+def check_policy_update(cfg: FlywheelConfig, iteration: int) -> list[str]:
+    """The iteration's methods, or a ConfigError before anything runs when one is not built."""
+    methods = policy_update_methods(cfg, iteration)
+    missing = [m for m in methods if m not in BUILT]
+    if missing:
+        raise ConfigError(
+            f"iteration {iteration} asks for {', '.join(missing)} (policy_update.ppo_iterations "
+            f"= {cfg.policy_update.ppo_iterations}), which is not built yet; remove {iteration} "
+            "from policy_update.ppo_iterations to run rejection sampling alone"
+        )
+    return methods
+
+
+def ppo(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+        policy_id: str) -> str:
+    """PPO on top of the rejection-sampled policy: not built yet."""
+    check_policy_update(cfg, iteration)
+    raise ConfigError(f"PPO is not built yet; remove {iteration} from "
+                      "policy_update.ppo_iterations")
+
+
+# human annotation ---------------------------------------------------------------------------
+def awaited_batches(cfg: FlywheelConfig, iteration: int) -> list[str]:
+    """The batch ids that count as the iteration's labels: `annotation.batch_name` and the
+    review page's round batch."""
+    return [cfg.annotation.batch_name.format(iteration=iteration),
+            "review-" + default_round_id(iteration)]
+
+
+def landed_batch(lake: Lake, batch_ids: list[str]) -> str | None:
+    """The first of `batch_ids` with a delivery that accepted rows, else None."""
+    landed = {b["batch_id"] for b in lake.rows("batches") if b["accepted"]}
+    return next((b for b in batch_ids if b in landed), None)
+
+
+def export_pairs(lake: Lake, iteration: int) -> dict[str, str]:
+    """The week's pairs as Label Studio tasks (with the labeling config) and Argilla records
+    (with the settings) under annotation/exports/iteration-NNNN/ in the lake. Returns
+    {file kind: URI}."""
+    from flywheel.exchange import (
+        argilla_settings,
+        label_studio_config,
+        to_argilla,
+        to_label_studio,
+    )
+    from flywheel.pairs import require_pairs
+
+    pairs = require_pairs(lake, iteration)
+    folder = f"annotation/exports/iteration-{iteration:04d}"
+    files = {
+        "label-studio": ("label-studio-tasks.json", json.dumps(to_label_studio(pairs), indent=2,
+                                                              ensure_ascii=False)),
+        "label-studio-config": ("label-studio-config.xml", label_studio_config()),
+        "argilla": ("argilla-records.json", json.dumps(to_argilla(pairs), indent=2,
+                                                       ensure_ascii=False)),
+        "argilla-settings": ("argilla-settings.json", json.dumps(argilla_settings(), indent=2)),
+    }
+    return {kind: lake.write_text(f"{folder}/{name}", text + "\n")
+            for kind, (name, text) in files.items()}
