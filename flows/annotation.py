@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.delivery import SUFFIXES
+from tasks.events import awaiting_runs
 from tasks.ingest import ingest_batch
 from tasks.reward import train_reward_models
 
@@ -58,6 +59,11 @@ def retrain(config: FlywheelConfig, batch_id: str) -> dict:
         logger.info("batch %s is already in a reward model (or added no rows): nothing to do",
                     batch_id)
         return {"batch_id": batch_id, "trained": False, "pending": pending}
+    waiting = awaiting_runs(lake.uri, batch_id)
+    if waiting:
+        logger.info("batch %s is the labels weekly iteration run %s waits for: it retrains on "
+                    "them when it resumes", batch_id, waiting[0])
+        return {"batch_id": batch_id, "trained": False, "pending": pending, "awaited_by": waiting}
     iteration = loop.next_iteration(lake)
     rm_ids = train_reward_models(config, iteration, batch_id)
     logger.info("reward models in use %s after training on batches %s", rm_ids, pending)

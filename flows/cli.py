@@ -1,5 +1,6 @@
 """The `flywheel` command line.
 
+    flywheel init [--dir DIR]          a config file to edit, and the default model converted
     flywheel bootstrap                 convert the packaged default model once (cached)
     flywheel demo [--iterations N]     N iterations of the embedded default, local Prefect server
     flywheel run [--config FILE]       one weekly iteration with a config
@@ -12,6 +13,9 @@
     flywheel evaluate-rm MODEL FILE    a trained reward model's accuracy on any comparison file
                                        (Llama 2 protocol or HH-RLHF), as JSON
     flywheel serve                     run the retrain-on-batch and inbox-polling deployments
+    flywheel deploy [--config FILE]    register deployments/prefect.yaml on a Prefect server: work
+                                       pools, queues, gpu-slots, the weekly schedule, the stage
+                                       deployments, triggers, the resume automation
 
 Errors from input, config or environment print one line naming the fix, without a traceback.
 """
@@ -38,6 +42,40 @@ def _config(args):
     if getattr(args, "backend", None):
         overrides["sampling.backend"] = args.backend
     return load_config(args.config, overrides)
+
+
+def cmd_init(args) -> int:
+    from flywheel import models
+
+    target = Path(args.dir) / "flywheel.yaml"
+    if target.exists() and not args.force:
+        raise FlywheelError(f"{target} exists; edit it, or pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DEMO_CONFIG, target)
+    print(f"wrote {target} (the embedded default; every key is described in flywheel/config.py)")
+    print(f"default model ready: {models.bootstrap()}")
+    print(f"next: `flywheel run --config {target}` for one iteration here, or "
+          f"`flywheel deploy --config {target}` to schedule it on a Prefect server")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deploy import register
+    from flows.server import DEFAULT_URL, healthy
+
+    cfg = _config(args)
+    api_url = PREFECT_API_URL.value() or DEFAULT_URL
+    if not healthy(api_url):
+        raise FlywheelError(f"no Prefect server answers at {api_url}; start one (`prefect server "
+                            "start`, or `docker compose -f infra/compose.yaml up -d`) or set "
+                            "PREFECT_API_URL")
+    for line in register(cfg, api_url, Path(args.prefect_file), args.gpu_slots):
+        print(line)
+    print(f"registered on {api_url.removesuffix('/api')}; start workers: `prefect worker start "
+          "--pool cpu` and `prefect worker start --pool gpu`")
+    return 0
 
 
 def cmd_bootstrap(args) -> int:
@@ -228,6 +266,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    it = sub.add_parser("init", help="write flywheel.yaml (the embedded default, to edit) and "
+                        "convert the default model")
+    it.add_argument("--dir", default=".", help="folder to write flywheel.yaml into (default: .)")
+    it.add_argument("--force", action="store_true", help="overwrite an existing flywheel.yaml")
+    it.set_defaults(fn=cmd_init)
+
     b = sub.add_parser("bootstrap", help="convert the packaged SmolLM2 GGUF into a local model "
                        "folder (once; cached under $FLYWHEEL_HOME)")
     b.add_argument("--force", action="store_true", help="convert again even if cached")
@@ -335,6 +379,16 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds batches may keep landing before one retrain starts")
     sv.add_argument("--poll", type=int, default=300, help="seconds between inbox polls")
     sv.set_defaults(fn=cmd_serve)
+
+    dp = sub.add_parser("deploy", help="register the weekly schedule, the stage deployments on "
+                        "the cpu and gpu work pools, the batch-landed trigger and the gpu-slots "
+                        "limit on the Prefect server (PREFECT_API_URL); safe to rerun")
+    lake_opts(dp)
+    dp.add_argument("--prefect-file", default=str(DEMO_CONFIG.parent / "prefect.yaml"),
+                    help="deployment definitions (default: deployments/prefect.yaml)")
+    dp.add_argument("--gpu-slots", type=int, default=1,
+                    help="GPU stages that may run at once (the gpu-slots limit; default 1)")
+    dp.set_defaults(fn=cmd_deploy)
     return p
 
 

@@ -1,5 +1,6 @@
-"""The annotation deployments a lake needs, served by `flywheel serve` (or defined for work
-pools in deployments/prefect.yaml):
+"""Deployments. `register` is `flywheel deploy`: everything in deployments/prefect.yaml on work
+pools, with the run configuration filled in. `annotation_deployments` are the two that
+`flywheel serve` serves in its own process (no work pools):
 
     reward-model-retrain/on-batch-landed   triggered by flywheel.batch.landed of this lake,
                                            debounced; one run at a time
@@ -9,10 +10,22 @@ pools in deployments/prefect.yaml):
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
 from flows.annotation import inbox, retrain
 from flywheel.config import FlywheelConfig
+from flywheel.errors import FlywheelError
 from flywheel.lake import Lake
-from tasks.events import retrain_trigger
+from tasks.events import ensure_resume_automation, retrain_trigger
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
 
 
 def annotation_deployments(config: FlywheelConfig, debounce_seconds: int = 600,
@@ -32,3 +45,54 @@ def annotation_deployments(config: FlywheelConfig, debounce_seconds: int = 600,
         description="Ingest batch files dropped under the lake's incoming/ folder",
     )
     return [on_batch, poll]
+
+
+def filled(spec: dict, config: FlywheelConfig) -> dict:
+    """prefect.yaml's deployments with the whole config (its lake made absolute) as every
+    `config` parameter and the lake in every trigger's match."""
+    lake = Lake(config.lake).uri
+    params = {**config.model_dump(mode="json"), "lake": lake}
+    for d in spec["deployments"]:
+        for holder in [d, *d.get("triggers", [])]:
+            if "config" in holder.get("parameters", {}):
+                holder["parameters"]["config"] = params
+            if "flywheel.lake" in holder.get("match", {}):
+                holder["match"]["flywheel.lake"] = lake
+    return spec
+
+
+def _run(argv: list[str], what: str, env: dict) -> str:
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise FlywheelError(f"{what} failed (exit status {proc.returncode}):\n"
+                            + (proc.stdout + proc.stderr).strip()[-3000:])
+    return proc.stdout
+
+
+def register(config: FlywheelConfig, api_url: str, prefect_file: Path = PREFECT_FILE,
+             gpu_slots: int = 1) -> list[str]:
+    """`flywheel deploy`: the work pools, queues and gpu-slots limit (infra/bootstrap.py), every
+    deployment of `prefect_file` with `config` (`prefect deploy --all`), and the automation that
+    resumes an iteration when its batch lands. Safe to run again. Returns what it did, a line
+    each."""
+    try:
+        spec = yaml.safe_load(Path(prefect_file).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise FlywheelError(f"cannot read {prefect_file}: {err}") from None
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    bin_dir = Path(sys.executable).parent
+    lines = _run([sys.executable, str(ROOT / "infra" / "bootstrap.py"), "--lake",
+                  Lake(config.lake).uri, "--gpu-slots", str(gpu_slots)],
+                 "infra/bootstrap.py", env).splitlines()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prefect.yaml"
+        path.write_text(yaml.safe_dump(filled(spec, config), sort_keys=False))
+        _run([str(bin_dir / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+              str(path)], "prefect deploy --all", env)
+    lines += [f"deployment {d['entrypoint'].rsplit(':', 1)[-1]}/{d['name']}: applied"
+              for d in spec["deployments"]]
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        lines.append(f"automation resume-iteration-on-batch-landed: {ensure_resume_automation()}")
+    return lines

@@ -1,0 +1,92 @@
+"""The heavy stages as flows of their own, for deployments on the gpu pool: each flow run is its
+own process, so its models and GPU memory go when it ends, and a failed one can be retried alone.
+
+    stage-sample-for-annotation/gpu   latest and previous policy answer the train prompts
+    stage-train-reward-models/gpu     helpfulness and safety reward models
+    stage-policy-update/gpu           rejection sampling (then PPO where configured)
+
+Each is a thin wrapper over the same cached task the in-process weekly flow runs, holds one slot
+of the `gpu-slots` global concurrency limit while it works, and returns lake ids only, which it
+also writes to `<lake>/_prefect/stages/<flow run id>.json` for the weekly flow to read (a worker
+on another machine shares the lake, not its local result storage).
+"""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.deployments import run_deployment
+
+from flywheel import loop
+from flywheel.config import FlywheelConfig
+from flywheel.errors import FlywheelError
+from tasks.policy import policy_update
+from tasks.resume import in_lake
+from tasks.reward import train_reward_models
+from tasks.sampling import sample_for_annotation
+
+SAMPLING = "stage-sample-for-annotation"
+REWARD_MODELS = "stage-train-reward-models"
+POLICY_UPDATE = "stage-policy-update"
+DEPLOYMENT = "gpu"  # the name of each stage's deployment in deployments/prefect.yaml
+GPU_SLOTS = "gpu-slots"
+# a slot held by a process that died is freed when its lease runs out unrenewed
+LEASE_SECONDS = 60
+RESULTS = "_prefect/stages"
+
+
+def _gpu_slot():
+    return concurrency(GPU_SLOTS, occupy=1, lease_duration=LEASE_SECONDS)
+
+
+def _record(config: FlywheelConfig, value):
+    run = FlowRunContext.get().flow_run
+    loop.open_lake(config).write_text(f"{RESULTS}/{run.id}.json", json.dumps(value))
+    return value
+
+
+@flow(name=SAMPLING, flow_run_name="iteration-{iteration}-sampling")
+def sampling_stage(config: FlywheelConfig, iteration: int) -> list[list[str]]:
+    """Sample for annotation: [latest sample id, previous sample id] per train prompt."""
+    with _gpu_slot():
+        return _record(config, in_lake(sample_for_annotation, config)(config, iteration))
+
+
+@flow(name=REWARD_MODELS, flow_run_name="iteration-{iteration}-reward-models")
+def reward_models_stage(config: FlywheelConfig, iteration: int,
+                        batch_id: str | None) -> dict[str, str | None]:
+    """Retrain, evaluate and gate both reward models: the ids in use afterwards, by kind."""
+    with _gpu_slot():
+        return _record(config, in_lake(train_reward_models, config)(config, iteration, batch_id))
+
+
+@flow(name=POLICY_UPDATE, flow_run_name="iteration-{iteration}-policy-update")
+def policy_update_stage(config: FlywheelConfig, iteration: int,
+                        reward_model_ids: dict[str, str | None]) -> str:
+    """Rejection sampling (then PPO where configured): the candidate policy id."""
+    with _gpu_slot():
+        stage = lambda t: in_lake(t, config)  # noqa: E731
+        return _record(config, policy_update(config, iteration, reward_model_ids, stage))
+
+
+def run_stage(name: str, config: FlywheelConfig, **parameters):
+    """Run a stage's deployment as a child of the current flow run, wait for it, and return
+    what it recorded in the lake. Each attempt of the parent starts fresh child runs (a crashed
+    child is not reused); their finished tasks come back from the cache."""
+    parent = FlowRunContext.get().flow_run
+    child = run_deployment(
+        f"{name}/{DEPLOYMENT}",
+        parameters={"config": config.model_dump(mode="json"), **parameters},
+        idempotency_key=f"{parent.id}:{name}:{parent.run_count}",
+        timeout=None,
+    )
+    if not child.state or not child.state.is_completed():
+        state = child.state.name if child.state else "unknown"
+        raise FlywheelError(
+            f"stage {name} (flow run {child.name}) ended {state}: see its logs in the Prefect "
+            "UI; retry that run alone, or retry this iteration (finished stages are cached)"
+        )
+    return json.loads(loop.open_lake(config).read_bytes(f"{RESULTS}/{child.id}.json"))
