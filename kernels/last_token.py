@@ -66,8 +66,9 @@ class _Readout(torch.autograd.Function):
             _readout_fwd[(B,)](hidden, idx, w, bias, nw, out, D, hidden.stride(0),
                                hidden.stride(1), eps, HAS_NORM=norm_weight is not None,
                                BLOCK_D=triton.next_power_of_2(D))
-        rows = hidden[torch.arange(B, device=hidden.device), idx]
-        ctx.save_for_backward(rows, idx, weight, bias,
+        # a reference to hidden, not a copy of its rows: inference moves no extra bytes, and the
+        # backward gathers the B rows it needs
+        ctx.save_for_backward(hidden, idx, weight, bias,
                               norm_weight if norm_weight is not None else torch.empty(0))
         ctx.has_norm, ctx.eps, ctx.hidden_shape = norm_weight is not None, eps, hidden.shape
         ctx.hidden_dtype = hidden.dtype
@@ -75,7 +76,8 @@ class _Readout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        rows, idx, weight, bias, nw = ctx.saved_tensors
+        hidden, idx, weight, bias, nw = ctx.saved_tensors
+        rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
         leaves = [rows.detach().float().requires_grad_(), weight.detach().requires_grad_(),
                   bias.detach().requires_grad_()]
         if ctx.has_norm:

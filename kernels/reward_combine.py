@@ -1,4 +1,4 @@
-"""Llama 2's PPO reward from the two reward models, in one pass over the batch:
+"""Llama 2's PPO reward from the two reward models, in one pass over the [B, T] token data:
 
     s = sigmoid(raw reward-model output)
     R_c = s_safety  if the prompt is tagged safety or s_safety < 0.15,  else s_helpfulness
@@ -8,6 +8,11 @@
 
 KL_t is the per-token estimate log pi(a_t) - log pi_0(a_t) over response tokens (`mask`). R_c is
 clamped to [1e-6, 1 - 1e-6] before the logit. Rewards are not differentiated: forward only.
+A row whose mask is empty (no response token) gets its sequence reward but no token reward.
+
+Two launches: one program computes the gated logits' mean and variance and writes the [B]
+scores (B floats: no need to spread it); a grid over row blocks then reads the KL and mask once,
+writes the token rewards, finds each row's last response token on the way and adds its score.
 
 Dispatch (`combine_rewards`): the Triton kernel for CUDA tensors, and for CPU tensors when
 TRITON_INTERPRET=1 was set before this module was imported; the torch reference otherwise.
@@ -36,10 +41,9 @@ def _gated_logit(help_ptr, safe_ptr, tag_ptr, offs, mask, threshold, clamp):
 
 
 @triton.jit
-def _combine(help_ptr, safe_ptr, tag_ptr, kl_ptr, mask_ptr, last_ptr, score_ptr, seq_ptr,
-             tok_ptr, B, T, stride_kl, stride_mask, stride_tok, beta, threshold, clamp, eps,
-             BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr):
-    # one program: the whitening needs the whole batch's mean and variance first
+def _scores(help_ptr, safe_ptr, tag_ptr, score_ptr, B, threshold, clamp, eps,
+            BLOCK_B: tl.constexpr):
+    # one program: the whitening needs the whole batch's mean and variance ([B] floats only)
     total = tl.zeros([BLOCK_B], dtype=tl.float32)
     for start in range(0, B, BLOCK_B):
         offs = start + tl.arange(0, BLOCK_B)
@@ -55,26 +59,39 @@ def _combine(help_ptr, safe_ptr, tag_ptr, kl_ptr, mask_ptr, last_ptr, score_ptr,
         sq += tl.where(m, (x - mean) * (x - mean), 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / B + eps)
     for start in range(0, B, BLOCK_B):
-        rows = start + tl.arange(0, BLOCK_B)
-        rmask = rows < B
-        score = (_gated_logit(help_ptr, safe_ptr, tag_ptr, rows, rmask, threshold, clamp)
-                 - mean) * rstd
-        last = tl.load(last_ptr + rows, mask=rmask, other=-1)
-        kl_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
-        for t0 in range(0, T, BLOCK_T):
-            cols = t0 + tl.arange(0, BLOCK_T)
-            m2 = rmask[:, None] & (cols[None, :] < T)
-            kl = tl.load(kl_ptr + rows[:, None].to(tl.int64) * stride_kl + cols[None, :],
-                         mask=m2, other=0.0).to(tl.float32)
-            keep = tl.load(mask_ptr + rows[:, None].to(tl.int64) * stride_mask + cols[None, :],
-                           mask=m2, other=0).to(tl.float32)
-            kl = kl * keep
-            kl_sum += tl.sum(kl, 1)
-            tok = -beta * kl + tl.where(cols[None, :] == last[:, None], score[:, None], 0.0)
-            tl.store(tok_ptr + rows[:, None].to(tl.int64) * stride_tok + cols[None, :], tok,
-                     mask=m2)
-        tl.store(score_ptr + rows, score, mask=rmask)
-        tl.store(seq_ptr + rows, score - beta * kl_sum, mask=rmask)
+        offs = start + tl.arange(0, BLOCK_B)
+        m = offs < B
+        x = _gated_logit(help_ptr, safe_ptr, tag_ptr, offs, m, threshold, clamp)
+        tl.store(score_ptr + offs, (x - mean) * rstd, mask=m)
+
+
+@triton.jit
+def _token_rewards(score_ptr, kl_ptr, mask_ptr, seq_ptr, tok_ptr, B, T, stride_kl,
+                   stride_mask, stride_tok, beta, BLOCK_B: tl.constexpr,
+                   BLOCK_T: tl.constexpr):
+    # a grid over row blocks: the [B, T] part, where the bytes are, spreads over the GPU
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    score = tl.load(score_ptr + rows, mask=rmask, other=0.0)
+    kl_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
+    last = tl.zeros([BLOCK_B], dtype=tl.int32) - 1
+    r64 = rows[:, None].to(tl.int64)
+    for t0 in range(0, T, BLOCK_T):
+        cols = t0 + tl.arange(0, BLOCK_T)
+        m2 = rmask[:, None] & (cols[None, :] < T)
+        kl = tl.load(kl_ptr + r64 * stride_kl + cols[None, :], mask=m2, other=0.0)
+        keep = tl.load(mask_ptr + r64 * stride_mask + cols[None, :], mask=m2, other=0)
+        kl = kl.to(tl.float32) * keep.to(tl.float32)
+        kl_sum += tl.sum(kl, 1)
+        # the last response token: the highest column whose mask is set
+        last = tl.maximum(last, tl.max(tl.where(keep != 0, cols[None, :], -1), 1))
+        tl.store(tok_ptr + r64 * stride_tok + cols[None, :], -beta * kl, mask=m2)
+    # the score joins the last token's reward; rows with an empty mask get none
+    has = rmask & (last >= 0)
+    at = tok_ptr + rows.to(tl.int64) * stride_tok + tl.maximum(last, 0)
+    prev = tl.load(at, mask=has, other=0.0)
+    tl.store(at, prev + score, mask=has)
+    tl.store(seq_ptr + rows, score - beta * kl_sum, mask=rmask)
 
 
 def combine_rewards_reference(r_help, r_safe, safety_tag, kl, mask, beta,
@@ -87,8 +104,9 @@ def combine_rewards_reference(r_help, r_safe, safety_tag, kl, mask, beta,
     score = (x - mean) / torch.sqrt(((x - mean) ** 2).mean() + eps)
     kl_m = kl.float() * mask.float()
     tok = -beta * kl_m
-    rows = torch.arange(tok.shape[0], device=tok.device)
-    tok[rows, last_token_index(mask)] += score
+    has = mask.bool().any(-1)  # rows with at least one response token
+    rows = torch.arange(tok.shape[0], device=tok.device)[has]
+    tok[rows, last_token_index(mask)[has]] += score[has]
     return score, score - beta * kl_m.sum(-1), tok
 
 
@@ -98,17 +116,18 @@ def combine_rewards_triton(r_help, r_safe, safety_tag, kl, mask, beta,
     dev = kl.device
     kl = kl if kl.stride(-1) == 1 else kl.contiguous()
     mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).to(torch.int32)
-    last = last_token_index(mask).contiguous()
     score = torch.empty(B, dtype=torch.float32, device=dev)
     seq = torch.empty(B, dtype=torch.float32, device=dev)
     tok = torch.empty(B, T, dtype=torch.float32, device=dev)
     if B:
-        _combine[(1,)](r_help.contiguous(), r_safe.contiguous(),
-                       safety_tag.to(torch.int32).contiguous(), kl, mask, last, score, seq, tok,
-                       B, T, kl.stride(0), mask.stride(0), tok.stride(0), float(beta),
-                       float(threshold), CLAMP, float(eps),
-                       BLOCK_B=block_b or min(triton.next_power_of_2(B), 64),
-                       BLOCK_T=block_t or min(triton.next_power_of_2(T), 128))
+        _scores[(1,)](r_help.contiguous(), r_safe.contiguous(),
+                      safety_tag.to(torch.int32).contiguous(), score, B, float(threshold),
+                      CLAMP, float(eps), BLOCK_B=min(triton.next_power_of_2(B), 1024))
+        bb = block_b or min(triton.next_power_of_2(B), 16)
+        bt = block_t or min(triton.next_power_of_2(T), 128)
+        _token_rewards[(triton.cdiv(B, bb),)](score, kl, mask, seq, tok, B, T, kl.stride(0),
+                                              mask.stride(0), tok.stride(0), float(beta),
+                                              BLOCK_B=bb, BLOCK_T=bt)
     return score, seq, tok
 
 

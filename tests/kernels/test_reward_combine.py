@@ -58,3 +58,26 @@ def test_matches_reference(rc, B, T, bb, bt, dtype):
         rows = torch.arange(B)
         expected = ref[0] - 0.01 * (kl.float() * mask)[rows, last]
         torch.testing.assert_close(out[2][rows, last], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_left_padding_and_an_empty_row(rc):
+    # the last response token is the last set mask column wherever the padding sits; a row
+    # without response tokens gets its sequence reward and no token reward
+    torch.manual_seed(3)
+    B, T = 6, 9
+    help_, safe, tag = torch.randn(B) * 2, torch.randn(B) * 2, torch.rand(B) < 0.5
+    kl = torch.randn(B, T) * 0.1
+    mask = torch.zeros(B, T, dtype=torch.long)
+    mask[0, 3:] = 1  # left padded
+    mask[1, :4] = 1  # right padded
+    mask[2, 2:5] = 1  # both
+    mask[4, :] = 1
+    mask[5, 8] = 1  # a single token at the very end
+    ref = rc.combine_rewards_reference(help_, safe, tag, kl, mask, 0.05)
+    out = rc.combine_rewards_triton(help_, safe, tag, kl, mask, 0.05, block_b=4, block_t=4)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    assert out[2][3].abs().sum() == 0  # row 3: no response token
+    torch.testing.assert_close(out[1][3], out[0][3])
+    assert out[2][2, 4].item() == pytest.approx(out[0][2].item() - 0.05 * kl[2, 4].item(),
+                                                abs=1e-5)
