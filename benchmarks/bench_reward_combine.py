@@ -83,12 +83,11 @@ def gpu_report(reps):
         "MB moved = the unavoidable traffic: per response two float32 reward-model outputs and "
         "an int32 tag read, a float32 score and sequence reward written; per token the float32 "
         "KL and the int32 mask read and the float32 token reward written (12 B a token). Not "
-        "counted: the op's launcher first finds each last response token from the mask in torch "
-        "(flip, int64 cast, argmax: several more passes over the mask), and the kernel reads the "
-        "per-response inputs three times (mean, variance, output); the reference's intermediates "
-        "are not counted either. BW frac = MB moved / time / measured bandwidth, for each side. "
-        "The kernel runs as one program (the whitening needs the whole batch's mean and variance "
-        "before any output), so it streams the batch through one SM. Max abs diff: fused "
+        "counted: the first launch (one program) reads the per-response inputs three times (mean, "
+        "variance, scores; B floats); the second, a grid over row blocks, reads the KL and mask "
+        "once, finds each last response token on the way and adds the score there; the "
+        "reference's intermediates are not counted either. BW frac = MB moved / time / measured "
+        "bandwidth, for each side. Max abs diff: fused "
         "against the reference over score, sequence and token rewards.",
         "Command: `.venv/bin/python benchmarks/bench_reward_combine.py`",
         "",
