@@ -81,9 +81,11 @@ def register(config: FlywheelConfig, api_url: str, prefect_file: Path = PREFECT_
         raise FlywheelError(f"cannot read {prefect_file}: {err}") from None
     env = {**os.environ, "PREFECT_API_URL": api_url}
     bin_dir = Path(sys.executable).parent
-    lines = _run([sys.executable, str(ROOT / "infra" / "bootstrap.py"), "--lake",
-                  Lake(config.lake).uri, "--gpu-slots", str(gpu_slots)],
-                 "infra/bootstrap.py", env).splitlines()
+    lake = Lake(config.lake)
+    # the lake blocks are for remote lakes (a local folder is only shared by one machine)
+    boot = [] if lake.local else ["--lake", lake.uri]
+    lines = _run([sys.executable, str(ROOT / "infra" / "bootstrap.py"), *boot, "--gpu-slots",
+                  str(gpu_slots)], "infra/bootstrap.py", env).splitlines()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prefect.yaml"
         path.write_text(yaml.safe_dump(filled(spec, config), sort_keys=False))
