@@ -1,0 +1,269 @@
+"""The weekly iteration as deployed: a real `prefect server start`, `flywheel deploy` of
+deployments/prefect.yaml with the tiny config, real process workers on the cpu and gpu pools.
+
+- resume: the workers (and the flow-run processes they started) are killed while the reward-model
+  stage runs; after a retry of the same flow run on new workers, the stages that had finished come
+  back from the cache (not run again) and the lake holds every row once;
+- human mode: the iteration exports its pairs and suspends, holding no worker process; a labelled
+  batch ingested with `flywheel ingest` sends the batch-landed event, the resume automation
+  resumes the run, and it trains on that batch.
+
+A few minutes each on two cores: slow marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from flywheel.lake import Lake
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+STAGE_TASKS = ("sample-for-annotation", "annotate", "train-reward-models")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+class Cluster:
+    """A Prefect server with its own PREFECT_HOME, and workers started and killed on demand."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.port = tmp, _free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"),
+                    "PREFECT_API_URL": self.api, "PREFECT_WORKER_QUERY_SECONDS": "2",
+                    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        self.logs.append(log)
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(argv, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=Path(__file__).parents[1])
+        self.procs.append(proc)
+        return proc
+
+    def workers(self, n: int) -> list[subprocess.Popen]:
+        return [self.start(f"worker-{pool}-{n}", [str(BIN / "prefect"), "worker", "start",
+                                                   "--pool", pool, "--type", "process"])
+                for pool in ("cpu", "gpu")]
+
+    def logs_text(self) -> str:
+        return "\n".join(_tail(p) for p in self.logs)
+
+    def wait(self, predicate, seconds: float, what: str):
+        deadline = time.monotonic() + seconds
+        while not (value := predicate()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}\n"
+                                     + self.logs_text())
+            time.sleep(1)
+        return value
+
+    def run(self, *argv: str) -> str:
+        proc = subprocess.run([str(BIN / "flywheel"), *argv], env=self.env, capture_output=True,
+                              text=True, cwd=Path(__file__).parents[1])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def client(self):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api}):
+            return get_client(sync_client=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every process below it, as a lost machine would."""
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    from flows.server import healthy
+
+    c = Cluster(tmp_path)
+    c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                       str(c.port)])
+    c.wait(lambda: healthy(c.api), 120, "the Prefect server")
+    try:
+        yield c
+    finally:
+        for p in reversed(c.procs):
+            kill_tree(p)
+
+
+def _deploy(cluster: Cluster, config, tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = cluster.run("deploy", "--config", str(path))
+    assert "automation resume-iteration-on-batch-landed: created" in out
+    return path
+
+
+def _task_runs(client):
+    runs = client.read_task_runs()
+    return [t for t in runs if t.name.rsplit("-", 1)[0] in STAGE_TASKS]
+
+
+def _no_duplicate_ids(lake: Lake) -> dict[str, int]:
+    counts = {}
+    for table in ("prompts", "samples", "comparisons", "batches", "scores", "reward_models",
+                  "policies", "iterations"):
+        ids = [r["id"] for r in lake.rows(table)]
+        assert len(ids) == len(set(ids)), f"duplicate ids in {table}"
+        counts[table] = len(ids)
+    return counts
+
+
+def test_killed_iteration_resumes_without_redoing_finished_stages(cluster, tiny_config,
+                                                                  tmp_path):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Crashed, Scheduled
+
+    _deploy(cluster, tiny_config, tmp_path)
+    with cluster.client() as client:
+        weekly = client.read_deployment_by_name("weekly-iteration/weekly")
+        assert weekly.global_concurrency_limit.limit == 1
+        (schedule,) = weekly.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 6 * * 1",
+                                                                        "America/New_York")
+        assert weekly.parameters["stages"] == "deployments"
+        assert client.read_global_concurrency_limit_by_name("gpu-slots").limit == 1
+    workers = cluster.workers(1)
+    with temporary_settings({PREFECT_API_URL: cluster.api}):
+        parent = run_deployment("weekly-iteration/weekly", timeout=0)
+
+    def rm_stage_running():
+        with cluster.client() as c:
+            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["iteration-1-reward-models"])))
+            return [r for r in runs if r.state and r.state.is_running()]
+
+    (rm_run,) = cluster.wait(rm_stage_running, 420, "the reward-model stage to start")
+    for w in workers:
+        kill_tree(w)
+    lake = Lake.open(tiny_config.lake)
+    assert not lake.rows("iterations")
+    with cluster.client() as client:
+        # what the server's zombie detection does for a run whose process died
+        for run_id in (parent.id, rm_run.id):
+            client.set_flow_run_state(run_id, Crashed(message="worker killed"), force=True)
+        before = {t.id: t.state.name for t in _task_runs(client)}
+        # the UI's retry: the same flow run scheduled again
+        client.set_flow_run_state(parent.id, Scheduled(), force=True)
+    cluster.workers(2)
+
+    def finished():
+        with cluster.client() as c:
+            run = c.read_flow_run(parent.id)
+            return run if run.state.is_final() else None
+
+    run = cluster.wait(finished, 420, "the retried iteration")
+    assert run.state.is_completed(), run.state
+    assert run.run_count == 2
+    with cluster.client() as client:
+        after = _task_runs(client)
+    executed = {name: [t for t in after if t.name.startswith(name) and t.state.name == "Completed"]
+                for name in STAGE_TASKS}
+    # sampling and annotation finished before the kill: each ran once, the retry took its result
+    # from the cache (a new stage flow run: a Cached task run; annotation, in the parent: its
+    # finished task run, not run again)
+    for name in ("sample-for-annotation", "annotate"):
+        assert len(executed[name]) == 1, (name, [(t.name, t.state.name) for t in after])
+        assert executed[name][0].id in before
+    assert any(t.name.startswith("sample-for-annotation") and t.state.name == "Cached"
+               for t in after)
+    # the reward models were cut off: trained again, once, by the retry
+    assert len(executed["train-reward-models"]) == 1
+    assert executed["train-reward-models"][0].id not in before
+    counts = _no_duplicate_ids(lake)
+    # 4 train prompts x 2 for annotation, K=2 x 4 for rejection sampling, 2 x 2 for evaluation
+    assert counts["samples"] == 4 * 2 + 4 * 2 + 2 * 2
+    assert counts["iterations"] == 1 and counts["batches"] == 1
+    assert counts["reward_models"] == 2
+    results = lake.listdir("_prefect/results")
+    assert results and all(json.loads(lake.read_bytes(f"_prefect/results/{n}")) for n in results)
+
+
+def test_human_mode_suspends_until_the_batch_lands(cluster, tiny_config, tmp_path):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flywheel.pairs import delivery_row, week_pairs, write_delivery_jsonl
+
+    tiny_config.annotation.mode = "human"
+    config_file = _deploy(cluster, tiny_config, tmp_path)
+    workers = cluster.workers(1)
+    with temporary_settings({PREFECT_API_URL: cluster.api}):
+        parent = run_deployment("weekly-iteration/weekly", timeout=0)
+
+    def suspended():
+        with cluster.client() as c:
+            run = c.read_flow_run(parent.id)
+            assert not run.state.is_final(), run.state
+            return run if run.state.name == "Suspended" else None
+
+    run = cluster.wait(suspended, 420, "the iteration to suspend for its batch")
+    lake = Lake.open(tiny_config.lake)
+    exported = lake.listdir("annotation/exports/iteration-0001")
+    assert "label-studio-tasks.json" in exported and "argilla-records.json" in exported
+    # suspended, the run holds no process: the workers have no child left
+    cluster.wait(lambda: not any(psutil.Process(w.pid).children(recursive=True)
+                                 for w in workers), 60, "the suspended run's process to exit")
+    assert any(t.startswith("flywheel-awaits:") for t in run.tags)
+    assert not lake.rows("comparisons")
+    rows = [delivery_row(p, "a", "better", "both_safe", "ann-1") for p in week_pairs(lake, 1)]
+    labels = tmp_path / "week-1.jsonl"
+    labels.write_bytes(write_delivery_jsonl(rows))
+    out = cluster.run("ingest", str(labels), "--config", str(config_file), "--batch-id",
+                      "iteration-0001")
+    assert "event flywheel.batch.landed sent" in out
+
+    def finished():
+        with cluster.client() as c:
+            r = c.read_flow_run(parent.id)
+            return r if r.state.is_final() else None
+
+    run = cluster.wait(finished, 420, "the resumed iteration")
+    assert run.state.is_completed(), run.state
+    (iteration,) = lake.rows("iterations")
+    assert iteration["batch_id"] == "iteration-0001"
+    (batch,) = lake.rows("batches")
+    assert batch["accepted"] == len(rows)
+    rms = lake.rows("reward_models")
+    assert {r["criterion"] for r in rms} == {"helpfulness", "safety"}
+    assert all("iteration-0001" in json.loads(r["data_mix"])["batches"] for r in rms)

@@ -1,0 +1,132 @@
+"""deployments/prefect.yaml against the flows and the pools it names, `flywheel deploy`'s filling
+of the config, the policy-update dispatch and its PPO hook, and the command line's commands.
+The deployed runs themselves are in tests/test_deployed_slow.py."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import stages
+from flows.deploy import PREFECT_FILE, filled
+from flywheel import plan
+from flywheel.errors import ConfigError
+from flywheel.lake import Lake
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return yaml.safe_load(PREFECT_FILE.read_text())
+
+
+def _flow_of(entrypoint: str):
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def _deployment(spec: dict, full_name: str) -> dict:
+    flow_name, name = full_name.split("/")
+    (d,) = [d for d in spec["deployments"]
+            if d["name"] == name and _flow_of(d["entrypoint"]).name == flow_name]
+    return d
+
+
+def test_every_entrypoint_is_a_flow_on_a_pool_and_queue_that_bootstrap_creates(spec):
+    boot_spec = importlib.util.spec_from_file_location("infra_bootstrap",
+                                                       ROOT / "infra" / "bootstrap.py")
+    bootstrap = importlib.util.module_from_spec(boot_spec)
+    boot_spec.loader.exec_module(bootstrap)
+    names = set()
+    for d in spec["deployments"]:
+        flow = _flow_of(d["entrypoint"])
+        names.add(f"{flow.name}/{d['name']}")
+        pool = d["work_pool"]
+        assert (pool["name"], pool["work_queue_name"]) in bootstrap.QUEUES, d["name"]
+        assert set(d.get("parameters", {})) <= set(flow.parameters.properties), d["name"]
+    assert names == {"weekly-iteration/weekly", "stage-sample-for-annotation/gpu",
+                     "stage-train-reward-models/gpu", "stage-policy-update/gpu",
+                     "reward-model-retrain/on-batch-landed", "annotation-inbox/poll-incoming"}
+    assert bootstrap.GPU_SLOTS == stages.GPU_SLOTS
+
+
+def test_weekly_schedule_concurrency_and_heavy_stages_on_the_gpu_pool(spec):
+    weekly = _deployment(spec, "weekly-iteration/weekly")
+    (schedule,) = weekly["schedules"]
+    assert schedule["cron"] == "0 6 * * 1" and schedule["timezone"] == "America/New_York"
+    assert weekly["concurrency_limit"]["limit"] == 1
+    assert weekly["work_pool"]["name"] == "cpu"
+    assert weekly["parameters"]["stages"] == "deployments"
+    for name, queue in ((stages.SAMPLING, "default"), (stages.REWARD_MODELS, "heavy"),
+                        (stages.POLICY_UPDATE, "heavy")):
+        d = _deployment(spec, f"{name}/{stages.DEPLOYMENT}")
+        assert (d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) == ("gpu", queue)
+    (trigger,) = _deployment(spec, "reward-model-retrain/on-batch-landed")["triggers"]
+    assert trigger["expect"] == ["flywheel.batch.landed"]
+    assert trigger["parameters"]["batch_id"] == "{{ event.resource.name }}"
+
+
+def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
+    out = filled(yaml.safe_load(PREFECT_FILE.read_text()), tiny_config)
+    lake = Lake(tiny_config.lake).uri
+    configs = [h["parameters"]["config"] for d in out["deployments"]
+               for h in [d, *d.get("triggers", [])] if "config" in h.get("parameters", {})]
+    assert len(configs) == 4  # weekly, retrain and its trigger, inbox
+    assert all(c == {**tiny_config.model_dump(mode="json"), "lake": lake} for c in configs)
+    (trigger,) = _deployment(out, "reward-model-retrain/on-batch-landed")["triggers"]
+    assert trigger["match"]["flywheel.lake"] == lake
+
+
+def test_policy_update_methods_and_the_ppo_hook(tiny_config):
+    assert plan.check_policy_update(tiny_config, 1) == ["rejection_sampling"]
+    tiny_config.policy_update.ppo_iterations = [2]
+    assert plan.policy_update_methods(tiny_config, 2) == ["rejection_sampling", "ppo"]
+    with pytest.raises(ConfigError, match="remove 2 from policy_update.ppo_iterations"):
+        plan.check_policy_update(tiny_config, 2)
+
+
+def test_an_iteration_asking_for_ppo_stops_before_it_samples(prefect_server, tiny_config):
+    from flows.weekly import weekly_iteration
+
+    tiny_config.policy_update.ppo_iterations = [1]
+    state = weekly_iteration(tiny_config, 1, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="ppo.*not built yet"):
+        state.result()
+    assert not Lake.open(tiny_config.lake).rows("samples")
+
+
+def test_awaited_batches_follow_the_batch_name(tiny_config):
+    assert plan.awaited_batches(tiny_config, 3) == ["iteration-0003", "review-iteration-0003"]
+    tiny_config.annotation.batch_name = "week-{iteration}"
+    assert plan.awaited_batches(tiny_config, 12)[0] == "week-12"
+
+
+def test_a_bad_batch_name_is_a_config_error():
+    from flywheel.config import validate_config
+
+    with pytest.raises(ConfigError, match="annotation: batch_name must be a name"):
+        validate_config({"annotation": {"batch_name": "week-{week}"}})
+
+
+def test_cli_gathers_the_commands(capsys):
+    from flows.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for command in ("init", "demo", "run", "ingest", "status", "lineage", "deploy", "serve"):
+        assert f"    {command} " in text or f"    {command}\n" in text, command
+
+
+def test_deploy_without_a_server_names_the_fix(monkeypatch, tmp_path, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert main(["deploy", "--lake", str(tmp_path / "lake")]) == 2
+    assert "no Prefect server answers at http://127.0.0.1:9/api" in capsys.readouterr().err
