@@ -81,6 +81,8 @@ def weekly_iteration(config: FlywheelConfig, iteration: int | None = None,
     `stages`: run the heavy stages here or as their deployments."""
     if iteration is None:
         iteration = in_lake(resolve_iteration, config)(config)
+        with get_client(sync_client=True) as client:  # the run's name says which iteration
+            client.update_flow_run(FlowRunContext.get().flow_run.id, name=f"iteration-{iteration}")
     plan.check_policy_update(config, iteration)  # before any work: e.g. PPO is not built yet
     deployed = stages == "deployments"
 

@@ -263,7 +263,7 @@ def test_human_mode_suspends_until_the_batch_lands(cluster, tiny_config, tmp_pat
     (iteration,) = lake.rows("iterations")
     assert iteration["batch_id"] == "iteration-0001"
     (batch,) = lake.rows("batches")
-    assert batch["accepted"] == len(rows)
+    assert batch["delivered"] == len(rows) and batch["accepted"] > 0
     rms = lake.rows("reward_models")
     assert {r["criterion"] for r in rms} == {"helpfulness", "safety"}
     assert all("iteration-0001" in json.loads(r["data_mix"])["batches"] for r in rms)

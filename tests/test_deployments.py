@@ -124,9 +124,11 @@ def test_cli_gathers_the_commands(capsys):
         assert f"    {command} " in text or f"    {command}\n" in text, command
 
 
-def test_deploy_without_a_server_names_the_fix(monkeypatch, tmp_path, capsys):
+def test_deploy_without_a_server_names_the_fix(tmp_path, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.cli import main
 
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    assert main(["deploy", "--lake", str(tmp_path / "lake")]) == 2
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert main(["deploy", "--lake", str(tmp_path / "lake")]) == 2
     assert "no Prefect server answers at http://127.0.0.1:9/api" in capsys.readouterr().err
