@@ -224,8 +224,8 @@ class ScoringEngine:
             yield sub, out.last_hidden_state, res.last_hidden_state, r_mask
 
     def _buckets(self, plan: _Plan):
-        """Forward-pass units, each sorted by length: ('reused', [group ids]) and
-        ('whole', [rows])."""
+        """Forward-pass units in length order: ("reused", rows, group ids) for groups whose
+        prompt runs once, ("whole", rows, None) for rows scored as whole sequences."""
         by_group: dict[int, list[_Row]] = {}
         for r in plan.reused:
             by_group.setdefault(r.group, []).append(r)
