@@ -91,7 +91,7 @@ def register(config: FlywheelConfig, api_url: str, prefect_file: Path = PREFECT_
         path.write_text(yaml.safe_dump(filled(spec, config), sort_keys=False))
         _run([str(bin_dir / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
               str(path)], "prefect deploy --all", env)
-    lines += [f"deployment {d['entrypoint'].rsplit(':', 1)[-1]}/{d['name']}: applied"
+    lines += [f"deployment {d['name']} of {d['entrypoint']}: applied"
               for d in spec["deployments"]]
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
