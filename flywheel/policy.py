@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.errors import FlywheelError
-from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps
+from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def finetune(
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
+        report_step("policy fine-tune", len(losses), steps)
     bar.close()
     # float32 on purpose: an update of lr 1e-5 is far below bfloat16's resolution (8 bits of
     # mantissa), so a bfloat16 copy would round most of the fine-tuning away

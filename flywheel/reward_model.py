@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
 from flywheel.schemas import SAFETY_LABELS, STRENGTHS
-from flywheel.training import epoch_batches, make_stepper, plan_steps
+from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step
 from kernels.last_token import last_token_readout
 
 # Margin per strength level, significantly better first (Llama 2, section 3.2.2).
@@ -164,6 +164,7 @@ def train_reward_model(
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
+        report_step(desc, len(losses), steps)
     bar.close()
     if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
         model = RewardModel.from_state(backbone_path, stepper.state_dict_for_save())

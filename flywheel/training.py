@@ -10,12 +10,23 @@ import math
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
 from flywheel.errors import ConfigError
+
+# Who hears of each optimizer step of the training loops (what, steps done, steps in all): the
+# orchestrator sets it around a stage (tasks/progress.py shows it as a Prefect progress
+# artifact); the library only calls it, so it stays free of any orchestrator.
+on_step: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("on_step", default=None)
+
+
+def report_step(what: str, done: int, total: int) -> None:
+    if (listener := on_step.get()) is not None:
+        listener(what, done, total)
 
 
 def lr_lambda(steps: int, warmup: int, floor: float = 0.1):

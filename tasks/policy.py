@@ -5,6 +5,7 @@ from prefect import task
 
 from flywheel import loop, plan
 from flywheel.config import FlywheelConfig
+from tasks.progress import training_progress
 from tasks.resume import stage_cache
 
 
@@ -13,7 +14,8 @@ def rejection_sample(config: FlywheelConfig, iteration: int,
                      reward_model_ids: dict[str, str]) -> str:
     """Best of K by the combined reward of both reward models, pooled with earlier iterations'
     best; fine-tune the policy."""
-    return loop.rejection_sample(config, loop.open_lake(config), iteration, reward_model_ids)
+    with training_progress(f"iteration-{iteration}"):
+        return loop.rejection_sample(config, loop.open_lake(config), iteration, reward_model_ids)
 
 
 @task(name="ppo", cache_policy=stage_cache(plan.ppo))

@@ -5,6 +5,7 @@ from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.report import gate_markdown, table8_markdown, table8_rows
 from flywheel.rm_training import retrain
+from tasks.progress import training_progress
 from tasks.resume import stage_cache
 
 
@@ -15,7 +16,8 @@ def train_reward_models(config: FlywheelConfig, iteration: int,
     """Retrain the helpfulness and safety reward models on their mixes, evaluate them on every
     test set, gate each against the current one. Returns the ids in use afterwards, by kind."""
     lake = loop.open_lake(config)
-    results = loop.train_reward_models(config, lake, iteration, batch_id)
+    with training_progress(f"iteration-{iteration}"):
+        results = loop.train_reward_models(config, lake, iteration, batch_id)
     logger = get_run_logger()
     for kind, r in results.items():
         logger.info("%s reward model %s: %s", kind, r["id"], r["decision"])
