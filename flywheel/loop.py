@@ -284,7 +284,7 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
            rm_ids: dict[str, str], evaluation: dict, stage_seconds: dict[str, float]) -> dict:
     """Promote or roll back; write the iteration row and its markdown report. Returns the row
     with the report's text under `report`."""
-    from flywheel.report import iteration_report
+    from flywheel.report import iteration_plots, iteration_report, plot_path, used_reward_models
 
     promoted, why = gate(evaluation, cfg.evaluation.min_win_rate,
                          cfg.evaluation.max_harmful_increase)
@@ -298,7 +298,11 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
     }
     relpath = f"reports/iteration-{iteration:04d}.md"
     row["report_uri"] = lake.url(relpath)
-    report = iteration_report(lake, row, metrics)
+    plots = iteration_plots(lake, row, metrics, used_reward_models(lake, row))
+    for name, svg in plots.items():  # next to the report, which links them by relative path
+        lake.write_text(plot_path(iteration, name), svg)
+    report = iteration_report(lake, row, metrics, {
+        name: plot_path(iteration, name).removeprefix("reports/") for name in plots})
     lake.write_text(relpath, report)
     lake.write("iterations", [row], {"stage": "decide"})
     return {**row, "report": report}

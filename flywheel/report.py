@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from flywheel.charts import bars_svg, data_uri, histogram_svg, lines_svg
 from flywheel.lake import Lake
 from flywheel.schemas import SAFETY_LABELS, STRENGTHS
 
@@ -76,12 +77,70 @@ def gate_markdown(reward_models: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def iteration_report(lake: Lake, row: dict, metrics: dict) -> str:
+SHORT_BUCKETS = ("significantly", "better", "slightly", "negligibly / unsure")
+PLOTS = {  # file name (without .svg) -> caption
+    "reward-distribution": "Reward R_c of the held-out answers, previous policy and candidate",
+    "reward-model-accuracy": "Reward-model accuracy by preference strength",
+    "rates-across-iterations": "Win rate and safety rates across iterations",
+}
+
+
+RATE_COLUMNS = ("win rate", "win rate (helpful)", "harmful answered", "helpful refused",
+                "mean reward")
+
+
+def plot_path(iteration: int, name: str) -> str:
+    """Where a plot lies in the lake, next to the report `reports/iteration-NNNN.md`."""
+    return f"reports/iteration-{iteration:04d}/{name}.svg"
+
+
+def history_rows(lake: Lake, row: dict, metrics: dict) -> list[dict]:
+    """One row per iteration up to this one (earlier ones from the lake): the decision and the
+    rates the line chart and the metrics table show."""
+    rows = [(r, json.loads(r.get("metrics") or "{}")) for r in lake.rows("iterations")
+            if r["iteration"] < row["iteration"]]
+    out = []
+    for r, m in sorted(rows + [(row, metrics)], key=lambda rm: rm[0]["iteration"]):
+        out.append({"iteration": r["iteration"], "promoted": bool(r["promoted"]),
+                    "win rate": m.get("win_rate"), "win rate (helpful)": m.get("win_rate_helpful"),
+                    "harmful answered": m.get("harmful_answered_new"),
+                    "helpful refused": m.get("helpful_refused_new"),
+                    "mean reward": m.get("reward_mean_new")})
+    return out
+
+
+def iteration_plots(lake: Lake, row: dict, metrics: dict, used: list[dict]) -> dict[str, str]:
+    """The report's charts as SVG documents, by name (the keys of PLOTS)."""
+    history = history_rows(lake, row, metrics)
+    acc = {f"{r['reward model'].split()[0]} / {r['test set']}": [r[b] for b in BUCKETS]
+           for r in table8_rows(used)}
+    rates = ("win rate", "win rate (helpful)", "harmful answered", "helpful refused")
+    return {
+        "reward-distribution": histogram_svg(PLOTS["reward-distribution"], {
+            "previous policy": metrics.get("reward_old", []),
+            "candidate": metrics.get("reward_new", [])}),
+        "reward-model-accuracy": bars_svg(PLOTS["reward-model-accuracy"], list(SHORT_BUCKETS),
+                                          acc),
+        "rates-across-iterations": lines_svg(PLOTS["rates-across-iterations"],
+                                             [h["iteration"] for h in history],
+                                             {k: [h[k] for h in history] for k in rates}),
+    }
+
+
+def used_reward_models(lake: Lake, row: dict) -> list[dict]:
+    rms = {r["id"]: r for r in lake.rows("reward_models")}
+    return [rms[i] for i in (row["reward_model_id"], row.get("safety_reward_model_id"))
+            if i in rms]
+
+
+def iteration_report(lake: Lake, row: dict, metrics: dict,
+                     images: dict[str, str] | None = None) -> str:
+    """The report; `images` maps plot names (PLOTS) to the URL each is shown from: a path
+    relative to the report in the lake, or a data: URI in the Prefect artifact."""
     it = row["iteration"]
     rms = {r["id"]: r for r in lake.rows("reward_models")}
     pols = {p["id"]: p for p in lake.rows("policies")}
-    used = [rms[i] for i in (row["reward_model_id"], row.get("safety_reward_model_id"))
-            if i in rms]
+    used = used_reward_models(lake, row)
     trained = sorted((r for r in rms.values() if r["iteration"] == it),
                      key=lambda r: r["criterion"])
     pol_metrics = json.loads(pols.get(row["policy_out"], {}).get("metrics") or "{}")
@@ -102,6 +161,17 @@ def iteration_report(lake: Lake, row: dict, metrics: dict) -> str:
         f"{_fmt(metrics['judge_mean_old'])} |",
         f"| mean reward R_c on held-out answers | {_fmt(metrics.get('reward_mean_new'))} | "
         f"{_fmt(metrics.get('reward_mean_old'))} |",
+        "",
+        "## Plots",
+        "",
+        *[f"![{PLOTS[name]}]({url})\n" for name, url in (images or {}).items()],
+        "## Across iterations",
+        "",
+        "| iteration | promoted | " + " | ".join(RATE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(RATE_COLUMNS),
+        *[f"| {h['iteration']} | {'yes' if h['promoted'] else 'no'} | "
+          + " | ".join(_fmt(h[c]) for c in RATE_COLUMNS) + " |"
+          for h in history_rows(lake, row, metrics)],
         "",
         "## Reward models",
         "",
@@ -140,6 +210,16 @@ def iteration_report(lake: Lake, row: dict, metrics: dict) -> str:
         *[f"- {r['criterion']} reward model `{r['id']}`: {r.get('uri', 'n/a')}" for r in used],
         f"- candidate policy `{row['policy_out']}`: {pols.get(row['policy_out'], {}).get('uri')}",
         f"- previous policy `{row['policy_in']}`",
+        f"- this report: {row.get('report_uri', 'n/a')}",
+        *[f"- plot {name}: {lake.url(plot_path(it, name))}" for name in (images or {})],
         f"- lake: {lake.uri}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def artifact_report(lake: Lake, row: dict) -> str:
+    """The report of a recorded iteration row with its plots embedded as data: URIs, for the
+    Prefect markdown artifact (the UI cannot fetch files from the lake)."""
+    metrics = json.loads(row["metrics"])
+    plots = iteration_plots(lake, row, metrics, used_reward_models(lake, row))
+    return iteration_report(lake, row, metrics, {n: data_uri(s) for n, s in plots.items()})

@@ -56,6 +56,14 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
         assert len(m["reward_new"]) == len(m["reward_old"]) == 2
         assert all(0 < r < 1 for r in m["reward_new"] + m["reward_old"])  # R_c is a sigmoid
         assert f"| mean reward R_c on held-out answers | {m['reward_mean_new']:.3f} |" in text
+        # the plots lie next to the report, which links them by relative path
+        for name in ("reward-distribution", "reward-model-accuracy", "rates-across-iterations"):
+            rel = f"iteration-{it['iteration']:04d}/{name}.svg"
+            assert f"]({rel})" in text
+            assert open(it["report_uri"].removesuffix(".md") + f"/{name}.svg").read().startswith(
+                "<svg")
+    # iteration 2's table of rates has a row per iteration so far
+    assert "| 1 | " in text and "| 2 | " in text
 
     async def runs_and_artifacts():
         async with get_client() as client:
@@ -67,7 +75,10 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
                 id=FlowRunFilterId(any_=[f.id for f in weekly])))
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["iteration-1-report", "iteration-2-report",
-                                            "iteration-1-reward-model-accuracy"]),
+                                            "iteration-1-reward-model-accuracy",
+                                            "iteration-2-rates",
+                                            "iteration-1-policy-fine-tune",
+                                            "iteration-1-safety-reward-model"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[f.id for f in weekly])))
             return weekly, tasks, arts
 
@@ -78,9 +89,18 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert {t.name.rsplit("-", 1)[0] for t in tasks} == STAGES
     assert all(t.state.is_completed() for t in tasks)
     assert sorted(a.key for a in arts) == sorted(
-        ["iteration-1-report", "iteration-2-report", "iteration-1-reward-model-accuracy"])
+        ["iteration-1-report", "iteration-2-report", "iteration-1-reward-model-accuracy",
+         "iteration-2-rates", "iteration-1-policy-fine-tune", "iteration-1-safety-reward-model"])
     md = next(a for a in arts if a.key == "iteration-2-report").data
     assert "## Reward models" in md and "significantly better" in md
+    # the artifact embeds its three plots: the UI cannot read the lake's files
+    assert md.count("](data:image/svg+xml;base64,") == 3
+    rates = next(a for a in arts if a.key == "iteration-2-rates").data
+    rates = json.loads(rates) if isinstance(rates, str) else rates
+    assert [r["iteration"] for r in rates] == [1, 2]
+    # training progress: each run's artifact ends at 100 %
+    for key in ("iteration-1-policy-fine-tune", "iteration-1-safety-reward-model"):
+        assert next(a for a in arts if a.key == key).data == 100
     acc = next(a for a in arts if a.key == "iteration-1-reward-model-accuracy").data
     acc = json.loads(acc) if isinstance(acc, str) else acc
     assert {r["reward model"].split()[0] for r in acc} == {"helpfulness", "safety"}
