@@ -70,9 +70,11 @@ def _grouped_bars(title: str, groups: list[str], series: dict[str, list[float | 
                    [(LEFT + slot * (g + 0.5), label) for g, label in enumerate(groups)])
     for s, name in enumerate(names):
         for g, value in enumerate(series[name]):
-            if value is None:
-                continue
             x = LEFT + slot * g + slot * 0.1 + bar * s
+            if value is None:  # no data, told apart from a value of 0
+                parts.append(f'<text class="missing" x="{x + bar / 2:.1f}" y="{TOP + PLOT_H - 3}"'
+                             ' font-size="9" text-anchor="middle" fill="#888">n/a</text>')
+                continue
             y = _y(value, y_top)
             parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" '
                          f'height="{TOP + PLOT_H - y:.1f}" fill="{COLORS[s % 6]}">'

@@ -45,6 +45,9 @@ def test_bars_skip_missing_values_and_scale_to_one():
     svg = bars_svg("accuracy", ["significantly", "better"], {"helpfulness": [0.75, None]})
     (bar,) = _marks(svg, "bar")
     assert (float(bar.get("height")), float(bar.get("y"))) == (129.0, 87.0)
+    # the missing one is marked n/a, centred on its slot: 44 + 232 + 23.2 + 185.6 / 2 = 392.0
+    (missing,) = _marks(svg, "missing")
+    assert (missing.text, float(missing.get("x"))) == ("n/a", 392.0)
     assert bar.find("s:title", NS).text == "helpfulness, significantly: 0.750"
 
 
