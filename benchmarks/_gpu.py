@@ -73,3 +73,17 @@ def skipped_row(keys, columns):
     """A table row for a case that ran out of memory: its key cells, the note, empty cells."""
     cells = [str(k) for k in keys] + ["skipped: out of memory"]
     return "| " + " | ".join(cells + [""] * (columns - len(cells))) + " |"
+
+
+def run_and_write(out, gpu_report, cpu_report, default_reps: int) -> None:
+    """The command line every per-op benchmark shares: `--reps`, the GPU table when a GPU is
+    there (else the interpreter check), written to `out` and printed."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=default_reps)
+    args = ap.parse_args()
+    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -11,12 +11,11 @@ twice in float32. Without a GPU it says so in the results and only checks the to
 against the kernel under Triton's interpreter on a small shape.
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, peak_gib, time_ms
+from _gpu import bandwidth_line, measured_bandwidth, peak_gib, run_and_write, time_ms
 from _machine import describe
 
 OUT = Path(__file__).parent / "results" / "head_logprobs.md"
@@ -125,13 +124,7 @@ def cpu_report():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args()
-    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_and_write(OUT, gpu_report, cpu_report, default_reps=20)
 
 
 if __name__ == "__main__":

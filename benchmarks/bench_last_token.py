@@ -11,12 +11,11 @@ the kernel under Triton's interpreter, and this benchmark's eager path, against 
 reference on a small shape.
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, or_oom, skipped_row, time_ms
+from _gpu import bandwidth_line, measured_bandwidth, or_oom, run_and_write, skipped_row, time_ms
 from _machine import describe
 
 OUT = Path(__file__).parent / "results" / "last_token.md"
@@ -159,13 +158,7 @@ def cpu_report():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=100)
-    args = ap.parse_args()
-    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_and_write(OUT, gpu_report, cpu_report, default_reps=100)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,19 @@ float32 (and its backward three times more). Without a GPU it says so in the res
 checks the kernel under Triton's interpreter against the reference on a small shape.
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, or_oom, peak_gib, skipped_row, time_ms
+from _gpu import (
+    bandwidth_line,
+    measured_bandwidth,
+    or_oom,
+    peak_gib,
+    run_and_write,
+    skipped_row,
+    time_ms,
+)
 from _machine import describe
 
 OUT = Path(__file__).parent / "results" / "token_logprobs.md"
@@ -177,13 +184,7 @@ def cpu_report():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args()
-    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_and_write(OUT, gpu_report, cpu_report, default_reps=20)
 
 
 if __name__ == "__main__":
