@@ -15,7 +15,8 @@
     flywheel serve                     run the retrain-on-batch and inbox-polling deployments
     flywheel deploy [--config FILE]    register deployments/prefect.yaml on a Prefect server: work
                                        pools, queues, gpu-slots, the weekly schedule, the stage
-                                       deployments, triggers, the resume automation
+                                       deployments, triggers, the resume and crash automations
+    flywheel trigger [--config FILE]   ask the deployed weekly iteration of a lake to run now
 
 Errors from input, config or environment print one line naming the fix, without a traceback.
 """
@@ -71,10 +72,42 @@ def cmd_deploy(args) -> int:
         raise FlywheelError(f"no Prefect server answers at {api_url}; start one (`prefect server "
                             "start`, or `docker compose -f infra/compose.yaml up -d`) or set "
                             "PREFECT_API_URL")
-    for line in register(cfg, api_url, Path(args.prefect_file), args.gpu_slots):
+    if args.unresponsive_after < 60:
+        raise FlywheelError("--unresponsive-after must be at least 60 s: runs send a heartbeat "
+                            "every 30 s")
+    for line in register(cfg, api_url, Path(args.prefect_file), args.gpu_slots,
+                         args.unresponsive_after):
         print(line)
     print(f"registered on {api_url.removesuffix('/api')}; start workers: `prefect worker start "
           "--pool cpu` and `prefect worker start --pool gpu`")
+    return 0
+
+
+def cmd_trigger(args) -> int:
+    import getpass
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import DEFAULT_URL, healthy
+    from flywheel.lake import Lake
+    from tasks.events import ITERATION_REQUESTED, request_iteration
+
+    lake = Lake(_config(args).lake).uri
+    api_url = PREFECT_API_URL.value() or DEFAULT_URL
+    if not healthy(api_url):
+        raise FlywheelError(f"no Prefect server answers at {api_url}; set PREFECT_API_URL to the "
+                            "server `flywheel deploy` registered the weekly deployment on")
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_deployment_by_name("weekly-iteration/weekly")
+            except Exception:  # ObjectNotFound, or a server without it
+                raise FlywheelError(f"{api_url} has no weekly-iteration/weekly deployment; run "
+                                    "`flywheel deploy --config FILE` first") from None
+        event_id = request_iteration(lake, getpass.getuser(), args.note or "")
+    print(f"event {ITERATION_REQUESTED} sent ({event_id}) for lake {lake}: the weekly deployment "
+          "registered for this lake starts an iteration (watch Flow Runs in the UI)")
     return 0
 
 
@@ -388,7 +421,16 @@ def parser() -> argparse.ArgumentParser:
                     help="deployment definitions (default: deployments/prefect.yaml)")
     dp.add_argument("--gpu-slots", type=int, default=1,
                     help="GPU stages that may run at once (the gpu-slots limit; default 1)")
+    dp.add_argument("--unresponsive-after", type=int, default=90,
+                    help="seconds without a heartbeat after which a running flow run is marked "
+                    "Crashed, so it can be retried (default 90; at least 60)")
     dp.set_defaults(fn=cmd_deploy)
+
+    tr = sub.add_parser("trigger", help="start the deployed weekly iteration of the config's "
+                        "lake now, by the event flywheel.iteration.requested (PREFECT_API_URL)")
+    lake_opts(tr)
+    tr.add_argument("--note", help="a note carried in the event's payload")
+    tr.set_defaults(fn=cmd_trigger)
     return p
 
 

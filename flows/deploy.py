@@ -22,7 +22,7 @@ from flows.annotation import inbox, retrain
 from flywheel.config import FlywheelConfig
 from flywheel.errors import FlywheelError
 from flywheel.lake import Lake
-from tasks.events import ensure_resume_automation, retrain_trigger
+from tasks.events import ensure_crash_automation, ensure_resume_automation, retrain_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
@@ -70,11 +70,12 @@ def _run(argv: list[str], what: str, env: dict) -> str:
 
 
 def register(config: FlywheelConfig, api_url: str, prefect_file: Path = PREFECT_FILE,
-             gpu_slots: int = 1) -> list[str]:
+             gpu_slots: int = 1, unresponsive_after: int = 90) -> list[str]:
     """`flywheel deploy`: the work pools, queues and gpu-slots limit (infra/bootstrap.py), every
-    deployment of `prefect_file` with `config` (`prefect deploy --all`), and the automation that
-    resumes an iteration when its batch lands. Safe to run again. Returns what it did, a line
-    each."""
+    deployment of `prefect_file` with `config` (`prefect deploy --all`), the automation that
+    resumes an iteration when its batch lands, and the one that marks a run Crashed when its
+    heartbeats stop for `unresponsive_after` seconds. Safe to run again. Returns what it did, a
+    line each."""
     try:
         spec = yaml.safe_load(Path(prefect_file).read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -97,4 +98,6 @@ def register(config: FlywheelConfig, api_url: str, prefect_file: Path = PREFECT_
 
     with temporary_settings({PREFECT_API_URL: api_url}):
         lines.append(f"automation resume-iteration-on-batch-landed: {ensure_resume_automation()}")
+        lines.append("automation crash-unresponsive-runs: "
+                     + ensure_crash_automation(unresponsive_after))
     return lines

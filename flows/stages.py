@@ -4,6 +4,7 @@ own process, so its models and GPU memory go when it ends, and a failed one can 
     stage-sample-for-annotation/gpu   latest and previous policy answer the train prompts
     stage-train-reward-models/gpu     helpfulness and safety reward models
     stage-policy-update/gpu           rejection sampling (then PPO where configured)
+    stage-evaluate/gpu                candidate and parent answer held-out prompts; judge, scores
 
 Each is a thin wrapper over the same cached task the in-process weekly flow runs, holds one slot
 of the `gpu-slots` global concurrency limit while it works, and returns lake ids only, which it
@@ -23,6 +24,7 @@ from prefect.deployments import run_deployment
 from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.errors import FlywheelError
+from tasks.evaluation import evaluate
 from tasks.policy import policy_update
 from tasks.resume import in_lake
 from tasks.reward import train_reward_models
@@ -31,6 +33,7 @@ from tasks.sampling import sample_for_annotation
 SAMPLING = "stage-sample-for-annotation"
 REWARD_MODELS = "stage-train-reward-models"
 POLICY_UPDATE = "stage-policy-update"
+EVALUATE = "stage-evaluate"
 DEPLOYMENT = "gpu"  # the name of each stage's deployment in deployments/prefect.yaml
 GPU_SLOTS = "gpu-slots"
 # a slot held by a process that died is freed when its lease runs out unrenewed
@@ -70,6 +73,13 @@ def policy_update_stage(config: FlywheelConfig, iteration: int,
     with _gpu_slot():
         stage = lambda t: in_lake(t, config)  # noqa: E731
         return _record(config, policy_update(config, iteration, reward_model_ids, stage))
+
+
+@flow(name=EVALUATE, flow_run_name="iteration-{iteration}-evaluate")
+def evaluation_stage(config: FlywheelConfig, iteration: int, candidate_id: str) -> dict:
+    """The candidate against its parent on held-out prompts: judge rates, reward scores."""
+    with _gpu_slot():
+        return _record(config, in_lake(evaluate, config)(config, iteration, candidate_id))
 
 
 def run_stage(name: str, config: FlywheelConfig, **parameters):

@@ -9,7 +9,7 @@ from a deployment suspends (it holds no worker) until the batch's flywheel.batch
 resumes it, a run started by hand pauses in its process.
 
 `stages="deployments"` (the weekly deployment of deployments/prefect.yaml) runs the heavy stages
-(sampling, reward models, policy update) as their own deployments on the gpu pool
+(sampling, reward models, policy update, evaluation) as their own deployments on the gpu pool
 (flows/stages.py); the default runs every stage in this process. Either way each stage is cached
 on its inputs and code (tasks/resume.py): a retried or resumed run skips the finished ones.
 """
@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
-from flows.stages import POLICY_UPDATE, REWARD_MODELS, SAMPLING, run_stage
+from flows.stages import EVALUATE, POLICY_UPDATE, REWARD_MODELS, SAMPLING, run_stage
 from flywheel import loop, plan
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
@@ -107,8 +107,8 @@ def weekly_iteration(config: FlywheelConfig, iteration: int | None = None,
         REWARD_MODELS, in_lake(train_reward_models, config), batch_id=batch_id))
     candidate = _timed(s, "rejection_sampling", lambda: heavy(
         POLICY_UPDATE, update, reward_model_ids=rm_ids))
-    evaluation = _timed(s, "evaluate", lambda: in_lake(evaluate, config)(config, iteration,
-                                                                         candidate))
+    evaluation = _timed(s, "evaluate", lambda: heavy(
+        EVALUATE, in_lake(evaluate, config), candidate_id=candidate))
     result = decide(config, iteration, batch_id, rm_ids, evaluation, s)
     get_run_logger().info("iteration %s: %s", iteration, result["decision"])
     return result

@@ -15,6 +15,14 @@ A weekly iteration in human annotation mode waits, suspended, for its batch: it 
 with `awaiting_tag(lake, batch)` for each batch id it accepts, and the event of a delivery of
 such a batch names the tagged runs as related resources (role `awaiting-iteration`). One
 automation (`ensure_resume_automation`) resumes the run an event names that way.
+
+`flywheel.iteration.requested` about the resource `flywheel.lake.<hash>` (labelled with the lake)
+starts the weekly deployment now (its trigger in deployments/prefect.yaml): `flywheel trigger`
+sends it, and so can any system through a Prefect webhook.
+
+A worker's flow runs send heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in the deployments' job
+variables); `ensure_crash_automation` marks a run Crashed when they stop while it runs (its
+machine or process died), which frees it to be retried; a server alone cannot tell.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ from prefect.events.worker import EventsWorker
 BATCH_LANDED = "flywheel.batch.landed"
 AWAITING_ROLE = "awaiting-iteration"
 RESUME_AUTOMATION = "flywheel-resume-iteration-on-batch-landed"
+ITERATION_REQUESTED = "flywheel.iteration.requested"
+CRASH_AUTOMATION = "flywheel-crash-unresponsive-runs"
+# what ends a run's heartbeats without it being lost: a final state, or waiting (suspended runs
+# hold no process, paused ones wait in theirs)
+_HEARTBEAT_ENDS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                   "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                   "prefect.flow-run.Crashed", "prefect.flow-run.Suspended",
+                   "prefect.flow-run.Paused"}
 
 
 def awaiting_tag(lake_uri: str, batch_id: str) -> str:
@@ -127,3 +143,57 @@ def ensure_resume_automation() -> str:
         actions=[ResumeFlowRun()],
     ).create()
     return "created"
+
+
+def lake_resource_id(lake_uri: str) -> str:
+    return "flywheel.lake." + hashlib.sha256(lake_uri.encode()).hexdigest()[:12]
+
+
+def request_iteration(lake_uri: str, requested_by: str, note: str = "") -> str:
+    """Emit flywheel.iteration.requested for the lake and wait until it is sent; the weekly
+    deployment registered for that lake starts a run. Returns the event id."""
+    event_id = uuid.uuid4()
+    emit_event(event=ITERATION_REQUESTED,
+               resource={"prefect.resource.id": lake_resource_id(lake_uri),
+                         "prefect.resource.name": lake_uri, "flywheel.lake": lake_uri},
+               payload={"requested_by": requested_by, "note": note}, id=event_id)
+    EventsWorker.drain_all()
+    return str(event_id)
+
+
+def ensure_crash_automation(unresponsive_after: int = 90) -> str:
+    """The automation that marks a flow run Crashed when no heartbeat (nor a final or waiting
+    state) follows its last heartbeat within `unresponsive_after` seconds. Returns created,
+    updated or unchanged."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    trigger = EventTrigger(
+        after={"prefect.flow-run.heartbeat"}, expect=_HEARTBEAT_ENDS,
+        match={"prefect.resource.id": ["prefect.flow-run.*"]},
+        for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+        within=timedelta(seconds=unresponsive_after))
+    try:
+        current = Automation.read(name=CRASH_AUTOMATION)
+    except ValueError:  # none has the name
+        current = None
+    if current is not None and current.trigger.within == trigger.within \
+            and set(current.trigger.expect) == _HEARTBEAT_ENDS:
+        return "unchanged"
+    automation = Automation(
+        name=CRASH_AUTOMATION,
+        description=f"Mark a flow run Crashed when its heartbeats stop for {unresponsive_after} s "
+        "(its worker's machine or process died), so it can be retried",
+        trigger=trigger,
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {unresponsive_after} s: the flow "
+                                    "run's process or machine is gone")],
+    )
+    if current is None:
+        automation.create()
+        return "created"
+    automation.id = current.id
+    automation.update()
+    return "updated"

@@ -51,6 +51,7 @@ def test_every_entrypoint_is_a_flow_on_a_pool_and_queue_that_bootstrap_creates(s
         assert set(d.get("parameters", {})) <= set(flow.parameters.properties), d["name"]
     assert names == {"weekly-iteration/weekly", "stage-sample-for-annotation/gpu",
                      "stage-train-reward-models/gpu", "stage-policy-update/gpu",
+                     "stage-evaluate/gpu",
                      "reward-model-retrain/on-batch-landed", "annotation-inbox/poll-incoming"}
     assert bootstrap.GPU_SLOTS == stages.GPU_SLOTS
 
@@ -63,12 +64,21 @@ def test_weekly_schedule_concurrency_and_heavy_stages_on_the_gpu_pool(spec):
     assert weekly["work_pool"]["name"] == "cpu"
     assert weekly["parameters"]["stages"] == "deployments"
     for name, queue in ((stages.SAMPLING, "default"), (stages.REWARD_MODELS, "heavy"),
-                        (stages.POLICY_UPDATE, "heavy")):
+                        (stages.POLICY_UPDATE, "heavy"), (stages.EVALUATE, "default")):
         d = _deployment(spec, f"{name}/{stages.DEPLOYMENT}")
         assert (d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) == ("gpu", queue)
     (trigger,) = _deployment(spec, "reward-model-retrain/on-batch-landed")["triggers"]
     assert trigger["expect"] == ["flywheel.batch.landed"]
     assert trigger["parameters"]["batch_id"] == "{{ event.resource.name }}"
+    (requested,) = weekly["triggers"]
+    assert requested["expect"] == ["flywheel.iteration.requested"]
+    assert requested["parameters"]["stages"] == "deployments"
+
+
+def test_every_deployment_sends_heartbeats_for_the_crash_automation(spec):
+    for d in spec["deployments"]:
+        beat = int(d["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+        assert 30 <= beat < 60, d["name"]  # 60 s is the shortest --unresponsive-after
 
 
 def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
@@ -76,10 +86,12 @@ def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
     lake = Lake(tiny_config.lake).uri
     configs = [h["parameters"]["config"] for d in out["deployments"]
                for h in [d, *d.get("triggers", [])] if "config" in h.get("parameters", {})]
-    assert len(configs) == 4  # weekly, retrain and its trigger, inbox
+    assert len(configs) == 5  # weekly and its trigger, retrain and its trigger, inbox
     assert all(c == {**tiny_config.model_dump(mode="json"), "lake": lake} for c in configs)
     (trigger,) = _deployment(out, "reward-model-retrain/on-batch-landed")["triggers"]
     assert trigger["match"]["flywheel.lake"] == lake
+    (requested,) = _deployment(out, "weekly-iteration/weekly")["triggers"]
+    assert requested["match"]["flywheel.lake"] == lake
 
 
 def test_policy_update_methods_and_the_ppo_hook(tiny_config):
@@ -120,7 +132,8 @@ def test_cli_gathers_the_commands(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["--help"])
     text = capsys.readouterr().out
-    for command in ("init", "demo", "run", "ingest", "status", "lineage", "deploy", "serve"):
+    for command in ("init", "demo", "run", "ingest", "status", "lineage", "deploy", "serve",
+                    "trigger"):
         assert f"    {command} " in text or f"    {command}\n" in text, command
 
 
@@ -132,3 +145,38 @@ def test_deploy_without_a_server_names_the_fix(tmp_path, capsys):
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert main(["deploy", "--lake", str(tmp_path / "lake")]) == 2
     assert "no Prefect server answers at http://127.0.0.1:9/api" in capsys.readouterr().err
+
+
+def test_trigger_without_a_server_names_the_fix(tmp_path, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import main
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert main(["trigger", "--lake", str(tmp_path / "lake")]) == 2
+    assert "no Prefect server answers at http://127.0.0.1:9/api" in capsys.readouterr().err
+
+
+def test_crash_automation_is_created_once_and_follows_its_window(prefect_server):
+    from prefect.automations import Automation
+
+    from tasks.events import CRASH_AUTOMATION, ensure_crash_automation
+
+    try:
+        Automation.read(name=CRASH_AUTOMATION).delete()
+    except ValueError:
+        pass
+    assert ensure_crash_automation(90) == "created"
+    assert ensure_crash_automation(90) == "unchanged"
+    assert ensure_crash_automation(120) == "updated"
+    automation = Automation.read(name=CRASH_AUTOMATION)
+    assert automation.trigger.within.total_seconds() == 120
+    assert "prefect.flow-run.Suspended" in automation.trigger.expect
+    assert automation.actions[0].state.value == "CRASHED"
+
+
+def test_trigger_needs_the_weekly_deployment(prefect_server, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["trigger", "--lake", str(tmp_path / "lake")]) == 2
+    assert "no weekly-iteration/weekly deployment" in capsys.readouterr().err
