@@ -59,6 +59,12 @@ class SamplingConfig(_Section):
         "emulated there and several times slower); bfloat16 on GPUs.",
     )
     max_model_len: int = Field(1024, ge=64)
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM: GPUs one policy is split across (a 70B policy: 8 on one node). The "
+        "stage's worker must give it that many (the Kubernetes pool's gpu_count).",
+    )
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 

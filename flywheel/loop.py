@@ -91,7 +91,8 @@ def next_iteration(lake: Lake) -> int:
 
 def _sampler(cfg: FlywheelConfig, path: str):
     s = cfg.sampling
-    return shared_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed)
+    return shared_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed,
+                          tensor_parallel_size=s.tensor_parallel_size)
 
 
 def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler):

@@ -49,7 +49,8 @@ def render_prompts(tokenizer, messages: list[list[dict]]) -> list[str]:
 class VLLMSampler:
     backend = "vllm"
 
-    def __init__(self, model_path: str, dtype="float32", max_model_len=1024, seed=0):
+    def __init__(self, model_path: str, dtype="float32", max_model_len=1024, seed=0,
+                 tensor_parallel_size=1):
         # vLLM's CPU build: a 2 GiB KV cache is plenty at demo scale; and on a small machine do
         # not reserve a core for the scheduler (by default it does, which on 2 cores leaves the
         # model one: the demo model made 90 tokens/s on 32 prompts that way, 168 on 32 x 4
@@ -60,7 +61,7 @@ class VLLMSampler:
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
-                       enforce_eager=True, seed=seed)
+                       enforce_eager=True, seed=seed, tensor_parallel_size=tensor_parallel_size)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
@@ -132,9 +133,11 @@ class HFSampler:
         gc.collect()
 
 
-def make_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int):
+def make_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int,
+                 tensor_parallel_size: int = 1):
     if backend == "vllm":
-        return VLLMSampler(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed)
+        return VLLMSampler(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                           tensor_parallel_size=tensor_parallel_size)
     return HFSampler(model_path, dtype="float32", seed=seed)
 
 
@@ -142,18 +145,19 @@ _OPEN: OrderedDict[tuple, Sampler] = OrderedDict()
 
 
 def shared_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int,
-                   keep: int = 2) -> Sampler:
+                   keep: int = 2, tensor_parallel_size: int = 1) -> Sampler:
     """A sampler kept open for the process's later stages. An iteration samples the latest
     policy in three stages and its parent in two; starting a vLLM engine costs about a minute
     on two CPU cores, so the `keep` most recently used engines stay open (a checkpoint never
     changes under its path: the lake's artifacts are immutable)."""
-    key = (backend, str(model_path), dtype, max_model_len, seed)
+    key = (backend, str(model_path), dtype, max_model_len, seed, tensor_parallel_size)
     if key in _OPEN:
         _OPEN.move_to_end(key)
         return _OPEN[key]
     while len(_OPEN) >= keep:
         _OPEN.popitem(last=False)[1].close()
-    _OPEN[key] = make_sampler(backend, model_path, dtype, max_model_len, seed)
+    _OPEN[key] = make_sampler(backend, model_path, dtype, max_model_len, seed,
+                              tensor_parallel_size)
     return _OPEN[key]
 
 
