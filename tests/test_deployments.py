@@ -77,7 +77,7 @@ def test_weekly_schedule_concurrency_and_heavy_stages_on_the_gpu_pool(spec):
 
 def test_every_deployment_sends_heartbeats_for_the_crash_automation(spec):
     for d in spec["deployments"]:
-        beat = int(d["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+        beat = int(d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
         assert 30 <= beat < 60, d["name"]  # 60 s is the shortest --unresponsive-after
 
 
