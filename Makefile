@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-slow lint
+.PHONY: setup browser postgres demo test test-slow lint
 
 # bootstrap converts the default model once; later calls return at once (it is cached)
 setup: $(STAMP)
@@ -37,13 +37,21 @@ browser:
 	  && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the review-page browser test will skip"; }
 
+# the deployed-iteration tests run the Prefect server on Debian's PostgreSQL, as production does;
+# installed when missing (needs root and apt; without it those tests skip, saying why)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "PostgreSQL not installed: the deployed-iteration tests will skip"; }
+
 demo: setup
 	$(BIN)/flywheel demo --iterations 2 --fresh
 
 test: setup browser
 	$(BIN)/python -m pytest
 
-test-slow: setup
+test-slow: setup browser postgres
 	$(BIN)/python -m pytest -m slow
 
 lint: setup

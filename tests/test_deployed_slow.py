@@ -1,17 +1,26 @@
-"""The weekly iteration as deployed: a real `prefect server start`, `flywheel deploy` of
-deployments/prefect.yaml with the tiny config, real process workers on the cpu and gpu pools.
+"""The weekly iteration as deployed, in the production configuration: a real `prefect server
+start` on PostgreSQL (the distribution's package, a throwaway cluster: tests/postgres.py),
+`flywheel deploy` of deployments/prefect.yaml with the tiny config, real process workers on the
+cpu and gpu pools.
 
-- resume: the workers (and the flow-run processes they started) are killed while the reward-model
-  stage runs; after a retry of the same flow run on new workers, the stages that had finished come
-  back from the cache (not run again) and the lake holds every row once;
+- by event: `flywheel trigger` sends flywheel.iteration.requested, the weekly deployment's trigger
+  starts a run, the workers run it and its stage deployments to completion, and the server's
+  PostgreSQL database holds the finished runs;
+- resume: started by hand (`prefect deployment run`), the workers (and the flow-run processes
+  they started) are killed while the reward-model stage runs; the crash automation marks the
+  runs Crashed when their heartbeats stop; after a retry of the same flow run on new workers, the
+  stages that had finished come back from the cache (not run again) and the lake holds every row
+  once;
 - human mode: the iteration exports its pairs and suspends, holding no worker process; a labelled
   batch ingested with `flywheel ingest` sends the batch-landed event, the resume automation
-  resumes the run, and it trains on that batch.
+  resumes the run, and it trains on that batch; suspended past the crash automation's window,
+  it is not marked Crashed.
 
 A few minutes each on two cores: slow marker."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -26,10 +35,13 @@ import pytest
 import yaml
 
 from flywheel.lake import Lake
+from tests.postgres import local_postgres
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 STAGE_TASKS = ("sample-for-annotation", "annotate", "train-reward-models")
+UNRESPONSIVE_AFTER = 60  # the crash automation's window (runs beat every 30 s)
+_databases = itertools.count(1)
 
 
 def _free_port() -> int:
@@ -46,10 +58,12 @@ def _tail(path: Path, lines: int = 60) -> str:
 class Cluster:
     """A Prefect server with its own PREFECT_HOME, and workers started and killed on demand."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, pg, database: str):
         self.tmp, self.port = tmp, _free_port()
+        self.pg, self.database = pg, database
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"),
+                    "PREFECT_API_DATABASE_CONNECTION_URL": pg.database(database),
                     "PREFECT_API_URL": self.api, "PREFECT_WORKER_QUERY_SECONDS": "2",
                     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
         self.procs: list[subprocess.Popen] = []
@@ -81,11 +95,25 @@ class Cluster:
             time.sleep(1)
         return value
 
-    def run(self, *argv: str) -> str:
-        proc = subprocess.run([str(BIN / "flywheel"), *argv], env=self.env, capture_output=True,
+    def run(self, *argv: str, program: str = "flywheel") -> str:
+        proc = subprocess.run([str(BIN / program), *argv], env=self.env, capture_output=True,
                               text=True, cwd=Path(__file__).parents[1])
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
+
+    def sql(self, query: str) -> str:
+        """A query on the server's own PostgreSQL database."""
+        return self.pg.query(self.database, query)
+
+    def weekly_runs(self) -> list:
+        """The weekly deployment's runs, less those its schedule made for the coming Mondays."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+        with self.client() as c:
+            weekly = c.read_deployment_by_name("weekly-iteration/weekly")
+            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[weekly.id])))
+        return [r for r in runs if not r.auto_scheduled]
 
     def client(self):
         from prefect.client.orchestration import get_client
@@ -109,11 +137,20 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        with local_postgres() as pg:
+            yield pg
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+
+
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, postgres):
     from flows.server import healthy
 
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, postgres, f"prefect_{next(_databases)}")
     c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                        str(c.port)])
     c.wait(lambda: healthy(c.api), 120, "the Prefect server")
@@ -127,8 +164,10 @@ def cluster(tmp_path):
 def _deploy(cluster: Cluster, config, tmp_path: Path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    out = cluster.run("deploy", "--config", str(path))
+    out = cluster.run("deploy", "--config", str(path), "--unresponsive-after",
+                      str(UNRESPONSIVE_AFTER))
     assert "automation resume-iteration-on-batch-landed: created" in out
+    assert "automation crash-unresponsive-runs: created" in out
     return path
 
 
@@ -147,12 +186,38 @@ def _no_duplicate_ids(lake: Lake) -> dict[str, int]:
     return counts
 
 
+def test_weekly_deployment_runs_on_event_through_workers_on_postgres(cluster, tiny_config,
+                                                                     tmp_path):
+    config_file = _deploy(cluster, tiny_config, tmp_path)
+    cluster.workers(1)
+    out = cluster.run("trigger", "--config", str(config_file), "--note", "test")
+    assert "event flywheel.iteration.requested sent" in out
+
+    def finished():
+        runs = cluster.weekly_runs()
+        return runs[0] if runs and runs[0].state.is_final() else None
+
+    run = cluster.wait(finished, 600, "the iteration the event started")
+    assert run.state.is_completed(), run.state
+    assert run.created_by and run.created_by.type == "AUTOMATION", run.created_by
+    assert len(cluster.weekly_runs()) == 1
+    lake = Lake.open(tiny_config.lake)
+    (iteration,) = lake.rows("iterations")
+    assert iteration["iteration"] == 1
+    assert lake.exists("reports/iteration-0001.md")
+    # the server kept it all in PostgreSQL: the iteration and each stage as its own flow run
+    names = cluster.sql("select name from flow_run where state_type = 'COMPLETED' "
+                        "and name like 'iteration-%' order by name").splitlines()
+    assert names == ["iteration-1", "iteration-1-evaluate", "iteration-1-policy-update",
+                     "iteration-1-reward-models", "iteration-1-sampling"]
+    assert cluster.sql("select count(*) from task_run where name like 'evaluate-%' "
+                       "and state_type = 'COMPLETED'") == "1"
+
+
 def test_killed_iteration_resumes_without_redoing_finished_stages(cluster, tiny_config,
                                                                   tmp_path):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Crashed, Scheduled
+    from prefect.states import Scheduled
 
     _deploy(cluster, tiny_config, tmp_path)
     with cluster.client() as client:
@@ -162,10 +227,12 @@ def test_killed_iteration_resumes_without_redoing_finished_stages(cluster, tiny_
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 6 * * 1",
                                                                         "America/New_York")
         assert weekly.parameters["stages"] == "deployments"
+        assert weekly.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
         assert client.read_global_concurrency_limit_by_name("gpu-slots").limit == 1
     workers = cluster.workers(1)
-    with temporary_settings({PREFECT_API_URL: cluster.api}):
-        parent = run_deployment("weekly-iteration/weekly", timeout=0)
+    # by hand, as a user does from a shell (or the UI's Run button)
+    cluster.run("deployment", "run", "weekly-iteration/weekly", program="prefect")
+    (parent,) = cluster.weekly_runs()
 
     def rm_stage_running():
         with cluster.client() as c:
@@ -178,10 +245,16 @@ def test_killed_iteration_resumes_without_redoing_finished_stages(cluster, tiny_
         kill_tree(w)
     lake = Lake.open(tiny_config.lake)
     assert not lake.rows("iterations")
+
+    def crashed():
+        with cluster.client() as c:
+            states = [c.read_flow_run(i).state for i in (parent.id, rm_run.id)]
+        return states if all(s.is_crashed() for s in states) else None
+
+    # nobody tells the server the processes died: their heartbeats stop, the automation acts
+    states = cluster.wait(crashed, UNRESPONSIVE_AFTER + 180, "the crash automation")
+    assert all("no heartbeat" in (s.message or "") for s in states), states
     with cluster.client() as client:
-        # what the server's zombie detection does for a run whose process died
-        for run_id in (parent.id, rm_run.id):
-            client.set_flow_run_state(run_id, Crashed(message="worker killed"), force=True)
         before = {t.id: t.state.name for t in _task_runs(client)}
         # the UI's retry: the same flow run scheduled again
         client.set_flow_run_state(parent.id, Scheduled(), force=True)
@@ -238,6 +311,7 @@ def test_human_mode_suspends_until_the_batch_lands(cluster, tiny_config, tmp_pat
             return run if run.state.name == "Suspended" else None
 
     run = cluster.wait(suspended, 420, "the iteration to suspend for its batch")
+    suspended_at = time.monotonic()
     lake = Lake.open(tiny_config.lake)
     exported = lake.listdir("annotation/exports/iteration-0001")
     assert "label-studio-tasks.json" in exported and "argilla-records.json" in exported
@@ -246,6 +320,10 @@ def test_human_mode_suspends_until_the_batch_lands(cluster, tiny_config, tmp_pat
                                  for w in workers), 60, "the suspended run's process to exit")
     assert any(t.startswith("flywheel-awaits:") for t in run.tags)
     assert not lake.rows("comparisons")
+    # no heartbeats while suspended, and rightly no crash: waiting is not dying
+    time.sleep(max(0.0, suspended_at + UNRESPONSIVE_AFTER + 20 - time.monotonic()))
+    with cluster.client() as c:
+        assert c.read_flow_run(parent.id).state.name == "Suspended"
     # the labels name the week's prompts; the responses are written out (the tiny model's
     # 8-token answers can coincide, which ingest rightly refuses as identical)
     rows = [{"prompt_id": p["prompt_id"], "response_a": f"A careful, complete answer {i}.",
