@@ -51,6 +51,6 @@ def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_pat
     assert shared_sampler("transformers", tiny_llama, "float32", 256, 0, keep=1) is a
     b = shared_sampler("transformers", str(other), "float32", 256, 0, keep=1)
     assert b is not a and not hasattr(a, "model")  # evicted: closed, its model released
-    assert list(_OPEN) == [("transformers", str(other), "float32", 256, 0)]
+    assert list(_OPEN) == [("transformers", str(other), "float32", 256, 0, 1)]
     close_samplers()
     assert not _OPEN
