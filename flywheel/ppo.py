@@ -1,0 +1,356 @@
+"""PPO on top of the rejection-sampled policy (Llama 2, stage 5), and the RRHF ranking loss.
+
+One PPO step:
+
+    rollouts     the current policy answers a batch of prompts (sampled, `temperature`)
+    old log-probs, reference log-probs, values      one no-grad pass each over the rollouts
+    KL_t         log pi(a_t) - log pi_0(a_t) on every response token (pi_0: frozen reference)
+    rewards      -beta * KL_t on every response token, plus the sequence's score on its last one
+                 (the score: WHITEN(LOGIT(R_c)) from the reward models in the weekly loop, any
+                 `score_fn` here)
+    advantages   GAE(gamma, lambda) over the response tokens, whitened over the batch
+    update       the batch cut into minibatches, one gradient step each: the clipped objective
+                 (ratio clipped to 1 +- clip) for the actor, the clipped value loss for the critic
+
+The critic is its own model (a backbone with a value per token), so actor and critic can each be
+trained through DeepSpeed. Log-probs come from `kernels.token_logprobs` (Triton on a GPU, its
+torch reference on a CPU). Every step logs reward, KL, entropy, clip fraction, value loss and
+response length. Held-out prompts are scored every `eval_every` steps; training stops when their
+mean score has not improved for `patience` evaluations, and the best policy seen is kept.
+
+RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised log-probabilities
+p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
+plus the negative log-likelihood of the best response per token.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.errors import FlywheelError
+from flywheel.training import report_step
+from kernels.token_logprobs import token_logprobs
+
+
+# the arithmetic ---------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the entries `mask` selects (all when None); population variance.
+    `shift_mean=False` scales only (the mean is added back)."""
+    mask = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                  beta: float) -> torch.Tensor:
+    """-beta * KL_t on every response token, plus the sequence score on the last one. [B, T]."""
+    mask = mask.to(kl.dtype)
+    rewards = -beta * kl * mask
+    has = mask.bool().any(-1)
+    last = (mask.shape[-1] - 1) - mask.flip(-1).argmax(-1)
+    rows = torch.arange(mask.shape[0])[has]
+    rewards[rows, last[has]] += score[has].to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens (a contiguous run from the left of
+    each row; `mask` 0 after it). Returns (advantages, returns = advantages + values)."""
+    mask = mask.to(values.dtype)
+    B, T = rewards.shape
+    adv = torch.zeros_like(values)
+    running = torch.zeros(B, dtype=values.dtype)
+    for t in reversed(range(T)):
+        nxt = mask[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=values.dtype)
+        next_value = values[:, t + 1] * nxt if t + 1 < T else torch.zeros(B, dtype=values.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running * nxt
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped objective, as a loss (mean over response tokens); with the share of tokens
+    whose ratio was clipped and the approximate KL between the old and new policy."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped < unclipped).float(), mask)
+        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
+    return loss, {"clip_fraction": clip_frac.item(), "approx_kl": approx_kl.item()}
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+    """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value."""
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2,
+                                           (v_clipped - returns) ** 2), mask)
+
+
+def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), -1)
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+
+
+def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
+              ft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """RRHF over one prompt's K responses: `logp_sums` [K] summed response log-probs, `lengths`
+    [K] response tokens, `rewards` [K]. Ranking loss on length-normalised scores plus the
+    per-token NLL of the best response."""
+    p = logp_sums / lengths.clamp(min=1).to(logp_sums.dtype)
+    worse = rewards[:, None] < rewards[None, :]  # [i, j]: i ranked below j
+    rank = (torch.relu(p[:, None] - p[None, :]) * worse).sum()
+    best = int(torch.argmax(rewards))
+    ft = -p[best]
+    return rank + ft_weight * ft, {"rank_loss": rank.item(), "ft_loss": ft.item()}
+
+
+# the trainer ------------------------------------------------------------------------------------
+@dataclass
+class PPOSettings:
+    """Llama 2's values where it gives them (AdamW 0.9/0.95, eps 1e-5, weight decay 0.1, clip
+    1.0, constant lr 1e-6, clip 0.2, 512 prompts a step, minibatch 64); the rest as commonly
+    used. Scale `prompts_per_step` and `minibatch` down together for small runs."""
+
+    steps: int = 20
+    prompts_per_step: int = 512
+    minibatch: int = 64
+    learning_rate: float = 1e-6
+    critic_learning_rate: float = 1e-5
+    beta: float = 0.01
+    clip: float = 0.2
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    eval_every: int = 5
+    patience: int = 2
+    seed: int = 0
+
+
+class ValueModel(torch.nn.Module):
+    """A backbone with a scalar per position: V(s_t) for the state before token t+1."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_causal_lm(cls, model: torch.nn.Module) -> ValueModel:
+        """A critic on a copy of the policy's trunk (its output head dropped)."""
+        trunk = copy.deepcopy(getattr(model, "model", model))
+        trunk.config = model.config
+        return cls(trunk)
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class Rollout:
+    prompts: list
+    input_ids: torch.Tensor  # [B, P + R], prompts left-padded to P
+    attention: torch.Tensor  # [B, P + R]
+    response_mask: torch.Tensor  # [B, R]: response tokens up to and including the end token
+    prompt_width: int
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return (self.attention.cumsum(-1) - 1).clamp(min=0)
+
+    def response_ids(self) -> list[list[int]]:
+        resp = self.input_ids[:, self.prompt_width:]
+        return [r[m.bool()].tolist() for r, m in zip(resp, self.response_mask)]
+
+    def responses(self, tokenizer) -> list[str]:
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.response_ids()]
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
+            temperature: float) -> Rollout:
+    """The policy's sampled answers (transformers generate; the weekly loop's stage uses vLLM
+    with the updated weights loaded)."""
+    ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(i) for i in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    was_training = policy.training
+    policy.eval()
+    out = policy.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
+                          temperature=temperature, top_k=0, top_p=1.0,
+                          max_new_tokens=max_new_tokens, pad_token_id=pad,
+                          eos_token_id=tokenizer.eos_token_id)
+    policy.train(was_training)
+    resp = out[:, width:]
+    is_end = resp == tokenizer.eos_token_id
+    # tokens up to and including the first end token
+    after_end = (is_end.cumsum(-1) - is_end.long()) > 0
+    mask = (~after_end).long()
+    return Rollout(list(prompts), out, torch.cat([attention, mask], -1), mask, width)
+
+
+def response_logprobs(model, ro: Rollout, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs of the response tokens [b, R], their logits [b, R, V]) under `model`."""
+    ids, att = ro.input_ids[rows], ro.attention[rows]
+    logits = model(input_ids=ids, attention_mask=att, position_ids=ro.positions[rows]).logits
+    logits = logits[:, ro.prompt_width - 1: -1]
+    targets = ids[:, ro.prompt_width:]
+    lp = token_logprobs(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return lp.view(targets.shape), logits
+
+
+def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
+    v = critic(ro.input_ids[rows], ro.attention[rows], ro.positions[rows])
+    return v[:, ro.prompt_width - 1: -1]
+
+
+def _optimizer(model, lr: float, s: PPOSettings):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5,
+                             weight_decay=s.weight_decay)
+
+
+# (prompts, response texts, response token ids) -> [B] sequence scores
+ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
+
+
+def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
+              score_fn: ScoreFn, settings: PPOSettings, heldout: Sequence = (),
+              desc: str = "ppo") -> dict:
+    """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`
+    (prompts, response texts, response token ids) -> [B] sequence scores. Returns {"steps": per-step logs, "heldout":
+    evaluations, "best_step"}; the policy ends at its best held-out score."""
+    s = settings
+    if not prompts:
+        raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
+    if s.minibatch > s.prompts_per_step:
+        raise FlywheelError(f"ppo minibatch ({s.minibatch}) is larger than prompts_per_step "
+                            f"({s.prompts_per_step}); lower the minibatch")
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    reference.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    actor_opt = _optimizer(policy, s.learning_rate, s)
+    critic_opt = _optimizer(critic, s.critic_learning_rate, s)
+    order: list[int] = []
+    logs, evals = [], []
+    best = (-math.inf, 0, None)
+    since_best = 0
+
+    def evaluate(step: int) -> bool:
+        nonlocal best, since_best
+        if not heldout:
+            return False
+        ro = rollout(policy, tokenizer, heldout, s.max_new_tokens, s.temperature)
+        score = score_fn(list(heldout), ro.responses(tokenizer),
+                         ro.response_ids()).float().mean().item()
+        evals.append({"step": step, "heldout_score": score})
+        if score > best[0]:
+            best = (score, step, copy.deepcopy(policy.state_dict()))
+            since_best = 0
+        else:
+            since_best += 1
+        return since_best >= s.patience
+
+    evaluate(0)
+    bar = tqdm(total=s.steps, desc=desc, unit="step")
+    for step in range(1, s.steps + 1):
+        batch = []
+        while len(batch) < s.prompts_per_step:
+            if not order:
+                order = list(range(len(prompts)))
+                rng.shuffle(order)
+            batch.append(prompts[order.pop()])
+        ro = rollout(policy, tokenizer, batch, s.max_new_tokens, s.temperature)
+        mask = ro.response_mask.float()
+        with torch.no_grad():
+            old_logp, _ = response_logprobs(policy, ro)
+            ref_logp, _ = response_logprobs(reference, ro)
+            old_values = _values(critic, ro) * mask
+            kl = (old_logp - ref_logp) * mask
+            score = score_fn(batch, ro.responses(tokenizer), ro.response_ids()).float()
+            rewards = token_rewards(score, kl, mask, s.beta)
+            adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+            adv = whiten(adv, mask)
+        rows = list(range(len(batch)))
+        rng.shuffle(rows)
+        stats = []
+        for m in range(0, len(rows), s.minibatch):
+            idx = torch.tensor(rows[m: m + s.minibatch])
+            mm = mask[idx]
+            logp, logits = response_logprobs(policy, ro, idx)
+            loss, st = policy_loss(logp, old_logp[idx], adv[idx], mm, s.clip)
+            if not torch.isfinite(loss):
+                raise FlywheelError(f"PPO policy loss became {loss.item()} at step {step}; "
+                                    f"lower the learning rate (now {s.learning_rate})")
+            actor_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), s.grad_clip)
+            actor_opt.step()
+            values = _values(critic, ro, idx)
+            vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip)
+            critic_opt.zero_grad(set_to_none=True)
+            vloss.backward()
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), s.grad_clip)
+            critic_opt.step()
+            with torch.no_grad():
+                st["entropy"] = entropy(logits, mm).item()
+            st["value_loss"] = vloss.item()
+            st["policy_loss"] = loss.item()
+            stats.append(st)
+        log = {"step": step, "reward": score.mean().item(),
+               "kl": kl.sum(-1).mean().item(),
+               "response_length": mask.sum(-1).mean().item()}
+        for key in stats[0]:
+            log[key] = sum(st[key] for st in stats) / len(stats)
+        logs.append(log)
+        bar.update(1)
+        bar.set_postfix(reward=f"{log['reward']:.3f}", kl=f"{log['kl']:.3f}")
+        report_step(desc, step, s.steps)
+        if s.eval_every and step % s.eval_every == 0 and evaluate(step):
+            break
+    bar.close()
+    if best[2] is not None and evals and evals[-1]["heldout_score"] < best[0]:
+        policy.load_state_dict(best[2])
+    return {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
+            "settings": asdict(s)}

@@ -1,0 +1,136 @@
+"""PPO and RRHF arithmetic against hand-derived values, and PPO learning a verifiable reward on a
+tiny model (with a mutation check: a flipped advantage sign must not learn it)."""
+
+import math
+
+import pytest
+import torch
+
+from flywheel import ppo
+from kernels.reward_combine import combine_rewards_reference
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_whiten_hand_values():
+    out = ppo.whiten(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    s = math.sqrt(1.25)  # population variance of 1..4
+    assert out.tolist() == pytest.approx([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], abs=1e-6)
+    masked = ppo.whiten(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0]))
+    assert masked.tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-6)
+
+
+def test_combined_reward_hand_values():
+    # prompt 1: safety 0.9 >= 0.15, not tagged -> R_c = helpfulness 0.8 -> logit ln 4
+    # prompt 2: safety 0.1 < 0.15 -> R_c = 0.1 -> logit -ln 9; two values whiten to +1 and -1
+    r_help = torch.tensor([_logit(0.8), _logit(0.6)])
+    r_safe = torch.tensor([_logit(0.9), _logit(0.1)])
+    kl = torch.tensor([[0.1, 0.2], [0.3, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    score, seq, tok = combine_rewards_reference(r_help, r_safe, torch.tensor([0, 0]), kl, mask,
+                                                beta=0.5)
+    assert score.tolist() == pytest.approx([1.0, -1.0], abs=1e-5)
+    assert seq.tolist() == pytest.approx([1 - 0.5 * 0.3, -1 - 0.5 * 0.3], abs=1e-5)
+    expected = [[-0.05, -0.1 + 1.0], [-0.15 - 1.0, 0.0]]
+    assert tok.tolist() == [pytest.approx(r, abs=1e-5) for r in expected]
+    # the trainer's assembly from a score gives the same token rewards
+    assert ppo.token_rewards(score, kl, mask, 0.5).tolist() == \
+        [pytest.approx(r, abs=1e-5) for r in expected]
+    # a prompt tagged safety takes the safety score whatever its value
+    tagged, _, _ = combine_rewards_reference(r_help, torch.tensor([_logit(0.9), _logit(0.7)]),
+                                             torch.tensor([1, 1]), kl, mask, beta=0.0)
+    assert tagged.tolist() == pytest.approx([1.0, -1.0], abs=1e-5)  # ln 9 > ln(7/3)
+
+
+def test_gae_hand_values():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 7.0]])
+    values = torch.full((2, 3), 0.5)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # row 1: delta = (0, 0, 0.5); A2 = 0.5, A1 = 0.95 * 0.5, A0 = 0.95^2 * 0.5
+    assert adv[0].tolist() == pytest.approx([0.45125, 0.475, 0.5])
+    assert ret[0].tolist() == pytest.approx([0.95125, 0.975, 1.0])
+    # row 2 ends after two tokens: its third (reward 7) is not part of it
+    # delta1 = 1 - 0.5 = 0.5; delta0 = 0 + 0.5 - 0.5 = 0; A0 = 0.95 * 0.5
+    assert adv[1].tolist() == pytest.approx([0.475, 0.5, 0.0])
+    adv_g, _ = ppo.gae(rewards[:1], values[:1], mask[:1], gamma=0.9, lam=1.0)
+    # lambda 1: A_t = discounted return - V; G = (0.81, 0.9, 1.0)
+    assert adv_g[0].tolist() == pytest.approx([0.31, 0.4, 0.5])
+
+
+def test_clipped_policy_loss_hand_values():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    loss, st = ppo.policy_loss(logp, old, adv, torch.ones(1, 4), clip=0.2)
+    # min(r A, clip(r) A): 1.2 (clipped), -1.5, 0.5, -0.8 (clipped); loss = -mean
+    assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.5 - 0.8) / 4)
+    assert st["clip_fraction"] == pytest.approx(0.5)
+    # a masked token does not count
+    loss_m, st_m = ppo.policy_loss(logp, old, adv, torch.tensor([[1, 0, 0, 0]]), clip=0.2)
+    assert loss_m.item() == pytest.approx(-1.2) and st_m["clip_fraction"] == 1.0
+
+
+def test_value_loss_hand_values():
+    v = ppo.value_loss(torch.tensor([[1.5, 1.1]]), torch.tensor([[1.0, 1.0]]),
+                       torch.tensor([[2.0, 1.0]]), torch.ones(1, 2), clip=0.2)
+    # token 1: clipped to 1.2 -> max(0.25, 0.64); token 2: max(0.01, 0.01); 0.5 * mean
+    assert v.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
+
+
+def test_rrhf_loss_hand_values():
+    # length-normalised scores p = (-1, -2, -0.5); rewards rank 1 > 2 > 0
+    loss, st = ppo.rrhf_loss(torch.tensor([-2.0, -8.0, -1.5]), torch.tensor([2, 4, 3]),
+                             torch.tensor([1.0, 3.0, 2.0]))
+    # pairs (worse, better): (0,1) max(0,-1+2)=1, (0,2) max(0,-1+0.5)=0, (2,1) max(0,-0.5+2)=1.5
+    assert st["rank_loss"] == pytest.approx(2.5)
+    assert st["ft_loss"] == pytest.approx(2.0)  # the best (index 1): NLL per token
+    assert loss.item() == pytest.approx(4.5)
+
+
+PROMPTS = ["How do I cook rice?", "Name a colour.", "What is two plus two?",
+           "Say something kind.", "Where is Lisbon?", "Write one word.",
+           "How are you today?", "Tell me about tea."]
+
+
+def _learn(tiny_llama, steps=12):
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_llama)
+    policy = load_causal_lm(tiny_llama, "float32")
+    reference = load_causal_lm(tiny_llama, "float32")
+    critic = ppo.ValueModel.from_causal_lm(policy)
+    target = {i for i in range(len(tok)) if i % 4 == 0} - {tok.eos_token_id}
+
+    def score(prompts, responses, response_ids):
+        # verifiable: the share of the response's tokens in the target set
+        return torch.tensor([sum(i in target for i in ids) / max(1, len(ids))
+                             for ids in response_ids])
+
+    # 32 rollouts of 4 tokens a step, 4 minibatches of 8 (one gradient step each); the share of
+    # target tokens starts near 1/4 (a random model), reaches about 0.8 in 12 steps
+    settings = ppo.PPOSettings(steps=steps, prompts_per_step=32, minibatch=8,
+                               learning_rate=3e-3, critic_learning_rate=1e-3, beta=0.05,
+                               max_new_tokens=4, eval_every=0)
+    return ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings)
+
+
+def test_ppo_raises_a_verifiable_reward_within_a_kl_bound(tiny_llama):
+    out = _learn(tiny_llama)
+    rewards = [s["reward"] for s in out["steps"]]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.25, rewards
+    assert all(s["kl"] < 8.0 for s in out["steps"]), [s["kl"] for s in out["steps"]]
+    for key in ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length"):
+        assert all(math.isfinite(s[key]) for s in out["steps"]), key
+
+
+def test_a_flipped_advantage_sign_does_not_learn(tiny_llama, monkeypatch):
+    real = ppo.gae
+    monkeypatch.setattr(ppo, "gae", lambda *a, **k: tuple(-x if i == 0 else x
+                                                         for i, x in enumerate(real(*a, **k))))
+    rewards = [s["reward"] for s in _learn(tiny_llama)["steps"]]
+    assert sum(rewards[-3:]) / 3 < sum(rewards[:3]) / 3, rewards
