@@ -256,9 +256,10 @@ ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
               score_fn: ScoreFn, settings: PPOSettings, heldout: Sequence = (),
               desc: str = "ppo") -> dict:
-    """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`
-    (prompts, response texts, response token ids) -> [B] sequence scores. Returns {"steps": per-step logs, "heldout":
-    evaluations, "best_step"}; the policy ends at its best held-out score."""
+    """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
+    (prompts, response texts, response token ids) -> [B] sequence scores. Returns {"steps":
+    per-step logs, "heldout": evaluations, "best_step"}; the policy ends at its best held-out
+    score."""
     s = settings
     if not prompts:
         raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
