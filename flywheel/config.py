@@ -189,15 +189,48 @@ class RejectionSamplingConfig(_Section):
     seed: int = 0
 
 
+class PPOConfig(_Section):
+    """PPO on top of the rejection-sampled policy (flywheel/ppo.py). Llama 2: 512 prompts a
+    step, minibatch 64, constant lr 1e-6, beta 0.01 (7B, 13B) or 0.005 (34B, 70B), clip 0.2;
+    the defaults are scaled down for small runs."""
+
+    steps: int = Field(8, ge=1, description="Rollout-and-update steps (an upper bound: "
+                       "held-out early stopping may end sooner).")
+    prompts_per_step: int = Field(16, ge=1, description="Rollouts per step (Llama 2: 512).")
+    minibatch: int = Field(8, ge=1, description="Rollouts per gradient step; one step per "
+                           "minibatch (Llama 2: 64).")
+    learning_rate: float = Field(1e-6, gt=0, lt=1, description="Constant actor lr (AdamW "
+                                 "0.9/0.95, eps 1e-5, weight decay 0.1, grad clip 1.0).")
+    critic_learning_rate: float = Field(1e-5, gt=0, lt=1)
+    beta: float = Field(0.01, ge=0, description="KL penalty against the rejection-sampled "
+                        "policy, per token.")
+    clip: float = Field(0.2, gt=0, lt=1)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    eval_every: int = Field(4, ge=0, description="Steps between held-out evaluations; 0: none.")
+    patience: int = Field(2, ge=1, description="Held-out evaluations without improvement "
+                          "before stopping; the best policy seen is kept.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self):
+        if self.minibatch > self.prompts_per_step:
+            raise ValueError(f"minibatch ({self.minibatch}) must not exceed prompts_per_step "
+                             f"({self.prompts_per_step})")
+        return self
+
+
 class PolicyUpdateConfig(_Section):
     """How each iteration updates the policy: rejection sampling always; PPO on top of it in the
     iterations listed (Llama 2 added PPO from RLHF-V5)."""
 
     ppo_iterations: list[int] = Field(
         [],
-        description="Iterations that run PPO after rejection sampling (PPO is not built yet: "
-        "such an iteration stops before it samples, saying so).",
+        description="Iterations that run PPO after rejection sampling, e.g. [4, 5].",
     )
+    ppo: PPOConfig = PPOConfig()
 
 
 class ScoringConfig(_Section):

@@ -72,10 +72,9 @@ def current_policy(cfg: FlywheelConfig, lake: Lake) -> dict:
 
 
 def previous_policy(lake: Lake, policy: dict) -> dict:
-    """The policy's parent (the base policy is its own predecessor)."""
-    if not policy["parent_id"]:
-        return policy
-    return _by_id(lake.rows("policies"))[policy["parent_id"]]
+    """The policy the one given was made from in an earlier iteration (the base policy is its
+    own predecessor)."""
+    return iteration_start(lake, policy)
 
 
 def policy_path(lake: Lake, policy: dict) -> str:
@@ -236,13 +235,90 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     return policy_id
 
 
+def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+               policy_id: str) -> str:
+    """PPO on top of the iteration's rejection-sampled policy `policy_id`, which is also the
+    frozen reference of the KL penalty: rollouts on the train prompts, each scored by both
+    reward models through the scoring engine and combined as WHITEN(LOGIT(R_c)) by the
+    reward-combination kernel, minus beta x per-token KL; held-out prompts for early stopping.
+    Saves the policy (parent: `policy_id`) with its per-step log. Returns its id."""
+    import torch
+
+    from flywheel.models import load_causal_lm, load_tokenizer
+    from flywheel.ppo import PPOSettings, ValueModel, train_ppo
+    from flywheel.reward_model import RewardModel
+    from flywheel.scoring import Group, combine
+
+    pc = cfg.policy_update.ppo
+    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
+    if missing:
+        raise DataError(f"no {' or '.join(missing)} reward model yet: PPO scores with both; "
+                        "ingest comparisons of that criterion and retrain")
+    prompts = ensure_prompts(cfg, lake)
+    as_input = [{"messages": messages_of(p), "safety": p["criterion"] == "safety"}
+                for p in prompts]
+    train = [x for x, p in zip(as_input, prompts) if p["split"] == "train"]
+    heldout = [x for x, p in zip(as_input, prompts) if p["split"] == "heldout"]
+    start = _by_id(lake.rows("policies"))[policy_id]
+    path = policy_path(lake, start)
+    torch.manual_seed(pc.seed)
+    tok = load_tokenizer(path)
+    actor, reference = load_causal_lm(path, "float32"), load_causal_lm(path, "float32")
+    critic = ValueModel.from_causal_lm(actor)
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    rms = {k: RewardModel.load(lake.artifact_path("reward_models", rm_ids[k]))
+           for k in ("helpfulness", "safety")}
+
+    def score(batch, texts, _ids):
+        groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
+        help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
+        safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
+        return combine(groups, help_, safe)[0]
+
+    settings = PPOSettings(**{k: v for k, v in pc.model_dump().items()
+                              if k in PPOSettings.__dataclass_fields__})
+    out = train_ppo(actor, reference, critic, tok, train, score, settings, heldout,
+                    desc="ppo")
+    new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", pc.model_dump())
+    with tempfile.TemporaryDirectory() as tmp:
+        actor.config.dtype = "float32"
+        actor.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        uri = lake.put_artifact("policies", new_id, tmp, {"parent": policy_id})
+    metrics = {"reward": "WHITEN(LOGIT(R_c)) - beta * KL, per rollout batch",
+               "ppo_steps": out["steps"], "heldout": out["heldout"],
+               "best_step": out["best_step"], "scoring": vars(engine.stats)}
+    lake.write("policies", [{
+        "id": new_id, "iteration": iteration, "uri": uri, "parent_id": policy_id,
+        "method": "ppo", "reward_model_id": rm_ids["helpfulness"],
+        "safety_reward_model_id": rm_ids["safety"],
+        "training_data": json.dumps({"train_prompts": len(train), "heldout_prompts":
+                                     len(heldout), "settings": out["settings"]}),
+        "metrics": json.dumps(metrics),
+    }], {"reward_models": rm_ids})
+    return new_id
+
+
+def iteration_start(lake: Lake, policy: dict) -> dict:
+    """The policy an iteration's candidate started from: its nearest ancestor made in an
+    earlier iteration (rejection sampling then PPO make two policies in one iteration)."""
+    policies = _by_id(lake.rows("policies"))
+    current = policy
+    while current["parent_id"]:
+        current = policies[current["parent_id"]]
+        if current["iteration"] < policy["iteration"] or current["method"] == "base":
+            return current
+    return current
+
+
 # stage 5 -----------------------------------------------------------------------------------
 def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str) -> dict:
-    """Greedy answers of the candidate and its parent on held-out prompts, judged head to head."""
+    """Greedy answers of the candidate and the policy its iteration started from on held-out
+    prompts, judged head to head."""
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "heldout"]
     policies = _by_id(lake.rows("policies"))
     candidate = policies[candidate_id]
-    baseline = policies[candidate["parent_id"]]
+    baseline = iteration_start(lake, candidate)
     answers, rows_of = {}, {}
     for policy in (candidate, baseline):
         sampler = _sampler(cfg, policy_path(lake, policy))
@@ -257,19 +333,19 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
     old = judge.judge(texts, criteria, answers[baseline["id"]])
     return {"candidate": candidate["id"], "baseline": baseline["id"],
             **head_to_head(criteria, new, old),
-            **_reward_of_answers(cfg, lake, candidate, rows_of)}
+            **_reward_of_answers(cfg, lake, candidate, baseline, rows_of)}
 
 
-def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict,
+def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict, baseline: dict,
                        rows_of: dict[str, list[dict]]) -> dict:
-    """R_c of the candidate's and its parent's held-out answers under the reward models the
+    """R_c of the candidate's and its baseline's held-out answers under the reward models the
     candidate was trained with (both answers to a prompt scored as one group), for the
     before/after reward distributions of the report. Empty when the policy names none."""
     rm_ids = {"helpfulness": candidate.get("reward_model_id"),
               "safety": candidate.get("safety_reward_model_id")}
     if not all(rm_ids.values()):
         return {}
-    new, old = rows_of[candidate["id"]], rows_of[candidate["parent_id"]]
+    new, old = rows_of[candidate["id"]], rows_of[baseline["id"]]
     prompts = _by_id(lake.rows("prompts"))
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     raw = score_samples(lake, new + old, prompts, rm_ids, engine)

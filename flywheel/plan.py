@@ -11,8 +11,8 @@ from flywheel.errors import ConfigError
 from flywheel.lake import Lake
 from flywheel.review_round import default_round_id
 
-# policy-update methods, in the order an iteration runs them; PPO is the next one to build
-BUILT = {"rejection_sampling"}
+# policy-update methods, in the order an iteration runs them
+BUILT = {"rejection_sampling", "ppo"}
 
 
 def policy_update_methods(cfg: FlywheelConfig, iteration: int) -> list[str]:
@@ -34,14 +34,6 @@ def check_policy_update(cfg: FlywheelConfig, iteration: int) -> list[str]:
             "from policy_update.ppo_iterations to run rejection sampling alone"
         )
     return methods
-
-
-def ppo(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
-        policy_id: str) -> str:
-    """PPO on top of the rejection-sampled policy: not built yet."""
-    check_policy_update(cfg, iteration)
-    raise ConfigError(f"PPO is not built yet; remove {iteration} from "
-                      "policy_update.ppo_iterations")
 
 
 # human annotation ---------------------------------------------------------------------------

@@ -198,6 +198,9 @@ class Rollout:
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
+    """A prompt as text, chat messages, or a dict with its "messages"."""
+    if isinstance(prompt, dict):
+        prompt = prompt["messages"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -143,7 +143,11 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
     used = used_reward_models(lake, row)
     trained = sorted((r for r in rms.values() if r["iteration"] == it),
                      key=lambda r: r["criterion"])
-    pol_metrics = json.loads(pols.get(row["policy_out"], {}).get("metrics") or "{}")
+    out_policy = pols.get(row["policy_out"], {})
+    rs_policy = out_policy
+    if out_policy.get("method") == "ppo":  # rejection sampling made its parent
+        rs_policy = pols.get(out_policy.get("parent_id"), {})
+    pol_metrics = json.loads(rs_policy.get("metrics") or "{}")
     lines = [
         f"# Iteration {it}",
         "",
@@ -197,6 +201,8 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         *_histogram(pol_metrics.get("reward_best", [])),
         "```",
         "",
+        *ppo_markdown(json.loads(out_policy.get("metrics") or "{}")
+                      if out_policy.get("method") == "ppo" else {}),
         "## Stage wall time (s)",
         "",
         "| stage | seconds |",
@@ -215,6 +221,30 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"- lake: {lake.uri}",
     ]
     return "\n".join(lines) + "\n"
+
+
+PPO_COLUMNS = ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length")
+
+
+def ppo_markdown(metrics: dict) -> list[str]:
+    """The PPO section: one row per step, and the held-out evaluations; nothing without PPO."""
+    steps = metrics.get("ppo_steps")
+    if not steps:
+        return []
+    lines = ["## PPO", "",
+             "Per step: mean sequence score WHITEN(LOGIT(R_c)) of the rollouts, KL to the "
+             "rejection-sampled policy (summed over a response), entropy, share of clipped "
+             "tokens, value loss, response length in tokens.", "",
+             "| step | " + " | ".join(PPO_COLUMNS) + " |",
+             "|---|" + "---|" * len(PPO_COLUMNS),
+             *[f"| {st['step']} | " + " | ".join(_fmt(st.get(c)) for c in PPO_COLUMNS) + " |"
+               for st in steps], ""]
+    if metrics.get("heldout"):
+        evals = ", ".join(f"step {e['step']}: {_fmt(e['heldout_score'])}"
+                          for e in metrics["heldout"])
+        lines += [f"Held-out mean score: {evals}; kept the policy of step "
+                  f"{metrics.get('best_step')}.", ""]
+    return lines
 
 
 def artifact_report(lake: Lake, row: dict) -> str:

@@ -18,11 +18,13 @@ def rejection_sample(config: FlywheelConfig, iteration: int,
         return loop.rejection_sample(config, loop.open_lake(config), iteration, reward_model_ids)
 
 
-@task(name="ppo", cache_policy=stage_cache(plan.ppo))
+@task(name="ppo", cache_policy=stage_cache(loop.ppo_update))
 def ppo(config: FlywheelConfig, iteration: int, reward_model_ids: dict[str, str],
         policy_id: str) -> str:
-    """PPO on top of the rejection-sampled policy (not built yet: fails naming the setting)."""
-    return plan.ppo(config, loop.open_lake(config), iteration, reward_model_ids, policy_id)
+    """PPO on top of the rejection-sampled policy, against it as the KL reference."""
+    with training_progress(f"iteration-{iteration}"):
+        return loop.ppo_update(config, loop.open_lake(config), iteration, reward_model_ids,
+                               policy_id)
 
 
 def policy_update(config: FlywheelConfig, iteration: int,

@@ -94,23 +94,18 @@ def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
     assert requested["match"]["flywheel.lake"] == lake
 
 
-def test_policy_update_methods_and_the_ppo_hook(tiny_config):
+def test_policy_update_methods_follow_the_schedule(tiny_config):
     assert plan.check_policy_update(tiny_config, 1) == ["rejection_sampling"]
     tiny_config.policy_update.ppo_iterations = [2]
-    assert plan.policy_update_methods(tiny_config, 2) == ["rejection_sampling", "ppo"]
-    with pytest.raises(ConfigError, match="remove 2 from policy_update.ppo_iterations"):
-        plan.check_policy_update(tiny_config, 2)
+    assert plan.check_policy_update(tiny_config, 2) == ["rejection_sampling", "ppo"]
+    assert plan.check_policy_update(tiny_config, 3) == ["rejection_sampling"]
 
 
-def test_an_iteration_asking_for_ppo_stops_before_it_samples(prefect_server, tiny_config):
-    from flows.weekly import weekly_iteration
+def test_a_ppo_minibatch_larger_than_its_step_is_a_config_error():
+    from flywheel.config import validate_config
 
-    tiny_config.policy_update.ppo_iterations = [1]
-    state = weekly_iteration(tiny_config, 1, return_state=True)
-    assert state.is_failed()
-    with pytest.raises(ConfigError, match="ppo.*not built yet"):
-        state.result()
-    assert not Lake.open(tiny_config.lake).rows("samples")
+    with pytest.raises(ConfigError, match="minibatch .8. must not exceed prompts_per_step .4."):
+        validate_config({"policy_update": {"ppo": {"prompts_per_step": 4, "minibatch": 8}}})
 
 
 def test_awaited_batches_follow_the_batch_name(tiny_config):

@@ -105,3 +105,33 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     acc = json.loads(acc) if isinstance(acc, str) else acc
     assert {r["reward model"].split()[0] for r in acc} == {"helpfulness", "safety"}
     assert all({"test set", "significantly better", "avg", "pairs"} <= set(r) for r in acc)
+
+
+def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config):
+    from flows.weekly import weekly_iteration
+
+    tiny_config.policy_update.ppo_iterations = [1]
+    tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
+        "steps": 3, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
+        "learning_rate": 1e-4, "eval_every": 2})
+    result = weekly_iteration(tiny_config, 1)
+    lake = Lake.open(tiny_config.lake)
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    out = policies[result["policy_out"]]
+    assert out["method"] == "ppo" and out["iteration"] == 1
+    rs = policies[out["parent_id"]]
+    assert rs["method"] == "rejection_sampling"
+    # evaluated and gated against the policy the iteration started from, not the RS step
+    assert result["policy_in"] == rs["parent_id"] == policies[result["policy_in"]]["id"]
+    assert policies[result["policy_in"]]["method"] == "base"
+    metrics = json.loads(out["metrics"])
+    assert 1 <= len(metrics["ppo_steps"]) <= 3
+    for step in metrics["ppo_steps"]:
+        assert {"reward", "kl", "entropy", "clip_fraction", "value_loss",
+                "response_length"} <= set(step)
+    assert metrics["heldout"][0]["step"] == 0  # the start, before any update
+    assert lake.has_artifact("policies", out["id"])
+    text = open(result["report_uri"]).read()
+    assert "## PPO" in text and "| step | reward | kl |" in text
+    # rollouts were scored by both reward models through the engine
+    assert metrics["scoring"]["sequences"] > 0
