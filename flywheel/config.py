@@ -222,15 +222,57 @@ class PPOConfig(_Section):
         return self
 
 
-class PolicyUpdateConfig(_Section):
-    """How each iteration updates the policy: rejection sampling always; PPO on top of it in the
-    iterations listed (Llama 2 added PPO from RLHF-V5)."""
+class RRHFConfig(_Section):
+    """RRHF (flywheel/ppo.py: rrhf_loss) on the K scored samples per prompt that rejection
+    sampling also draws (`rejection_sampling.k`, `.temperature`): a ranking loss on
+    length-normalised log-probabilities plus fine-tuning on the best, in one pass."""
 
-    ppo_iterations: list[int] = Field(
-        [],
-        description="Iterations that run PPO after rejection sampling, e.g. [4, 5].",
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1, description="Prompts (each with its K samples) per "
+                            "optimizer step.")
+    ft_weight: float = Field(1.0, ge=0, description="Weight of the best sample's NLL.")
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+
+
+Method = Literal["rejection_sampling", "rrhf", "ppo"]
+# what one iteration may run: one sampling-based update from the iteration's start policy,
+# optionally PPO on top of it, or PPO alone
+METHOD_SEQUENCES = (["rejection_sampling"], ["rrhf"], ["ppo"], ["rejection_sampling", "ppo"],
+                    ["rrhf", "ppo"])
+
+
+class PolicyUpdateConfig(_Section):
+    """Which policy update runs in which iteration (Llama 2: rejection sampling alone for the
+    first iterations, then rejection sampling followed by PPO)."""
+
+    methods: list[Method] = Field(
+        ["rejection_sampling"],
+        description="The update of every iteration `schedule` does not name.",
+    )
+    schedule: dict[int, list[Method]] = Field(
+        {},
+        description="Iteration -> its update, e.g. {4: [rejection_sampling, ppo], "
+        "5: [rrhf]}.",
     )
     ppo: PPOConfig = PPOConfig()
+    rrhf: RRHFConfig = RRHFConfig()
+
+    @model_validator(mode="after")
+    def _known_sequences(self):
+        allowed = " | ".join(str(m) for m in METHOD_SEQUENCES)
+        for where, seq in [("methods", self.methods),
+                           *[(f"schedule[{k}]", v) for k, v in self.schedule.items()]]:
+            if list(seq) not in METHOD_SEQUENCES:
+                raise ValueError(f"{where} = {list(seq)} is not a policy update; use one of "
+                                 f"{allowed}")
+        if any(k < 1 for k in self.schedule):
+            raise ValueError("schedule keys are iterations, from 1")
+        return self
+
+    def for_iteration(self, iteration: int) -> list[str]:
+        return list(self.schedule.get(iteration, self.methods))
 
 
 class ScoringConfig(_Section):

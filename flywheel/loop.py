@@ -24,7 +24,7 @@ from flywheel.ingest import ingest_bytes
 from flywheel.judge import ProxyJudge
 from flywheel.lake import Lake
 from flywheel.pairs import write_delivery_jsonl
-from flywheel.policy import Candidate, best_of, finetune, gated_reward
+from flywheel.policy import Candidate, best_of, finetune, gated_reward, rrhf_finetune
 from flywheel.prompts import load_prompts, messages_of, user_text
 from flywheel.sampling import shared_sampler
 from flywheel.schemas import content_id
@@ -179,6 +179,33 @@ def reward_model_ids(results: dict[str, dict]) -> dict[str, str]:
 
 
 # stage 4 -----------------------------------------------------------------------------------
+def _require_both(rm_ids: dict[str, str], what: str) -> None:
+    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
+    if missing:
+        raise DataError(f"no {' or '.join(missing)} reward model yet: {what} scores with both; "
+                        "ingest comparisons of that criterion (flywheel ingest, or flywheel "
+                        "import of an open-source set) and retrain")
+
+
+def _scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+                    purpose: str):
+    """K samples per train prompt from the latest policy, scored by both reward models and
+    combined into Llama 2's R_c. Returns (latest policy, samples, their R_c, engine)."""
+    rs = cfg.rejection_sampling
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    latest = current_policy(cfg, lake)
+    sampler = _sampler(cfg, policy_path(lake, latest))
+    rows = _sample_rows(cfg, lake, latest, prompts, iteration, purpose, rs.k, rs.temperature,
+                        sampler)
+    by_prompt = _by_id(prompts)
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    raw = score_samples(lake, rows, by_prompt,
+                        {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
+    rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
+               for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
+    return latest, rows, rewards, engine
+
+
 def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                      rm_ids: dict[str, str]) -> str:
     """K samples per train prompt from the latest policy, scored by both reward models and
@@ -186,22 +213,8 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     score is below 0.15, else the helpfulness score); the best per prompt joins the pool of
     every earlier iteration's best; fine-tune on the pool."""
     rs = cfg.rejection_sampling
-    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
-    if missing:
-        raise DataError(f"no {' or '.join(missing)} reward model yet: rejection sampling scores "
-                        "with both; ingest comparisons of that criterion (flywheel ingest, or "
-                        "flywheel import of an open-source set) and retrain")
-    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
-    latest = current_policy(cfg, lake)
-    sampler = _sampler(cfg, policy_path(lake, latest))
-    rows = _sample_rows(cfg, lake, latest, prompts, iteration, "rejection", rs.k,
-                        rs.temperature, sampler)
-    by_prompt = _by_id(prompts)
-    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
-    raw = score_samples(lake, rows, by_prompt,
-                        {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
-    rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
-               for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
+    _require_both(rm_ids, "rejection sampling")
+    latest, rows, rewards, engine = _scored_samples(cfg, lake, iteration, rm_ids, "rejection")
     rm_id = rm_ids["helpfulness"]
     best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
                     for r, s in zip(rows, rewards)])
@@ -235,9 +248,45 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     return policy_id
 
 
+def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
+                rm_ids: dict[str, str]) -> str:
+    """RRHF from the latest policy: the K samples per train prompt that rejection sampling would
+    draw, scored the same way (R_c); one pass of ranking loss over each prompt's K samples plus
+    fine-tuning on its best. Returns the policy id."""
+    _require_both(rm_ids, "RRHF")
+    latest, rows, rewards, engine = _scored_samples(cfg, lake, iteration, rm_ids, "rrhf")
+    prompts = _by_id(lake.rows("prompts"))
+    groups: dict[str, tuple[list[dict], list[str], list[float]]] = {}
+    for r, reward in zip(rows, rewards):
+        g = groups.setdefault(r["prompt_id"], (messages_of(prompts[r["prompt_id"]]), [], []))
+        g[1].append(r["text"])
+        g[2].append(reward)
+    rc = cfg.policy_update.rrhf
+    policy_id = content_id("policy", iteration, latest["id"], rm_ids, "rrhf",
+                           sorted(r["id"] for r in rows), rc.model_dump())
+    with tempfile.TemporaryDirectory() as tmp:
+        ft = rrhf_finetune(policy_path(lake, latest), list(groups.values()), rc, tmp)
+        uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
+    metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
+               "scoring": vars(engine.stats), "reward_mean_all": statistics.fmean(rewards),
+               "reward_mean_best": statistics.fmean(max(g[2]) for g in groups.values()),
+               "reward_all": rewards, "rrhf": ft}
+    lake.write("policies", [{
+        "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
+        "method": "rrhf", "reward_model_id": rm_ids["helpfulness"],
+        "safety_reward_model_id": rm_ids["safety"],
+        "training_data": json.dumps({"samples": sorted(r["id"] for r in rows),
+                                     "k": cfg.rejection_sampling.k,
+                                     "temperature": cfg.rejection_sampling.temperature}),
+        "metrics": json.dumps(metrics),
+    }], {"reward_models": rm_ids})
+    return policy_id
+
+
 def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
-               policy_id: str) -> str:
-    """PPO on top of the iteration's rejection-sampled policy `policy_id`, which is also the
+               policy_id: str | None) -> str:
+    """PPO on top of the iteration's rejection-sampled policy `policy_id` (None: the latest
+    promoted policy), which is also the
     frozen reference of the KL penalty: rollouts on the train prompts, each scored by both
     reward models through the scoring engine and combined as WHITEN(LOGIT(R_c)) by the
     reward-combination kernel, minus beta x per-token KL; held-out prompts for early stopping.
@@ -250,10 +299,9 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     from flywheel.scoring import Group, combine
 
     pc = cfg.policy_update.ppo
-    missing = [k for k in ("helpfulness", "safety") if not rm_ids.get(k)]
-    if missing:
-        raise DataError(f"no {' or '.join(missing)} reward model yet: PPO scores with both; "
-                        "ingest comparisons of that criterion and retrain")
+    _require_both(rm_ids, "PPO")
+    if policy_id is None:  # PPO alone: from the latest policy
+        policy_id = current_policy(cfg, lake)["id"]
     prompts = ensure_prompts(cfg, lake)
     as_input = [{"messages": messages_of(p), "safety": p["criterion"] == "safety"}
                 for p in prompts]

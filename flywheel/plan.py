@@ -11,28 +11,18 @@ from flywheel.errors import ConfigError
 from flywheel.lake import Lake
 from flywheel.review_round import default_round_id
 
-# policy-update methods, in the order an iteration runs them
-BUILT = {"rejection_sampling", "ppo"}
-
 
 def policy_update_methods(cfg: FlywheelConfig, iteration: int) -> list[str]:
-    """Rejection sampling every iteration; PPO after it in `policy_update.ppo_iterations`."""
-    methods = ["rejection_sampling"]
-    if iteration in cfg.policy_update.ppo_iterations:
-        methods.append("ppo")
-    return methods
+    """The iteration's policy update, in order (policy_update.schedule, else .methods)."""
+    return cfg.policy_update.for_iteration(iteration)
 
 
 def check_policy_update(cfg: FlywheelConfig, iteration: int) -> list[str]:
-    """The iteration's methods, or a ConfigError before anything runs when one is not built."""
+    """The iteration's methods; the config's validation already refused unknown sequences."""
     methods = policy_update_methods(cfg, iteration)
-    missing = [m for m in methods if m not in BUILT]
-    if missing:
-        raise ConfigError(
-            f"iteration {iteration} asks for {', '.join(missing)} (policy_update.ppo_iterations "
-            f"= {cfg.policy_update.ppo_iterations}), which is not built yet; remove {iteration} "
-            "from policy_update.ppo_iterations to run rejection sampling alone"
-        )
+    if not methods:
+        raise ConfigError(f"iteration {iteration} has no policy update; set "
+                          "policy_update.methods")
     return methods
 
 

@@ -1,5 +1,5 @@
-"""The policy update: rejection sampling every iteration, PPO on top of it where the config asks
-(flywheel/plan.py says which)."""
+"""The policy update of an iteration: rejection sampling or RRHF from the iteration's start
+policy, and/or PPO on top (policy_update.methods and .schedule; flywheel/plan.py)."""
 
 from prefect import task
 
@@ -27,6 +27,13 @@ def ppo(config: FlywheelConfig, iteration: int, reward_model_ids: dict[str, str]
                                policy_id)
 
 
+@task(name="rrhf", cache_policy=stage_cache(loop.rrhf_update))
+def rrhf(config: FlywheelConfig, iteration: int, reward_model_ids: dict[str, str]) -> str:
+    """K scored samples per prompt; ranking loss plus fine-tuning on the best."""
+    with training_progress(f"iteration-{iteration}"):
+        return loop.rrhf_update(config, loop.open_lake(config), iteration, reward_model_ids)
+
+
 def policy_update(config: FlywheelConfig, iteration: int,
                   reward_model_ids: dict[str, str], stage=lambda t: t) -> str:
     """Each of the iteration's methods in turn, each on the policy the one before made; `stage`
@@ -35,6 +42,8 @@ def policy_update(config: FlywheelConfig, iteration: int,
     for method in plan.check_policy_update(config, iteration):
         if method == "rejection_sampling":
             candidate = stage(rejection_sample)(config, iteration, reward_model_ids)
+        elif method == "rrhf":
+            candidate = stage(rrhf)(config, iteration, reward_model_ids)
         else:
             candidate = stage(ppo)(config, iteration, reward_model_ids, candidate)
     return candidate

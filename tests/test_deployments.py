@@ -95,10 +95,22 @@ def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
 
 
 def test_policy_update_methods_follow_the_schedule(tiny_config):
+    from flywheel.config import validate_config
+
     assert plan.check_policy_update(tiny_config, 1) == ["rejection_sampling"]
-    tiny_config.policy_update.ppo_iterations = [2]
-    assert plan.check_policy_update(tiny_config, 2) == ["rejection_sampling", "ppo"]
-    assert plan.check_policy_update(tiny_config, 3) == ["rejection_sampling"]
+    cfg = validate_config({"policy_update": {
+        "schedule": {"2": ["rejection_sampling", "ppo"], 3: ["rrhf"]}}})
+    assert plan.check_policy_update(cfg, 2) == ["rejection_sampling", "ppo"]
+    assert plan.check_policy_update(cfg, 3) == ["rrhf"]
+    assert plan.check_policy_update(cfg, 4) == ["rejection_sampling"]
+
+
+def test_an_unknown_update_sequence_is_a_config_error():
+    from flywheel.config import validate_config
+
+    with pytest.raises(ConfigError, match=r"schedule\[2\] = \['ppo', 'rejection_sampling'\] "
+                       "is not a policy update"):
+        validate_config({"policy_update": {"schedule": {2: ["ppo", "rejection_sampling"]}}})
 
 
 def test_a_ppo_minibatch_larger_than_its_step_is_a_config_error():

@@ -110,7 +110,7 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
 def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config):
     from flows.weekly import weekly_iteration
 
-    tiny_config.policy_update.ppo_iterations = [1]
+    tiny_config.policy_update.schedule = {1: ["rejection_sampling", "ppo"]}
     tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
         "steps": 3, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
         "learning_rate": 1e-4, "eval_every": 2})
@@ -135,3 +135,20 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     assert "## PPO" in text and "| step | reward | kl |" in text
     # rollouts were scored by both reward models through the engine
     assert metrics["scoring"]["sequences"] > 0
+
+
+def test_an_iteration_with_rrhf(prefect_server, tiny_config):
+    from flows.weekly import weekly_iteration
+
+    tiny_config.policy_update.schedule = {1: ["rrhf"]}
+    tiny_config.policy_update.rrhf = tiny_config.policy_update.rrhf.model_copy(
+        update={"learning_rate": 1e-3, "batch_size": 2, "max_length": 64})
+    result = weekly_iteration(tiny_config, 1)
+    lake = Lake.open(tiny_config.lake)
+    out = {p["id"]: p for p in lake.rows("policies")}[result["policy_out"]]
+    assert out["method"] == "rrhf"
+    samples = [s for s in lake.rows("samples") if s["purpose"] == "rrhf"]
+    assert len(samples) == 4 * 2  # K=2 for each train prompt, scored by both reward models
+    assert len({s["id"] for s in samples} & {s["sample_id"] for s in lake.rows("scores")}) == 8
+    metrics = json.loads(out["metrics"])
+    assert metrics["rrhf"]["prompts"] == 4 and len(metrics["reward_all"]) == 8

@@ -47,3 +47,24 @@ def test_finetune_learns_the_pool(tiny_llama, tmp_path):
 
     with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_rrhf_ranks_the_best_sample_above_the_worst(tiny_llama, tmp_path):
+    from flywheel.config import RRHFConfig
+    from flywheel.policy import rrhf_finetune
+
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    good, bad, mid = "Rinse it and boil it.", "No.", "Rice is a grain."
+    groups = [(msgs, [bad, good, mid], [0.1, 0.9, 0.5])] * 2
+
+    def gap(path):  # per-token NLL of the worst minus that of the best: > 0 when ranked right
+        return _response_nll(path, msgs, bad) - _response_nll(path, msgs, good)
+
+    cfg = RRHFConfig(learning_rate=3e-3, epochs=6, batch_size=2, max_length=64)
+    before = gap(tiny_llama)
+    metrics = rrhf_finetune(tiny_llama, groups, cfg, tmp_path / "policy")
+    after = gap(str(tmp_path / "policy"))
+    assert after > before + 0.5, (before, after)
+    assert metrics["rank_loss_last"] < metrics["rank_loss_first"]
+    assert _response_nll(str(tmp_path / "policy"), msgs, good) < _response_nll(tiny_llama, msgs,
+                                                                               good)
