@@ -180,13 +180,32 @@ class RewardModelConfig(_Section):
 
 class RejectionSamplingConfig(_Section):
     k: int = Field(4, ge=2, description="Samples per prompt; the best by reward is kept.")
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (the fallback when "
+                               "temperature_grid is empty).")
+    temperature_grid: list[float] = Field(
+        [],
+        description="Re-tune the temperature each iteration: the grid value whose K samples on "
+        "the held-out prompts have the highest mean best-of-K reward R_c is used and recorded "
+        "(Llama 2: the best temperature drifts up, to about 1.2-1.3, as the policy improves). "
+        "Empty: always `temperature`.",
+    )
+    teacher: str | None = Field(
+        None,
+        description="Distillation: draw the K samples from this (larger) model instead of the "
+        "latest policy, and fine-tune the latest policy on the pool of its best.",
+    )
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=16)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if any(t <= 0 for t in self.temperature_grid):
+            raise ValueError("temperature_grid values must be > 0 (best-of-K needs sampling)")
+        return self
 
 
 class PPOConfig(_Section):

@@ -78,7 +78,7 @@ def previous_policy(lake: Lake, policy: dict) -> dict:
 
 
 def policy_path(lake: Lake, policy: dict) -> str:
-    if policy["method"] == "base":
+    if policy["method"] in ("base", "teacher"):
         return models.resolve(policy["uri"])
     return lake.artifact_path("policies", policy["id"])
 
@@ -187,23 +187,75 @@ def _require_both(rm_ids: dict[str, str], what: str) -> None:
                         "import of an open-source set) and retrain")
 
 
-def _scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
-                    purpose: str):
-    """K samples per train prompt from the latest policy, scored by both reward models and
-    combined into Llama 2's R_c. Returns (latest policy, samples, their R_c, engine)."""
-    rs = cfg.rejection_sampling
-    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
-    latest = current_policy(cfg, lake)
-    sampler = _sampler(cfg, policy_path(lake, latest))
-    rows = _sample_rows(cfg, lake, latest, prompts, iteration, purpose, rs.k, rs.temperature,
-                        sampler)
-    by_prompt = _by_id(prompts)
-    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
+    """Distillation: the model rejection sampling draws from, as a policy row of its own."""
+    name = cfg.rejection_sampling.teacher
+    if not name:
+        return None
+    models.resolve(name)  # fails early, naming the fix, when it cannot be loaded
+    row = {"id": content_id("policy", "teacher", name), "iteration": 0, "uri": name,
+           "parent_id": None, "method": "teacher", "reward_model_id": None,
+           "training_data": "{}", "metrics": "{}"}
+    lake.write("policies", [row], {"reason": "distillation teacher"})
+    return row
+
+
+def _best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[float], float]:
+    """R_c of each sample and the mean over prompts of the best one."""
     raw = score_samples(lake, rows, by_prompt,
                         {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
     rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
                for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
-    return latest, rows, rewards, engine
+    best: dict[str, float] = {}
+    for r, x in zip(rows, rewards):
+        best[r["prompt_id"]] = max(x, best.get(r["prompt_id"], -1.0))
+    return rewards, statistics.fmean(best.values()) if best else 0.0
+
+
+def tune_temperature(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+                     source: dict, sampler, engine) -> tuple[float, dict[str, float]]:
+    """The temperature of `rejection_sampling.temperature_grid` whose K samples on the held-out
+    prompts have the highest mean best-of-K R_c (ties: the lower temperature), with the mean of
+    each; the configured temperature and {} without a grid."""
+    rs = cfg.rejection_sampling
+    if not rs.temperature_grid:
+        return rs.temperature, {}
+    heldout = [p for p in ensure_prompts(cfg, lake) if p["split"] == "heldout"]
+    if not heldout:
+        raise DataError("rejection_sampling.temperature_grid is tuned on held-out prompts and "
+                        "the prompt set has none; add prompts with split heldout or empty the "
+                        "grid")
+    by_prompt = _by_id(heldout)
+    search = {}
+    for t in sorted(set(rs.temperature_grid)):
+        rows = _sample_rows(cfg, lake, source, heldout, iteration, "temperature-search", rs.k,
+                            t, sampler)
+        search[str(t)] = _best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine)[1]
+    best = max(sorted(set(rs.temperature_grid)), key=lambda t: search[str(t)])
+    return best, search
+
+
+def _scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+                    purpose: str):
+    """K samples per train prompt from the latest policy (or the distillation teacher), at the
+    configured or re-tuned temperature, scored by both reward models and combined into Llama 2's
+    R_c. Returns (latest policy, samples, their R_c, engine, what was sampled how)."""
+    rs = cfg.rejection_sampling
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    latest = current_policy(cfg, lake)
+    source = _teacher_policy(cfg, lake) or latest
+    sampler = _sampler(cfg, policy_path(lake, source))
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    temperature, search = tune_temperature(cfg, lake, iteration, rm_ids, source, sampler, engine)
+    rows = _sample_rows(cfg, lake, source, prompts, iteration, purpose, rs.k, temperature,
+                        sampler)
+    rewards, _ = _best_of_k_reward(cfg, lake, rows, _by_id(prompts), rm_ids, engine)
+    info = {"k": rs.k, "temperature": temperature, "sampled_by": source["id"]}
+    if search:
+        info["temperature_search"] = search
+    if source is not latest:
+        info["teacher"] = source["uri"]
+    return latest, rows, rewards, engine, info
 
 
 def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
@@ -214,7 +266,8 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     every earlier iteration's best; fine-tune on the pool."""
     rs = cfg.rejection_sampling
     _require_both(rm_ids, "rejection sampling")
-    latest, rows, rewards, engine = _scored_samples(cfg, lake, iteration, rm_ids, "rejection")
+    latest, rows, rewards, engine, info = _scored_samples(cfg, lake, iteration, rm_ids,
+                                                          "rejection")
     rm_id = rm_ids["helpfulness"]
     best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
                     for r, s in zip(rows, rewards)])
@@ -241,8 +294,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
         "method": "rejection_sampling", "reward_model_id": rm_id,
         "safety_reward_model_id": rm_ids["safety"],
         "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
-                                     "pool": pool_ids, "k": rs.k,
-                                     "temperature": rs.temperature}),
+                                     "pool": pool_ids, **info}),
         "metrics": json.dumps(metrics),
     }], {"reward_models": rm_ids})
     return policy_id
@@ -254,7 +306,7 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
     draw, scored the same way (R_c); one pass of ranking loss over each prompt's K samples plus
     fine-tuning on its best. Returns the policy id."""
     _require_both(rm_ids, "RRHF")
-    latest, rows, rewards, engine = _scored_samples(cfg, lake, iteration, rm_ids, "rrhf")
+    latest, rows, rewards, engine, info = _scored_samples(cfg, lake, iteration, rm_ids, "rrhf")
     prompts = _by_id(lake.rows("prompts"))
     groups: dict[str, tuple[list[dict], list[str], list[float]]] = {}
     for r, reward in zip(rows, rewards):
@@ -275,9 +327,7 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
         "method": "rrhf", "reward_model_id": rm_ids["helpfulness"],
         "safety_reward_model_id": rm_ids["safety"],
-        "training_data": json.dumps({"samples": sorted(r["id"] for r in rows),
-                                     "k": cfg.rejection_sampling.k,
-                                     "temperature": cfg.rejection_sampling.temperature}),
+        "training_data": json.dumps({"samples": sorted(r["id"] for r in rows), **info}),
         "metrics": json.dumps(metrics),
     }], {"reward_models": rm_ids})
     return policy_id

@@ -152,3 +152,46 @@ def test_an_iteration_with_rrhf(prefect_server, tiny_config):
     assert len({s["id"] for s in samples} & {s["sample_id"] for s in lake.rows("scores")}) == 8
     metrics = json.loads(out["metrics"])
     assert metrics["rrhf"]["prompts"] == 4 and len(metrics["reward_all"]) == 8
+
+
+def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(prefect_server,
+                                                                              tiny_config):
+    from flows.weekly import weekly_iteration
+
+    tiny_config.rejection_sampling.temperature_grid = [0.5, 1.5]
+    tiny_config.rejection_sampling.teacher = tiny_config.models.policy
+    result = weekly_iteration(tiny_config, 1)
+    lake = Lake.open(tiny_config.lake)
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    rs = policies[result["policy_out"]]
+    data = json.loads(rs["training_data"])
+    assert set(data["temperature_search"]) == {"0.5", "1.5"}
+    assert data["temperature"] == max((0.5, 1.5), key=lambda t: data["temperature_search"][
+        str(t)])
+    teacher = policies[data["sampled_by"]]
+    assert teacher["method"] == "teacher" and data["teacher"] == tiny_config.models.policy
+    # the student is the loop's policy: fine-tuned from the base, not from the teacher
+    assert policies[rs["parent_id"]]["method"] == "base"
+    samples = lake.rows("samples")
+    search = [s for s in samples if s["purpose"] == "temperature-search"]
+    assert len(search) == 2 * 2 * 2  # 2 temperatures x 2 held-out prompts x K=2
+    rejection = [s for s in samples if s["purpose"] == "rejection"]
+    assert {s["policy_id"] for s in rejection + search} == {teacher["id"]}
+    assert {json.loads(s["params"])["temperature"] for s in rejection} == {data["temperature"]}
+
+
+def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatch, tiny_config):
+    from flywheel import loop
+
+    means = {0.7: 0.4, 1.0: 0.6, 1.2: 0.6, 1.4: 0.5}
+    monkeypatch.setattr(loop, "ensure_prompts", lambda cfg, lake: [{"id": "p", "split":
+                                                                     "heldout"}])
+    monkeypatch.setattr(loop, "_sample_rows", lambda *a: [{"temperature": a[7]}])
+    monkeypatch.setattr(loop, "_best_of_k_reward",
+                        lambda cfg, lake, rows, *a: ([], means[rows[0]["temperature"]]))
+    tiny_config.rejection_sampling.temperature_grid = [1.4, 0.7, 1.2, 1.0]
+    t, search = loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
+    assert t == 1.0 and search == {"0.7": 0.4, "1.0": 0.6, "1.2": 0.6, "1.4": 0.5}
+    tiny_config.rejection_sampling.temperature_grid = []
+    assert loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None) == (
+        tiny_config.rejection_sampling.temperature, {})
