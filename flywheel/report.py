@@ -145,8 +145,9 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
                      key=lambda r: r["criterion"])
     out_policy = pols.get(row["policy_out"], {})
     rs_policy = out_policy
-    if out_policy.get("method") == "ppo":  # rejection sampling made its parent
-        rs_policy = pols.get(out_policy.get("parent_id"), {})
+    if out_policy.get("method") == "ppo":  # rejection sampling or RRHF made its parent,
+        parent = pols.get(out_policy.get("parent_id"), {})  # unless PPO ran alone
+        rs_policy = parent if parent.get("iteration") == out_policy.get("iteration") else {}
     pol_metrics = json.loads(rs_policy.get("metrics") or "{}")
     lines = [
         f"# Iteration {it}",
@@ -186,11 +187,13 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "models used:",
         "",
         table8_markdown(used),
+        "## RRHF rewards" if rs_policy.get("method") == "rrhf" else
         "## Rejection sampling rewards",
         "",
         f"Mean reward of all samples {_fmt(pol_metrics.get('reward_mean_all'))}, of the best per "
-        f"prompt {_fmt(pol_metrics.get('reward_mean_best'))}; pool of "
-        f"{pol_metrics.get('pool_size', 'n/a')} examples.",
+        f"prompt {_fmt(pol_metrics.get('reward_mean_best'))}"
+        + (f"; pool of {pol_metrics['pool_size']} examples." if "pool_size" in pol_metrics
+           else "."),
         "",
         "All samples:",
         "```",

@@ -152,6 +152,8 @@ def test_an_iteration_with_rrhf(prefect_server, tiny_config):
     assert len({s["id"] for s in samples} & {s["sample_id"] for s in lake.rows("scores")}) == 8
     metrics = json.loads(out["metrics"])
     assert metrics["rrhf"]["prompts"] == 4 and len(metrics["reward_all"]) == 8
+    text = open(result["report_uri"]).read()
+    assert "## RRHF rewards" in text and "pool of" not in text
 
 
 def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(prefect_server,
