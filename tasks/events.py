@@ -21,8 +21,9 @@ starts the weekly deployment now (its trigger in deployments/prefect.yaml): `fly
 sends it, and so can any system through a Prefect webhook.
 
 A worker's flow runs send heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY in the deployments' job
-variables); `ensure_crash_automation` marks a run Crashed when they stop while it runs (its
-machine or process died), which frees it to be retried; a server alone cannot tell.
+variables); `ensure_crash_automation` marks a run of those deployments (tag flywheel) Crashed
+when they stop while it runs (its machine or process died), which frees it to be retried; a
+server alone cannot tell.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ AWAITING_ROLE = "awaiting-iteration"
 RESUME_AUTOMATION = "flywheel-resume-iteration-on-batch-landed"
 ITERATION_REQUESTED = "flywheel.iteration.requested"
 CRASH_AUTOMATION = "flywheel-crash-unresponsive-runs"
+WATCHED_TAG = "prefect.tag.flywheel"  # the tag of every deployment in deployments/prefect.yaml
 # what ends a run's heartbeats without it being lost: a final state, or waiting (suspended runs
 # hold no process, paused ones wait in theirs)
 _HEARTBEAT_ENDS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
@@ -173,6 +175,9 @@ def ensure_crash_automation(unresponsive_after: int = 90) -> str:
     trigger = EventTrigger(
         after={"prefect.flow-run.heartbeat"}, expect=_HEARTBEAT_ENDS,
         match={"prefect.resource.id": ["prefect.flow-run.*"]},
+        # only runs of deployments/prefect.yaml (tagged flywheel), which beat every 30 s: other
+        # runs on the server beat at Prefect's default (every 180 s) and must not be crashed
+        match_related={"prefect.resource.role": "tag", "prefect.resource.id": WATCHED_TAG},
         for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
         within=timedelta(seconds=unresponsive_after))
     try:
@@ -180,7 +185,8 @@ def ensure_crash_automation(unresponsive_after: int = 90) -> str:
     except ValueError:  # none has the name
         current = None
     if current is not None and current.trigger.within == trigger.within \
-            and set(current.trigger.expect) == _HEARTBEAT_ENDS:
+            and set(current.trigger.expect) == _HEARTBEAT_ENDS \
+            and current.trigger.match_related == trigger.match_related:
         return "unchanged"
     automation = Automation(
         name=CRASH_AUTOMATION,

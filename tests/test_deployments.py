@@ -77,6 +77,7 @@ def test_weekly_schedule_concurrency_and_heavy_stages_on_the_gpu_pool(spec):
 
 def test_every_deployment_sends_heartbeats_for_the_crash_automation(spec):
     for d in spec["deployments"]:
+        assert "flywheel" in d["tags"], d["name"]  # what the automation watches
         beat = int(d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
         assert 30 <= beat < 60, d["name"]  # 60 s is the shortest --unresponsive-after
 
@@ -179,6 +180,11 @@ def test_crash_automation_is_created_once_and_follows_its_window(prefect_server)
     automation = Automation.read(name=CRASH_AUTOMATION)
     assert automation.trigger.within.total_seconds() == 120
     assert "prefect.flow-run.Suspended" in automation.trigger.expect
+    # only the flywheel's deployments beat every 30 s; other runs are not watched
+    related = automation.trigger.match_related
+    (related,) = related if isinstance(related, list) else [related]
+    assert related.model_dump() == {"prefect.resource.role": "tag",
+                                    "prefect.resource.id": "prefect.tag.flywheel"}
     assert automation.actions[0].state.value == "CRASHED"
 
 
