@@ -224,6 +224,10 @@ class PPOConfig(_Section):
     beta: float = Field(0.01, ge=0, description="KL penalty against the rejection-sampled "
                         "policy, per token.")
     clip: float = Field(0.2, gt=0, lt=1)
+    value_clip: float = Field(0.2, gt=0, description="How far a value may move from the "
+                              "rollout's in one update.")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     max_new_tokens: int = Field(64, ge=1)

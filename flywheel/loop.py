@@ -344,7 +344,7 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     import torch
 
     from flywheel.models import load_causal_lm, load_tokenizer
-    from flywheel.ppo import PPOSettings, ValueModel, train_ppo
+    from flywheel.ppo import ValueModel, train_ppo
     from flywheel.reward_model import RewardModel
     from flywheel.scoring import Group, combine
 
@@ -373,9 +373,7 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
         return combine(groups, help_, safe)[0]
 
-    settings = PPOSettings(**{k: v for k, v in pc.model_dump().items()
-                              if k in PPOSettings.__dataclass_fields__})
-    out = train_ppo(actor, reference, critic, tok, train, score, settings, heldout,
+    out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
                     desc="ppo")
     new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", pc.model_dump())
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,11 +29,12 @@ import copy
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from flywheel.config import PPOConfig
 from flywheel.errors import FlywheelError
 from flywheel.training import report_step
 from kernels.token_logprobs import token_logprobs
@@ -129,31 +130,6 @@ def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Ten
 
 
 # the trainer ------------------------------------------------------------------------------------
-@dataclass
-class PPOSettings:
-    """Llama 2's values where it gives them (AdamW 0.9/0.95, eps 1e-5, weight decay 0.1, clip
-    1.0, constant lr 1e-6, clip 0.2, 512 prompts a step, minibatch 64); the rest as commonly
-    used. Scale `prompts_per_step` and `minibatch` down together for small runs."""
-
-    steps: int = 20
-    prompts_per_step: int = 512
-    minibatch: int = 64
-    learning_rate: float = 1e-6
-    critic_learning_rate: float = 1e-5
-    beta: float = 0.01
-    clip: float = 0.2
-    value_clip: float = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    eval_every: int = 5
-    patience: int = 2
-    seed: int = 0
-
-
 class ValueModel(torch.nn.Module):
     """A backbone with a scalar per position: V(s_t) for the state before token t+1."""
 
@@ -247,7 +223,7 @@ def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
     return v[:, ro.prompt_width - 1: -1]
 
 
-def _optimizer(model, lr: float, s: PPOSettings):
+def _optimizer(model, lr: float, s: PPOConfig):
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5,
                              weight_decay=s.weight_decay)
 
@@ -257,7 +233,7 @@ ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
 
 
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
-              score_fn: ScoreFn, settings: PPOSettings, heldout: Sequence = (),
+              score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
               desc: str = "ppo") -> dict:
     """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
     (prompts, response texts, response token ids) -> [B] sequence scores. Returns {"steps":
@@ -357,4 +333,4 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     if best[2] is not None and evals and evals[-1]["heldout_score"] < best[0]:
         policy.load_state_dict(best[2])
     return {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
-            "settings": asdict(s)}
+            "settings": s.model_dump()}

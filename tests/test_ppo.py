@@ -112,9 +112,9 @@ def _learn(tiny_llama, steps=12):
 
     # 32 rollouts of 4 tokens a step, 4 minibatches of 8 (one gradient step each); the share of
     # target tokens starts near 1/4 (a random model), reaches about 0.8 in 12 steps
-    settings = ppo.PPOSettings(steps=steps, prompts_per_step=32, minibatch=8,
-                               learning_rate=3e-3, critic_learning_rate=1e-3, beta=0.05,
-                               max_new_tokens=4, eval_every=0)
+    settings = ppo.PPOConfig(steps=steps, prompts_per_step=32, minibatch=8,
+                             learning_rate=3e-3, critic_learning_rate=1e-3, beta=0.05,
+                             max_new_tokens=4, eval_every=0)
     return ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings)
 
 
