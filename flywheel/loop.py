@@ -415,21 +415,57 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
     policies = _by_id(lake.rows("policies"))
     candidate = policies[candidate_id]
     baseline = iteration_start(lake, candidate)
+    base = lineage_root(lake, candidate)
     answers, rows_of = {}, {}
-    for policy in (candidate, baseline):
-        sampler = _sampler(cfg, policy_path(lake, policy))
-        rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
-                            cfg.evaluation.temperature, sampler)
+    for policy in (candidate, baseline, base):
+        if policy["id"] in rows_of:
+            continue
+        rows = _earlier_answers(cfg, lake, policy, prompts)
+        if rows is None:
+            sampler = _sampler(cfg, policy_path(lake, policy))
+            rows = _sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
+                                cfg.evaluation.temperature, sampler)
         answers[policy["id"]] = [r["text"] for r in rows]
         rows_of[policy["id"]] = rows
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     texts = [user_text(p) for p in prompts]
     criteria = [p["criterion"] for p in prompts]
-    new = judge.judge(texts, criteria, answers[candidate["id"]])
-    old = judge.judge(texts, criteria, answers[baseline["id"]])
+    judged = {pid: judge.judge(texts, criteria, a) for pid, a in answers.items()}
+    new, old = judged[candidate["id"]], judged[baseline["id"]]
     return {"candidate": candidate["id"], "baseline": baseline["id"],
             **head_to_head(criteria, new, old),
+            "vs_base": {"base": base["id"],
+                        **head_to_head(criteria, new, judged[base["id"]])},
             **_reward_of_answers(cfg, lake, candidate, baseline, rows_of)}
+
+
+def lineage_root(lake: Lake, policy: dict) -> dict:
+    """The base policy a policy descends from."""
+    policies = _by_id(lake.rows("policies"))
+    while policy["parent_id"]:
+        policy = policies[policy["parent_id"]]
+    return policy
+
+
+def _earlier_answers(cfg: FlywheelConfig, lake: Lake, policy: dict,
+                     prompts: list[dict]) -> list[dict] | None:
+    """A policy's greedy held-out answers from an earlier evaluation with the same sampling
+    settings (the base policy is the baseline of every first iteration), in prompt order; None
+    unless every prompt has one. Sampled answers are never reused: they are draws."""
+    if cfg.evaluation.temperature != 0:
+        return None
+    s = cfg.sampling
+    want = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+            "n": 1, "backend": s.backend}
+    found = {}
+    for r in lake.rows("samples"):
+        if r["policy_id"] == policy["id"] and r["purpose"] == "evaluation":
+            params = json.loads(r["params"])
+            if all(params.get(k) == v for k, v in want.items()):
+                found.setdefault(r["prompt_id"], r)
+    if not all(p["id"] in found for p in prompts):
+        return None
+    return [found[p["id"]] for p in prompts]
 
 
 def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict, baseline: dict,

@@ -86,7 +86,7 @@ PLOTS = {  # file name (without .svg) -> caption
 
 
 RATE_COLUMNS = ("win rate", "win rate (helpful)", "harmful answered", "helpful refused",
-                "mean reward")
+                "mean reward", "helpful win rate vs base", "harmful answered by base")
 
 
 def plot_path(iteration: int, name: str) -> str:
@@ -105,7 +105,10 @@ def history_rows(lake: Lake, row: dict, metrics: dict) -> list[dict]:
                     "win rate": m.get("win_rate"), "win rate (helpful)": m.get("win_rate_helpful"),
                     "harmful answered": m.get("harmful_answered_new"),
                     "helpful refused": m.get("helpful_refused_new"),
-                    "mean reward": m.get("reward_mean_new")})
+                    "mean reward": m.get("reward_mean_new"),
+                    "helpful win rate vs base": m.get("vs_base", {}).get("win_rate_helpful"),
+                    "harmful answered by base": m.get("vs_base", {}).get(
+                        "harmful_answered_old")})
     return out
 
 
@@ -167,6 +170,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"| mean reward R_c on held-out answers | {_fmt(metrics.get('reward_mean_new'))} | "
         f"{_fmt(metrics.get('reward_mean_old'))} |",
         "",
+        *vs_base_markdown(metrics.get("vs_base")),
         "## Plots",
         "",
         *[f"![{PLOTS[name]}]({url})\n" for name, url in (images or {}).items()],
@@ -224,6 +228,20 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"- lake: {lake.uri}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def vs_base_markdown(vs: dict | None) -> list[str]:
+    """The candidate against the base policy the loop started from (the same greedy held-out
+    answers, judged head to head): how far the loop has come, not just this iteration."""
+    if not vs:
+        return []
+    return [
+        f"Against the base policy `{vs['base']}`: judge win rate {_fmt(vs['win_rate'])} "
+        f"(helpful prompts {_fmt(vs['win_rate_helpful'])}, harmful prompts "
+        f"{_fmt(vs['win_rate_harmful'])}); harmful prompts answered "
+        f"{_fmt(vs['harmful_answered_new'])} vs {_fmt(vs['harmful_answered_old'])} by the base; "
+        f"helpful prompts refused {_fmt(vs['helpful_refused_new'])} vs "
+        f"{_fmt(vs['helpful_refused_old'])}.", ""]
 
 
 PPO_COLUMNS = ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length")

@@ -28,9 +28,10 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     report = status(lake)
     counts = report["counts"]
     # 4 train prompts x (latest + previous) per iteration for annotation, K=2 each for
-    # rejection sampling, 2 held-out prompts x (candidate + baseline) for evaluation
+    # rejection sampling, 2 held-out prompts x (candidate + baseline) for evaluation, where
+    # iteration 2 reuses its baseline's greedy answers from iteration 1
     assert counts["prompts"] == 6
-    assert counts["samples"] == 2 * (4 * 2 + 4 * 2 + 2 * 2)
+    assert counts["samples"] == 2 * (4 * 2 + 4 * 2) + 2 * 2 + 2
     # a helpfulness and a safety reward model per iteration, both scoring every rejection
     # sample (4 prompts x K=2) and every held-out answer (2 prompts x candidate + baseline)
     assert counts["batches"] == 2 and counts["reward_models"] == 2 * 2
@@ -56,6 +57,10 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
         assert len(m["reward_new"]) == len(m["reward_old"]) == 2
         assert all(0 < r < 1 for r in m["reward_new"] + m["reward_old"])  # R_c is a sigmoid
         assert f"| mean reward R_c on held-out answers | {m['reward_mean_new']:.3f} |" in text
+        # every iteration is also judged against the base policy the loop started from
+        base = next(p["id"] for p in report["policies"] if p["method"] == "base")
+        assert m["vs_base"]["base"] == base and m["vs_base"]["prompts"] == 2
+        assert f"Against the base policy `{base}`: judge win rate" in text
         # the plots lie next to the report, which links them by relative path
         for name in ("reward-distribution", "reward-model-accuracy", "rates-across-iterations"):
             rel = f"iteration-{it['iteration']:04d}/{name}.svg"
@@ -64,6 +69,8 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
                 "<svg")
     # iteration 2's table of rates has a row per iteration so far
     assert "| 1 | " in text and "| 2 | " in text
+    first_m = report["iterations"][0]["metrics"]  # iteration 1 started from the base
+    assert first_m["vs_base"]["win_rate"] == first_m["win_rate"]
 
     async def runs_and_artifacts():
         async with get_client() as client:
