@@ -1,0 +1,121 @@
+"""What three demo iterations achieve: rejection sampling in iterations 1 and 2, rejection
+sampling then PPO in iteration 3 (deployments/demo.yaml's schedule), each candidate judged
+against its parent and against the base policy on the held-out prompts.
+
+    .venv/bin/python benchmarks/bench_demo_loop.py --run [--lake ./bench-demo-loop/lake]
+
+--run runs `flywheel demo --iterations 3 --fresh` into the lake first; without it the lake's
+recorded iterations are read. Writes benchmarks/results/demo_loop.md.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _machine import describe
+
+from flywheel.lake import Lake
+
+OUT = Path(__file__).parent / "results" / "demo_loop.md"
+CONFIG = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _method(policies: dict, policy_id: str) -> str:
+    chain, p = [], policies[policy_id]
+    it = p["iteration"]
+    while p and p["iteration"] == it and p["method"] != "base":
+        chain.append(p["method"])
+        p = policies.get(p["parent_id"])
+    return " then ".join(reversed(chain))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lake", default="./bench-demo-loop/lake")
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--run", action="store_true", help="run the demo first")
+    args = ap.parse_args()
+    wall = None
+    if args.run:
+        t0 = time.perf_counter()
+        exe = Path(sys.executable).with_name("flywheel")
+        subprocess.run([str(exe), "demo", "--config", str(CONFIG), "--iterations",
+                        str(args.iterations), "--fresh", "--lake", args.lake],
+                       check=True, start_new_session=True)
+        wall = time.perf_counter() - t0
+    lake = Lake.open(args.lake)
+    rows = sorted(lake.rows("iterations"), key=lambda r: r["iteration"])
+    if not rows:
+        sys.exit(f"no iterations in {args.lake}; pass --run")
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    lines = [
+        "# Three demo iterations: rejection sampling, then PPO",
+        "",
+        f"Machine: {describe()}. Config: deployments/demo.yaml (SmolLM2-135M-Instruct policy "
+        "and reward-model backbone, simulated annotator, 48 train and 16 held-out prompts, half "
+        "helpful and half harmful; K=4; iteration 3 runs rejection sampling then PPO).",
+        "Win rates are the proxy judge's on greedy held-out answers (ties count half): against "
+        "the policy the iteration started from, and against the base policy.",
+        "",
+        "| iteration | update | decision | win rate vs parent | helpful win rate vs parent "
+        "| helpful win rate vs base | harmful answered (candidate / base) | helpful refused "
+        "(candidate / base) | mean R_c (candidate / parent) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m = json.loads(r["metrics"])
+        vb = m.get("vs_base", {})
+        lines.append(
+            f"| {r['iteration']} | {_method(policies, r['policy_out'])} | "
+            f"{'promoted' if r['promoted'] else 'rolled back'} | {_f(m['win_rate'])} | "
+            f"{_f(m['win_rate_helpful'])} | {_f(vb.get('win_rate_helpful'))} | "
+            f"{_f(vb.get('harmful_answered_new'))} / {_f(vb.get('harmful_answered_old'))} | "
+            f"{_f(vb.get('helpful_refused_new'))} / {_f(vb.get('helpful_refused_old'))} | "
+            f"{_f(m.get('reward_mean_new'))} / {_f(m.get('reward_mean_old'))} | "
+            f"{sum(m['stage_seconds'].values()):.0f} |")
+    lines += ["", "Decisions: " + "; ".join(f"{r['iteration']}: {r['decision']}" for r in rows),
+              ""]
+    for r in rows:
+        out = policies[r["policy_out"]]
+        pm = json.loads(out.get("metrics") or "{}")
+        if out["method"] != "ppo":
+            continue
+        lines += [f"PPO in iteration {r['iteration']} (per step: mean sequence score, KL to the "
+                  "rejection-sampled policy, entropy, clip fraction, value loss, response "
+                  "length):", "",
+                  "| step | reward | kl | entropy | clip fraction | value loss | length |",
+                  "|---|---|---|---|---|---|---|"]
+        for st in pm["ppo_steps"]:
+            lines.append(f"| {st['step']} | {_f(st['reward'])} | {_f(st['kl'])} | "
+                         f"{_f(st['entropy'])} | {_f(st['clip_fraction'])} | "
+                         f"{_f(st['value_loss'])} | {st['response_length']:.1f} |")
+        lines += ["", "Held-out mean score: " + ", ".join(
+            f"step {e['step']}: {_f(e['heldout_score'])}" for e in pm["heldout"])
+            + f"; kept step {pm['best_step']}.", ""]
+        if "rollout_engine" in pm:
+            lines += [f"Rollouts: {pm['rollout_engine']}.", ""]
+    final = json.loads(rows[-1]["metrics"]).get("vs_base", {})
+    if final:
+        aim = (final["win_rate_helpful"] >= 0.6
+               and final["harmful_answered_new"] < final["harmful_answered_old"])
+        lines += [f"Final candidate against the base: helpful win rate "
+                  f"{_f(final['win_rate_helpful'])} (aim >= 0.600), harmful prompts answered "
+                  f"{_f(final['harmful_answered_new'])} vs {_f(final['harmful_answered_old'])} "
+                  f"(aim: fewer): **{'met' if aim else 'not met'}**.", ""]
+    if wall:
+        lines += [f"Whole `flywheel demo --iterations {args.iterations}` command: {wall:.0f} s "
+                  "(local Prefect server start included).", ""]
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
