@@ -99,8 +99,13 @@ def main():
         lines += ["", "Held-out mean score: " + ", ".join(
             f"step {e['step']}: {_f(e['heldout_score'])}" for e in pm["heldout"])
             + f"; kept step {pm['best_step']}.", ""]
-        if "rollout_engine" in pm:
-            lines += [f"Rollouts: {pm['rollout_engine']}.", ""]
+        ro = pm.get("rollouts") or {}
+        if ro.get("engine") == "vllm":
+            secs = ro["reload_seconds"] or [0.0]
+            lines += [f"Rollouts through vLLM with the weights reloaded in place after each "
+                      f"update: {ro['reloads']} reloads, mean {sum(secs) / len(secs):.2f} s, "
+                      f"max {max(secs):.2f} s; sampling {sum(ro['generate_seconds']):.1f} s "
+                      f"over {len(ro['generate_seconds'])} rollout batches.", ""]
     final = json.loads(rows[-1]["metrics"]).get("vs_base", {})
     if final:
         aim = (final["win_rate_helpful"] >= 0.6

@@ -373,8 +373,22 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
         return combine(groups, help_, safe)[0]
 
-    out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
-                    desc="ppo")
+    with tempfile.TemporaryDirectory() as scratch:
+        rollouts = None
+        if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's
+            from flywheel.ppo import VLLMRollouts
+            from flywheel.sampling import VLLMSampler
+
+            s = cfg.sampling
+            rollouts = VLLMRollouts(VLLMSampler(
+                path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed,
+                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True), tok, scratch)
+        try:
+            out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
+                            desc="ppo", rollouts=rollouts)
+        finally:
+            if rollouts is not None:
+                rollouts.sampler.close()
     new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", pc.model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         actor.config.dtype = "float32"
@@ -383,7 +397,8 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         uri = lake.put_artifact("policies", new_id, tmp, {"parent": policy_id})
     metrics = {"reward": "WHITEN(LOGIT(R_c)) - beta * KL, per rollout batch",
                "ppo_steps": out["steps"], "heldout": out["heldout"],
-               "best_step": out["best_step"], "scoring": vars(engine.stats)}
+               "best_step": out["best_step"], "scoring": vars(engine.stats),
+               "rollouts": out.get("rollouts", {"engine": "transformers"})}
     lake.write("policies", [{
         "id": new_id, "iteration": iteration, "uri": uri, "parent_id": policy_id,
         "method": "ppo", "reward_model_id": rm_ids["helpfulness"],

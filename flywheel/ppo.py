@@ -175,11 +175,8 @@ class Rollout:
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
     """A prompt as text, chat messages, or a dict with its "messages"."""
-    if isinstance(prompt, dict):
-        prompt = prompt["messages"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(_messages(prompt), tokenize=False,
+                                         add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -208,6 +205,75 @@ def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
     return Rollout(list(prompts), out, torch.cat([attention, mask], -1), mask, width)
 
 
+def _rollout_of(prompts: Sequence, prompt_ids: list[list[int]],
+                response_ids: list[list[int]], pad: int, eos: int) -> Rollout:
+    """A Rollout from token ids: prompts left-padded, responses right-padded, each response
+    masked up to and including its first end token."""
+    width = max(len(i) for i in prompt_ids)
+    length = max(1, max(len(r) for r in response_ids))
+    ids, att, mask = [], [], []
+    for p, r in zip(prompt_ids, response_ids):
+        end = next((j + 1 for j, t in enumerate(r) if t == eos), len(r))
+        r = r[:end]
+        ids.append([pad] * (width - len(p)) + p + r + [pad] * (length - len(r)))
+        mask.append([1] * len(r) + [0] * (length - len(r)))
+        att.append([0] * (width - len(p)) + [1] * len(p) + mask[-1])
+    return Rollout(list(prompts), torch.tensor(ids), torch.tensor(att), torch.tensor(mask),
+                   width)
+
+
+class VLLMRollouts:
+    """Rollouts sampled by a vLLM engine that follows the policy being trained (a
+    `VLLMSampler(..., weight_sync=True)`). `sync(policy)` writes the policy's weights as
+    safetensors to a scratch folder and has every engine worker reload them in place
+    (flywheel/vllm_worker.py; no engine restart), then drops the engine's prefix cache, whose
+    keys and values the old weights computed. Each reload's seconds are kept in
+    `reload_seconds`."""
+
+    def __init__(self, sampler, tokenizer, scratch: str):
+        self.sampler, self.tokenizer, self.scratch = sampler, tokenizer, scratch
+        self.reload_seconds: list[float] = []
+        self.generate_seconds: list[float] = []
+
+    def sync(self, policy) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        policy.save_pretrained(self.scratch, safe_serialization=True)
+        llm = self.sampler.llm
+        llm.collective_rpc("flywheel_reload_weights", args=(self.scratch,))
+        llm.reset_prefix_cache()
+        self.reload_seconds.append(time.perf_counter() - t0)
+
+    def __call__(self, prompts: Sequence, max_new_tokens: int, temperature: float) -> Rollout:
+        import time
+
+        from vllm import SamplingParams
+
+        from flywheel.sampling import render_prompts
+
+        t0 = time.perf_counter()
+        msgs = [_messages(p) for p in prompts]
+        params = SamplingParams(n=1, temperature=temperature, top_p=1.0,
+                                max_tokens=max_new_tokens)
+        outs = self.sampler.llm.generate(render_prompts(self.tokenizer, msgs), params,
+                                         use_tqdm=False)
+        tok = self.tokenizer
+        ro = _rollout_of(prompts, [list(o.prompt_token_ids) for o in outs],
+                         [list(o.outputs[0].token_ids) for o in outs], tok.pad_token_id,
+                         tok.eos_token_id)
+        self.generate_seconds.append(time.perf_counter() - t0)
+        return ro
+
+
+def _messages(prompt) -> list[dict]:
+    if isinstance(prompt, dict):
+        prompt = prompt["messages"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return prompt
+
+
 def response_logprobs(model, ro: Rollout, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs of the response tokens [b, R], their logits [b, R, V]) under `model`."""
     ids, att = ro.input_ids[rows], ro.attention[rows]
@@ -234,11 +300,12 @@ ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
 
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
               score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
-              desc: str = "ppo") -> dict:
+              desc: str = "ppo", rollouts: VLLMRollouts | None = None) -> dict:
     """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
-    (prompts, response texts, response token ids) -> [B] sequence scores. Returns {"steps":
-    per-step logs, "heldout": evaluations, "best_step"}; the policy ends at its best held-out
-    score."""
+    (prompts, response texts, response token ids) -> [B] sequence scores. `rollouts`: a vLLM
+    engine loaded with the policy's starting weights, synced after every update (None:
+    transformers generate on `policy`). Returns {"steps": per-step logs, "heldout":
+    evaluations, "best_step"}; the policy ends at its best held-out score."""
     s = settings
     if not prompts:
         raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
@@ -256,12 +323,22 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     logs, evals = [], []
     best = (-math.inf, 0, None)
     since_best = 0
+    stale = False  # the engine's weights lag the policy's
+
+    def sample(batch) -> Rollout:
+        nonlocal stale
+        if rollouts is None:
+            return rollout(policy, tokenizer, batch, s.max_new_tokens, s.temperature)
+        if stale:
+            rollouts.sync(policy)
+            stale = False
+        return rollouts(batch, s.max_new_tokens, s.temperature)
 
     def evaluate(step: int) -> bool:
         nonlocal best, since_best
         if not heldout:
             return False
-        ro = rollout(policy, tokenizer, heldout, s.max_new_tokens, s.temperature)
+        ro = sample(heldout)
         score = score_fn(list(heldout), ro.responses(tokenizer),
                          ro.response_ids()).float().mean().item()
         evals.append({"step": step, "heldout_score": score})
@@ -281,7 +358,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
                 order = list(range(len(prompts)))
                 rng.shuffle(order)
             batch.append(prompts[order.pop()])
-        ro = rollout(policy, tokenizer, batch, s.max_new_tokens, s.temperature)
+        ro = sample(batch)
         mask = ro.response_mask.float()
         with torch.no_grad():
             old_logp, _ = response_logprobs(policy, ro)
@@ -307,6 +384,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), s.grad_clip)
             actor_opt.step()
+            stale = True
             values = _values(critic, ro, idx)
             vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip)
             critic_opt.zero_grad(set_to_none=True)
@@ -332,5 +410,10 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     bar.close()
     if best[2] is not None and evals and evals[-1]["heldout_score"] < best[0]:
         policy.load_state_dict(best[2])
-    return {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
-            "settings": s.model_dump()}
+    out = {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
+           "settings": s.model_dump()}
+    if rollouts is not None:
+        out["rollouts"] = {"engine": "vllm", "reloads": len(rollouts.reload_seconds),
+                           "reload_seconds": rollouts.reload_seconds,
+                           "generate_seconds": rollouts.generate_seconds}
+    return out

@@ -260,6 +260,12 @@ def ppo_markdown(metrics: dict) -> list[str]:
              "|---|" + "---|" * len(PPO_COLUMNS),
              *[f"| {st['step']} | " + " | ".join(_fmt(st.get(c)) for c in PPO_COLUMNS) + " |"
                for st in steps], ""]
+    ro = metrics.get("rollouts") or {}
+    if ro.get("engine") == "vllm":
+        secs = ro.get("reload_seconds") or [0.0]
+        lines += [f"Rollouts sampled by vLLM, its weights reloaded in place after each update: "
+                  f"{ro['reloads']} reloads, {sum(secs) / len(secs):.2f} s each on average "
+                  f"(sampling {sum(ro.get('generate_seconds') or [0.0]):.1f} s in all).", ""]
     if metrics.get("heldout"):
         evals = ", ".join(f"step {e['step']}: {_fmt(e['heldout_score'])}"
                           for e in metrics["heldout"])

@@ -50,7 +50,9 @@ class VLLMSampler:
     backend = "vllm"
 
     def __init__(self, model_path: str, dtype="float32", max_model_len=1024, seed=0,
-                 tensor_parallel_size=1):
+                 tensor_parallel_size=1, weight_sync=False):
+        """`weight_sync`: the engine's workers can reload new weights in place
+        (flywheel/vllm_worker.py), for an engine that follows a model being trained."""
         # vLLM's CPU build: a 2 GiB KV cache is plenty at demo scale; and on a small machine do
         # not reserve a core for the scheduler (by default it does, which on 2 cores leaves the
         # model one: the demo model made 90 tokens/s on 32 prompts that way, 168 on 32 x 4
@@ -60,8 +62,11 @@ class VLLMSampler:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
+        extra = {"worker_extension_cls": "flywheel.vllm_worker.WeightSync"} if weight_sync \
+            else {}
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
-                       enforce_eager=True, seed=seed, tensor_parallel_size=tensor_parallel_size)
+                       enforce_eager=True, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                       **extra)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):

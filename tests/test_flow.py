@@ -3,6 +3,8 @@ models, the transformers sampling backend, a temporary lake."""
 
 import json
 
+import pytest
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -114,9 +116,14 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert all({"test set", "significantly better", "avg", "pairs"} <= set(r) for r in acc)
 
 
-def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config):
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config, backend):
     from flows.weekly import weekly_iteration
 
+    if backend == "vllm":  # every stage samples through vLLM; PPO's engine follows the actor
+        pytest.importorskip("vllm")
+        tiny_config.sampling.backend = "vllm"
+        tiny_config.sampling.max_model_len = 256
     tiny_config.policy_update.schedule = {1: ["rejection_sampling", "ppo"]}
     tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
         "steps": 3, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
@@ -142,6 +149,13 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     assert "## PPO" in text and "| step | reward | kl |" in text
     # rollouts were scored by both reward models through the engine
     assert metrics["scoring"]["sequences"] > 0
+    # with vLLM, the rollout engine reloads the actor's weights before sampling after an
+    # update: before step 2's rollouts and before the held-out evaluation after step 2 (step
+    # 3's rollouts then find it current)
+    assert metrics["rollouts"]["engine"] == backend
+    if backend == "vllm":
+        assert metrics["rollouts"]["reloads"] == (2 if len(metrics["ppo_steps"]) == 3 else 1)
+        assert "reloaded in place after each update" in text
 
 
 def test_an_iteration_with_rrhf(prefect_server, tiny_config):

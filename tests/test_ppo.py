@@ -95,7 +95,7 @@ PROMPTS = ["How do I cook rice?", "Name a colour.", "What is two plus two?",
            "How are you today?", "Tell me about tea."]
 
 
-def _learn(tiny_llama, steps=12):
+def _learn(tiny_llama, steps=12, engine=None):
     from flywheel.models import load_causal_lm, load_tokenizer
 
     torch.manual_seed(0)
@@ -115,7 +115,9 @@ def _learn(tiny_llama, steps=12):
     settings = ppo.PPOConfig(steps=steps, prompts_per_step=32, minibatch=8,
                              learning_rate=3e-3, critic_learning_rate=1e-3, beta=0.05,
                              max_new_tokens=4, eval_every=0)
-    return ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings)
+    rollouts = None if engine is None else ppo.VLLMRollouts(engine, tok, engine.scratch)
+    return ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+                         rollouts=rollouts)
 
 
 def test_ppo_raises_a_verifiable_reward_within_a_kl_bound(tiny_llama):
@@ -134,3 +136,36 @@ def test_a_flipped_advantage_sign_does_not_learn(tiny_llama, monkeypatch):
                                                          for i, x in enumerate(real(*a, **k))))
     rewards = [s["reward"] for s in _learn(tiny_llama)["steps"]]
     assert sum(rewards[-3:]) / 3 < sum(rewards[:3]) / 3, rewards
+
+
+def test_ppo_learns_from_vllm_rollouts_that_follow_the_updated_weights(tiny_llama, tmp_path):
+    """The rollouts come from a vLLM engine that reloads the actor's weights after every
+    update: the rollouts' reward can only rise if the engine samples the updated policy
+    (with the reload disabled it stays near the random model's 1/4)."""
+    pytest.importorskip("vllm")
+    from flywheel.sampling import VLLMSampler
+
+    engine = VLLMSampler(tiny_llama, dtype="float32", max_model_len=256, weight_sync=True)
+    engine.scratch = str(tmp_path / "weights")
+    try:
+        out = _learn(tiny_llama, engine=engine)
+    finally:
+        engine.close()
+    rewards = [s["reward"] for s in out["steps"]]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.25, rewards
+    assert all(s["kl"] < 8.0 for s in out["steps"]), [s["kl"] for s in out["steps"]]
+    info = out["rollouts"]
+    # no reload before the first rollout (the engine starts with the policy's weights), one
+    # before each later one
+    assert info["engine"] == "vllm" and info["reloads"] == len(rewards) - 1
+    assert all(t > 0 for t in info["reload_seconds"])
+
+
+def test_rollouts_from_token_ids_mask_after_the_end_token():
+    ro = ppo._rollout_of(["a", "b"], [[5, 6, 7], [8]], [[1, 2, 0, 3], [4]], pad=9, eos=0)
+    assert ro.prompt_width == 3
+    assert ro.input_ids.tolist() == [[5, 6, 7, 1, 2, 0, 9], [9, 9, 8, 4, 9, 9, 9]]
+    assert ro.response_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert ro.attention.tolist() == [[1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0]]
+    assert ro.response_ids() == [[1, 2, 0], [4]]
+    assert ro.positions[1].tolist()[2:4] == [0, 1]
