@@ -4,7 +4,6 @@ models, the transformers sampling backend, a temporary lake."""
 import json
 
 import pytest
-
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
