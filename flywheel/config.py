@@ -65,6 +65,14 @@ class SamplingConfig(_Section):
         description="vLLM: GPUs one policy is split across (a 70B policy: 8 on one node). The "
         "stage's worker must give it that many (the Kubernetes pool's gpu_count).",
     )
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="vLLM on a GPU: the share of the card's memory one engine takes (weights "
+        "and KV cache). A stage keeps up to two engines open and trains or scores on the same "
+        "card, so the default leaves it 40 %; on a CPU the KV cache is VLLM_CPU_KVCACHE_SPACE.",
+    )
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 
@@ -236,6 +244,12 @@ class PPOConfig(_Section):
     patience: int = Field(2, ge=1, description="Held-out evaluations without improvement "
                           "before stopping; the best policy seen is kept.")
     seed: int = 0
+    deepspeed: str | None = Field(
+        None,
+        description="Train actor and critic through DeepSpeed with this config (a JSON file, "
+        "or a name in infra/deepspeed/): ZeRO stage 0-2, which keep whole weights on each rank "
+        "for rollouts and the weight sync (zero2-cpu runs on a CPU). Empty: plain PyTorch.",
+    )
 
     @model_validator(mode="after")
     def _minibatch_fits(self):

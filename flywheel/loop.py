@@ -91,7 +91,8 @@ def next_iteration(lake: Lake) -> int:
 def _sampler(cfg: FlywheelConfig, path: str):
     s = cfg.sampling
     return shared_sampler(s.backend, path, s.dtype, s.max_model_len, s.seed,
-                          tensor_parallel_size=s.tensor_parallel_size)
+                          tensor_parallel_size=s.tensor_parallel_size,
+                          gpu_memory_utilization=s.gpu_memory_utilization)
 
 
 def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler):
@@ -343,6 +344,7 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     Saves the policy (parent: `policy_id`) with its per-step log. Returns its id."""
     import torch
 
+    from flywheel.devices import compute_device
     from flywheel.models import load_causal_lm, load_tokenizer
     from flywheel.ppo import ValueModel, train_ppo
     from flywheel.reward_model import RewardModel
@@ -361,7 +363,9 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     path = policy_path(lake, start)
     torch.manual_seed(pc.seed)
     tok = load_tokenizer(path)
-    actor, reference = load_causal_lm(path, "float32"), load_causal_lm(path, "float32")
+    device = compute_device()  # train_ppo moves reference and critic to the actor's device
+    actor = load_causal_lm(path, "float32").to(device)
+    reference = load_causal_lm(path, "float32")
     critic = ValueModel.from_causal_lm(actor)
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     rms = {k: RewardModel.load(lake.artifact_path("reward_models", rm_ids[k]))
@@ -382,7 +386,8 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
             s = cfg.sampling
             rollouts = VLLMRollouts(VLLMSampler(
                 path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed,
-                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True), tok, scratch)
+                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
+                gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
         try:
             out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
                             desc="ppo", rollouts=rollouts)

@@ -153,6 +153,73 @@ class ValueModel(torch.nn.Module):
         return self.head(hidden.float()).squeeze(-1)
 
 
+class _Updater:
+    """One model's optimizer: AdamW (0.9, 0.95, eps 1e-5, `weight_decay`) at a constant lr, the
+    gradient norm clipped to `grad_clip`, one step per minibatch; plain PyTorch, or a DeepSpeed
+    engine when `deepspeed` names a config (ZeRO stages 0-2: whole weights stay on each rank,
+    which the rollouts, the held-out snapshot and the vLLM weight sync read). `module` is what
+    to call forward on; `model` the underlying module."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, s: PPOConfig):
+        self.model = self.module = model
+        self.grad_clip = s.grad_clip
+        self.engine = None
+        if not s.deepspeed:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
+                                               eps=1e-5, weight_decay=s.weight_decay)
+            return
+        config = deepspeed_engine_config(s.deepspeed, lr, s)
+        self.engine = self.module = _deepspeed_initialize(model, config)
+        self.model = self.engine.module
+
+    def update(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()  # clip, optimizer step, zero the gradients
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+
+def _deepspeed_initialize(model: torch.nn.Module, config: dict):
+    """A DeepSpeed engine for `model` (a one-process group unless a launcher set one up)."""
+    from flywheel.errors import ConfigError
+    from flywheel.training import _single_process_env
+
+    try:
+        import deepspeed as ds
+    except ImportError as e:
+        raise ConfigError(f"policy_update.ppo.deepspeed is set but deepspeed is not importable "
+                          f"({e}): `pip install --no-build-isolation deepspeed` after torch, or "
+                          "clear it to train with plain PyTorch") from e
+    if not torch.distributed.is_initialized():
+        _single_process_env()
+        ds.init_distributed()
+    engine, *_ = ds.initialize(model=model, config=config, model_parameters=[
+        p for p in model.parameters() if p.requires_grad])
+    return engine
+
+
+def deepspeed_engine_config(name: str, lr: float, s: PPOConfig) -> dict:
+    """The DeepSpeed config `name` with PPO's optimizer: one micro-batch per step, AdamW
+    (0.9, 0.95, eps 1e-5, weight decay), gradient clipping `grad_clip`. ZeRO-3 is refused: it
+    partitions the weights that the rollouts and the weight sync read whole."""
+    from flywheel.errors import ConfigError
+    from flywheel.training import deepspeed_config
+
+    config = deepspeed_config(name, lr, 1)
+    stage = (config.get("zero_optimization") or {}).get("stage", 0)
+    if stage > 2:
+        raise ConfigError(f"policy_update.ppo.deepspeed {name!r} is ZeRO stage {stage}: PPO "
+                          "samples from and syncs whole weights, so use stage 2 or lower (e.g. "
+                          "zero2-cpu), or clear it to train actor and critic with PyTorch")
+    config["optimizer"]["params"].update(eps=1e-5, weight_decay=s.weight_decay)
+    config["gradient_clipping"] = s.grad_clip
+    return config
+
+
 @dataclass
 class Rollout:
     prompts: list
@@ -172,6 +239,10 @@ class Rollout:
     def responses(self, tokenizer) -> list[str]:
         return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.response_ids()]
 
+    def to(self, device) -> Rollout:
+        return Rollout(self.prompts, self.input_ids.to(device), self.attention.to(device),
+                       self.response_mask.to(device), self.prompt_width)
+
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
     """A prompt as text, chat messages, or a dict with its "messages"."""
@@ -188,8 +259,10 @@ def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(i) for i in ids)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
-    attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    device = next(policy.parameters()).device
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
+    attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids],
+                             device=device)
     was_training = policy.training
     policy.eval()
     out = policy.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
@@ -289,11 +362,6 @@ def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
     return v[:, ro.prompt_width - 1: -1]
 
 
-def _optimizer(model, lr: float, s: PPOConfig):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5,
-                             weight_decay=s.weight_decay)
-
-
 # (prompts, response texts, response token ids) -> [B] sequence scores
 ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
 
@@ -305,7 +373,10 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     (prompts, response texts, response token ids) -> [B] sequence scores. `rollouts`: a vLLM
     engine loaded with the policy's starting weights, synced after every update (None:
     transformers generate on `policy`). Returns {"steps": per-step logs, "heldout":
-    evaluations, "best_step"}; the policy ends at its best held-out score."""
+    evaluations, "best_step"}; the policy ends at its best held-out score.
+
+    Runs on the device `policy` is on (reference and critic are moved there); with
+    `settings.deepspeed`, actor and critic train through DeepSpeed engines."""
     s = settings
     if not prompts:
         raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
@@ -314,11 +385,14 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
                             f"({s.prompts_per_step}); lower the minibatch")
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
-    reference.eval()
+    device = next(policy.parameters()).device
+    reference.to(device).eval()
+    critic.to(device)
     for p in reference.parameters():
         p.requires_grad_(False)
-    actor_opt = _optimizer(policy, s.learning_rate, s)
-    critic_opt = _optimizer(critic, s.critic_learning_rate, s)
+    actor_opt = _Updater(policy, s.learning_rate, s)
+    critic_opt = _Updater(critic, s.critic_learning_rate, s)
+    actor, critic_fwd = actor_opt.module, critic_opt.module  # forward through these
     order: list[int] = []
     logs, evals = [], []
     best = (-math.inf, 0, None)
@@ -332,7 +406,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if stale:
             rollouts.sync(policy)
             stale = False
-        return rollouts(batch, s.max_new_tokens, s.temperature)
+        return rollouts(batch, s.max_new_tokens, s.temperature).to(device)
 
     def evaluate(step: int) -> bool:
         nonlocal best, since_best
@@ -361,11 +435,12 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         ro = sample(batch)
         mask = ro.response_mask.float()
         with torch.no_grad():
-            old_logp, _ = response_logprobs(policy, ro)
+            old_logp, _ = response_logprobs(actor, ro)
             ref_logp, _ = response_logprobs(reference, ro)
-            old_values = _values(critic, ro) * mask
+            old_values = _values(critic_fwd, ro) * mask
             kl = (old_logp - ref_logp) * mask
-            score = score_fn(batch, ro.responses(tokenizer), ro.response_ids()).float()
+            score = score_fn(batch, ro.responses(tokenizer),
+                             ro.response_ids()).float().to(device)
             rewards = token_rewards(score, kl, mask, s.beta)
             adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
             adv = whiten(adv, mask)
@@ -373,24 +448,18 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         rng.shuffle(rows)
         stats = []
         for m in range(0, len(rows), s.minibatch):
-            idx = torch.tensor(rows[m: m + s.minibatch])
+            idx = torch.tensor(rows[m: m + s.minibatch], device=device)
             mm = mask[idx]
-            logp, logits = response_logprobs(policy, ro, idx)
+            logp, logits = response_logprobs(actor, ro, idx)
             loss, st = policy_loss(logp, old_logp[idx], adv[idx], mm, s.clip)
             if not torch.isfinite(loss):
                 raise FlywheelError(f"PPO policy loss became {loss.item()} at step {step}; "
                                     f"lower the learning rate (now {s.learning_rate})")
-            actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), s.grad_clip)
-            actor_opt.step()
+            actor_opt.update(loss)
             stale = True
-            values = _values(critic, ro, idx)
+            values = _values(critic_fwd, ro, idx)
             vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip)
-            critic_opt.zero_grad(set_to_none=True)
-            vloss.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), s.grad_clip)
-            critic_opt.step()
+            critic_opt.update(vloss)
             with torch.no_grad():
                 st["entropy"] = entropy(logits, mm).item()
             st["value_loss"] = vloss.item()

@@ -50,7 +50,7 @@ class VLLMSampler:
     backend = "vllm"
 
     def __init__(self, model_path: str, dtype="float32", max_model_len=1024, seed=0,
-                 tensor_parallel_size=1, weight_sync=False):
+                 tensor_parallel_size=1, weight_sync=False, gpu_memory_utilization=0.3):
         """`weight_sync`: the engine's workers can reload new weights in place
         (flywheel/vllm_worker.py), for an engine that follows a model being trained."""
         # vLLM's CPU build: a 2 GiB KV cache is plenty at demo scale; and on a small machine do
@@ -66,7 +66,7 @@ class VLLMSampler:
             else {}
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=True, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       **extra)
+                       gpu_memory_utilization=gpu_memory_utilization, **extra)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
@@ -139,10 +139,11 @@ class HFSampler:
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int,
-                 tensor_parallel_size: int = 1):
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.3):
     if backend == "vllm":
         return VLLMSampler(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                           tensor_parallel_size=tensor_parallel_size)
+                           tensor_parallel_size=tensor_parallel_size,
+                           gpu_memory_utilization=gpu_memory_utilization)
     return HFSampler(model_path, dtype="float32", seed=seed)
 
 
@@ -150,7 +151,8 @@ _OPEN: OrderedDict[tuple, Sampler] = OrderedDict()
 
 
 def shared_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int,
-                   keep: int = 2, tensor_parallel_size: int = 1) -> Sampler:
+                   keep: int = 2, tensor_parallel_size: int = 1,
+                   gpu_memory_utilization: float = 0.3) -> Sampler:
     """A sampler kept open for the process's later stages. An iteration samples the latest
     policy in three stages and its parent in two; starting a vLLM engine costs about a minute
     on two CPU cores, so the `keep` most recently used engines stay open (a checkpoint never
@@ -162,7 +164,7 @@ def shared_sampler(backend: str, model_path: str, dtype: str, max_model_len: int
     while len(_OPEN) >= keep:
         _OPEN.popitem(last=False)[1].close()
     _OPEN[key] = make_sampler(backend, model_path, dtype, max_model_len, seed,
-                              tensor_parallel_size)
+                              tensor_parallel_size, gpu_memory_utilization)
     return _OPEN[key]
 
 

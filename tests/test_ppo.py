@@ -169,3 +169,47 @@ def test_rollouts_from_token_ids_mask_after_the_end_token():
     assert ro.attention.tolist() == [[1, 1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0, 0]]
     assert ro.response_ids() == [[1, 2, 0], [4]]
     assert ro.positions[1].tolist()[2:4] == [0, 1]
+
+
+def test_deepspeed_actor_and_critic_take_the_same_steps_as_pytorch(tiny_llama):
+    """ZeRO-2 (one process, on this CPU) for actor and critic: the same two PPO steps as plain
+    PyTorch, update for update (AdamW 0.9/0.95, eps 1e-5, weight decay, clipping)."""
+    pytest.importorskip("deepspeed")
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    def run(deepspeed):
+        torch.manual_seed(0)
+        tok = load_tokenizer(tiny_llama)
+        policy = load_causal_lm(tiny_llama, "float32")
+        reference = load_causal_lm(tiny_llama, "float32")
+        critic = ppo.ValueModel.from_causal_lm(policy)
+        settings = ppo.PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+                                 critic_learning_rate=1e-3, beta=0.05, max_new_tokens=4,
+                                 eval_every=0, grad_clip=0.5, deepspeed=deepspeed)
+        out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS,
+                            lambda p, r, ids: torch.tensor([len(i) / 4.0 for i in ids]),
+                            settings)
+        return out, policy, critic
+
+    plain, p_policy, p_critic = run(None)
+    ds, d_policy, d_critic = run("zero2-cpu")
+    for a, b in zip(plain["steps"], ds["steps"]):
+        for key in ("reward", "kl", "value_loss", "policy_loss", "clip_fraction"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    for (name, a), b in zip(p_policy.state_dict().items(), d_policy.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    moved = max((a - b).abs().max().item() for a, b in zip(
+        p_critic.state_dict().values(), d_critic.state_dict().values()))
+    assert moved < 1e-5
+    # and training moved the weights at all
+    from flywheel.models import load_causal_lm as fresh
+
+    start = fresh(tiny_llama, "float32").state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in p_policy.state_dict().items())
+
+
+def test_deepspeed_zero3_is_refused_for_ppo():
+    from flywheel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage 2 or lower"):
+        ppo.deepspeed_engine_config("zero3", 1e-6, ppo.PPOConfig())
