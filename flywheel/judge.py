@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flywheel.devices import compute_device, model_device
+
 REFUSAL_PATTERNS = re.compile(
     r"\b(i\s*(?:can(?:'|no)?t|cannot|can not|won'?t|will not|am not able to|'m not able to|"
     r"am unable to|'m unable to|must decline|do not feel comfortable|don'?t feel comfortable)"
@@ -56,11 +58,13 @@ class ProxyJudge:
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
-        self.model = AutoModel.from_pretrained(embedder_path).eval()
+        self.model = AutoModel.from_pretrained(embedder_path).to(compute_device()).eval()
         self.batch_size = batch_size
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm mean-pooled embeddings, one row per text, on the embedder's device."""
+        device = model_device(self.model)
         out = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(
@@ -69,12 +73,12 @@ class ProxyJudge:
                 truncation=True,
                 max_length=256,
                 return_tensors="pt",
-            )
+            ).to(device)
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.empty(0)
+        return torch.cat(out) if out else torch.empty(0, device=device)
 
     def judge(
         self, prompts: list[str], criteria: list[str], responses: list[str]

@@ -131,8 +131,12 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32"):
+def load_causal_lm(path: str, dtype: str = "float32", device=None):
+    """The checkpoint as a causal LM, read on the CPU and moved to `device` if one is given
+    (`flywheel.devices.compute_device()` for a model to train); without one it stays on the
+    CPU, for callers that place it themselves."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model if device is None else model.to(device)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
+from flywheel.devices import compute_device, model_device
 from flywheel.errors import FlywheelError
 from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
 
@@ -78,8 +79,9 @@ def finetune(
         raise FlywheelError("the rejection-sampling pool is empty: nothing to fine-tune on")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_path)
-    model = load_causal_lm(policy_path, "float32")
+    model = load_causal_lm(policy_path, "float32", compute_device())
     model.train()
+    device = model_device(model)
     data = [tokenize_sft(tok, m, r, cfg.max_length) for m, r in examples]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
     opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
@@ -94,9 +96,11 @@ def finetune(
             micro = batch[m : m + cfg.micro_batch_size]
             width = max(len(ids) for ids, _ in micro)
             pad = tok.pad_token_id
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro])
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro])
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro])
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro],
+                                  device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro],
+                                device=device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             # summed over the micro-batch, divided by the step's response tokens: every
@@ -145,8 +149,9 @@ def rrhf_finetune(policy_path: str, groups: list[tuple[list[dict], list[str], li
                             "rejection_sampling.k")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_path)
-    model = load_causal_lm(policy_path, "float32")
+    model = load_causal_lm(policy_path, "float32", compute_device())
     model.train()
+    device = model_device(model)
     data = [([tokenize_sft(tok, m, r, cfg.max_length) for r in responses], rewards)
             for m, responses, rewards in groups]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
@@ -160,16 +165,19 @@ def rrhf_finetune(policy_path: str, groups: list[tuple[list[dict], list[str], li
             encoded, rewards = data[i]
             width = max(len(ids) for ids, _ in encoded)
             pad = tok.pad_token_id
-            ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded])
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded])
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded])
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded],
+                                  device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded],
+                                device=device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
             keep = target != -100
             lp = token_logprobs(logits.reshape(-1, logits.shape[-1]),
                                 target.clamp(min=0).reshape(-1)).view(target.shape)
             loss, st = rrhf_loss((lp * keep).sum(-1), keep.sum(-1),
-                                 torch.tensor(rewards, dtype=torch.float32), cfg.ft_weight)
+                                 torch.tensor(rewards, dtype=torch.float32, device=device),
+                                 cfg.ft_weight)
             loss = loss / len(idx)
             if not torch.isfinite(loss):
                 raise FlywheelError(f"RRHF loss became {loss.item()}; lower "

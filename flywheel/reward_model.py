@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from flywheel.config import RewardModelConfig
+from flywheel.devices import compute_device, model_device
 from flywheel.errors import FlywheelError
 from flywheel.schemas import SAFETY_LABELS, STRENGTHS
 from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step
@@ -63,6 +64,8 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def from_backbone(cls, path: str) -> RewardModel:
+        """A fresh head on the checkpoint's backbone, on the CPU: the head's initial weights
+        then come from the CPU generator, the same whichever device the model moves to."""
         from transformers import AutoModel
 
         from flywheel.models import load_tokenizer
@@ -78,16 +81,19 @@ class RewardModel(torch.nn.Module):
         return model
 
     @classmethod
-    def load(cls, path: str) -> RewardModel:
+    def load(cls, path: str, device: torch.device | str | None = None) -> RewardModel:
+        """A saved reward model, in eval mode, read on the CPU and moved to `device` (default:
+        `compute_device()`, where it is scored)."""
         model = cls.from_backbone(path)
-        model.head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
-        return model.eval()
+        model.head.load_state_dict(load_file(str(Path(path) / "head.safetensors"), device="cpu"))
+        return model.to(compute_device() if device is None else device).eval()
 
     def save(self, path: str | Path, meta: dict) -> None:
         path = Path(path)
         self.backbone.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
+        # CPU copies: the file then loads anywhere, whatever device the model trained on
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(path / "head.safetensors"))
         (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
 
@@ -114,12 +120,14 @@ class RewardModel(torch.nn.Module):
         """Whole padded sequences, batch by batch: the simple path, kept as the reference the
         scoring engine (flywheel/scoring.py, which the loop uses) is tested against."""
         self.eval()
+        device = model_device(self)
         order = sorted(range(len(responses)), key=lambda i: len(responses[i]))
         out = [0.0] * len(responses)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             enc = self.encode([messages[j] for j in idx], [responses[j] for j in idx], max_length)
-            for j, r in zip(idx, self(enc["input_ids"], enc["attention_mask"]).tolist()):
+            rewards = self(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+            for j, r in zip(idx, rewards.tolist()):
                 out[j] = r
         return out
 
@@ -132,10 +140,13 @@ def train_reward_model(
         raise FlywheelError("no preference pairs to train the reward model on")
     torch.manual_seed(cfg.seed)
     model = RewardModel.from_backbone(backbone_path)
+    if not cfg.deepspeed:  # a DeepSpeed engine places the model on its local rank's device
+        model.to(compute_device())
     model.train()
     steps, warmup = plan_steps(len(pairs), cfg.batch_size, cfg.epochs)
     micro_steps = math.ceil(min(cfg.batch_size, len(pairs)) / cfg.micro_batch_size)
     stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
+    device = stepper.device
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step")
     for idx in epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed):
@@ -147,8 +158,10 @@ def train_reward_model(
             enc = model.encode([p.messages for p in micro] * 2,
                                [p.chosen for p in micro] + [p.rejected for p in micro],
                                cfg.max_length)
-            rewards = stepper.module(enc["input_ids"], enc["attention_mask"]).float()
-            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro])
+            rewards = stepper.module(enc["input_ids"].to(device),
+                                     enc["attention_mask"].to(device)).float()
+            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro],
+                                  device=device)
             loss = ranking_loss(rewards[:n], rewards[n:], margin)
             if not torch.isfinite(loss):
                 raise FlywheelError(
@@ -169,6 +182,7 @@ def train_reward_model(
     if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
         model = RewardModel.from_state(backbone_path, stepper.state_dict_for_save())
         del stepper
+        model.to(device)  # scored next, where it trained
     return model.eval(), {
         "steps": steps,
         "warmup_steps": warmup,

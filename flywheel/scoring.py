@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from flywheel.devices import model_device
 from flywheel.errors import FlywheelError
 from kernels.head_logprobs import head_logprobs
 from kernels.last_token import last_token_readout
@@ -85,7 +86,8 @@ def supports_prefix_reuse(backbone) -> bool:
         return known
     causal = False
     if "past_key_values" in inspect.signature(backbone.forward).parameters:
-        ids = torch.tensor([[1, 2, 3, 4, 5, 6]]) % backbone.config.vocab_size
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6]], device=model_device(backbone))
+        ids = ids % backbone.config.vocab_size
         with torch.no_grad():
             short = backbone(input_ids=ids[:, :3]).last_hidden_state
             long = backbone(input_ids=ids).last_hidden_state[:, :3]
@@ -110,15 +112,17 @@ def _deferred_norm(backbone, enabled: bool):
         backbone.norm = norm
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their 0/1 mask."""
+def _pad(seqs: list[list[int]], pad_id: int,
+         device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their 0/1 mask, on `device` (default: the CPU)."""
     width = max(len(s) for s in seqs)
+    # filled on the CPU, then copied over in one transfer rather than one per row
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def _chunks(items: list, cost, budget: int):
@@ -195,8 +199,10 @@ class ScoringEngine:
         """The prompts once (right-padded), then the rows' response tokens after a copy of
         their prompt's keys and values, in sub-batches of similar response length (a group's K
         responses vary widely). Yields (row positions, prompt hidden [G, P, d], response hidden
-        [n, R, d], response mask [n, R]) per sub-batch."""
-        p_ids, p_mask = _pad(prompts, pad_id)
+        [n, R, d], response mask [n, R]) per sub-batch. Every tensor is on the backbone's
+        device."""
+        device = model_device(backbone)
+        p_ids, p_mask = _pad(prompts, pad_id, device)
         out = backbone(input_ids=p_ids, attention_mask=p_mask, use_cache=True)
         cache = out.past_key_values
         self.stats.computed_tokens += p_ids.numel()
@@ -206,7 +212,7 @@ class ScoringEngine:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids) - rows[i].prefix)
         width = lambda sub: len(sub) * max(len(rows[i].ids) - rows[i].prefix for i in sub)  # noqa: E731
         for sub in _chunks(order, width, self.token_budget):
-            index = torch.tensor([owner[i] for i in sub], dtype=torch.long)
+            index = torch.tensor([owner[i] for i in sub], dtype=torch.long, device=device)
             if plain:  # each row a copy of its prompt's keys and values; the base stays intact
                 for x, (k, v) in zip(layers, base):
                     x.keys, x.values = k.index_select(0, index), v.index_select(0, index)
@@ -214,9 +220,9 @@ class ScoringEngine:
             else:
                 sub_cache = copy.deepcopy(cache)
                 sub_cache.reorder_cache(index)
-            r_ids, r_mask = _pad([rows[i].ids[rows[i].prefix:] for i in sub], pad_id)
-            lengths = torch.tensor([rows[i].prefix for i in sub], dtype=torch.long)
-            positions = lengths[:, None] + torch.arange(r_ids.shape[1])[None, :]
+            r_ids, r_mask = _pad([rows[i].ids[rows[i].prefix:] for i in sub], pad_id, device)
+            lengths = torch.tensor([rows[i].prefix for i in sub], dtype=torch.long, device=device)
+            positions = lengths[:, None] + torch.arange(r_ids.shape[1], device=device)[None, :]
             mask = torch.cat([p_mask[index], r_mask], dim=1)
             res = backbone(input_ids=r_ids, attention_mask=mask, position_ids=positions,
                            past_key_values=sub_cache, use_cache=True)
@@ -246,10 +252,12 @@ class ScoringEngine:
     # reward models -------------------------------------------------------------------------
     @torch.no_grad()
     def rewards(self, model, groups: list[Group], desc: str = "scoring") -> list[list[float]]:
-        """Raw scores of `model` (a RewardModel) for every response of every group."""
+        """Raw scores of `model` (a RewardModel) for every response of every group, computed
+        on the device the model is on."""
         start = time.perf_counter()
         model.eval()
         tok, backbone = model.tokenizer, model.backbone
+        device = model_device(model)
         reuse = self.reuse_prefix and supports_prefix_reuse(backbone)
         plan = self._plan(tok, groups, reuse)
         out = [[0.0] * len(g.responses) for g in groups]
@@ -266,7 +274,7 @@ class ScoringEngine:
                         [owner_pos[r.group] for r in rows]))
                     self.stats.reused_groups += len(gs)
                 else:
-                    ids, mask = _pad([r.ids for r in rows], pad_id)
+                    ids, mask = _pad([r.ids for r in rows], pad_id, device)
                     hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
                     self.stats.computed_tokens += ids.numel()
                     self.stats.whole_rows += len(rows)
@@ -293,12 +301,13 @@ class ScoringEngine:
     def reference_logprobs(self, lm, tokenizer, groups: list[Group],
                            desc: str = "reference log-probs") -> list[list[torch.Tensor]]:
         """Log-probabilities under the causal LM `lm` of each response's tokens given its prompt
-        (float32, one tensor per response), tokenized as rejection-sampling fine-tuning does:
-        the prompt with the generation prompt, then the rest of the conversation. A response is
-        cut to fit `max_length` after its prompt."""
+        (float32, one tensor per response, on `lm`'s device), tokenized as rejection-sampling
+        fine-tuning does: the prompt with the generation prompt, then the rest of the
+        conversation. A response is cut to fit `max_length` after its prompt."""
         start = time.perf_counter()
         lm.eval()
         backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+        device = model_device(lm)
         plan = _Plan()
         for g, grp in enumerate(groups):
             prompt = tokenizer.apply_chat_template(grp.messages, tokenize=False,
@@ -321,14 +330,14 @@ class ScoringEngine:
         for _, rows, gs in self._buckets(plan):
             owner_pos = {g: i for i, g in enumerate(gs)}
             owner = [owner_pos[r.group] for r in rows]
-            p_last = torch.tensor([len(plan.prompts[g]) - 1 for g in gs])
+            p_last = torch.tensor([len(plan.prompts[g]) - 1 for g in gs], device=device)
             for sub, p_hidden, r_hidden, r_mask in self._prefix_forward(
                     backbone, pad_id, [plan.prompts[g] for g in gs], rows, owner):
                 # the prompt's last state predicts response token 0, response state j token j+1
-                first = p_hidden[torch.tensor([owner[i] for i in sub]),
-                                 p_last[torch.tensor([owner[i] for i in sub])]]
+                owners = torch.tensor([owner[i] for i in sub], device=device)
+                first = p_hidden[owners, p_last[owners]]
                 hidden = torch.cat([first[:, None], r_hidden[:, :-1]], dim=1)
-                targets = _pad([rows[i].ids[rows[i].prefix:] for i in sub], 0)[0]
+                targets = _pad([rows[i].ids[rows[i].prefix:] for i in sub], 0, device)[0]
                 keep = r_mask.bool()
                 logp = head_logprobs(hidden[keep], head.weight, targets[keep])
                 for i, lp in zip(sub, logp.split(r_mask.sum(1).tolist())):
@@ -387,18 +396,22 @@ def combine(groups: list[Group], helpfulness: list[list[float]], safety: list[li
     """Llama 2's PPO reward for every response, flattened group by group, in one pass of the
     reward-combination kernel (kernels/reward_combine.py): returns (score, sequence reward,
     token rewards, token mask) where score = WHITEN(LOGIT(R_c)) over the batch. `kl` holds the
-    per-token KL estimates of each response (log pi - log pi_0); without it the KL is zero."""
-    r_h = torch.tensor([s for g in helpfulness for s in g], dtype=torch.float32)
-    r_s = torch.tensor([s for g in safety for s in g], dtype=torch.float32)
-    tags = torch.tensor([int(g.safety) for g in groups for _ in g.responses], dtype=torch.int32)
+    per-token KL estimates of each response (log pi - log pi_0); without it the KL is zero.
+    Everything is computed, and returned, on the device of the KL tensors (the policy's), else
+    on the CPU."""
     if kl is None:
         kl = [[torch.zeros(1) for _ in g.responses] for g in groups]
     flat = [t.float() for g in kl for t in g]
+    device = flat[0].device if flat else torch.device("cpu")
+    r_h = torch.tensor([s for g in helpfulness for s in g], dtype=torch.float32, device=device)
+    r_s = torch.tensor([s for g in safety for s in g], dtype=torch.float32, device=device)
+    tags = torch.tensor([int(g.safety) for g in groups for _ in g.responses], dtype=torch.int32,
+                        device=device)
     width = max(len(t) for t in flat) if flat else 1
-    kl_t = torch.zeros(len(flat), width)
-    mask = torch.zeros(len(flat), width, dtype=torch.int32)
-    for i, t in enumerate(flat):
+    kl_t = torch.zeros(len(flat), width, device=device)
+    lengths = torch.tensor([len(t) for t in flat], dtype=torch.long, device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).to(torch.int32)
+    for i, t in enumerate(flat):  # copies on the device: no transfer per row
         kl_t[i, : len(t)] = t
-        mask[i, : len(t)] = 1
     score, seq, tok = combine_rewards(r_h, r_s, tags, kl_t, mask, beta)
     return score, seq, tok, mask

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from flywheel.devices import model_device
 from flywheel.errors import ConfigError
 
 # Who hears of each optimizer step of the training loops (what, steps done, steps in all): the
@@ -103,6 +104,11 @@ class Stepper:
         """The learning rate the next step applies."""
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """Where `module` computes: the micro-batches' tensors go there."""
+        raise NotImplementedError
+
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
         """The model's full state dict, gathered from every partition if need be."""
         raise NotImplementedError
@@ -133,6 +139,10 @@ class TorchStepper(Stepper):
     def lr(self):
         return self.optimizer.param_groups[0]["lr"]
 
+    @property
+    def device(self):
+        return model_device(self.module)  # where the caller placed the model
+
     def state_dict_for_save(self):
         return self.module.state_dict()
 
@@ -160,6 +170,11 @@ class DeepSpeedStepper(Stepper):
     def lr(self):
         return self.engine.get_lr()[0]
 
+    @property
+    def device(self):
+        # the engine's local-rank device; under ZeRO-3 the module holds only empty shards
+        return self.engine.device
+
     def state_dict_for_save(self):
         """ZeRO-3 partitions the parameters: gather them into 16-bit weights (on rank 0; None on
         the other ranks; every rank must call this). Needs
@@ -175,6 +190,10 @@ def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, mic
     """A plain PyTorch stepper, or with `deepspeed` (a DeepSpeed JSON config: a path ending in
     .json, or a name in infra/deepspeed/) one through a DeepSpeed engine. `micro_steps` is the
     number of micro-batches of a full step; `steps` and `warmup` drive `lr_lambda`.
+
+    The plain stepper trains the model where the caller placed it (`compute_device()` for the
+    training loops); a DeepSpeed engine moves it to its local rank's device. Either way
+    `Stepper.device` says where the micro-batches go.
 
     The first DeepSpeed stepper of a process initialises torch.distributed (a one-process group
     unless a launcher set RANK, WORLD_SIZE, ...) and it stays so: DeepSpeed caches its groups,
