@@ -87,17 +87,17 @@ def main():
         pm = json.loads(out.get("metrics") or "{}")
         if out["method"] != "ppo":
             continue
-        lines += [f"PPO in iteration {r['iteration']} (per step: mean sequence score, KL to the "
-                  "rejection-sampled policy, entropy, clip fraction, value loss, response "
-                  "length):", "",
+        lines += [f"PPO in iteration {r['iteration']} (per step: mean reward R_c of the "
+                  "rollouts, KL to the rejection-sampled policy, entropy, clip fraction, value "
+                  "loss, response length):", "",
                   "| step | reward | kl | entropy | clip fraction | value loss | length |",
                   "|---|---|---|---|---|---|---|"]
         for st in pm["ppo_steps"]:
             lines.append(f"| {st['step']} | {_f(st['reward'])} | {_f(st['kl'])} | "
                          f"{_f(st['entropy'])} | {_f(st['clip_fraction'])} | "
                          f"{_f(st['value_loss'])} | {st['response_length']:.1f} |")
-        lines += ["", "Held-out mean score: " + ", ".join(
-            f"step {e['step']}: {_f(e['heldout_score'])}" for e in pm["heldout"])
+        lines += ["", "Held-out mean reward R_c: " + ", ".join(
+            f"step {e['step']}: {_f(e['heldout_reward'])}" for e in pm["heldout"])
             + f"; kept step {pm['best_step']}.", ""]
         ro = pm.get("rollouts") or {}
         if ro.get("engine") == "vllm":

@@ -375,7 +375,9 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
         help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
         safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
-        return combine(groups, help_, safe)[0]
+        # the update's score is whitened per batch; R_c itself is logged and early-stops
+        r_c = [gated_reward(h[0], s[0], g.safety) for g, h, s in zip(groups, help_, safe)]
+        return combine(groups, help_, safe)[0], torch.tensor(r_c)
 
     with tempfile.TemporaryDirectory() as scratch:
         rollouts = None
@@ -400,7 +402,8 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         actor.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         uri = lake.put_artifact("policies", new_id, tmp, {"parent": policy_id})
-    metrics = {"reward": "WHITEN(LOGIT(R_c)) - beta * KL, per rollout batch",
+    metrics = {"reward": "mean R_c of each step's rollouts (the update uses WHITEN(LOGIT(R_c)) "
+                         "- beta * KL); held-out: mean R_c of the held-out rollouts",
                "ppo_steps": out["steps"], "heldout": out["heldout"],
                "best_step": out["best_step"], "scoring": vars(engine.stats),
                "rollouts": out.get("rollouts", {"engine": "transformers"})}

@@ -362,15 +362,29 @@ def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
     return v[:, ro.prompt_width - 1: -1]
 
 
-# (prompts, response texts, response token ids) -> [B] sequence scores
-ScoreFn = Callable[[list, list[str], list[list[int]]], torch.Tensor]
+# (prompts, response texts, response token ids) -> [B] sequence scores, or ([B] scores, [B]
+# rewards): the scores drive the update, the rewards are logged and drive early stopping
+ScoreFn = Callable[[list, list[str], list[list[int]]],
+                   torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+def _scored(score_fn: ScoreFn, prompts, ro: Rollout, tokenizer) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """(scores, rewards) of a rollout batch. A batch-normalised score (the weekly loop's
+    WHITEN(LOGIT(R_c))) has mean 0 whatever the policy does, so it can neither be logged as
+    progress nor compare held-out evaluations; the reward it was made from can."""
+    out = score_fn(list(prompts), ro.responses(tokenizer), ro.response_ids())
+    score, reward = out if isinstance(out, tuple) else (out, out)
+    return score.float(), reward.float()
 
 
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
               score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
               desc: str = "ppo", rollouts: VLLMRollouts | None = None) -> dict:
     """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
-    (prompts, response texts, response token ids) -> [B] sequence scores. `rollouts`: a vLLM
+    (prompts, response texts, response token ids) -> [B] sequence scores, or (scores, rewards)
+    when the scores are normalised per batch (then the rewards are what is logged as "reward"
+    and what held-out evaluations compare). `rollouts`: a vLLM
     engine loaded with the policy's starting weights, synced after every update (None:
     transformers generate on `policy`). Returns {"steps": per-step logs, "heldout":
     evaluations, "best_step"}; the policy ends at its best held-out score.
@@ -413,9 +427,8 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if not heldout:
             return False
         ro = sample(heldout)
-        score = score_fn(list(heldout), ro.responses(tokenizer),
-                         ro.response_ids()).float().mean().item()
-        evals.append({"step": step, "heldout_score": score})
+        score = _scored(score_fn, heldout, ro, tokenizer)[1].mean().item()
+        evals.append({"step": step, "heldout_reward": score})
         if score > best[0]:
             best = (score, step, copy.deepcopy(policy.state_dict()))
             since_best = 0
@@ -439,8 +452,8 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
             ref_logp, _ = response_logprobs(reference, ro)
             old_values = _values(critic_fwd, ro) * mask
             kl = (old_logp - ref_logp) * mask
-            score = score_fn(batch, ro.responses(tokenizer),
-                             ro.response_ids()).float().to(device)
+            score, reward = _scored(score_fn, batch, ro, tokenizer)
+            score = score.to(device)
             rewards = token_rewards(score, kl, mask, s.beta)
             adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
             adv = whiten(adv, mask)
@@ -465,7 +478,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
             st["value_loss"] = vloss.item()
             st["policy_loss"] = loss.item()
             stats.append(st)
-        log = {"step": step, "reward": score.mean().item(),
+        log = {"step": step, "reward": reward.mean().item(),
                "kl": kl.sum(-1).mean().item(),
                "response_length": mask.sum(-1).mean().item()}
         for key in stats[0]:
@@ -477,7 +490,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if s.eval_every and step % s.eval_every == 0 and evaluate(step):
             break
     bar.close()
-    if best[2] is not None and evals and evals[-1]["heldout_score"] < best[0]:
+    if best[2] is not None and evals and evals[-1]["heldout_reward"] < best[0]:
         policy.load_state_dict(best[2])
     out = {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
            "settings": s.model_dump()}

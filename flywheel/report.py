@@ -253,9 +253,10 @@ def ppo_markdown(metrics: dict) -> list[str]:
     if not steps:
         return []
     lines = ["## PPO", "",
-             "Per step: mean sequence score WHITEN(LOGIT(R_c)) of the rollouts, KL to the "
-             "rejection-sampled policy (summed over a response), entropy, share of clipped "
-             "tokens, value loss, response length in tokens.", "",
+             "Per step: mean reward R_c of the rollouts (the update itself uses "
+             "WHITEN(LOGIT(R_c)) minus the KL penalty), KL to the rejection-sampled policy "
+             "(summed over a response), entropy, share of clipped tokens, value loss, response "
+             "length in tokens.", "",
              "| step | " + " | ".join(PPO_COLUMNS) + " |",
              "|---|" + "---|" * len(PPO_COLUMNS),
              *[f"| {st['step']} | " + " | ".join(_fmt(st.get(c)) for c in PPO_COLUMNS) + " |"
@@ -267,9 +268,9 @@ def ppo_markdown(metrics: dict) -> list[str]:
                   f"{ro['reloads']} reloads, {sum(secs) / len(secs):.2f} s each on average "
                   f"(sampling {sum(ro.get('generate_seconds') or [0.0]):.1f} s in all).", ""]
     if metrics.get("heldout"):
-        evals = ", ".join(f"step {e['step']}: {_fmt(e['heldout_score'])}"
+        evals = ", ".join(f"step {e['step']}: {_fmt(e['heldout_reward'])}"
                           for e in metrics["heldout"])
-        lines += [f"Held-out mean score: {evals}; kept the policy of step "
+        lines += [f"Held-out mean reward R_c: {evals}; kept the policy of step "
                   f"{metrics.get('best_step')}.", ""]
     return lines
 

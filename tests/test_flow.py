@@ -143,6 +143,10 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
         assert {"reward", "kl", "entropy", "clip_fraction", "value_loss",
                 "response_length"} <= set(step)
     assert metrics["heldout"][0]["step"] == 0  # the start, before any update
+    # logged and compared: the mean R_c (a sigmoid), not the whitened score (mean 0 by design)
+    for value in [st["reward"] for st in metrics["ppo_steps"]] + [
+            e["heldout_reward"] for e in metrics["heldout"]]:
+        assert 0.001 < value < 0.999, value
     assert lake.has_artifact("policies", out["id"])
     text = open(result["report_uri"]).read()
     assert "## PPO" in text and "| step | reward | kl |" in text

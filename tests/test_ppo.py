@@ -213,3 +213,32 @@ def test_deepspeed_zero3_is_refused_for_ppo():
 
     with pytest.raises(ConfigError, match="stage 2 or lower"):
         ppo.deepspeed_engine_config("zero3", 1e-6, ppo.PPOConfig())
+
+
+def test_a_batch_normalised_score_is_trained_on_but_the_reward_is_logged_and_compared(
+        tiny_llama):
+    """With (score, reward) from score_fn, the update uses the whitened score while the logs
+    and the held-out early stopping use the reward: a whitened score's mean is 0 every time."""
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_llama)
+    policy = load_causal_lm(tiny_llama, "float32")
+    reference = load_causal_lm(tiny_llama, "float32")
+    critic = ppo.ValueModel.from_causal_lm(policy)
+    target = {i for i in range(len(tok)) if i % 4 == 0}
+    seen = []
+
+    def score(prompts, responses, ids):
+        reward = torch.tensor([sum(i in target for i in x) / max(1, len(x)) for x in ids])
+        seen.append(reward.mean().item())
+        return ppo.whiten(reward), reward
+
+    settings = ppo.PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+                             max_new_tokens=4, eval_every=1, patience=5)
+    out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+                        heldout=PROMPTS[:4])
+    # calls: held-out at 0, step 1, held-out at 1, step 2, held-out at 2
+    assert [e["heldout_reward"] for e in out["heldout"]] == pytest.approx(seen[0::2])
+    assert [s["reward"] for s in out["steps"]] == pytest.approx(seen[1::2])
+    assert any(abs(v) > 0.05 for v in seen)  # a whitened mean would be ~0 every time
