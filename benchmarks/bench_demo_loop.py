@@ -36,6 +36,63 @@ def _method(policies: dict, policy_id: str) -> str:
     return " then ".join(reversed(chain))
 
 
+def selection_diagnosis(lake: Lake) -> list[str]:
+    """Where rejection sampling's signal stands: the proxy judge's mean score of the K samples
+    per train prompt, of the sample the reward models picked (max R_c), of the judge's own best
+    (best-of-K with a perfect reward model), and of the base policy's greedy held-out answers.
+    Fine-tuning on the pool can only beat greedy decoding if the picked samples do."""
+    from flywheel import models
+    from flywheel.judge import ProxyJudge
+    from flywheel.policy import gated_reward
+    from flywheel.prompts import user_text
+
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    criterion = {r["id"]: r["criterion"] for r in lake.rows("reward_models")}
+    raw: dict[str, dict[str, float]] = {}
+    for sc in lake.rows("scores"):
+        raw.setdefault(sc["sample_id"], {})[criterion[sc["reward_model_id"]]] = sc["score"]
+    samples = lake.rows("samples")
+    drawn = [r for r in samples if r["purpose"] == "rejection"]
+    greedy = [r for r in samples if r["purpose"] == "evaluation"
+              and policies[r["policy_id"]]["method"] == "base"]
+    judge = ProxyJudge(models.resolve("builtin:all-minilm-l6-v2"))
+
+    def judged(rows):
+        return [j.score for j in judge.judge(
+            [user_text(prompts[r["prompt_id"]]) for r in rows],
+            [prompts[r["prompt_id"]]["criterion"] for r in rows], [r["text"] for r in rows])]
+
+    score = dict(zip([r["id"] for r in drawn], judged(drawn)))
+    base = dict(zip([r["id"] for r in greedy], judged(greedy)))
+    groups: dict[tuple, list[dict]] = {}
+    for r in drawn:
+        groups.setdefault((r["iteration"], r["prompt_id"]), []).append(r)
+    lines = ["Rejection sampling's selection, judged (mean proxy-judge score per prompt; "
+             "train prompts, every iteration's K draws):", "",
+             "| prompts | mean of the K draws | reward models' pick | judge's own best of K "
+             "| base policy greedy (held-out) |", "|---|---|---|---|---|"]
+    for crit in ("helpfulness", "safety"):
+        mean, pick, best = [], [], []
+        for (_, pid), rows in groups.items():
+            if prompts[pid]["criterion"] != crit or not all(
+                    {"helpfulness", "safety"} <= set(raw.get(r["id"], {})) for r in rows):
+                continue
+            vals = [score[r["id"]] for r in rows]
+            r_c = [gated_reward(raw[r["id"]]["helpfulness"], raw[r["id"]]["safety"],
+                                crit == "safety") for r in rows]
+            mean.append(sum(vals) / len(vals))
+            pick.append(vals[max(range(len(rows)), key=r_c.__getitem__)])
+            best.append(max(vals))
+        g = [v for r, v in zip(greedy, base.values())
+             if prompts[r["prompt_id"]]["criterion"] == crit]
+        if mean:
+            lines.append(f"| {crit} (n={len(mean)}) | {_f(sum(mean) / len(mean))} | "
+                         f"{_f(sum(pick) / len(pick))} | {_f(sum(best) / len(best))} | "
+                         f"{_f(sum(g) / len(g)) if g else 'n/a'} |")
+    return lines + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lake", default="./bench-demo-loop/lake")
@@ -106,6 +163,7 @@ def main():
                       f"update: {ro['reloads']} reloads, mean {sum(secs) / len(secs):.2f} s, "
                       f"max {max(secs):.2f} s; sampling {sum(ro['generate_seconds']):.1f} s "
                       f"over {len(ro['generate_seconds'])} rollout batches.", ""]
+    lines += selection_diagnosis(lake)
     final = json.loads(rows[-1]["metrics"]).get("vs_base", {})
     if final:
         aim = (final["win_rate_helpful"] >= 0.6
