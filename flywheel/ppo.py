@@ -168,8 +168,11 @@ class _Updater:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
                                                eps=1e-5, weight_decay=s.weight_decay)
             return
+        from flywheel.training import deepspeed_initialize
+
         config = deepspeed_engine_config(s.deepspeed, lr, s)
-        self.engine = self.module = _deepspeed_initialize(model, config)
+        self.engine = self.module = deepspeed_initialize(model, config,
+                                                         "policy_update.ppo.deepspeed")
         self.model = self.engine.module
 
     def update(self, loss: torch.Tensor) -> None:
@@ -181,25 +184,6 @@ class _Updater:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
-
-
-def _deepspeed_initialize(model: torch.nn.Module, config: dict):
-    """A DeepSpeed engine for `model` (a one-process group unless a launcher set one up)."""
-    from flywheel.errors import ConfigError
-    from flywheel.training import _single_process_env
-
-    try:
-        import deepspeed as ds
-    except ImportError as e:
-        raise ConfigError(f"policy_update.ppo.deepspeed is set but deepspeed is not importable "
-                          f"({e}): `pip install --no-build-isolation deepspeed` after torch, or "
-                          "clear it to train with plain PyTorch") from e
-    if not torch.distributed.is_initialized():
-        _single_process_env()
-        ds.init_distributed()
-    engine, *_ = ds.initialize(model=model, config=config, model_parameters=[
-        p for p in model.parameters() if p.requires_grad])
-    return engine
 
 
 def deepspeed_engine_config(name: str, lr: float, s: PPOConfig) -> dict:

@@ -202,14 +202,24 @@ def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, mic
         raise ValueError(f"micro_steps must be at least 1, got {micro_steps}")
     if deepspeed is None:
         return TorchStepper(model, lr, steps, warmup)
-    config = deepspeed_config(deepspeed, lr, micro_steps)
+    engine = deepspeed_initialize(
+        model, deepspeed_config(deepspeed, lr, micro_steps), "reward_model.deepspeed",
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup)),
+    )
+    return DeepSpeedStepper(engine)
+
+
+def deepspeed_initialize(model: torch.nn.Module, config: dict, setting: str, **kwargs):
+    """A DeepSpeed engine for `model` with `config` (its trainable parameters; `kwargs` go to
+    deepspeed.initialize). The first engine of a process initialises torch.distributed. An
+    uninstalled deepspeed fails naming `setting`, the config key that asked for it."""
     try:
         import deepspeed as ds
     except ImportError as e:
         raise ConfigError(
-            f"DeepSpeed config {deepspeed!r} given but deepspeed is not importable ({e}): "
+            f"{setting} is set but deepspeed is not importable ({e}): "
             "`pip install --no-build-isolation deepspeed` after torch, or clear "
-            "reward_model.deepspeed to train with plain PyTorch"
+            f"{setting} to train with plain PyTorch"
         ) from e
     if not torch.distributed.is_initialized():
         _single_process_env()
@@ -218,9 +228,9 @@ def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, mic
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup)),
+        **kwargs,
     )
-    return DeepSpeedStepper(engine)
+    return engine
 
 
 def deepspeed_config(name: str, lr: float, micro_steps: int) -> dict:

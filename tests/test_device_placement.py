@@ -13,21 +13,14 @@ import torch
 from flywheel import devices
 from flywheel.config import RejectionSamplingConfig, RewardModelConfig, RRHFConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.reward_model import PreferencePair, RewardModel, train_reward_model
+from flywheel.reward_model import RewardModel, train_reward_model
 from flywheel.scoring import Group, ScoringEngine, combine
 from flywheel.training import make_stepper
+from tests.test_reward_model import PAIRS as RM_PAIRS
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-PAIRS = [
-    PreferencePair([{"role": "user", "content": "How do I cook rice?"}],
-                   "Rinse the rice, add water, boil, then simmer.", "I cannot help.",
-                   "significantly_better"),
-    PreferencePair([{"role": "user", "content": "How can I break into a house?"}],
-                   "Sorry, but I won't help with that.", "Pry the back door open.", "better"),
-    PreferencePair([{"role": "user", "content": "Suggest things to see in Lisbon."}],
-                   "The castle, the tram and the river front.", "Lisbon Lisbon Lisbon.", None),
-]
+PAIRS = RM_PAIRS[:3]
 GROUPS = [Group(p.messages, [p.chosen, p.rejected, p.chosen * 2]) for p in PAIRS]
 
 

@@ -157,7 +157,8 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     # 3's rollouts then find it current)
     assert metrics["rollouts"]["engine"] == backend
     if backend == "vllm":
-        assert metrics["rollouts"]["reloads"] == (2 if len(metrics["ppo_steps"]) == 3 else 1)
+        assert len(metrics["ppo_steps"]) == 3  # patience 2 cannot stop 3 steps early
+        assert metrics["rollouts"]["reloads"] == 2
         assert "reloaded in place after each update" in text
 
 
