@@ -53,6 +53,15 @@ class SamplingConfig(_Section):
         description="Annotation pairs: the latest policy samples at the first, the previous "
         "one at the second.",
     )
+    responses_per_policy: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Annotation: responses per train prompt from each of the latest and the "
+        "previous policy; every latest response is paired with every previous one (n x n "
+        "comparisons per prompt, as rankings of K responses give C(K, 2) comparisons). 1 is "
+        "Llama 2's one pair per prompt; raise it when the week has few prompts.",
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "float32",
         description="vLLM weights dtype. float32 on CPUs without AVX-512 BF16 (bfloat16 is "

@@ -332,13 +332,15 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
     """Accepted rows as `comparisons` rows, with their split; how many are new."""
     con.execute(f"""
       CREATE TEMP TABLE ok AS
-      SELECT c.row_index, c.cid, c.split_n,
+      SELECT c.row_index, c.cid, c.split_n, c.prompt_ref,
         e.id IS NULL OR e.delivery_id = $delivery AS is_new, e.split AS old_split,
         e.id IS NULL AND c.source_n = '{IN_HOUSE}' AND c.split_n IS NULL AS to_split
       FROM checked c LEFT JOIN comparisons e ON e.id = c.cid
       WHERE c.reason IS NULL
     """, {"delivery": delivery_id}).fetchall()
-    # in-house rows without a split: the lowest hashes are held out, up to the budget
+    # in-house rows without a split: held out up to the budget, whole prompts in the order of
+    # their hash (a prompt's comparisons share responses, so a test pair whose prompt is also
+    # trained on would overstate accuracy; only the prompt at the budget's edge is split)
     eligible, already_test, new_eligible = con.execute(f"""
       SELECT (SELECT count(*) FROM comparisons WHERE batch_id = $batch
                 AND source = '{IN_HOUSE}') +
@@ -353,7 +355,8 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
     # into a temporary table (1M rows of 900-character texts: 7 s of 15 before)
     rows = con.sql("""
       WITH test AS (
-        SELECT cid FROM ok WHERE to_split ORDER BY md5('split' || cid) LIMIT $budget
+        SELECT cid FROM ok WHERE to_split
+        ORDER BY md5('split' || prompt_ref), md5('split' || cid) LIMIT $budget
       )
       SELECT c.cid AS id, c.prompt_ref AS prompt_id, c.chosen_sample_id, c.rejected_sample_id,
         c.chosen_text, c.rejected_text, c.strength_n AS strength, c.criterion_n AS criterion,

@@ -118,19 +118,23 @@ def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature,
 
 # stage 1 -----------------------------------------------------------------------------------
 def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> list[list[str]]:
-    """Per train prompt, one response from the latest policy at the first temperature and one
-    from the previous policy at the second. Returns [latest sample id, previous sample id]
-    pairs."""
+    """Per train prompt, `sampling.responses_per_policy` responses from the latest policy at the
+    first temperature and as many from the previous policy at the second. Returns the
+    [latest sample id, previous sample id] pairs: every latest response of a prompt against
+    every previous one."""
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
     latest = current_policy(cfg, lake)
     previous = previous_policy(lake, latest)
     t_latest, t_prev = cfg.sampling.temperatures
+    n = cfg.sampling.responses_per_policy
     out = {}
     for role, policy, temp in (("latest", latest, t_latest), ("previous", previous, t_prev)):
         sampler = _sampler(cfg, policy_path(lake, policy))  # shared: one engine per policy
-        out[role] = _sample_rows(cfg, lake, policy, prompts, iteration, "annotation", 1, temp,
-                                 sampler)
-    return [[x["id"], y["id"]] for x, y in zip(out["latest"], out["previous"])]
+        rows = _sample_rows(cfg, lake, policy, prompts, iteration, "annotation", n, temp,
+                            sampler)
+        out[role] = [rows[i : i + n] for i in range(0, len(rows), n)]  # n rows per prompt
+    return [[x["id"], y["id"]] for mine, theirs in zip(out["latest"], out["previous"])
+            for x in mine for y in theirs]
 
 
 # stage 2 -----------------------------------------------------------------------------------
