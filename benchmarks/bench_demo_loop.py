@@ -36,6 +36,35 @@ def _method(policies: dict, policy_id: str) -> str:
     return " then ".join(reversed(chain))
 
 
+def _config_line() -> str:
+    from flywheel.config import load_config
+
+    c = load_config(str(CONFIG))
+    return (f"policy {c.models.policy}, reward-model backbone {c.models.reward_backbone}, "
+            f"simulated annotator, the 64 shipped prompts (48 train, 16 held-out, half helpful "
+            f"and half harmful), {c.sampling.responses_per_policy} x "
+            f"{c.sampling.responses_per_policy} comparisons per train prompt a week, reward "
+            f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}, "
+            f"rejection sampling best of K={c.rejection_sampling.k} at T="
+            f"{c.rejection_sampling.temperature:g}, schedule {c.policy_update.schedule}")
+
+
+def reward_model_table(lake: Lake) -> list[str]:
+    """Each iteration's reward models: pairs trained on, accuracy on the in-house test pairs
+    (whole held-out prompts), the gate's decision."""
+    lines = ["Reward models (accuracy on the in-house test pairs of every batch so far; a test "
+             "prompt's comparisons are all held out):", "",
+             "| iteration | criterion | pairs trained on | test accuracy (n) | decision |",
+             "|---|---|---|---|---|"]
+    for rm in sorted(lake.rows("reward_models"), key=lambda r: (r["iteration"], r["criterion"])):
+        m = json.loads(rm["metrics"] or "{}").get("in_house") or {}
+        total = json.loads(rm["data_mix"] or "{}").get("counts", {}).get("total")
+        acc = f"{_f(m.get('accuracy'))} ({m.get('n', 0)})" if m else "n/a"
+        lines.append(f"| {rm['iteration']} | {rm['criterion']} | {total} | {acc} | "
+                     f"{'promoted' if rm['promoted'] else 'kept the current one'} |")
+    return lines + [""]
+
+
 def selection_diagnosis(lake: Lake) -> list[str]:
     """Where rejection sampling's signal stands: the proxy judge's mean score of the K samples
     per train prompt, of the sample the reward models picked (max R_c), of the judge's own best
@@ -71,7 +100,7 @@ def selection_diagnosis(lake: Lake) -> list[str]:
     lines = ["Rejection sampling's selection, judged (mean proxy-judge score per prompt; "
              "train prompts, every iteration's K draws):", "",
              "| prompts | mean of the K draws | reward models' pick | judge's own best of K "
-             "| base policy greedy (held-out) |", "|---|---|---|---|---|"]
+             "| base policy greedy (held-out prompts) |", "|---|---|---|---|---|"]
     for crit in ("helpfulness", "safety"):
         mean, pick, best = [], [], []
         for (_, pid), rows in groups.items():
@@ -115,9 +144,7 @@ def main():
     lines = [
         "# Three demo iterations: rejection sampling, then PPO",
         "",
-        f"Machine: {describe()}. Config: deployments/demo.yaml (SmolLM2-135M-Instruct policy "
-        "and reward-model backbone, simulated annotator, 48 train and 16 held-out prompts, half "
-        "helpful and half harmful; K=4; iteration 3 runs rejection sampling then PPO).",
+        f"Machine: {describe()}. Config: deployments/demo.yaml ({_config_line()}).",
         "Win rates are the proxy judge's on greedy held-out answers (ties count half): against "
         "the policy the iteration started from, and against the base policy.",
         "",
@@ -163,6 +190,7 @@ def main():
                       f"update: {ro['reloads']} reloads, mean {sum(secs) / len(secs):.2f} s, "
                       f"max {max(secs):.2f} s; sampling {sum(ro['generate_seconds']):.1f} s "
                       f"over {len(ro['generate_seconds'])} rollout batches.", ""]
+    lines += reward_model_table(lake)
     lines += selection_diagnosis(lake)
     final = json.loads(rows[-1]["metrics"]).get("vs_base", {})
     if final:

@@ -146,6 +146,21 @@ def test_heldout_split_is_deterministic_and_capped(tmp_path):
     assert ro.accepted == 8 and ro.heldout == 0  # no strength needed, no held-out share
 
 
+def test_heldout_split_keeps_a_prompts_comparisons_together(tmp_path):
+    # 10 prompts x 4 comparisons that share responses, as n x n annotation pairs do: a test pair
+    # whose prompt and responses were trained on would overstate the reward model's accuracy
+    rows = [dict(BASE, prompt=f"Question {q}?", response_a=f"Answer {q}.{a}",
+                 response_b=f"Not {q}.{b}") for q in range(10) for a in range(2) for b in range(2)]
+    lake = _lake(tmp_path / "lake")
+    r = ingest_bytes(lake, _jsonl(rows), "b.jsonl", cfg=AnnotationConfig(heldout_fraction=0.2))
+    assert r.heldout == 8
+    splits: dict[str, set[str]] = {}
+    for c in lake.rows("comparisons"):
+        splits.setdefault(c["prompt_id"], set()).add(c["split"])
+    assert sorted(len(s) for s in splits.values()) == [1] * 10  # 8 = two whole prompts
+    assert sum(s == {"test"} for s in splits.values()) == 2
+
+
 def test_csv_parquet_and_gzip_deliveries_read_the_same(tmp_path):
     rows = _rows(6)
     lake = _lake(tmp_path / "lake")

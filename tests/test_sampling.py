@@ -1,6 +1,8 @@
 """Both sampling backends on a tiny real model. The vLLM test starts the real engine (its CPU
 build here): about a minute, most of it engine start-up."""
 
+import json
+
 import pytest
 
 from flywheel.sampling import HFSampler, VLLMSampler
@@ -54,3 +56,31 @@ def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_pat
     assert list(_OPEN) == [("transformers", str(other), "float32", 256, 0, 1)]
     close_samplers()
     assert not _OPEN
+
+
+def test_annotation_pairs_every_latest_response_with_every_previous_one(tiny_config):
+    from flywheel import loop
+    from flywheel.sampling import close_samplers
+
+    cfg = tiny_config.model_copy(update={"sampling": tiny_config.sampling.model_copy(
+        update={"responses_per_policy": 2, "temperatures": [0.7, 1.0]})})
+    lake = loop.open_lake(cfg)
+    try:
+        pairs = loop.sample_for_annotation(cfg, lake, 1)
+    finally:
+        close_samplers()
+    samples = {s["id"]: s for s in lake.rows("samples")}
+    train = [p["id"] for p in lake.rows("prompts") if p["split"] == "train"]
+    assert len(samples) == len(train) * 2 * 2  # 2 from each policy per train prompt
+    assert len(pairs) == len({tuple(p) for p in pairs}) == len(train) * 2 * 2  # 2 x 2 each
+    by_prompt: dict[str, list] = {}
+    for a, b in pairs:
+        sa, sb = samples[a], samples[b]
+        assert sa["prompt_id"] == sb["prompt_id"]
+        assert (json.loads(sa["params"])["temperature"],
+                json.loads(sb["params"])["temperature"]) == (0.7, 1.0)  # latest, previous
+        by_prompt.setdefault(sa["prompt_id"], []).append((a, b))
+    for got in by_prompt.values():
+        latest, previous = {a for a, _ in got}, {b for _, b in got}
+        assert len(latest) == len(previous) == 2
+        assert set(got) == {(a, b) for a in latest for b in previous}
