@@ -178,6 +178,15 @@ class RewardModelConfig(_Section):
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
     micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass.")
     max_length: int = Field(512, ge=16)
+    center_coefficient: float = Field(
+        0.0,
+        ge=0,
+        description="Adds coefficient x mean((r_chosen + r_rejected)^2) to the loss, so the "
+        "scores centre on 0 (reward centering, Eisenstein et al. 2023). The ranking loss fixes "
+        "only differences; R_c's safety gate reads the safety score's level (sigmoid < 0.15), "
+        "so a model trained on little data can drift low and take over helpful prompts. "
+        "Llama 2: 0.",
+    )
     seed: int = 0
     deepspeed: str | None = Field(
         None,

@@ -40,8 +40,14 @@ def margin_of(strength: str | None, table: str) -> float:
     return MARGINS[table][STRENGTHS.index(strength)]
 
 
-def ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor):
-    return -torch.nn.functional.logsigmoid(r_chosen - r_rejected - margin).mean()
+def ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor,
+                 center: float = 0.0):
+    """Llama 2's margin ranking loss, plus `center` x mean((r_chosen + r_rejected)^2) to keep
+    the scores centred on 0 (0: none, as Llama 2)."""
+    loss = -torch.nn.functional.logsigmoid(r_chosen - r_rejected - margin).mean()
+    if center:
+        loss = loss + center * (r_chosen + r_rejected).pow(2).mean()
+    return loss
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,8 @@ def train_reward_model(
                                      enc["attention_mask"].to(device)).float()
             margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro],
                                   device=device)
-            loss = ranking_loss(rewards[:n], rewards[n:], margin)
+            loss = ranking_loss(rewards[:n], rewards[n:], margin,
+                                cfg.center_coefficient)
             if not torch.isfinite(loss):
                 raise FlywheelError(
                     f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "

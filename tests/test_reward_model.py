@@ -36,6 +36,15 @@ def test_ranking_loss_hand_values():
     assert loss.item() == pytest.approx(0.81326, abs=1e-5)
 
 
+def test_ranking_loss_centering_term_hand_values():
+    """The pairs above sum to 2 and 1: mean((r_c + r_r)^2) = (4 + 1) / 2 = 2.5, times 0.1."""
+    args = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])
+    assert ranking_loss(*args, center=0.1).item() == pytest.approx(0.81326 + 0.25, abs=1e-5)
+    # a shift of every score changes only the centering term
+    shifted = ranking_loss(args[0] - 1.5, args[1] - 1.5, args[2], center=0.1).item()
+    assert shifted == pytest.approx(0.81326 + 0.1 * ((2 - 3) ** 2 + (1 - 3) ** 2) / 2, abs=1e-5)
+
+
 def test_last_token_index_left_and_right_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
     assert last_token_index(mask).tolist() == [2, 4, 0, 4]
@@ -96,6 +105,22 @@ def test_training_changes_every_parameter_and_raises_train_accuracy(tiny_llama, 
     again = RewardModel.load(str(tmp_path / "rm"))
     msgs, resp = [p.messages for p in PAIRS], [p.chosen for p in PAIRS]
     assert again.score(msgs, resp, 64) == pytest.approx(model.score(msgs, resp, 64), abs=1e-5)
+
+
+def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama):
+    def trained(center):
+        cfg = RewardModelConfig(learning_rate=2e-3, epochs=20, batch_size=4, micro_batch_size=2,
+                                max_length=64, center_coefficient=center)
+        model, _ = train_reward_model(tiny_llama, PAIRS, cfg)
+        msgs = [p.messages for p in PAIRS] * 2
+        scores = model.score(msgs, [p.chosen for p in PAIRS] + [p.rejected for p in PAIRS], 64)
+        return model, abs(sum(scores) / len(scores))
+
+    plain, plain_mean = trained(0.0)
+    centred, centred_mean = trained(1.0)
+    print(f"mean score: {plain_mean:.3f} plain, {centred_mean:.3f} centred")
+    assert centred_mean < 0.5 < 1.0 < plain_mean
+    assert accuracy(centred, PAIRS, 64)["accuracy"] == 1.0
 
 
 def test_nonfinite_loss_stops_with_a_diagnosis(tiny_llama, tmp_path):
