@@ -119,12 +119,14 @@ class AnnotationConfig(_Section):
         0.2,
         ge=0,
         lt=1,
-        description="Share of each in-house batch held out as its test split (small batches).",
+        description="Share of each in-house batch held out as its test split, per criterion, "
+        "whole prompts at a time (rounded half up; at least one row of a criterion trains).",
     )
     heldout_rows: int = Field(
         1000,
         ge=0,
-        description="At most this many rows of each in-house batch are held out (Llama 2: 1000).",
+        description="At most this many rows of each in-house batch and criterion are held out "
+        "(Llama 2: 1000).",
     )
     max_text_chars: int = Field(
         32000, ge=1, description="Ingest rejects prompts or responses longer than this."
@@ -219,6 +221,13 @@ class RejectionSamplingConfig(_Section):
         None,
         description="Distillation: draw the K samples from this (larger) model instead of the "
         "latest policy, and fine-tune the latest policy on the pool of its best.",
+    )
+    safety_preprompt: str | None = Field(
+        None,
+        description="Llama 2's targeted safety context distillation: on prompts tagged safety, "
+        "half of the K samples are drawn with this text as the system prompt. All K are scored "
+        "by the reward models on the prompt without it and the best joins the pool without it, "
+        "so a preprompted answer is kept only where the reward models prefer it.",
     )
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     epochs: int = Field(1, ge=1)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -332,31 +333,47 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
     """Accepted rows as `comparisons` rows, with their split; how many are new."""
     con.execute(f"""
       CREATE TEMP TABLE ok AS
-      SELECT c.row_index, c.cid, c.split_n, c.prompt_ref,
+      SELECT c.row_index, c.cid, c.split_n, c.prompt_ref, c.criterion_n,
         e.id IS NULL OR e.delivery_id = $delivery AS is_new, e.split AS old_split,
         e.id IS NULL AND c.source_n = '{IN_HOUSE}' AND c.split_n IS NULL AS to_split
       FROM checked c LEFT JOIN comparisons e ON e.id = c.cid
       WHERE c.reason IS NULL
     """, {"delivery": delivery_id}).fetchall()
-    # in-house rows without a split: held out up to the budget, whole prompts in the order of
-    # their hash (a prompt's comparisons share responses, so a test pair whose prompt is also
-    # trained on would overstate accuracy; only the prompt at the budget's edge is split)
-    eligible, already_test, new_eligible = con.execute(f"""
-      SELECT (SELECT count(*) FROM comparisons WHERE batch_id = $batch
-                AND source = '{IN_HOUSE}') +
-             (SELECT count(*) FROM ok WHERE to_split),
-             (SELECT count(*) FROM comparisons WHERE batch_id = $batch AND split = 'test'
-                AND source = '{IN_HOUSE}'),
-             (SELECT count(*) FROM ok WHERE to_split)
-    """, {"batch": batch_id}).fetchall()[0]
-    budget = min(cfg.heldout_rows, round(cfg.heldout_fraction * eligible)) - already_test
-    budget = max(0, min(budget, new_eligible))
+    # in-house rows without a split: held out up to the budget of each criterion (Llama 2
+    # tests each batch per criterion), whole prompts in the order of their hash (a prompt's
+    # comparisons share responses, so a test pair whose prompt is also trained on would
+    # overstate accuracy; only the prompt at the budget's edge is split)
+    counts = con.execute(f"""
+      WITH earlier AS (
+        SELECT criterion, count(*) AS n, count(*) FILTER (WHERE split = 'test') AS n_test
+        FROM comparisons WHERE batch_id = $batch AND source = '{IN_HOUSE}' GROUP BY criterion
+      ), fresh AS (
+        SELECT criterion_n AS criterion, count(*) AS n FROM ok WHERE to_split
+        GROUP BY criterion_n
+      )
+      SELECT f.criterion, f.n, coalesce(e.n, 0), coalesce(e.n_test, 0)
+      FROM fresh f LEFT JOIN earlier e USING (criterion)
+    """, {"batch": batch_id}).fetchall()
+    budgets = {}
+    for criterion, new_eligible, earlier, already_test in counts:
+        total = earlier + new_eligible  # half up, and at least one row of a criterion trains
+        target = min(cfg.heldout_rows, math.floor(cfg.heldout_fraction * total + 0.5), total - 1)
+        budgets[criterion] = max(0, min(target - already_test, new_eligible))
+    budget = sum(budgets.values())
+    con.execute("CREATE OR REPLACE TEMP TABLE budgets (criterion VARCHAR, budget BIGINT)")
+    if budgets:
+        con.executemany("INSERT INTO budgets VALUES (?, ?)", list(budgets.items()))
     # `ok` holds no texts: they stream from `checked` through the join, never copied or sorted
     # into a temporary table (1M rows of 900-character texts: 7 s of 15 before)
     rows = con.sql("""
-      WITH test AS (
-        SELECT cid FROM ok WHERE to_split
-        ORDER BY md5('split' || prompt_ref), md5('split' || cid) LIMIT $budget
+      WITH ranked AS (
+        SELECT cid, criterion_n, row_number() OVER (
+          PARTITION BY criterion_n
+          ORDER BY md5('split' || prompt_ref), md5('split' || cid)) AS k
+        FROM ok WHERE to_split
+      ), test AS (
+        SELECT cid FROM ranked JOIN budgets b ON b.criterion = ranked.criterion_n
+        WHERE k <= b.budget
       )
       SELECT c.cid AS id, c.prompt_ref AS prompt_id, c.chosen_sample_id, c.rejected_sample_id,
         c.chosen_text, c.rejected_text, c.strength_n AS strength, c.criterion_n AS criterion,
@@ -367,7 +384,7 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
         NULL::TIMESTAMPTZ AS created_at
       FROM checked c JOIN ok o USING (row_index) LEFT JOIN test t ON t.cid = c.cid
       ORDER BY c.row_index
-    """, params={"batch": batch_id, "delivery": delivery_id, "budget": budget}).to_arrow_table()
+    """, params={"batch": batch_id, "delivery": delivery_id}).to_arrow_table()
     new = con.execute("SELECT count(*) FROM ok WHERE is_new").fetchall()[0][0]
     heldout = con.execute(
         "SELECT count(*) FROM ok WHERE coalesce(old_split, split_n) = 'test'").fetchall()[0][0]

@@ -95,12 +95,19 @@ def _sampler(cfg: FlywheelConfig, path: str):
                           gpu_memory_utilization=s.gpu_memory_utilization)
 
 
-def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler):
+def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler,
+                 preprompt: str | None = None):
+    """n samples per prompt, written to `samples`. `preprompt`: drawn with it as the system
+    prompt (recorded in the params); the row still points at the prompt without it."""
     s = cfg.sampling
     params = {"backend": sampler.backend, "temperature": temperature, "top_p": s.top_p,
               "max_new_tokens": s.max_new_tokens, "seed": s.seed, "n": n}
-    gens = sampler.generate([messages_of(p) for p in prompts], n, temperature,
-                            s.max_new_tokens, s.top_p)
+    messages = [messages_of(p) for p in prompts]
+    if preprompt:
+        params["preprompt"] = preprompt
+        messages = [[{"role": "system", "content": preprompt}]
+                    + [m for m in ms if m["role"] != "system"] for ms in messages]
+    gens = sampler.generate(messages, n, temperature, s.max_new_tokens, s.top_p)
     rows = []
     for prompt, group in zip(prompts, gens):
         for k, g in enumerate(group):
@@ -252,10 +259,20 @@ def _scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dic
     sampler = _sampler(cfg, policy_path(lake, source))
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     temperature, search = tune_temperature(cfg, lake, iteration, rm_ids, source, sampler, engine)
-    rows = _sample_rows(cfg, lake, source, prompts, iteration, purpose, rs.k, temperature,
-                        sampler)
+    safety = [p for p in prompts if p["criterion"] == "safety"] if rs.safety_preprompt else []
+    k_pre = rs.k // 2 if safety else 0
+    plain = [p for p in prompts if p not in safety]
+    rows = []
+    for group, n, preprompt in ((plain, rs.k, None), (safety, rs.k - k_pre, None),
+                                (safety, k_pre, rs.safety_preprompt)):
+        if group and n:
+            rows += _sample_rows(cfg, lake, source, group, iteration, purpose, n, temperature,
+                                 sampler, preprompt)
     rewards, _ = _best_of_k_reward(cfg, lake, rows, _by_id(prompts), rm_ids, engine)
     info = {"k": rs.k, "temperature": temperature, "sampled_by": source["id"]}
+    if k_pre:
+        info["safety_preprompt"] = {"text": rs.safety_preprompt, "k": k_pre,
+                                    "prompts": len(safety)}
     if search:
         info["temperature_search"] = search
     if source is not latest:
@@ -294,6 +311,9 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,
                "pool_size": len(pool_ids), "finetune": ft}
+    if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
+        drawn_with = {r["id"] for r in rows if "preprompt" in json.loads(r["params"])}
+        metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())
     lake.write("policies", [{
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
         "method": "rejection_sampling", "reward_model_id": rm_id,

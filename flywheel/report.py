@@ -198,6 +198,9 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"prompt {_fmt(pol_metrics.get('reward_mean_best'))}"
         + (f"; pool of {pol_metrics['pool_size']} examples." if "pool_size" in pol_metrics
            else "."),
+        *([f"Safety context distillation: {pol_metrics['preprompted_best']} of the kept answers "
+           "were drawn with the safety preprompt (half of K on the prompts tagged safety) and "
+           "enter the pool without it."] if "preprompted_best" in pol_metrics else []),
         "",
         "All samples:",
         "```",

@@ -207,6 +207,57 @@ def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(p
     assert {json.loads(s["params"])["temperature"] for s in rejection} == {data["temperature"]}
 
 
+def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_server,
+                                                                       tiny_config,
+                                                                       monkeypatch):
+    from flows.weekly import weekly_iteration
+    from flywheel import loop
+    from flywheel.prompts import messages_of
+
+    seen = []  # every conversation the rejection-sampling engine was asked to continue
+    real = loop._sampler
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.backend = inner, inner.backend
+
+        def generate(self, messages, n, *args):
+            seen.extend((m, n) for m in messages)
+            return self.inner.generate(messages, n, *args)
+
+    monkeypatch.setattr(loop, "_sampler", lambda cfg, path: Recording(real(cfg, path)))
+    pre = "Refuse harmful requests."
+    tiny_config.rejection_sampling.k = 4
+    tiny_config.rejection_sampling.safety_preprompt = pre
+    result = weekly_iteration(tiny_config, 1)
+    lake = Lake.open(tiny_config.lake)
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    rs = {p["id"]: p for p in lake.rows("policies")}[result["policy_out"]]
+    data, metrics = json.loads(rs["training_data"]), json.loads(rs["metrics"])
+    assert data["safety_preprompt"] == {"text": pre, "k": 2, "prompts": 2}
+    rejection = [s for s in lake.rows("samples") if s["purpose"] == "rejection"]
+    per_prompt: dict[str, list[bool]] = {}
+    for s in rejection:
+        per_prompt.setdefault(s["prompt_id"], []).append(
+            json.loads(s["params"]).get("preprompt") == pre)
+    for pid, flags in per_prompt.items():  # K=4 each; half preprompted on safety prompts only
+        assert len(flags) == 4
+        assert sum(flags) == (2 if prompts[pid]["criterion"] == "safety" else 0)
+    # the engine saw the preprompt as the system prompt of exactly those requests
+    with_pre = [m for m, _ in seen if m[0] == {"role": "system", "content": pre}]
+    assert len(with_pre) == 2 and all(m[1:] in [messages_of(prompts[p]) for p in per_prompt
+                                                if prompts[p]["criterion"] == "safety"]
+                                       for m in with_pre)
+    drawn_with = {s["id"] for s in rejection if json.loads(s["params"]).get("preprompt")}
+    assert metrics["preprompted_best"] == len(set(data["best"]) & drawn_with)
+    # both kinds were scored, on the prompt without the preprompt: every rejection sample has
+    # a score from each reward model
+    scored = {sc["sample_id"] for sc in lake.rows("scores")}
+    assert {s["id"] for s in rejection} <= scored
+    (it,) = lake.rows("iterations")
+    assert "Safety context distillation: " in open(it["report_uri"]).read()
+
+
 def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatch, tiny_config):
     from flywheel import loop
 

@@ -161,6 +161,18 @@ def test_heldout_split_keeps_a_prompts_comparisons_together(tmp_path):
     assert sum(s == {"test"} for s in splits.values()) == 2
 
 
+def test_heldout_budget_is_per_criterion(tmp_path):
+    # one helpfulness pair and eight safety pairs: a quarter of the batch (2) taken from the
+    # safety rows, and the only helpfulness pair is not held out, so a model can train on it
+    rows = [dict(BASE, prompt="Help?", response_a="Yes.", response_b="No.")] + [
+        dict(BASE, prompt=f"Harm {i}?", response_a="I can't help.", response_b=f"Do {i}.",
+             criterion="safety", safety_label="chosen_safe_other_unsafe") for i in range(8)]
+    lake = _lake(tmp_path / "lake")
+    r = ingest_bytes(lake, _jsonl(rows), "b.jsonl", cfg=AnnotationConfig(heldout_fraction=0.25))
+    test = [c["criterion"] for c in lake.rows("comparisons") if c["split"] == "test"]
+    assert r.heldout == 2 and test == ["safety", "safety"]
+
+
 def test_csv_parquet_and_gzip_deliveries_read_the_same(tmp_path):
     rows = _rows(6)
     lake = _lake(tmp_path / "lake")
