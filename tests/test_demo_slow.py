@@ -1,4 +1,4 @@
-"""The full demo on the default models, as a user runs it (behind the `slow` marker: about 20
+"""The full demo on the default models, as a user runs it (behind the `slow` marker: about 30
 minutes on two CPU cores). Run with `make test-slow` or `pytest -m slow`."""
 
 import json
