@@ -225,7 +225,8 @@ class RejectionSamplingConfig(_Section):
     safety_preprompt: str | None = Field(
         None,
         description="Llama 2's targeted safety context distillation: on prompts tagged safety, "
-        "half of the K samples are drawn with this text as the system prompt. All K are scored "
+        "half of the K samples are drawn with this text as the system prompt (in place of the "
+        "prompt's own, if it has one). All K are scored "
         "by the reward models on the prompt without it and the best joins the pool without it, "
         "so a preprompted answer is kept only where the reward models prefer it.",
     )
