@@ -62,6 +62,15 @@ class SamplingConfig(_Section):
         "comparisons per prompt, as rankings of K responses give C(K, 2) comparisons). 1 is "
         "Llama 2's one pair per prompt; raise it when the week has few prompts.",
     )
+    safety_preprompt: str | None = Field(
+        None,
+        description="Annotation: on train prompts tagged safety, the previous policy's "
+        "responses are drawn with this text as the system prompt (in place of the prompt's own), "
+        "a safety context-distilled variant of the model (Llama 2 samples a comparison's two "
+        "responses from different model variants). The pair shows the prompt without it. A "
+        "policy that rarely refuses by itself then gives the safety reward model comparisons of "
+        "a refusal against an answer; rejection_sampling.safety_preprompt is the usual text.",
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "float32",
         description="vLLM weights dtype. float32 on CPUs without AVX-512 BF16 (bfloat16 is "

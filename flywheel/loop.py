@@ -126,7 +126,8 @@ def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature,
 # stage 1 -----------------------------------------------------------------------------------
 def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> list[list[str]]:
     """Per train prompt, `sampling.responses_per_policy` responses from the latest policy at the
-    first temperature and as many from the previous policy at the second. Returns the
+    first temperature and as many from the previous policy at the second (on prompts tagged
+    safety with `sampling.safety_preprompt` as the system prompt, when set). Returns the
     [latest sample id, previous sample id] pairs: every latest response of a prompt against
     every previous one."""
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
@@ -134,12 +135,22 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
     previous = previous_policy(lake, latest)
     t_latest, t_prev = cfg.sampling.temperatures
     n = cfg.sampling.responses_per_policy
+    pre = cfg.sampling.safety_preprompt
     out = {}
     for role, policy, temp in (("latest", latest, t_latest), ("previous", previous, t_prev)):
         sampler = _sampler(cfg, policy_path(lake, policy))  # shared: one engine per policy
-        rows = _sample_rows(cfg, lake, policy, prompts, iteration, "annotation", n, temp,
-                            sampler)
-        out[role] = [rows[i : i + n] for i in range(0, len(rows), n)]  # n rows per prompt
+        groups = [prompts]
+        if role == "previous" and pre:  # the context-distilled variant on the harmful prompts
+            groups = [[p for p in prompts if p["criterion"] != "safety"],
+                      [p for p in prompts if p["criterion"] == "safety"]]
+        by_prompt = {}
+        for g, group in enumerate(groups):
+            if group:
+                rows = _sample_rows(cfg, lake, policy, group, iteration, "annotation", n, temp,
+                                    sampler, pre if g == 1 else None)
+                by_prompt.update((r[0]["prompt_id"], r) for r in
+                                 (rows[i : i + n] for i in range(0, len(rows), n)))
+        out[role] = [by_prompt[p["id"]] for p in prompts]  # n rows per prompt, prompt order
     return [[x["id"], y["id"]] for mine, theirs in zip(out["latest"], out["previous"])
             for x in mine for y in theirs]
 

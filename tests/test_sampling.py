@@ -84,3 +84,50 @@ def test_annotation_pairs_every_latest_response_with_every_previous_one(tiny_con
         latest, previous = {a for a, _ in got}, {b for _, b in got}
         assert len(latest) == len(previous) == 2
         assert set(got) == {(a, b) for a in latest for b in previous}
+
+
+def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_prompts(
+        tiny_config, monkeypatch):
+    from flywheel import loop
+    from flywheel.prompts import messages_of
+    from flywheel.sampling import close_samplers
+
+    seen = []  # every conversation the engines were asked to continue
+    real = loop._sampler
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.backend = inner, inner.backend
+
+        def generate(self, messages, n, temperature, *args):
+            seen.extend((m, temperature) for m in messages)
+            return self.inner.generate(messages, n, temperature, *args)
+
+    monkeypatch.setattr(loop, "_sampler", lambda cfg, path: Recording(real(cfg, path)))
+    pre = "Refuse harmful requests."
+    cfg = tiny_config.model_copy(update={"sampling": tiny_config.sampling.model_copy(
+        update={"responses_per_policy": 2, "temperatures": [0.7, 1.0],
+                "safety_preprompt": pre})})
+    lake = loop.open_lake(cfg)
+    try:
+        pairs = loop.sample_for_annotation(cfg, lake, 1)
+    finally:
+        close_samplers()
+    samples = {s["id"]: s for s in lake.rows("samples")}
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    train = [p for p in prompts.values() if p["split"] == "train"]
+    assert {p["criterion"] for p in train} == {"helpfulness", "safety"}
+    assert len(pairs) == len(train) * 2 * 2
+    for a, b in pairs:
+        sa, sb = samples[a], samples[b]
+        assert sa["prompt_id"] == sb["prompt_id"]  # pairs still within one prompt
+        safety = prompts[sa["prompt_id"]]["criterion"] == "safety"
+        assert "preprompt" not in json.loads(sa["params"])  # the latest side: never
+        assert json.loads(sb["params"]).get("preprompt") == (pre if safety else None)
+        assert json.loads(sb["params"])["temperature"] == 1.0
+    # the engine saw the preprompt as the system prompt of the previous side's safety prompts
+    # alone, followed by the prompt's own messages
+    with_pre = [(m, t) for m, t in seen if m[0] == {"role": "system", "content": pre}]
+    safety_msgs = [messages_of(p) for p in train if p["criterion"] == "safety"]
+    assert len(with_pre) == len(safety_msgs)
+    assert all(t == 1.0 and m[1:] in safety_msgs for m, t in with_pre)
