@@ -41,12 +41,26 @@ def _config_line() -> str:
 
     c = load_config(str(CONFIG))
     return (f"policy {c.models.policy}, reward-model backbone {c.models.reward_backbone}, "
-            f"simulated annotator, the 64 shipped prompts (48 train, 16 held-out, half helpful "
-            f"and half harmful), {c.sampling.responses_per_policy} x "
+            f"simulated annotator, {_prompt_counts(c)}, {c.sampling.responses_per_policy} x "
             f"{c.sampling.responses_per_policy} comparisons per train prompt a week, reward "
             f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}, "
             f"rejection sampling best of K={c.rejection_sampling.k} at T="
-            f"{c.rejection_sampling.temperature:g}, schedule {c.policy_update.schedule}")
+            f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "
+            f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), fine-tuned "
+            f"{c.rejection_sampling.epochs} epoch(s) at lr {c.rejection_sampling.learning_rate:g}"
+            f", annotation's previous-policy answers to harmful prompts with the preprompt: "
+            f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}")
+
+
+def _prompt_counts(c) -> str:
+    from collections import Counter
+
+    from flywheel.prompts import load_prompts
+
+    n = Counter((r["split"], r["criterion"]) for r in load_prompts(c.prompts.path))
+    return (f"{sum(n.values())} prompts ({n['train', 'helpfulness']} helpful and "
+            f"{n['train', 'safety']} harmful to train on, {n['heldout', 'helpfulness']} helpful "
+            f"and {n['heldout', 'safety']} harmful held out)")
 
 
 def reward_model_table(lake: Lake) -> list[str]:

@@ -7,14 +7,14 @@ from flywheel.errors import DataError, ModelNotFoundError
 from flywheel.prompts import load_prompts
 
 
-def test_shipped_prompts_are_half_helpful_half_harmful():
+def test_shipped_prompts_two_thirds_helpful_one_third_harmful():
     rows = load_prompts()
     count = {}
     for r in rows:
         count[r["criterion"], r["split"]] = count.get((r["criterion"], r["split"]), 0) + 1
-    assert count == {("helpfulness", "train"): 24, ("helpfulness", "heldout"): 8,
-                     ("safety", "train"): 24, ("safety", "heldout"): 8}
-    assert len({r["id"] for r in rows}) == 64
+    assert count == {("helpfulness", "train"): 64, ("helpfulness", "heldout"): 56,
+                     ("safety", "train"): 32, ("safety", "heldout"): 28}
+    assert len({r["id"] for r in rows}) == 180
 
 
 def test_bad_prompt_lines_are_reported_together(tmp_path):
