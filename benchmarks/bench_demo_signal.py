@@ -6,9 +6,11 @@ prompts: what the demo's settings (deployments/demo.yaml) were chosen from.
     .venv/bin/python benchmarks/bench_demo_signal.py rm --pairs 24 --epochs 2 --lr 1e-4 \
         --backbone builtin:all-minilm-l6-v2
     .venv/bin/python benchmarks/bench_demo_signal.py preprompt "TEXT"
+    .venv/bin/python benchmarks/bench_demo_signal.py sft --epochs 2 --lr 1e-4
 
-- sample: the base policy (vLLM) answers all 64 shipped prompts greedily and 8 times at each of
-  T = 0.5, 0.7 and 1.0 (64 new tokens).
+- sample: the base policy (vLLM) answers all shipped prompts greedily and 8 times at each of
+  T = 0.5, 0.7 and 1.0 (64 new tokens); the harmful ones also 4 times at T = 0.5 with the demo's
+  safety preprompt as the system prompt.
 - judge: the proxy judge scores every answer; per criterion and split, the mean greedy score
   against the judge's best of K (K = 1, 4, 8) at each temperature, the share of prompts whose
   best of K beats greedy, and on harmful prompts how often the policy refuses.
@@ -17,6 +19,11 @@ prompts: what the demo's settings (deployments/demo.yaml) were chosen from.
   pairs of the held-out prompts' answers, and the judge's mean score of the answer the reward
   model picks among 8 (per temperature) against a random one, the judge's best and greedy.
 - preprompt: the share of refusals on the harmful prompts with TEXT as the system prompt.
+- sft: rejection sampling with a perfect reward model: per train prompt the judge's best of the
+  candidates rejection sampling draws (8 at T 0.5; on harmful prompts 4 of them with the safety
+  preprompt), the base policy fine-tuned on them (the demo's rejection_sampling settings, with
+  --lr and --epochs), then its greedy answers judged against the base's on every prompt: win
+  rate (ties half), mean score, refusals. The most a rejection-sampling step can give.
 """
 
 import argparse
@@ -44,8 +51,20 @@ def sample(out: Path) -> None:
         t0 = time.time()
         data["gens"][str(t)] = [[g.text for g in gs] for gs in s.generate(msgs, n, t, 64)]
         print(f"T={t}: {n} x {len(msgs)} answers in {time.time() - t0:.0f} s", flush=True)
+    harmful = [i for i, r in enumerate(rows) if r["criterion"] == "safety"]
+    pre = [[{"role": "system", "content": _demo_preprompt()}] + msgs[i] for i in harmful]
+    data["pre"] = [[] for _ in rows]
+    for i, gs in zip(harmful, s.generate(pre, 4, 0.5, 64)):
+        data["pre"][i] = [g.text for g in gs]
     (out / "samples.json").write_text(json.dumps(data))
     s.close()
+
+
+def _demo_preprompt() -> str:
+    from flywheel.config import load_config
+
+    return load_config(str(Path(__file__).parents[1] / "deployments" / "demo.yaml")) \
+        .rejection_sampling.safety_preprompt
 
 
 def judge(out: Path) -> None:
@@ -64,6 +83,13 @@ def judge(out: Path) -> None:
         for (i, _), x in zip(flat, js):
             per[i].append((x.score, x.refused))
         scores[t] = per
+    if "pre" in d:
+        flat = [(i, text) for i, g in enumerate(d["pre"]) for text in g]
+        js = j.judge([P[i]["text"] for i, _ in flat], ["safety"] * len(flat),
+                     [text for _, text in flat])
+        scores["pre"] = [[] for _ in P]
+        for (i, _), x in zip(flat, js):
+            scores["pre"][i].append((x.score, x.refused))
     (out / "scores.json").write_text(json.dumps(scores))
     g = scores["0.0"]
     print("| prompts | greedy | T | best of 1 | best of 4 | best of 8 | prompts where best of 8 "
@@ -73,7 +99,7 @@ def judge(out: Path) -> None:
         for split in ("train", "heldout"):
             idx = [i for i, p in enumerate(P) if p["criterion"] == crit and p["split"] == split]
             greedy = st.fmean(g[i][0][0] for i in idx)
-            for t in [k for k in scores if k != "0.0"]:
+            for t in [k for k in scores if k not in ("0.0", "pre")]:
                 s = scores[t]
                 best = [st.fmean(max(x[0] for x in s[i][:k]) for i in idx) for k in (1, 4, 8)]
                 beat = st.fmean(max(x[0] for x in s[i]) > g[i][0][0] for i in idx)
@@ -166,9 +192,57 @@ def preprompt(text: str) -> None:
     s.close()
 
 
+def sft(out: Path, epochs: int, lr: float) -> None:
+    from flywheel import models
+    from flywheel.config import load_config
+    from flywheel.judge import ProxyJudge
+    from flywheel.policy import finetune
+    from flywheel.sampling import VLLMSampler
+
+    d = json.loads((out / "samples.json").read_text())
+    S = json.loads((out / "scores.json").read_text())
+    if "pre" not in S:
+        raise SystemExit("samples.json has no preprompted answers: rerun the sample step")
+    P = d["prompts"]
+
+    def user(i):
+        return [{"role": "user", "content": P[i]["text"]}]
+
+    examples = []
+    for i, p in enumerate(P):
+        if p["split"] != "train":
+            continue
+        cands = list(zip(d["gens"]["0.5"][i], S["0.5"][i]))
+        if p["criterion"] == "safety":  # half of K drawn with the preprompt, as the demo draws
+            cands = cands[:4] + list(zip(d["pre"][i], S["pre"][i]))
+        examples.append((user(i), max(cands, key=lambda c: c[1][0])[0]))
+    rs = load_config(str(Path(__file__).parents[1] / "deployments" / "demo.yaml")) \
+        .rejection_sampling.model_copy(update={"learning_rate": lr, "epochs": epochs})
+    t0 = time.time()
+    policy_dir = out / f"sft-{lr:g}-{epochs}"
+    finetune(models.resolve("builtin:smollm2-135m-instruct"), examples, rs, policy_dir)
+    seconds = time.time() - t0
+    s = VLLMSampler(str(policy_dir), seed=0)
+    greedy = [gs[0].text for gs in s.generate([user(i) for i in range(len(P))], 1, 0.0, 64)]
+    s.close()
+    j = ProxyJudge(models.resolve("builtin:all-minilm-l6-v2"))
+    new = j.judge([p["text"] for p in P], [p["criterion"] for p in P], greedy)
+    base = S["0.0"]
+    for crit in ("helpfulness", "safety"):
+        for split in ("train", "heldout"):
+            idx = [i for i, p in enumerate(P) if p["criterion"] == crit and p["split"] == split]
+            win = st.fmean(1.0 if new[i].score > base[i][0][0] else 0.5
+                           if new[i].score == base[i][0][0] else 0.0 for i in idx)
+            print(f"| {lr:g} | {epochs} | {len(examples)} | {seconds:.0f} | {crit} {split} "
+                  f"(n={len(idx)}) | {win:.3f} | {st.fmean(new[i].score for i in idx):.3f} / "
+                  f"{st.fmean(base[i][0][0] for i in idx):.3f} | "
+                  f"{st.fmean(new[i].refused for i in idx):.3f} / "
+                  f"{st.fmean(base[i][0][1] for i in idx):.3f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["sample", "judge", "rm", "preprompt"])
+    ap.add_argument("step", choices=["sample", "judge", "rm", "preprompt", "sft"])
     ap.add_argument("text", nargs="?", help="preprompt: the system prompt")
     ap.add_argument("--out", default="./bench-demo-signal")
     ap.add_argument("--pairs", type=int, default=4, help="rm: pairs per train prompt")
@@ -182,6 +256,8 @@ def main():
         sample(out)
     elif args.step == "judge":
         judge(out)
+    elif args.step == "sft":
+        sft(out, args.epochs, args.lr)
     elif args.step == "rm":
         reward_models(out, args.pairs, args.epochs, args.lr, args.backbone)
     else:

@@ -182,6 +182,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
           + " | ".join(_fmt(h[c]) for c in RATE_COLUMNS) + " |"
           for h in history_rows(lake, row, metrics)],
         "",
+        *annotation_markdown(lake, row.get("batch_id")),
         "## Reward models",
         "",
         "Trained this iteration, and the promotion gate:",
@@ -231,6 +232,36 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"- lake: {lake.uri}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def annotation_markdown(lake: Lake, batch_id: str | None) -> list[str]:
+    """The week's comparisons by criterion and strength; on harmful prompts, how many set a
+    refusal against an answer and how often the refusal was preferred (the signal the safety
+    reward model needs to rank refusals first)."""
+    from flywheel.judge import is_refusal
+    from flywheel.schemas import CRITERIA, STRENGTHS
+
+    rows = [c for c in lake.rows("comparisons") if batch_id and c["batch_id"] == batch_id]
+    if not rows:
+        return []
+    lines = ["## Annotation batch", "",
+             f"Batch `{batch_id}`: comparisons by preference strength.", "",
+             "| criterion | train | test | " + " | ".join(s.replace("_", " ") for s in STRENGTHS)
+             + " |", "|---|---|---|" + "---|" * len(STRENGTHS)]
+    for crit in CRITERIA:
+        mine = [c for c in rows if c["criterion"] == crit]
+        if mine:
+            lines.append(f"| {crit} | {sum(c['split'] == 'train' for c in mine)} | "
+                         f"{sum(c['split'] == 'test' for c in mine)} | "
+                         + " | ".join(str(sum(c["strength"] == s for c in mine))
+                                      for s in STRENGTHS) + " |")
+    safety = [c for c in rows if c["criterion"] == "safety"]
+    mixed = [c for c in safety if is_refusal(c["chosen_text"]) != is_refusal(c["rejected_text"])]
+    if safety:
+        lines += ["", f"Refusal against answer: {len(mixed)} of the {len(safety)} safety "
+                  f"comparisons; the refusal chosen in "
+                  f"{sum(is_refusal(c['chosen_text']) for c in mixed)}."]
+    return lines + [""]
 
 
 def vs_base_markdown(vs: dict | None) -> list[str]:

@@ -54,6 +54,7 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
             "evaluate"}
         text = open(it["report_uri"]).read()
         assert f"# Iteration {it['iteration']}" in text and it["decision"] in text
+        assert f"Batch `{it['batch_id']}`: comparisons by preference strength." in text
         m = it["metrics"]
         assert len(m["reward_new"]) == len(m["reward_old"]) == 2
         assert all(0 < r < 1 for r in m["reward_new"] + m["reward_old"])  # R_c is a sigmoid
