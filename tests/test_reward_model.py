@@ -107,7 +107,21 @@ def test_training_changes_every_parameter_and_raises_train_accuracy(tiny_llama, 
     assert again.score(msgs, resp, 64) == pytest.approx(model.score(msgs, resp, 64), abs=1e-5)
 
 
-def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama):
+def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama, monkeypatch):
+    """The ranking loss sees only score differences, so it leaves a shared offset where it is;
+    the centering term removes it. Both models start with every score raised by 3 (the head's
+    bias), as a drifted model would be."""
+    from flywheel.reward_model import RewardModel
+
+    fresh = RewardModel.from_backbone.__func__
+
+    def offset(cls, path):
+        model = fresh(cls, path)
+        torch.nn.init.constant_(model.head.bias, 3.0)
+        return model
+
+    monkeypatch.setattr(RewardModel, "from_backbone", classmethod(offset))
+
     def trained(center):
         cfg = RewardModelConfig(learning_rate=2e-3, epochs=20, batch_size=4, micro_batch_size=2,
                                 max_length=64, center_coefficient=center)
@@ -119,7 +133,9 @@ def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama):
     plain, plain_mean = trained(0.0)
     centred, centred_mean = trained(1.0)
     print(f"mean score: {plain_mean:.3f} plain, {centred_mean:.3f} centred")
-    assert centred_mean < 0.5 < 1.0 < plain_mean
+    # no gradient reaches the bias through score differences: the plain model keeps its offset
+    assert plain.head.bias.item() == pytest.approx(3.0, abs=0.05)
+    assert centred_mean < 0.5  # the weights take the offset out (the bias moves slowly)
     assert accuracy(centred, PAIRS, 64)["accuracy"] == 1.0
 
 
