@@ -47,7 +47,10 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
         vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    texts = CORPUS + [user_text(p) for p in load_prompts()]
+    # fixed training text: the shipped set's first 64 prompts (the set it had when the tests'
+    # thresholds were set), so adding prompts to the set does not change the tiny model that
+    # every test here runs on
+    texts = CORPUS + [user_text(p) for p in load_prompts()[:64]]
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                    bos_token="<|im_start|>", eos_token="<|im_end|>",
