@@ -111,12 +111,14 @@ def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config):
             # the report: headings, the metrics tables and the three plots, each an image
             # that loaded (a data: URI that did not decode has no natural width)
             page.goto(f"{ui}/artifacts/artifact/{arts['iteration-1-report']['id']}")
-            for heading in ("Iteration 1", "Plots", "Across iterations", "Reward models",
-                            "Stage wall time (s)", "Lineage"):
+            for heading in ("Iteration 1", "Plots", "Across iterations", "Annotation batch",
+                            "Reward models", "Stage wall time (s)", "Lineage"):
                 expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible(
                     timeout=UI_WAIT_MS)
             expect(page.get_by_role("cell", name="judge win rate (all held-out)")).to_be_visible()
-            expect(page.get_by_role("columnheader", name="significantly better")).to_be_visible()
+            # by strength twice: the week's comparisons, then reward-model accuracy (Table 8)
+            expect(page.get_by_role("columnheader", name="significantly better")).to_have_count(2)
+            expect(page.get_by_role("columnheader", name="avg")).to_be_visible()
             for caption in PLOTS.values():
                 img = page.get_by_role("img", name=caption)
                 expect(img).to_be_visible()
