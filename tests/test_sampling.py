@@ -58,17 +58,22 @@ def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_pat
     assert not _OPEN
 
 
-def test_annotation_pairs_every_latest_response_with_every_previous_one(tiny_config):
+def _annotation_pairs(tiny_config, **sampling):
+    """Iteration 1's annotation pairs with 2 responses per policy at T 0.7 / 1.0; the lake."""
     from flywheel import loop
     from flywheel.sampling import close_samplers
 
     cfg = tiny_config.model_copy(update={"sampling": tiny_config.sampling.model_copy(
-        update={"responses_per_policy": 2, "temperatures": [0.7, 1.0]})})
+        update={"responses_per_policy": 2, "temperatures": [0.7, 1.0], **sampling})})
     lake = loop.open_lake(cfg)
     try:
-        pairs = loop.sample_for_annotation(cfg, lake, 1)
+        return loop.sample_for_annotation(cfg, lake, 1), lake
     finally:
         close_samplers()
+
+
+def test_annotation_pairs_every_latest_response_with_every_previous_one(tiny_config):
+    pairs, lake = _annotation_pairs(tiny_config)
     samples = {s["id"]: s for s in lake.rows("samples")}
     train = [p["id"] for p in lake.rows("prompts") if p["split"] == "train"]
     assert len(samples) == len(train) * 2 * 2  # 2 from each policy per train prompt
@@ -90,7 +95,6 @@ def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_
         tiny_config, monkeypatch):
     from flywheel import loop
     from flywheel.prompts import messages_of
-    from flywheel.sampling import close_samplers
 
     seen = []  # every conversation the engines were asked to continue
     real = loop._sampler
@@ -105,14 +109,7 @@ def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_
 
     monkeypatch.setattr(loop, "_sampler", lambda cfg, path: Recording(real(cfg, path)))
     pre = "Refuse harmful requests."
-    cfg = tiny_config.model_copy(update={"sampling": tiny_config.sampling.model_copy(
-        update={"responses_per_policy": 2, "temperatures": [0.7, 1.0],
-                "safety_preprompt": pre})})
-    lake = loop.open_lake(cfg)
-    try:
-        pairs = loop.sample_for_annotation(cfg, lake, 1)
-    finally:
-        close_samplers()
+    pairs, lake = _annotation_pairs(tiny_config, safety_preprompt=pre)
     samples = {s["id"]: s for s in lake.rows("samples")}
     prompts = {p["id"]: p for p in lake.rows("prompts")}
     train = [p for p in prompts.values() if p["split"] == "train"]
