@@ -92,6 +92,15 @@ class SamplingConfig(_Section):
         "card, so the default leaves it 40 %; on a CPU the KV cache is VLLM_CPU_KVCACHE_SPACE.",
     )
     top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(
+        [],
+        description="Strings that end a response where one first appears (not kept), in every "
+        "sample the loop draws for annotation, rejection sampling and evaluation (PPO's rollouts "
+        "end at EOS or max_new_tokens). A small model "
+        "drawn with a preprompt of worked User/Assistant turns often writes the user's next "
+        "turn itself ('\\nUser: ...', then answers it): without a stop, rejection sampling "
+        "keeps that invented exchange and fine-tunes on it.",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

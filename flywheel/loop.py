@@ -102,12 +102,14 @@ def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature,
     s = cfg.sampling
     params = {"backend": sampler.backend, "temperature": temperature, "top_p": s.top_p,
               "max_new_tokens": s.max_new_tokens, "seed": s.seed, "n": n}
+    if s.stop:  # recorded only when set, so the ids of samples drawn without one are unchanged
+        params["stop"] = s.stop
     messages = [messages_of(p) for p in prompts]
     if preprompt:
         params["preprompt"] = preprompt
         messages = [[{"role": "system", "content": preprompt}]
                     + [m for m in ms if m["role"] != "system"] for ms in messages]
-    gens = sampler.generate(messages, n, temperature, s.max_new_tokens, s.top_p)
+    gens = sampler.generate(messages, n, temperature, s.max_new_tokens, s.top_p, s.stop)
     rows = []
     for prompt, group in zip(prompts, gens):
         for k, g in enumerate(group):

@@ -6,7 +6,9 @@
 - `HFSampler`: transformers `generate`, for models or machines vLLM does not support.
 
 Both apply the tokenizer's chat template and return, per prompt, `n` generations with their token
-count and summed log-probability under the sampling distribution's model.
+count and summed log-probability under the sampling distribution's model. `stop` strings end a
+generation where one first appears (the string itself is not kept; the token count and
+log-probability run to the token that completed it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Sampler(Protocol):
 
     def generate(
         self, messages: list[list[dict]], n: int, temperature: float, max_new_tokens: int,
-        top_p: float = 1.0,
+        top_p: float = 1.0, stop: list[str] | None = None,
     ) -> list[list[Generation]]: ...
 
     def close(self) -> None: ...
@@ -69,12 +71,12 @@ class VLLMSampler:
                        gpu_memory_utilization=gpu_memory_utilization, **extra)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
+    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0, stop=None):
         from vllm import SamplingParams
 
         # One engine-level seed (set at load): vLLM's CPU build rejects per-request seeds with n>1.
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p,
-                                max_tokens=max_new_tokens, logprobs=0)
+                                max_tokens=max_new_tokens, logprobs=0, stop=stop or None)
         outs = self.llm.generate(render_prompts(self.tokenizer, messages), params, use_tqdm=True)
         return [
             [
@@ -102,7 +104,7 @@ class HFSampler:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0):
+    def generate(self, messages, n, temperature, max_new_tokens, top_p=1.0, stop=None):
         torch.manual_seed(self.seed)
         prompts = render_prompts(self.tokenizer, messages)
         results = []
@@ -127,6 +129,8 @@ class HFSampler:
                 ids = new[row].tolist()
                 length = next((j + 1 for j, t in enumerate(ids) if t == eos), len(ids))
                 text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+                if stop:
+                    text, length = cut_at_stop(self.tokenizer, ids[:length], text, stop)
                 gen = Generation(text, length, float(logp[row, :length].sum()))
                 if row % n == 0:
                     results.append([])
@@ -136,6 +140,19 @@ class HFSampler:
     def close(self):
         del self.model
         gc.collect()
+
+
+def cut_at_stop(tokenizer, ids: list[int], text: str, stop: list[str]) -> tuple[str, int]:
+    """`text` (the decoding of `ids`) up to the first stop string, and the number of tokens up
+    to the one that completed it (as vLLM stops); unchanged without a stop string in it."""
+    if not any(s in text for s in stop):
+        return text, len(ids)
+    for n in range(1, len(ids) + 1):
+        part = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        at = [part.find(s) for s in stop if s in part]
+        if at:
+            return part[: min(at)], n
+    return text, len(ids)  # unreachable: the full decoding holds a stop string
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, max_model_len: int, seed: int,

@@ -31,14 +31,40 @@ def test_transformers_backend_k_samples_and_greedy_is_deterministic(tiny_llama):
     assert [x[0].text for x in g1] == [x[0].text for x in g2]
 
 
+def test_transformers_backend_stop_strings(tiny_llama):
+    """A stop string taken from the middle of one sampled answer ends every answer where it
+    first appears: the text before it, fewer tokens, a log-probability no lower; the others
+    are unchanged. (The sampler reseeds each call, so both calls draw the same answers.)"""
+    s = HFSampler(tiny_llama, batch_size=2)
+    full = [g[0] for g in s.generate(MSGS, n=1, temperature=1.0, max_new_tokens=16)]
+    text = full[0].text
+    stop = next(text[i:i + 3] for i in range(len(text) // 2, len(text) - 2)
+                if text[i:i + 3].strip())
+    got = [g[0] for g in s.generate(MSGS, n=1, temperature=1.0, max_new_tokens=16,
+                                    stop=[stop])]
+    assert got[0].text == text[: text.find(stop)]
+    assert got[0].token_count < full[0].token_count
+    assert got[0].logprob_sum >= full[0].logprob_sum
+    for g, whole in zip(got, full):
+        if stop not in whole.text:
+            assert g == whole
+    never = s.generate(MSGS, n=1, temperature=1.0, max_new_tokens=16, stop=["\u2603\u2603"])
+    assert [g[0] for g in never] == full
+
+
 def test_vllm_backend_k_samples(tiny_llama):
     pytest.importorskip("vllm")
     s = VLLMSampler(tiny_llama, dtype="float32", max_model_len=256)
     try:
         out = s.generate(MSGS, n=2, temperature=1.0, max_new_tokens=6)
+        # the tiny model's greedy answers are newlines: a newline stop ends them at the first
+        greedy = s.generate(MSGS, n=1, temperature=0.0, max_new_tokens=8)
+        stopped = s.generate(MSGS, n=1, temperature=0.0, max_new_tokens=8, stop=["\n"])
     finally:
         s.close()
     _check(out, 2, 6)
+    assert all(g[0].text.startswith("\n") and g[0].token_count == 8 for g in greedy)
+    assert all(g[0].text == "" and g[0].token_count == 1 for g in stopped)
 
 
 def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_path):
@@ -128,3 +154,19 @@ def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_
     safety_msgs = [messages_of(p) for p in train if p["criterion"] == "safety"]
     assert len(with_pre) == len(safety_msgs)
     assert all(t == 1.0 and m[1:] in safety_msgs for m, t in with_pre)
+
+
+def test_annotation_samples_end_at_the_configured_stop_strings(tiny_config, tmp_path):
+    """sampling.stop reaches the engine for every draw and is recorded with each sample: with
+    the character the tiny model writes most often as a stop, no sample holds it."""
+    from collections import Counter
+
+    plain, plain_lake = _annotation_pairs(tiny_config)
+    stop = Counter("".join(s["text"] for s in plain_lake.rows("samples"))).most_common(1)[0][0]
+    other = tiny_config.model_copy(update={"lake": str(tmp_path / "lake-with-stop")})
+    pairs, lake = _annotation_pairs(other, stop=[stop])
+    samples = lake.rows("samples")
+    assert len(pairs) == len(plain) and len(samples) == len(plain_lake.rows("samples"))
+    assert all(json.loads(s["params"])["stop"] == [stop] for s in samples)
+    assert not any(stop in s["text"] for s in samples)
+    assert any(s["text"] for s in samples)  # cut where the stop appears, not emptied
