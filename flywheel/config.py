@@ -107,6 +107,9 @@ class SamplingConfig(_Section):
     def _positive_temperatures(self):
         if any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures must be >= 0; use 0 for greedy decoding")
+        if any(not x for x in self.stop):
+            raise ValueError("stop strings must not be empty (an empty one would end every "
+                             "response before its first word); remove it")
         return self
 
 

@@ -37,6 +37,13 @@ def test_every_error_is_reported_together_with_field_and_fix(tmp_path):
     assert "strictly descending" in msg
 
 
+def test_an_empty_stop_string_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('sampling:\n  stop: ["\\nUser:", ""]\n')
+    with pytest.raises(ConfigError, match="stop strings must not be empty"):
+        load_config(bad)
+
+
 def test_missing_file_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="pass --config"):
         load_config(tmp_path / "nope.yaml")
