@@ -1,5 +1,11 @@
-"""The full demo on the default models, as a user runs it (behind the `slow` marker: about 30
-minutes on two CPU cores). Run with `make test-slow` or `pytest -m slow`."""
+"""The demo on the default models, as a user runs it, for one iteration (behind the `slow` marker:
+about 15 to 25 minutes on two CPU cores). Run with `make test-slow` or `pytest -m slow`.
+
+`make demo` runs two iterations; the second goes through the same code paths as the first with
+more data (mixed batches, the pool of earlier picks, the gate against the previous reward
+models), which tests/test_flow.py checks on the tiny models. Both iterations on the default
+models take 30 to 45 minutes here, too long for CI's budget beside the rest of the slow suite;
+benchmarks/bench_demo_loop.py runs them and records the numbers."""
 
 import json
 import os
@@ -13,24 +19,23 @@ EXE = Path(sys.executable).with_name("flywheel")
 
 
 @pytest.mark.slow
-def test_demo_completes_two_iterations(tmp_path):
+def test_demo_completes_an_iteration(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     lake = tmp_path / "lake"
-    run = subprocess.run([str(EXE), "demo", "--iterations", "2", "--lake", str(lake)], env=env,
+    run = subprocess.run([str(EXE), "demo", "--iterations", "1", "--lake", str(lake)], env=env,
                          capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "iteration 1:" in run.stdout and "iteration 2:" in run.stdout
+    assert "iteration 1:" in run.stdout
     st = subprocess.run([str(EXE), "status", "--lake", str(lake), "--json"], env=env,
                         capture_output=True, text=True, timeout=300)
     report = json.loads(st.stdout)
-    assert [i["iteration"] for i in report["iterations"]] == [1, 2]
-    # a helpfulness and a safety reward model per iteration, each with its gate decision
-    assert len(report["batches"]) == 2 and len(report["reward_models"]) == 4
-    assert sorted(r["criterion"] for r in report["reward_models"]) == ["helpfulness"] * 2 + [
-        "safety"] * 2
+    assert [i["iteration"] for i in report["iterations"]] == [1]
+    # a helpfulness and a safety reward model, each with its gate decision
+    assert len(report["batches"]) == 1 and len(report["reward_models"]) == 2
+    assert sorted(r["criterion"] for r in report["reward_models"]) == ["helpfulness", "safety"]
     assert all(r["decision"] for r in report["reward_models"])
-    assert len([p for p in report["policies"] if p["method"] == "rejection_sampling"]) == 2
+    assert len([p for p in report["policies"] if p["method"] == "rejection_sampling"]) == 1
     for it in report["iterations"]:
         assert Path(it["report_uri"]).is_file()
         assert it["metrics"]["win_rate"] is not None
