@@ -225,6 +225,11 @@ def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
     return row
 
 
+def cut_by_limit(sample: dict) -> bool:
+    """Whether a sample ran to its `max_new_tokens` (cut off rather than ended)."""
+    return sample["token_count"] >= json.loads(sample["params"])["max_new_tokens"]
+
+
 def _best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[float], float]:
     """R_c of each sample and the mean over prompts of the best one."""
     raw = score_samples(lake, rows, by_prompt,
@@ -311,9 +316,13 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     pool_ids = sorted({i for ids in earlier for i in ids} | {c.sample_id for c in best.values()})
     samples = _by_id(lake.rows("samples"))
     all_prompts = _by_id(lake.rows("prompts"))
-    examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"])
-                for i in pool_ids]
-    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, rs.model_dump())
+    # a response that ran to the token limit was cut off, not finished: it is learned without
+    # the end of its turn, so the policy does not learn to stop mid-sentence
+    cut = {i for i in pool_ids if cut_by_limit(samples[i])}
+    examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"],
+                 i not in cut) for i in pool_ids]
+    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, rs.model_dump(),
+                           "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
         ft = finetune(policy_path(lake, latest), examples, rs, tmp)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
@@ -323,7 +332,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "reward_mean_all": statistics.fmean(rewards),
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,
-               "pool_size": len(pool_ids), "finetune": ft}
+               "pool_size": len(pool_ids), "pool_cut_by_limit": len(cut), "finetune": ft}
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
         drawn_with = {r["id"] for r in rows if "preprompt" in json.loads(r["params"])}
         metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())

@@ -52,8 +52,11 @@ def best_of(candidates: list[Candidate]) -> dict[str, Candidate]:
     return best
 
 
-def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int):
-    """input ids and labels with the prompt masked (-100): loss on the response tokens only."""
+def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int,
+                 end: bool = True):
+    """input ids and labels with the prompt masked (-100): loss on the response tokens only.
+    `end=False` for a response the token limit cut off: it is learned without the template's
+    end-of-turn tokens, so the policy does not learn to stop where the limit stopped it."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": response}], tokenize=False
@@ -61,18 +64,28 @@ def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int
     if not full.startswith(prompt):
         raise FlywheelError("the chat template does not render the prompt as a prefix of the "
                             "conversation; rejection-sampling fine-tuning needs one that does")
+    reply = full[len(prompt):]
+    if not end:
+        at = reply.find(response)
+        if at < 0:
+            raise FlywheelError("the chat template rewrites the response's text, so a response "
+                                "cut off by the token limit cannot be learned without its "
+                                "end-of-turn tokens; use a template that keeps it verbatim")
+        reply = reply[: at + len(response)]
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
     ids = (p_ids + r_ids)[:max_length]
     labels = ([-100] * len(p_ids) + r_ids)[:max_length]
     return ids, labels
 
 
 def finetune(
-    policy_path: str, examples: list[tuple[list[dict], str]], cfg: RejectionSamplingConfig,
+    policy_path: str, examples: list[tuple], cfg: RejectionSamplingConfig,
     out_dir: str | Path,
 ) -> dict:
-    """Supervised fine-tuning on (messages, response) pairs; saves the policy to `out_dir`."""
+    """Supervised fine-tuning on (messages, response) or (messages, response, end) tuples
+    (`end` False: the token limit cut the response off; see `tokenize_sft`); saves the policy to
+    `out_dir`."""
     from flywheel.models import load_causal_lm, load_tokenizer
 
     if not examples:
@@ -82,7 +95,7 @@ def finetune(
     model = load_causal_lm(policy_path, "float32", compute_device())
     model.train()
     device = model_device(model)
-    data = [tokenize_sft(tok, m, r, cfg.max_length) for m, r in examples]
+    data = [tokenize_sft(tok, e[0], e[1], cfg.max_length, *e[2:]) for e in examples]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
     opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
     losses = []

@@ -197,8 +197,10 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "",
         f"Mean reward of all samples {_fmt(pol_metrics.get('reward_mean_all'))}, of the best per "
         f"prompt {_fmt(pol_metrics.get('reward_mean_best'))}"
-        + (f"; pool of {pol_metrics['pool_size']} examples." if "pool_size" in pol_metrics
-           else "."),
+        + (f"; pool of {pol_metrics['pool_size']} examples" if "pool_size" in pol_metrics
+           else "")
+        + (f" ({pol_metrics['pool_cut_by_limit']} cut off by the token limit, learned without "
+           "the end of their turn)." if "pool_cut_by_limit" in pol_metrics else "."),
         *([f"Safety context distillation: {pol_metrics['preprompted_best']} of the kept answers "
            "were drawn with the safety preprompt (half of K on the prompts tagged safety) and "
            "enter the pool without it."] if "preprompted_best" in pol_metrics else []),

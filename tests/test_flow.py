@@ -44,6 +44,13 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     it1 = [p for p in report["policies"] if p["iteration"] == 1][0]
     # the pool keeps the best of every earlier iteration
     assert it2["metrics"]["pool_size"] == it1["metrics"]["pool_size"] + 4
+    # pool answers that ran to the token limit are counted (and learned without an end)
+    samples = {s["id"]: s for s in lake.rows("samples")}
+    pool = json.loads([p for p in lake.rows("policies") if p["id"] == it2["id"]][0][
+        "training_data"])["pool"]
+    limit = tiny_config.sampling.max_new_tokens
+    assert it2["metrics"]["pool_cut_by_limit"] == sum(
+        samples[i]["token_count"] == limit for i in pool)
     # iteration 2 starts from iteration 1's candidate if it was promoted, else from the base
     first = report["iterations"][0]
     expected_in = first["policy_out"] if first["promoted"] else first["policy_in"]

@@ -23,6 +23,24 @@ def test_sft_labels_mask_the_prompt(tiny_llama):
     assert tok.decode(ids[n_prompt:]).startswith("Rinse it and boil it.")
 
 
+def test_a_response_cut_by_the_token_limit_is_learned_without_its_end(tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    response = "Rinse it, then boil it in twice its"
+    ended = tokenize_sft(tok, msgs, response, 128)
+    cut = tokenize_sft(tok, msgs, response, 128, end=False)
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    # the same prompt and response tokens; only the ended one goes on to the end of the turn
+    assert cut[0] == ended[0][: len(cut[0])] and len(cut[0]) < len(ended[0])
+    assert tok.decode(cut[0][n_prompt:]) == response
+    assert tok.decode(ended[0][len(cut[0]):]).strip() == tok.decode(
+        tok(tok.apply_chat_template(msgs + [{"role": "assistant", "content": "x"}],
+                                    tokenize=False)[len(prompt) + 1:],
+            add_special_tokens=False)["input_ids"]).strip()
+    assert cut[1] == [-100] * n_prompt + cut[0][n_prompt:]
+
+
 def _response_nll(path, msgs, response):
     tok, model = load_tokenizer(path), load_causal_lm(path).eval()
     ids, labels = tokenize_sft(tok, msgs, response, 128)
