@@ -44,6 +44,9 @@ CRASH_AUTOMATION = "flywheel-crash-unresponsive-runs"
 WATCHED_TAG = "prefect.tag.flywheel"  # the tag of every deployment in deployments/prefect.yaml
 # what ends a run's heartbeats without it being lost: a final state, or waiting (suspended runs
 # hold no process, paused ones wait in theirs)
+# what starts the window: a heartbeat, or the server's own Running event (a run killed before its
+# first heartbeat reaches the server is still watched)
+_HEARTBEAT_STARTS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
 _HEARTBEAT_ENDS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                    "prefect.flow-run.Crashed", "prefect.flow-run.Suspended",
@@ -165,15 +168,15 @@ def request_iteration(lake_uri: str, requested_by: str, note: str = "") -> str:
 
 def ensure_crash_automation(unresponsive_after: int = 90) -> str:
     """The automation that marks a flow run Crashed when no heartbeat (nor a final or waiting
-    state) follows its last heartbeat within `unresponsive_after` seconds. Returns created,
-    updated or unchanged."""
+    state) follows its last heartbeat, or its Running state, within `unresponsive_after` seconds.
+    Returns created, updated or unchanged."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     trigger = EventTrigger(
-        after={"prefect.flow-run.heartbeat"}, expect=_HEARTBEAT_ENDS,
+        after=_HEARTBEAT_STARTS, expect=_HEARTBEAT_ENDS,
         match={"prefect.resource.id": ["prefect.flow-run.*"]},
         # only runs of deployments/prefect.yaml (tagged flywheel), which beat every 30 s: other
         # runs on the server beat at Prefect's default (every 180 s) and must not be crashed
@@ -186,6 +189,7 @@ def ensure_crash_automation(unresponsive_after: int = 90) -> str:
         current = None
     if current is not None and current.trigger.within == trigger.within \
             and set(current.trigger.expect) == _HEARTBEAT_ENDS \
+            and set(current.trigger.after) == _HEARTBEAT_STARTS \
             and current.trigger.match_related == trigger.match_related:
         return "unchanged"
     automation = Automation(

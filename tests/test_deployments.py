@@ -180,6 +180,9 @@ def test_crash_automation_is_created_once_and_follows_its_window(prefect_server)
     automation = Automation.read(name=CRASH_AUTOMATION)
     assert automation.trigger.within.total_seconds() == 120
     assert "prefect.flow-run.Suspended" in automation.trigger.expect
+    # the window opens on the server's Running event too: a run killed before its first
+    # heartbeat was sent is still marked Crashed
+    assert automation.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
     # only the flywheel's deployments beat every 30 s; other runs are not watched
     related = automation.trigger.match_related
     (related,) = related if isinstance(related, list) else [related]
