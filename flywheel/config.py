@@ -251,6 +251,15 @@ class RejectionSamplingConfig(_Section):
         "by the reward models on the prompt without it and the best joins the pool without it, "
         "so a preprompted answer is kept only where the reward models prefer it.",
     )
+    safety_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The largest share of the fine-tuning set that answers to prompts tagged "
+        "safety may take; beyond it the oldest are left out (this week's, by reward, kept "
+        "first). They stay in the pool for later weeks. Llama 2 saw false refusals of safe "
+        "prompts grow with the share of safety data. Empty: every answer in the pool.",
+    )
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)

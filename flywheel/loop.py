@@ -24,7 +24,14 @@ from flywheel.ingest import ingest_bytes
 from flywheel.judge import ProxyJudge
 from flywheel.lake import Lake
 from flywheel.pairs import write_delivery_jsonl
-from flywheel.policy import Candidate, best_of, finetune, gated_reward, rrhf_finetune
+from flywheel.policy import (
+    Candidate,
+    best_of,
+    cap_safety_share,
+    finetune,
+    gated_reward,
+    rrhf_finetune,
+)
 from flywheel.prompts import load_prompts, messages_of, user_text
 from flywheel.sampling import shared_sampler
 from flywheel.schemas import content_id
@@ -313,9 +320,17 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                     for r, s in zip(rows, rewards)])
     earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
                if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
-    pool_ids = sorted({i for ids in earlier for i in ids} | {c.sample_id for c in best.values()})
+    pool = {i for ids in earlier for i in ids} | {c.sample_id for c in best.values()}
     samples = _by_id(lake.rows("samples"))
     all_prompts = _by_id(lake.rows("prompts"))
+    # the safety share cap keeps the newest answers first: this week's by reward, then each
+    # earlier week's, newest first
+    reward_of = {c.sample_id: c.reward for c in best.values()}
+    order = sorted(pool, key=lambda i: (-int(samples[i]["iteration"]), -reward_of.get(i, 0.0), i))
+    on_safety = {i for i in pool if all_prompts[samples[i]["prompt_id"]]["criterion"] == "safety"}
+    kept, left_out = cap_safety_share([i for i in order if i not in on_safety],
+                                      [i for i in order if i in on_safety], rs.safety_share)
+    pool_ids = sorted(kept)
     # a response that ran to the token limit was cut off, not finished: it is learned without
     # the end of its turn, so the policy does not learn to stop mid-sentence
     cut = {i for i in pool_ids if cut_by_limit(samples[i])}
@@ -332,7 +347,9 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "reward_mean_all": statistics.fmean(rewards),
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,
-               "pool_size": len(pool_ids), "pool_cut_by_limit": len(cut), "finetune": ft}
+               "pool_size": len(pool_ids), "pool_cut_by_limit": len(cut),
+               "pool_safety": len(on_safety) - len(left_out),
+               "pool_safety_left_out": len(left_out), "finetune": ft}
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
         drawn_with = {r["id"] for r in rows if "preprompt" in json.loads(r["params"])}
         metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())
@@ -341,7 +358,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
         "method": "rejection_sampling", "reward_model_id": rm_id,
         "safety_reward_model_id": rm_ids["safety"],
         "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
-                                     "pool": pool_ids, **info}),
+                                     "pool": pool_ids, "left_out": sorted(left_out), **info}),
         "metrics": json.dumps(metrics),
     }], {"reward_models": rm_ids})
     return policy_id

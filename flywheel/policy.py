@@ -52,6 +52,20 @@ def best_of(candidates: list[Candidate]) -> dict[str, Candidate]:
     return best
 
 
+def cap_safety_share(helpful: list[str], safety: list[str], share: float | None
+                     ) -> tuple[list[str], list[str]]:
+    """The fine-tuning set from a pool split by prompt criterion: every helpful example, and
+    the safety examples (in priority order, first kept) up to `share` of the set. Returns
+    (kept, left out). `share` None, or a pool with no helpful example to mix with: all kept.
+    Llama 2 (section 4.2.3) saw false refusals of safe prompts grow with the share of safety
+    data; at the demo's scale refusals learned from a third of the pool carry over to helpful
+    prompts."""
+    if share is None or not helpful:
+        return helpful + safety, []
+    n = len(safety) if share >= 1 else math.floor(share / (1 - share) * len(helpful) + 1e-9)
+    return helpful + safety[:n], safety[n:]
+
+
 def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int,
                  end: bool = True):
     """input ids and labels with the prompt masked (-100): loss on the response tokens only.

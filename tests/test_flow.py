@@ -22,6 +22,10 @@ STAGES = {"sample-for-annotation", "annotate", "train-reward-models", "rejection
 
 
 def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config):
+    # two helpful and two harmful train prompts: at a safety share of 0.25, iteration 1
+    # fine-tunes on no harmful-prompt answer (2 helpful allow 0), iteration 2 on one (4 allow 1)
+    tiny_config = tiny_config.model_copy(update={"rejection_sampling": (
+        tiny_config.rejection_sampling.model_copy(update={"safety_share": 0.25}))})
     state = demo(tiny_config, 2, return_state=True)
     results = state.result()
     assert [r["iteration"] for r in results] == [1, 2]
@@ -42,12 +46,20 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert 0 < counts["comparisons"] <= 8
     it2 = [p for p in report["policies"] if p["iteration"] == 2][0]
     it1 = [p for p in report["policies"] if p["iteration"] == 1][0]
-    # the pool keeps the best of every earlier iteration
-    assert it2["metrics"]["pool_size"] == it1["metrics"]["pool_size"] + 4
-    # pool answers that ran to the token limit are counted (and learned without an end)
+    # the pool keeps the best of every earlier iteration; the safety share cap decides which
+    # of its harmful-prompt answers are fine-tuned on, the newest first
+    m1, m2 = it1["metrics"], it2["metrics"]
+    assert (m1["pool_size"], m1["pool_safety"], m1["pool_safety_left_out"]) == (2, 0, 2)
+    assert (m2["pool_size"], m2["pool_safety"], m2["pool_safety_left_out"]) == (5, 1, 3)
     samples = {s["id"]: s for s in lake.rows("samples")}
-    pool = json.loads([p for p in lake.rows("policies") if p["id"] == it2["id"]][0][
-        "training_data"])["pool"]
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    data = json.loads([p for p in lake.rows("policies") if p["id"] == it2["id"]][0][
+        "training_data"])
+    pool = data["pool"]
+    (kept,) = [i for i in pool if prompts[samples[i]["prompt_id"]]["criterion"] == "safety"]
+    assert samples[kept]["iteration"] == 2 and kept in data["best"]
+    assert len(set(pool) | set(data["left_out"])) == 4 * 2  # each train prompt's best, twice
+    # pool answers that ran to the token limit are counted (and learned without an end)
     limit = tiny_config.sampling.max_new_tokens
     assert it2["metrics"]["pool_cut_by_limit"] == sum(
         samples[i]["token_count"] == limit for i in pool)

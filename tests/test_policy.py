@@ -2,7 +2,7 @@ import torch
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy import Candidate, best_of, finetune, tokenize_sft
+from flywheel.policy import Candidate, best_of, cap_safety_share, finetune, tokenize_sft
 
 
 def test_best_of_keeps_the_highest_reward_per_prompt():
@@ -10,6 +10,20 @@ def test_best_of_keeps_the_highest_reward_per_prompt():
              Candidate("s3", "p1", "c", 0.9), Candidate("s4", "p2", "d", -1.0)]
     best = best_of(cands)
     assert {k: v.sample_id for k, v in best.items()} == {"p1": "s2", "p2": "s4"}
+
+
+def test_safety_share_caps_the_harmful_answers_newest_first():
+    helpful, safety = ["h1", "h2", "h3", "h4", "h5", "h6"], ["s_new", "s_mid", "s_old"]
+    # at most 0.25 of the set: 6 helpful allow 2 (2 / 8), the first two in priority order
+    assert cap_safety_share(helpful, safety, 0.25) == (helpful + ["s_new", "s_mid"], ["s_old"])
+    assert cap_safety_share(helpful, safety, 0.4) == (helpful + safety, [])  # allows 4
+    assert cap_safety_share(helpful, safety, 0.0) == (helpful, safety)
+    assert cap_safety_share(helpful, safety, None) == (helpful + safety, [])
+    assert cap_safety_share(helpful, safety, 1.0) == (helpful + safety, [])
+    # 1/3 of the set: 6 helpful allow exactly 3 (no rounding down to 2)
+    assert cap_safety_share(helpful, safety, 1 / 3) == (helpful + safety, [])
+    # nothing to mix with: the harmful answers are all kept
+    assert cap_safety_share([], safety, 0.1) == (safety, [])
 
 
 def test_sft_labels_mask_the_prompt(tiny_llama):
