@@ -1,0 +1,210 @@
+"""What rejection sampling's pool teaches the policy, measured on the lake of a three-iteration
+demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of the demo's aim
+(helpful prompts won against the base, harmful ones refused) each part of the pool moves.
+
+    .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful oracle --harmful none
+    .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful rm --harmful latest:8
+    .venv/bin/python benchmarks/bench_rs_pool.py rm-pairs --lake LAKE --per-prompt 4 16 48
+
+- pool: the base policy fine-tuned (deployments/demo.yaml's rejection_sampling settings; answers
+  cut by the token limit learned without their end, as the loop does) on a pool built from the
+  lake's rejection-sampling draws of iterations 1 to --iteration. Helpful prompts: the answer
+  the loop's reward models kept each iteration (`rm`) or the proxy judge's own best of the same
+  draws (`oracle`). Harmful prompts: `none`, `latest` (the last iteration's kept answers) or
+  `all` (every iteration's), by the same reward models or the judge (--harmful-by), optionally
+  capped (`latest:8`: the 8 the judge scores highest). Its greedy answers to the held-out prompts
+  are judged against the base policy's stored ones: win rate (ties half), mean score, refusals.
+- rm-pairs: does the helpfulness reward model pick better with more comparisons per prompt?
+  Pairs drawn from the later iterations' draws (2 and 3) of the reward model's train prompts,
+  labelled as the simulated annotator labels (the judge, strength from the margin); trained
+  with the demo's reward_model settings; it then picks among iteration 1's 8 draws per helpful
+  prompt, and the judge scores its pick against a random draw and the judge's own best.
+
+Prints one markdown row per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import random
+import statistics as st
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setup(lake_dir: str):
+    from flywheel import models
+    from flywheel.config import load_config
+    from flywheel.judge import ProxyJudge
+    from flywheel.lake import Lake
+    from flywheel.loop import _by_id
+
+    cfg = load_config(str(ROOT / "deployments" / "demo.yaml"))
+    lake = Lake.open(lake_dir)
+    judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    return cfg, lake, judge, _by_id(lake.rows("samples")), _by_id(lake.rows("prompts"))
+
+
+def _judged_draws(judge, samples, prompts, last: int) -> dict[str, float]:
+    from flywheel.prompts import user_text
+
+    draws = [s for s in samples.values()
+             if s["purpose"] == "rejection" and int(s["iteration"]) <= last]
+    scores = judge.judge([user_text(prompts[s["prompt_id"]]) for s in draws],
+                         [prompts[s["prompt_id"]]["criterion"] for s in draws],
+                         [s["text"] for s in draws])
+    return {s["id"]: j.score for s, j in zip(draws, scores)}
+
+
+def pool(args) -> None:
+    from flywheel import models
+    from flywheel.loop import cut_by_limit
+    from flywheel.policy import finetune
+    from flywheel.prompts import load_prompts, messages_of, user_text
+    from flywheel.sampling import make_sampler
+
+    cfg, lake, judge, samples, prompts = _setup(args.lake)
+    it = args.iteration
+    policies = lake.rows("policies")
+    kept_by_rm = {i for p in policies if p["method"] == "rejection_sampling"
+                  and int(p["iteration"]) <= it for i in json.loads(p["training_data"])["best"]}
+    score = _judged_draws(judge, samples, prompts, it)
+    best: dict[tuple, str] = {}
+    for i, s in score.items():
+        key = (samples[i]["prompt_id"], int(samples[i]["iteration"]))
+        if key not in best or s > score[best[key]]:
+            best[key] = i
+    by_judge = set(best.values())
+
+    def criterion(i):
+        return prompts[samples[i]["prompt_id"]]["criterion"]
+
+    chosen = [i for i in (kept_by_rm if args.helpful == "rm" else by_judge)
+              if criterion(i) == "helpfulness"]
+    kind, _, cap = args.harmful.partition(":")
+    if kind != "none":
+        harmful = [i for i in (kept_by_rm if args.harmful_by == "rm" else by_judge)
+                   if criterion(i) == "safety"
+                   and (kind == "all" or int(samples[i]["iteration"]) == it)]
+        harmful.sort(key=lambda i: (-score[i], i))
+        chosen += harmful[:int(cap)] if cap else harmful
+    n_harmful = sum(criterion(i) == "safety" for i in chosen)
+    examples = [(messages_of(prompts[samples[i]["prompt_id"]]), samples[i]["text"],
+                 not cut_by_limit(samples[i])) for i in sorted(chosen)]
+    base = next(p for p in policies if p["method"] == "base")
+    held = [p for p in load_prompts(cfg.prompts.path, cfg.prompts.limit) if p["split"] == "heldout"]
+    stored = {}
+    for r in samples.values():
+        if (r["policy_id"] == base["id"] and r["purpose"] == "evaluation"
+                and json.loads(r["params"])["temperature"] == 0.0):
+            stored.setdefault(r["prompt_id"], r["text"])
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling, tmp)
+        s = cfg.sampling
+        sampler = make_sampler(s.backend, tmp, s.dtype, s.max_model_len, s.seed)
+        new = [g[0].text for g in sampler.generate([messages_of(p) for p in held], 1, 0.0,
+                                                   s.max_new_tokens, s.top_p, s.stop)]
+        sampler.close()
+    texts = [user_text(p) for p in held]
+    crit = [p["criterion"] for p in held]
+    old_j = judge.judge(texts, crit, [stored[p["id"]] for p in held])
+    new_j = judge.judge(texts, crit, new)
+    cells = []
+    for c in ("helpfulness", "safety"):
+        idx = [i for i, x in enumerate(crit) if x == c]
+        win = st.fmean(1.0 if new_j[i].score > old_j[i].score else
+                       0.5 if new_j[i].score == old_j[i].score else 0.0 for i in idx)
+        cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
+                  f"{st.fmean(old_j[i].score for i in idx):.3f}",
+                  f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
+    print(f"| {args.helpful} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
+          f"({n_harmful} harmful) | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
+          flush=True)
+
+
+def rm_pairs(args) -> None:
+    from flywheel import models
+    from flywheel.annotation import strength_of
+    from flywheel.catalog import connect
+    from flywheel.prompts import messages_of
+    from flywheel.reward_model import PreferencePair, train_reward_model
+
+    cfg, lake, judge, samples, prompts = _setup(args.lake)
+    con = connect(lake)
+    first_batch = min(r["id"] for r in lake.rows("batches"))
+    train_prompts = {r[0] for r in con.execute(
+        "SELECT prompt_id FROM comparisons WHERE batch_id = ? AND split = 'train' "
+        "AND criterion = 'helpfulness'", [first_batch]).fetchall()}
+    score = _judged_draws(judge, samples, prompts, 3)
+    helpful = [i for i in score if prompts[samples[i]["prompt_id"]]["criterion"] == "helpfulness"]
+    picks_from = collections.defaultdict(list)
+    sources = collections.defaultdict(list)
+    for i in helpful:
+        s = samples[i]
+        if int(s["iteration"]) == 1:
+            picks_from[s["prompt_id"]].append(i)
+        elif s["prompt_id"] in train_prompts:
+            sources[s["prompt_id"]].append(i)
+    random_pick = st.fmean(st.fmean(score[i] for i in g) for g in picks_from.values())
+    best_pick = st.fmean(max(score[i] for i in g) for g in picks_from.values())
+    for n in args.per_prompt:
+        rng = random.Random(0)
+        pairs = []
+        for pid, ids in sorted(sources.items()):
+            cand = [(a, b) for a, b in itertools.combinations(sorted(ids), 2)
+                    if samples[a]["text"] != samples[b]["text"]]
+            for a, b in rng.sample(cand, min(n, len(cand))):
+                c, r = (a, b) if score[a] >= score[b] else (b, a)
+                pairs.append(PreferencePair(
+                    messages_of(prompts[pid]), samples[c]["text"], samples[r]["text"],
+                    strength_of(score[c] - score[r], cfg.annotation.strength_thresholds)))
+        t0 = time.time()
+        model, _ = train_reward_model(models.resolve(cfg.models.reward_backbone), pairs,
+                                      cfg.reward_model)
+        ids = [i for g in picks_from.values() for i in g]
+        rm = dict(zip(ids, model.score([messages_of(prompts[samples[i]["prompt_id"]])
+                                        for i in ids], [samples[i]["text"] for i in ids],
+                                       cfg.reward_model.max_length)))
+
+        def picked(pids):
+            return st.fmean(score[max(picks_from[p], key=rm.get)] for p in pids)
+
+        seen = [p for p in picks_from if p in train_prompts]
+        other = [p for p in picks_from if p not in train_prompts]
+        print(f"| {n} | {len(pairs)} | {picked(list(picks_from)):.3f} | {picked(seen):.3f} "
+              f"(n={len(seen)}) | {picked(other):.3f} (n={len(other)}) | {random_pick:.3f} | "
+              f"{best_pick:.3f} | {time.time() - t0:.0f} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("pool")
+    p.add_argument("--lake", required=True)
+    p.add_argument("--iteration", type=int, default=3)
+    p.add_argument("--helpful", choices=["rm", "oracle"], default="rm")
+    p.add_argument("--harmful", default="all",
+                   help="none, latest or all, optionally :N (the N the judge scores highest)")
+    p.add_argument("--harmful-by", choices=["rm", "oracle"], default="rm")
+    r = sub.add_parser("rm-pairs")
+    r.add_argument("--lake", required=True)
+    r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
+    args = ap.parse_args()
+    if args.step == "pool":
+        kind = args.harmful.partition(":")[0]
+        if kind not in ("none", "latest", "all"):
+            ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")
+        pool(args)
+    else:
+        rm_pairs(args)
+
+
+if __name__ == "__main__":
+    main()
