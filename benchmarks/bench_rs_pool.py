@@ -138,7 +138,7 @@ def rm_pairs(args) -> None:
 
     cfg, lake, judge, samples, prompts = _setup(args.lake)
     con = connect(lake)
-    first_batch = min(r["id"] for r in lake.rows("batches"))
+    first_batch = next(r["batch_id"] for r in lake.rows("batches") if int(r["iteration"]) == 1)
     train_prompts = {r[0] for r in con.execute(
         "SELECT prompt_id FROM comparisons WHERE batch_id = ? AND split = 'train' "
         "AND criterion = 'helpfulness'", [first_batch]).fetchall()}
