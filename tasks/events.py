@@ -42,11 +42,11 @@ RESUME_AUTOMATION = "flywheel-resume-iteration-on-batch-landed"
 ITERATION_REQUESTED = "flywheel.iteration.requested"
 CRASH_AUTOMATION = "flywheel-crash-unresponsive-runs"
 WATCHED_TAG = "prefect.tag.flywheel"  # the tag of every deployment in deployments/prefect.yaml
-# what ends a run's heartbeats without it being lost: a final state, or waiting (suspended runs
-# hold no process, paused ones wait in theirs)
 # what starts the window: a heartbeat, or the server's own Running event (a run killed before its
 # first heartbeat reaches the server is still watched)
 _HEARTBEAT_STARTS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
+# what ends a run's heartbeats without it being lost: a final state, or waiting (suspended runs
+# hold no process, paused ones wait in theirs)
 _HEARTBEAT_ENDS = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                    "prefect.flow-run.Crashed", "prefect.flow-run.Suspended",
