@@ -198,8 +198,8 @@ def main() -> None:
     r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
     args = ap.parse_args()
     if args.step == "pool":
-        kind = args.harmful.partition(":")[0]
-        if kind not in ("none", "latest", "all"):
+        kind, colon, cap = args.harmful.partition(":")
+        if kind not in ("none", "latest", "all") or (colon and not cap.isdigit()):
             ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")
         pool(args)
     else:
