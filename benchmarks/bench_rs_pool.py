@@ -47,6 +47,10 @@ def _setup(lake_dir: str):
 
     cfg = load_config(str(ROOT / "deployments" / "demo.yaml"))
     lake = Lake.open(lake_dir)
+    if not any(int(p["iteration"] or 0) >= 3 and p["method"] == "rejection_sampling"
+               for p in lake.rows("policies")):
+        raise SystemExit(f"{lake_dir} holds no third rejection-sampling iteration: make one "
+                         "with benchmarks/bench_demo_loop.py --run --lake LAKE")
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     return cfg, lake, judge, _by_id(lake.rows("samples")), _by_id(lake.rows("prompts"))
 
