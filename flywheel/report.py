@@ -202,7 +202,8 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         + (f" ({pol_metrics['pool_cut_by_limit']} cut off by the token limit, learned without "
            "the end of their turn)." if "pool_cut_by_limit" in pol_metrics else "."),
         *([f"Answers to prompts tagged safety: {pol_metrics['pool_safety']} fine-tuned on, "
-           f"{pol_metrics['pool_safety_left_out']} older ones left out by the safety share cap."]
+           f"{pol_metrics['pool_safety_left_out']} left out by the safety share cap (earlier "
+           "weeks' go first, the oldest first, then this week's lowest-reward ones)."]
           if pol_metrics.get("pool_safety_left_out") else []),
         *([f"Safety context distillation: {pol_metrics['preprompted_best']} of the kept answers "
            "were drawn with the safety preprompt (half of K on the prompts tagged safety) and "

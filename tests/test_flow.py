@@ -67,6 +67,9 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     first = report["iterations"][0]
     expected_in = first["policy_out"] if first["promoted"] else first["policy_in"]
     assert report["iterations"][1]["policy_in"] == expected_in
+    text2 = open(report["iterations"][1]["report_uri"]).read()
+    assert ("Answers to prompts tagged safety: 1 fine-tuned on, 3 left out by the safety share "
+            "cap") in text2
     for it in report["iterations"]:
         assert set(it["metrics"]["stage_seconds"]) == {
             "sample_for_annotation", "annotate", "train_reward_models", "rejection_sampling",
