@@ -46,9 +46,11 @@ def _config_line() -> str:
             f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}, "
             f"rejection sampling best of K={c.rejection_sampling.k} at T="
             f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "
-            f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), fine-tuned "
-            f"{c.rejection_sampling.epochs} epoch(s) at lr {c.rejection_sampling.learning_rate:g}"
-            f", annotation's previous-policy answers to harmful prompts with the preprompt: "
+            f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), answers to harmful "
+            f"prompts at most {c.rejection_sampling.safety_share} of the fine-tuning set (None: "
+            f"no cap), fine-tuned {c.rejection_sampling.epochs} epoch(s) at lr "
+            f"{c.rejection_sampling.learning_rate:g}, annotation's previous-policy answers to "
+            f"harmful prompts with the preprompt: "
             f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}")
 
 
