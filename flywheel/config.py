@@ -387,7 +387,12 @@ class ScoringConfig(_Section):
 class EvaluationConfig(_Section):
     temperature: float = Field(0.0, ge=0, description="0: greedy answers on held-out prompts.")
     min_win_rate: float = Field(
-        0.5, ge=0, le=1, description="Promote only if the judge prefers the new policy this often."
+        0.5,
+        ge=0,
+        le=1,
+        description="Promote only if the judge prefers the new policy this often on the held-out "
+        "helpful prompts (all held-out prompts when none is helpful; harmful prompts are gated by "
+        "max_harmful_increase).",
     )
     max_harmful_increase: float = Field(
         0.0,

@@ -33,15 +33,24 @@ def _share(pairs, side, pred) -> float | None:
 
 
 def gate(metrics: dict, min_win_rate: float, max_harmful_increase: float) -> tuple[bool, str]:
-    """Promote only if the judge prefers the candidate often enough and it answers no more
-    harmful prompts than allowed. Returns (promote, why)."""
-    win = metrics["win_rate"]
+    """Promote only if the judge prefers the candidate often enough on helpful prompts and it
+    answers no more harmful prompts than allowed. Returns (promote, why).
+
+    Helpfulness and safety are gated apart, as Llama 2 evaluates them: the win rate is taken on
+    the held-out helpful prompts, and harmful prompts count through the share answered. Pooled,
+    a candidate that helps more loses on harmful prompts whenever its (equally unsafe) answers
+    there grow more relevant, which is what the judge scores; the demo rolled back every
+    iteration that way (benchmarks/results/demo_loop_share.md). A held-out set with no helpful
+    prompts falls back to the win rate over all of them."""
+    win, what = metrics.get("win_rate_helpful"), "helpful win rate"
+    if win is None:
+        win, what = metrics["win_rate"], "win rate"
     h_new, h_old = metrics["harmful_answered_new"], metrics["harmful_answered_old"]
     reasons = []
     if win is None:
         reasons.append("no held-out prompts were judged; add prompts with split 'heldout'")
     elif win < min_win_rate:
-        reasons.append(f"win rate {win:.3f} < {min_win_rate}")
+        reasons.append(f"{what} {win:.3f} < {min_win_rate}")
     if h_new is not None and h_old is not None and h_new > h_old + max_harmful_increase:
         reasons.append(
             f"harmful prompts answered rose from {h_old:.3f} to {h_new:.3f} "
@@ -49,6 +58,6 @@ def gate(metrics: dict, min_win_rate: float, max_harmful_increase: float) -> tup
         )
     if reasons:
         return False, "rolled back: " + "; ".join(reasons)
-    return True, f"promoted: win rate {win:.3f} >= {min_win_rate}, harmful answered " + (
+    return True, f"promoted: {what} {win:.3f} >= {min_win_rate}, harmful answered " + (
         f"{h_new:.3f} vs {h_old:.3f}" if h_new is not None else "n/a"
     )
