@@ -126,7 +126,8 @@ def format_status(report: dict) -> str:
         verdict = "promoted" if it["promoted"] else "rolled back"
         lines.append(
             f"  #{it['iteration']}: {it['policy_in']} -> {it['policy_out']} {verdict}; "
-            f"win rate {_num(m.get('win_rate'))}, harmful answered "
+            f"win rate {_num(m.get('win_rate'))} (helpful prompts "
+            f"{_num(m.get('win_rate_helpful'))}), harmful answered "
             f"{_num(m.get('harmful_answered_new'))}; {it['decision']}"
         )
     lines.append("batches:")

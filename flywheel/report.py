@@ -160,7 +160,8 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "| metric | candidate | previous |",
         "|---|---|---|",
         f"| judge win rate (all held-out) | {_fmt(metrics['win_rate'])} | |",
-        f"| judge win rate (helpful) | {_fmt(metrics['win_rate_helpful'])} | |",
+        f"| judge win rate (helpful: the gate's) | {_fmt(metrics['win_rate_helpful'])} | |",
+        f"| judge win rate (harmful) | {_fmt(metrics.get('win_rate_harmful'))} | |",
         f"| harmful prompts answered | {_fmt(metrics['harmful_answered_new'])} | "
         f"{_fmt(metrics['harmful_answered_old'])} |",
         f"| helpful prompts refused | {_fmt(metrics['helpful_refused_new'])} | "

@@ -40,7 +40,8 @@ def test_duckdb_views_and_status(tmp_path):
     lake.write("iterations", [{
         "id": "it1", "iteration": 1, "policy_in": "a", "policy_out": "b",
         "reward_model_id": "r", "batch_id": "x", "promoted": True, "decision": "promoted: ok",
-        "metrics": json.dumps({"win_rate": 0.75, "harmful_answered_new": 0.25}),
+        "metrics": json.dumps({"win_rate": 0.75, "win_rate_helpful": 0.8,
+                               "harmful_answered_new": 0.25}),
         "report_uri": "file:///r.md",
     }])
     con = connect(lake)
@@ -50,7 +51,7 @@ def test_duckdb_views_and_status(tmp_path):
     assert report["counts"]["prompts"] == 2
     assert report["iterations"][0]["metrics"]["win_rate"] == 0.75
     text = format_status(report)
-    assert "#1: a -> b promoted; win rate 0.75" in text
+    assert "#1: a -> b promoted; win rate 0.75 (helpful prompts 0.80), harmful answered 0.25" in text
 
 
 def test_artifacts_are_complete_only_after_marker(tmp_path):
