@@ -51,7 +51,8 @@ def test_duckdb_views_and_status(tmp_path):
     assert report["counts"]["prompts"] == 2
     assert report["iterations"][0]["metrics"]["win_rate"] == 0.75
     text = format_status(report)
-    assert "#1: a -> b promoted; win rate 0.75 (helpful prompts 0.80), harmful answered 0.25" in text
+    assert ("#1: a -> b promoted; win rate 0.75 (helpful prompts 0.80), harmful answered 0.25"
+            in text)
 
 
 def test_artifacts_are_complete_only_after_marker(tmp_path):
