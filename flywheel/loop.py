@@ -582,7 +582,8 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
     from flywheel.report import iteration_plots, iteration_report, plot_path, used_reward_models
 
     promoted, why = gate(evaluation, cfg.evaluation.min_win_rate,
-                         cfg.evaluation.max_harmful_increase)
+                         cfg.evaluation.max_harmful_increase,
+                         cfg.evaluation.max_refusal_increase)
     metrics = {**evaluation, "stage_seconds": stage_seconds}
     row = {
         "id": content_id("iteration", iteration, evaluation["candidate"]),
