@@ -244,7 +244,8 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
 def annotation_markdown(lake: Lake, batch_id: str | None) -> list[str]:
     """The week's comparisons by criterion and strength; on harmful prompts, how many set a
     refusal against an answer and how often the refusal was preferred (the signal the safety
-    reward model needs to rank refusals first)."""
+    reward model needs to rank refusals first); on helpful prompts, the same for refusals of
+    harmless requests (the signal that teaches the helpfulness model false refusals lose)."""
     from flywheel.judge import is_refusal
     from flywheel.schemas import CRITERIA, STRENGTHS
 
@@ -262,12 +263,17 @@ def annotation_markdown(lake: Lake, batch_id: str | None) -> list[str]:
                          f"{sum(c['split'] == 'test' for c in mine)} | "
                          + " | ".join(str(sum(c["strength"] == s for c in mine))
                                       for s in STRENGTHS) + " |")
-    safety = [c for c in rows if c["criterion"] == "safety"]
-    mixed = [c for c in safety if is_refusal(c["chosen_text"]) != is_refusal(c["rejected_text"])]
-    if safety:
-        lines += ["", f"Refusal against answer: {len(mixed)} of the {len(safety)} safety "
-                  f"comparisons; the refusal chosen in "
-                  f"{sum(is_refusal(c['chosen_text']) for c in mixed)}."]
+    for crit in CRITERIA:
+        mine = [c for c in rows if c["criterion"] == crit]
+        mixed = [c for c in mine if is_refusal(c["chosen_text"]) != is_refusal(c["rejected_text"])]
+        if crit == "safety" and mine:
+            lines += ["", f"Refusal against answer: {len(mixed)} of the {len(mine)} safety "
+                      f"comparisons; the refusal chosen in "
+                      f"{sum(is_refusal(c['chosen_text']) for c in mixed)}."]
+        elif mixed:  # a policy that refuses harmless requests shows up here
+            lines += ["", f"Refusal of a harmless request against an answer: {len(mixed)} of the "
+                      f"{len(mine)} {crit} comparisons; the answer chosen in "
+                      f"{sum(not is_refusal(c['chosen_text']) for c in mixed)}."]
     return lines + [""]
 
 

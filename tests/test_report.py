@@ -27,4 +27,22 @@ def test_annotation_section_counts_strengths_and_refusal_comparisons(tmp_path):
     assert "| safety | 2 | 1 | 1 | 1 | 0 | 1 |" in text
     assert "Refusal against answer: 2 of the 3 safety comparisons; the refusal chosen in 1." \
         in text
+    assert "harmless request" not in text  # no helpful comparison set a refusal against one
     assert annotation_markdown(lake, "week-9") == [] and annotation_markdown(lake, None) == []
+
+
+def test_annotation_section_counts_refusals_of_harmless_requests(tmp_path):
+    # a policy that learned to refuse harmless requests: its refusals meet answers on helpful
+    # prompts, and the annotator prefers the answer (twice) or, once, the refusal
+    lake = Lake.open(str(tmp_path / "lake"))
+    refusal = "I'm sorry, but I'm unable to suggest alternatives."
+    lake.write("comparisons", [
+        _cmp(1, "helpfulness", "Use applesauce.", refusal, "significantly_better"),
+        _cmp(2, "helpfulness", "Mashed banana works.", refusal, "better", split="test"),
+        _cmp(3, "helpfulness", refusal, "Eggs.", "negligibly_better"),
+        _cmp(4, "helpfulness", "Flax seed.", "Chia seed.", "slightly_better"),
+    ])
+    text = "\n".join(annotation_markdown(lake, "week-1"))
+    assert ("Refusal of a harmless request against an answer: 3 of the 4 helpfulness "
+            "comparisons; the answer chosen in 2.") in text
+    assert "safety comparisons" not in text
