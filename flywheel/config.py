@@ -101,7 +101,13 @@ class SamplingConfig(_Section):
         "turn itself ('\\nUser: ...', then answers it): without a stop, rejection sampling "
         "keeps that invented exchange and fine-tunes on it.",
     )
-    seed: int = 0
+    seed: int = Field(
+        0,
+        description="The sampling engine's seed. vLLM's CPU build does not repeat its draws "
+        "with it: two fresh engines seeded alike agreed on 0 of 16 and 1 of 384 answers "
+        "(benchmarks/results/sampling_repeat.md), so a rerun draws other answers; what a run "
+        "drew is in the lake's samples table.",
+    )
 
     @model_validator(mode="after")
     def _positive_temperatures(self):
