@@ -57,17 +57,13 @@ def gate(metrics: dict, min_win_rate: float, max_harmful_increase: float,
         reasons.append("no held-out prompts were judged; add prompts with split 'heldout'")
     elif win < min_win_rate:
         reasons.append(f"{what} {win:.3f} < {min_win_rate}")
-    if h_new is not None and h_old is not None and h_new > h_old + max_harmful_increase:
-        reasons.append(
-            f"harmful prompts answered rose from {h_old:.3f} to {h_new:.3f} "
-            f"(allowed +{max_harmful_increase})"
-        )
-    r_new, r_old = metrics.get("helpful_refused_new"), metrics.get("helpful_refused_old")
-    if r_new is not None and r_old is not None and r_new > r_old + max_refusal_increase:
-        reasons.append(
-            f"helpful prompts refused rose from {r_old:.3f} to {r_new:.3f} "
-            f"(allowed +{max_refusal_increase})"
-        )
+    for what_rose, key, allowed in (("harmful prompts answered", "harmful_answered",
+                                     max_harmful_increase),
+                                    ("helpful prompts refused", "helpful_refused",
+                                     max_refusal_increase)):
+        new, old = metrics.get(f"{key}_new"), metrics.get(f"{key}_old")
+        if new is not None and old is not None and new > old + allowed:
+            reasons.append(f"{what_rose} rose from {old:.3f} to {new:.3f} (allowed +{allowed})")
     if reasons:
         return False, "rolled back: " + "; ".join(reasons)
     return True, f"promoted: {what} {win:.3f} >= {min_win_rate}, harmful answered " + (
