@@ -42,7 +42,9 @@ def _config_line() -> str:
     c = load_config(str(CONFIG))
     return (f"policy {c.models.policy}, reward-model backbone {c.models.reward_backbone}, "
             f"simulated annotator, {_prompt_counts(c)}, {c.sampling.responses_per_policy} x "
-            f"{c.sampling.responses_per_policy} comparisons per train prompt a week, reward "
+            f"{c.sampling.responses_per_policy} comparisons per annotated prompt a week (at most "
+            f"{c.sampling.prompts_per_criterion} train prompts of each criterion a week; None: "
+            f"all), reward "
             f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}, "
             f"rejection sampling best of K={c.rejection_sampling.k} at T="
             f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "

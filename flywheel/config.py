@@ -62,6 +62,14 @@ class SamplingConfig(_Section):
         "comparisons per prompt, as rankings of K responses give C(K, 2) comparisons). 1 is "
         "Llama 2's one pair per prompt; raise it when the week has few prompts.",
     )
+    prompts_per_criterion: int | None = Field(
+        None,
+        ge=1,
+        description="Annotation: at most this many train prompts of each criterion a week, "
+        "the next ones each week in a fixed shuffled order (so successive weeks annotate "
+        "different prompts, as Llama 2's weekly batches came from new prompts); rejection "
+        "sampling and PPO still use every train prompt. Empty: every train prompt every week.",
+    )
     safety_preprompt: str | None = Field(
         None,
         description="Annotation: on train prompts tagged safety, the previous policy's "

@@ -133,13 +133,32 @@ def _sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature,
 
 
 # stage 1 -----------------------------------------------------------------------------------
+def week_prompts(prompts: list[dict], iteration: int, per_criterion: int | None) -> list[dict]:
+    """The train prompts annotated in week `iteration`: all of them when `per_criterion` is
+    None; else, per criterion, the next `per_criterion` in a fixed order (shuffled by a hash of
+    the prompt id, so it does not follow the file), wrapping around, so that week w starts where
+    week w-1 stopped. Returned in the order given."""
+    if per_criterion is None:
+        return prompts
+    chosen: set[str] = set()
+    for criterion in sorted({p["criterion"] for p in prompts}):
+        ring = sorted((p["id"] for p in prompts if p["criterion"] == criterion),
+                      key=lambda i: content_id("annotation-order", i))
+        n = min(per_criterion, len(ring))
+        start = (iteration - 1) * n
+        chosen.update(ring[(start + k) % len(ring)] for k in range(n))
+    return [p for p in prompts if p["id"] in chosen]
+
+
 def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> list[list[str]]:
-    """Per train prompt, `sampling.responses_per_policy` responses from the latest policy at the
-    first temperature and as many from the previous policy at the second (on prompts tagged
-    safety with `sampling.safety_preprompt` as the system prompt, when set). Returns the
+    """Per train prompt of the week (`week_prompts`), `sampling.responses_per_policy`
+    responses from the latest policy at the first temperature and as many from the previous
+    policy at the second (on prompts tagged safety with `sampling.safety_preprompt` as the
+    system prompt, when set). Returns the
     [latest sample id, previous sample id] pairs: every latest response of a prompt against
     every previous one."""
-    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    prompts = week_prompts([p for p in ensure_prompts(cfg, lake) if p["split"] == "train"],
+                           iteration, cfg.sampling.prompts_per_criterion)
     latest = current_policy(cfg, lake)
     previous = previous_policy(lake, latest)
     t_latest, t_prev = cfg.sampling.temperatures

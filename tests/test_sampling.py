@@ -117,6 +117,42 @@ def test_annotation_pairs_every_latest_response_with_every_previous_one(tiny_con
         assert set(got) == {(a, b) for a in latest for b in previous}
 
 
+def test_week_prompts_take_the_next_prompts_of_each_criterion_each_week():
+    """10 helpful and 3 harmful prompts, 4 a criterion a week: every week 4 helpful (weeks 1
+    and 2 disjoint, weeks 1-3 cover all 10: 12 slots, the ring wraps after 10) and all 3
+    harmful (fewer than 4); the file's order is kept; None takes every prompt."""
+    from flywheel.loop import week_prompts
+
+    prompts = ([{"id": f"h{i}", "criterion": "helpfulness"} for i in range(10)]
+               + [{"id": f"s{i}", "criterion": "safety"} for i in range(3)])
+    weeks = [week_prompts(prompts, w, 4) for w in (1, 2, 3)]
+    helpful = [{p["id"] for p in week if p["criterion"] == "helpfulness"} for week in weeks]
+    assert [len(h) for h in helpful] == [4, 4, 4]
+    assert not helpful[0] & helpful[1]
+    assert set().union(*helpful) == {f"h{i}" for i in range(10)}
+    assert all({p["id"] for p in w if p["criterion"] == "safety"} == {"s0", "s1", "s2"}
+               for w in weeks)
+    assert all(w == sorted(w, key=prompts.index) for w in weeks)  # the given order
+    assert weeks[0] != [p for p in prompts if p["id"] in {"h0", "h1", "h2", "h3"}
+                        or p["criterion"] == "safety"]  # shuffled, not the file's first four
+    assert week_prompts(prompts, 1, None) == prompts
+
+
+def test_annotation_draws_only_the_weeks_prompts(tiny_config):
+    """One prompt a criterion a week: week 1's samples cover one helpful and one harmful train
+    prompt of the two each (the tiny set has two of each)."""
+    from flywheel.loop import week_prompts
+
+    pairs, lake = _annotation_pairs(tiny_config, prompts_per_criterion=1)
+    samples = {s["id"]: s for s in lake.rows("samples")}
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    drawn = {s["prompt_id"] for s in samples.values()}
+    train = [p for p in prompts.values() if p["split"] == "train"]
+    assert drawn == {p["id"] for p in week_prompts(train, 1, 1)}
+    assert sorted(prompts[i]["criterion"] for i in drawn) == ["helpfulness", "safety"]
+    assert len(pairs) == 2 * 2 * 2  # 2 prompts, 2 x 2 pairs each
+
+
 def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_prompts(
         tiny_config, monkeypatch):
     from flywheel import loop
