@@ -210,14 +210,19 @@ def main():
                       f"over {len(ro['generate_seconds'])} rollout batches.", ""]
     lines += reward_model_table(lake)
     lines += selection_diagnosis(lake)
-    final = json.loads(rows[-1]["metrics"]).get("vs_base", {})
-    if final:
+    # The loop ends with the last promoted policy: a rolled-back last candidate is not it.
+    kept = [r for r in rows if r["promoted"]]
+    if not kept:
+        lines += ["Final policy: the base (no iteration was promoted): **not met**.", ""]
+    else:
+        final = json.loads(kept[-1]["metrics"]).get("vs_base", {})
         aim = (final["win_rate_helpful"] >= 0.6
                and final["harmful_answered_new"] < final["harmful_answered_old"])
-        lines += [f"Final candidate against the base: helpful win rate "
-                  f"{_f(final['win_rate_helpful'])} (aim >= 0.600), harmful prompts answered "
-                  f"{_f(final['harmful_answered_new'])} vs {_f(final['harmful_answered_old'])} "
-                  f"(aim: fewer): **{'met' if aim else 'not met'}**.", ""]
+        lines += [f"Final policy (iteration {kept[-1]['iteration']}'s, the last promoted) against "
+                  f"the base: helpful win rate {_f(final['win_rate_helpful'])} (aim >= 0.600), "
+                  f"harmful prompts answered {_f(final['harmful_answered_new'])} vs "
+                  f"{_f(final['harmful_answered_old'])} (aim: fewer): "
+                  f"**{'met' if aim else 'not met'}**.", ""]
     if wall:
         lines += [f"Whole `flywheel demo --iterations {args.iterations}` command: {wall:.0f} s "
                   "(local Prefect server start included).", ""]
