@@ -158,7 +158,12 @@ def rm_pairs(args) -> None:
             sources[s["prompt_id"]].append(i)
     random_pick = st.fmean(st.fmean(score[i] for i in g) for g in picks_from.values())
     best_pick = st.fmean(max(score[i] for i in g) for g in picks_from.values())
-    for n in args.per_prompt:
+    epochs = args.epochs or [cfg.reward_model.epochs] * len(args.per_prompt)
+    rates = args.lr or [cfg.reward_model.learning_rate] * len(args.per_prompt)
+    grouped = args.grouped or [0] * len(args.per_prompt)
+    if not len(epochs) == len(rates) == len(grouped) == len(args.per_prompt):
+        raise SystemExit("--epochs, --lr, --grouped: give one value for each --per-prompt value")
+    for n, n_epochs, lr, group in zip(args.per_prompt, epochs, rates, grouped):
         rng = random.Random(0)
         pairs = []
         for pid, ids in sorted(sources.items()):
@@ -171,7 +176,9 @@ def rm_pairs(args) -> None:
                     strength_of(score[c] - score[r], cfg.annotation.strength_thresholds)))
         t0 = time.time()
         model, _ = train_reward_model(models.resolve(cfg.models.reward_backbone), pairs,
-                                      cfg.reward_model)
+                                      cfg.reward_model.model_copy(update={
+            "epochs": n_epochs, "learning_rate": lr, "group_by_prompt": bool(group),
+            **({"batch_size": 1, "micro_batch_size": 1} if group else {})}))
         ids = [i for g in picks_from.values() for i in g]
         rm = dict(zip(ids, model.score([messages_of(prompts[samples[i]["prompt_id"]])
                                         for i in ids], [samples[i]["text"] for i in ids],
@@ -182,7 +189,8 @@ def rm_pairs(args) -> None:
 
         seen = [p for p in picks_from if p in train_prompts]
         other = [p for p in picks_from if p not in train_prompts]
-        print(f"| {n} | {len(pairs)} | {picked(list(picks_from)):.3f} | {picked(seen):.3f} "
+        print(f"| {n} | {'by prompt' if group else 'by pair'} | {n_epochs} | {lr:g} | "
+              f"{len(pairs)} | {picked(list(picks_from)):.3f} | {picked(seen):.3f} "
               f"(n={len(seen)}) | {picked(other):.3f} (n={len(other)}) | {random_pick:.3f} | "
               f"{best_pick:.3f} | {time.time() - t0:.0f} |", flush=True)
 
@@ -200,6 +208,14 @@ def main() -> None:
     r = sub.add_parser("rm-pairs")
     r.add_argument("--lake", required=True)
     r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
+    r.add_argument("--epochs", type=int, nargs="+", default=None,
+                   help="reward-model epochs for each --per-prompt value (default: demo.yaml's)")
+    r.add_argument("--grouped", type=int, nargs="+", default=None,
+                   help="0 or 1 for each --per-prompt value: train on each prompt's pairs as "
+                   "one batch element, one prompt a step (reward_model.group_by_prompt)")
+    r.add_argument("--lr", type=float, nargs="+", default=None,
+                   help="reward-model learning rate for each --per-prompt value (default: "
+                   "demo.yaml's)")
     args = ap.parse_args()
     if args.step == "pool":
         kind, colon, cap = args.harmful.partition(":")

@@ -212,8 +212,20 @@ class RewardModelConfig(_Section):
     )
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step.")
-    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass.")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (prompts with "
+                            "group_by_prompt).")
+    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward pass (prompts with "
+                                  "group_by_prompt).")
+    group_by_prompt: bool = Field(
+        False,
+        description="Train on all of a prompt's comparisons as one batch element (InstructGPT, "
+        "section 3.5): each distinct response is encoded once a step and every prompt weighs the "
+        "same, its loss the mean over its pairs. With n x n comparisons per prompt "
+        "(sampling.responses_per_policy) a step encodes 2n responses for n^2 pairs instead of "
+        "2n^2, and an epoch no longer repeats each response n times in separate steps. False: "
+        "pairs are shuffled one by one (one pair per prompt, as Llama 2's batches, trains the "
+        "same either way).",
+    )
     max_length: int = Field(512, ge=16)
     center_coefficient: float = Field(
         0.0,
@@ -251,6 +263,14 @@ class RejectionSamplingConfig(_Section):
         "the held-out prompts have the highest mean best-of-K reward R_c is used and recorded "
         "(Llama 2: the best temperature drifts up, to about 1.2-1.3, as the policy improves). "
         "Empty: always `temperature`.",
+    )
+    temperature_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Tune the temperature on at most this many held-out prompts (the same ones "
+        "each iteration, a fixed random draw): the search samples K per prompt at every grid "
+        "value, which on a small machine costs more than the rejection sampling it tunes. "
+        "Empty: every held-out prompt.",
     )
     teacher: str | None = Field(
         None,

@@ -11,6 +11,7 @@ stages and any stage can run in its own process. Stage order:
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import tempfile
 
@@ -281,6 +282,10 @@ def tune_temperature(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: di
         raise DataError("rejection_sampling.temperature_grid is tuned on held-out prompts and "
                         "the prompt set has none; add prompts with split heldout or empty the "
                         "grid")
+    if rs.temperature_prompts and rs.temperature_prompts < len(heldout):
+        heldout = sorted(heldout, key=lambda p: p["id"])
+        random.Random(rs.seed).shuffle(heldout)
+        heldout = heldout[: rs.temperature_prompts]
     by_prompt = _by_id(heldout)
     search = {}
     for t in sorted(set(rs.temperature_grid)):

@@ -41,13 +41,45 @@ def margin_of(strength: str | None, table: str) -> float:
 
 
 def ranking_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor,
-                 center: float = 0.0):
+                 center: float = 0.0, weight: torch.Tensor | None = None):
     """Llama 2's margin ranking loss, plus `center` x mean((r_chosen + r_rejected)^2) to keep
-    the scores centred on 0 (0: none, as Llama 2)."""
-    loss = -torch.nn.functional.logsigmoid(r_chosen - r_rejected - margin).mean()
+    the scores centred on 0 (0: none, as Llama 2). `weight`: per-pair weights summing to 1 in
+    place of the plain mean (grouped by prompt: 1 / (prompts x the prompt's pairs))."""
+    def mean(x):
+        return x.mean() if weight is None else (x * weight).sum()
+
+    loss = mean(-torch.nn.functional.logsigmoid(r_chosen - r_rejected - margin))
     if center:
-        loss = loss + center * (r_chosen + r_rejected).pow(2).mean()
+        loss = loss + center * mean((r_chosen + r_rejected).pow(2))
     return loss
+
+
+def group_pairs(pairs: list[PreferencePair]) -> list[list[int]]:
+    """Indices of `pairs` by prompt (its messages), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(json.dumps(p.messages, sort_keys=True), []).append(i)
+    return list(groups.values())
+
+
+def _encode_distinct(model, groups: list[list[PreferencePair]], max_length: int):
+    """The encoding of each distinct (prompt, response) of `groups` once, with the positions
+    of every pair's chosen and rejected response in it and each pair's weight (every group
+    weighs 1 / len(groups), shared among its pairs)."""
+    where: dict[tuple[int, str], int] = {}
+    messages, responses, chosen, rejected, weight = [], [], [], [], []
+    for g, group in enumerate(groups):
+        for p in group:
+            for text in (p.chosen, p.rejected):
+                if (g, text) not in where:
+                    where[g, text] = len(responses)
+                    messages.append(p.messages)
+                    responses.append(text)
+            chosen.append(where[g, p.chosen])
+            rejected.append(where[g, p.rejected])
+            weight.append(1 / (len(groups) * len(group)))
+    return (model.encode(messages, responses, max_length), torch.tensor(chosen),
+            torch.tensor(rejected), torch.tensor(weight))
 
 
 @dataclass(frozen=True)
@@ -149,27 +181,30 @@ def train_reward_model(
     if not cfg.deepspeed:  # a DeepSpeed engine places the model on its local rank's device
         model.to(compute_device())
     model.train()
-    steps, warmup = plan_steps(len(pairs), cfg.batch_size, cfg.epochs)
-    micro_steps = math.ceil(min(cfg.batch_size, len(pairs)) / cfg.micro_batch_size)
+    # a batch element: one pair, or with group_by_prompt all of one prompt's pairs
+    elements = (group_pairs(pairs) if cfg.group_by_prompt else [[i] for i in range(len(pairs))])
+    steps, warmup = plan_steps(len(elements), cfg.batch_size, cfg.epochs)
+    micro_steps = math.ceil(min(cfg.batch_size, len(elements)) / cfg.micro_batch_size)
     stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
     device = stepper.device
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step")
-    for idx in epoch_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed):
-        batch = [pairs[i] for i in idx]
+    for idx in epoch_batches(len(elements), cfg.batch_size, cfg.epochs, cfg.seed):
+        batch = [[pairs[i] for i in elements[e]] for e in idx]
         step_loss = 0.0
         for m in range(0, len(batch), cfg.micro_batch_size):
-            micro = batch[m : m + cfg.micro_batch_size]
-            n = len(micro)
-            enc = model.encode([p.messages for p in micro] * 2,
-                               [p.chosen for p in micro] + [p.rejected for p in micro],
-                               cfg.max_length)
+            micro_groups = batch[m : m + cfg.micro_batch_size]
+            micro = [p for group in micro_groups for p in group]
+            enc, at_chosen, at_rejected, weight = _encode_distinct(model, micro_groups,
+                                                                   cfg.max_length)
             rewards = stepper.module(enc["input_ids"].to(device),
                                      enc["attention_mask"].to(device)).float()
             margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro],
                                   device=device)
-            loss = ranking_loss(rewards[:n], rewards[n:], margin,
-                                cfg.center_coefficient)
+            r_chosen, r_rejected = rewards[at_chosen.to(device)], rewards[at_rejected.to(device)]
+            loss = ranking_loss(r_chosen, r_rejected, margin, cfg.center_coefficient,
+                                weight.to(device))
+            n = len(micro_groups)
             if not torch.isfinite(loss):
                 raise FlywheelError(
                     f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
@@ -178,8 +213,8 @@ def train_reward_model(
                 )
             stepper.backward(loss, n / len(batch))
             step_loss += loss.item() * n / len(batch)
-            correct += int((rewards[:n] > rewards[n:]).sum())
-            seen += n
+            correct += int((r_chosen > r_rejected).sum())
+            seen += len(micro)
         stepper.step()
         losses.append(step_loss)
         bar.update(1)

@@ -296,3 +296,27 @@ def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatc
     tiny_config.rejection_sampling.temperature_grid = []
     assert loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None) == (
         tiny_config.rejection_sampling.temperature, {})
+
+
+def test_temperature_search_on_a_fixed_subset_of_held_out_prompts(monkeypatch, tiny_config):
+    """temperature_prompts: every grid value and every iteration samples the same N held-out
+    prompts; train prompts are never among them."""
+    from flywheel import loop
+
+    prompts = ([{"id": f"h{i}", "split": "heldout"} for i in range(9)]
+               + [{"id": f"t{i}", "split": "train"} for i in range(5)])
+    monkeypatch.setattr(loop, "ensure_prompts", lambda cfg, lake: list(reversed(prompts)))
+    drawn = []
+    monkeypatch.setattr(loop, "_sample_rows",
+                        lambda *a: drawn.append(sorted(p["id"] for p in a[3])) or [])
+    monkeypatch.setattr(loop, "_best_of_k_reward", lambda *a: ([], 0.5))
+    rs = tiny_config.rejection_sampling
+    rs.temperature_grid, rs.temperature_prompts = [0.5, 1.0], 4
+    loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
+    loop.tune_temperature(tiny_config, None, 2, {}, {}, None, None)
+    assert len(drawn) == 4 and all(d == drawn[0] for d in drawn)
+    assert len(drawn[0]) == 4 and all(i.startswith("h") for i in drawn[0])
+    # more than there are: all of them
+    rs.temperature_prompts = 50
+    loop.tune_temperature(tiny_config, None, 3, {}, {}, None, None)
+    assert drawn[-1] == sorted(f"h{i}" for i in range(9))

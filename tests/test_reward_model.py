@@ -8,7 +8,9 @@ from flywheel.errors import FlywheelError
 from flywheel.reward_model import (
     PreferencePair,
     RewardModel,
+    _encode_distinct,
     accuracy,
+    group_pairs,
     margin_of,
     ranking_loss,
     train_reward_model,
@@ -43,6 +45,65 @@ def test_ranking_loss_centering_term_hand_values():
     # a shift of every score changes only the centering term
     shifted = ranking_loss(args[0] - 1.5, args[1] - 1.5, args[2], center=0.1).item()
     assert shifted == pytest.approx(0.81326 + 0.1 * ((2 - 3) ** 2 + (1 - 3) ** 2) / 2, abs=1e-5)
+
+
+def test_ranking_loss_weights_hand_values():
+    """The two pairs above lose 0.31326 and 1.31326: weighted 1/4 and 3/4, 1.06326; the
+    centering term (4 and 1) weighs the same way: 0.1 x (1 + 0.75) = 0.175."""
+    args = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])
+    weight = torch.tensor([0.25, 0.75])
+    assert ranking_loss(*args, weight=weight).item() == pytest.approx(1.06326, abs=1e-5)
+    assert ranking_loss(*args, center=0.1, weight=weight).item() == pytest.approx(
+        1.06326 + 0.175, abs=1e-5)
+    # equal weights are the plain mean
+    assert ranking_loss(*args, weight=torch.tensor([0.5, 0.5])).item() == pytest.approx(
+        ranking_loss(*args).item(), abs=1e-7)
+
+
+def _grid_pairs():
+    """Prompt A: 2 x 2 comparisons of four responses; prompt B: one comparison."""
+    a = [{"role": "user", "content": "How do I cook rice?"}]
+    b = [{"role": "user", "content": "Suggest things to see in Lisbon."}]
+    pairs = [PreferencePair(a, c, r, "better") for c in ("Rinse, boil, simmer.",
+                                                         "Boil it in salted water.")
+             for r in ("I cannot help.", "Rice rice rice.")]
+    return pairs + [PreferencePair(b, "The castle and the tram.", "Lisbon.", "slightly_better")]
+
+
+def test_grouped_batches_encode_each_response_once_and_weigh_prompts_equally(tiny_llama):
+    pairs = _grid_pairs()
+    assert group_pairs(pairs) == [[0, 1, 2, 3], [4]]
+    model = RewardModel.from_backbone(tiny_llama).eval()
+    groups = [[pairs[i] for i in g] for g in group_pairs(pairs)]
+    enc, at_chosen, at_rejected, weight = _encode_distinct(model, groups, 64)
+    # 4 + 2 distinct responses, not 2 x 5
+    assert enc["input_ids"].shape[0] == 6
+    assert weight.tolist() == pytest.approx([1 / 8] * 4 + [1 / 2])
+    with torch.no_grad():
+        rewards = model(enc["input_ids"], enc["attention_mask"])
+        margin = torch.tensor([margin_of(p.strength, "small") for p in pairs])
+        grouped = ranking_loss(rewards[at_chosen], rewards[at_rejected], margin,
+                               weight=weight).item()
+    # the same loss from each pair scored on its own: the mean over prompts of the mean over
+    # the prompt's pairs
+    chosen = model.score([p.messages for p in pairs], [p.chosen for p in pairs], 64)
+    rejected = model.score([p.messages for p in pairs], [p.rejected for p in pairs], 64)
+    per_pair = [math.log1p(math.exp(-(c - r - m))) for c, r, m in
+                zip(chosen, rejected, margin.tolist())]
+    assert grouped == pytest.approx((sum(per_pair[:4]) / 4 + per_pair[4]) / 2, abs=1e-5)
+
+
+def test_grouped_training_steps_by_prompt_and_learns(tiny_llama):
+    pairs = _grid_pairs() + PAIRS
+    cfg = RewardModelConfig(learning_rate=2e-3, epochs=6, batch_size=2, micro_batch_size=1,
+                            max_length=64, group_by_prompt=True)
+    model, metrics = train_reward_model(tiny_llama, pairs, cfg)
+    # PAIRS ask about rice and Lisbon too: four prompts, two a step, so 2 steps an epoch
+    # (9 pairs one by one would make 5)
+    assert len(group_pairs(pairs)) == 4
+    assert metrics["steps"] == 12
+    assert metrics["loss_last"] < metrics["loss_first"]
+    assert accuracy(model, pairs, 64)["accuracy"] == 1.0
 
 
 def test_last_token_index_left_and_right_padding():
@@ -95,7 +156,9 @@ def test_training_changes_every_parameter_and_raises_train_accuracy(tiny_llama, 
     model, metrics = train_reward_model(tiny_llama, PAIRS, cfg)
     after = model.state_dict()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
-    assert unchanged == []
+    # the ranking loss sees only score differences, so the head's bias gets no gradient
+    # without the centering term (test_centering_... trains it)
+    assert unchanged == ["head.bias"]
     assert metrics["loss_last"] < metrics["loss_first"]
     result = accuracy(model, PAIRS, 64)
     assert result["accuracy"] == 1.0 > before_acc
