@@ -5,6 +5,7 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
     .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful oracle --harmful none
     .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful rm --harmful latest:8
     .venv/bin/python benchmarks/bench_rs_pool.py rm-pairs --lake LAKE --per-prompt 4 16 48
+    .venv/bin/python benchmarks/bench_rs_pool.py temperatures --lake LAKE --grid 0.5 0.7 1.0
 
 - pool: the base policy fine-tuned (deployments/demo.yaml's rejection_sampling settings; answers
   cut by the token limit learned without their end, as the loop does) on a pool built from the
@@ -19,6 +20,12 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   labelled as the simulated annotator labels (the judge, strength from the margin); trained
   with the demo's reward_model settings; it then picks among iteration 1's 8 draws per helpful
   prompt, and the judge scores its pick against a random draw and the judge's own best.
+  --grouped trains on each prompt's pairs as one batch element (reward_model.group_by_prompt).
+- temperatures: what each sampling temperature gives rejection sampling once the policy has
+  been fine-tuned: the lake's current policy (or the base, --policy base) draws K per helpful
+  train prompt (the first --prompts by id) at each --grid value, scored by the current reward
+  models (R_c, the statistic rejection_sampling.temperature_grid maximises) and by the judge.
+  The draws are written to the lake (purpose `t-probe`, iteration 90): run it on a copy.
 
 Prints one markdown row per run.
 """
@@ -195,6 +202,52 @@ def rm_pairs(args) -> None:
               f"{best_pick:.3f} | {time.time() - t0:.0f} |", flush=True)
 
 
+def temperatures(args) -> None:
+    from flywheel.loop import (
+        _best_of_k_reward,
+        _sample_rows,
+        _sampler,
+        current_policy,
+        ensure_prompts,
+        policy_path,
+    )
+    from flywheel.prompts import user_text
+    from flywheel.rm_training import current_models
+    from flywheel.scoring import ScoringEngine
+
+    cfg, lake, judge, _, _ = _setup(args.lake)
+    policy = (current_policy(cfg, lake) if args.policy == "current"
+              else next(p for p in lake.rows("policies") if p["method"] == "base"))
+    rm_ids = {kind: row["id"] for kind, row in current_models(lake).items()}
+    prompts = sorted((p for p in ensure_prompts(cfg, lake) if p["split"] == "train"
+                      and p["criterion"] == "helpfulness"), key=lambda p: p["id"])[:args.prompts]
+    by_prompt = {p["id"]: p for p in prompts}
+    sampler = _sampler(cfg, policy_path(lake, policy))
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    k = cfg.rejection_sampling.k
+    print(f"Policy of iteration {policy['iteration']} ({policy['method']}), {len(prompts)} "
+          f"helpful train prompts, K={k}; reward models {rm_ids}")
+    print(f"| T | distinct of {k} | cut off | mean best-of-K R_c | judge: mean draw | "
+          "reward models' pick | judge's own best | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t in args.grid:
+        t0 = time.time()
+        rows = _sample_rows(cfg, lake, policy, prompts, 90, "t-probe", k, t, sampler)
+        rewards, mean_best = _best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine)
+        judged = judge.judge([user_text(by_prompt[r["prompt_id"]]) for r in rows],
+                             ["helpfulness"] * len(rows), [r["text"] for r in rows])
+        groups = collections.defaultdict(list)
+        for r, x, j in zip(rows, rewards, judged):
+            groups[r["prompt_id"]].append((x, j.score, r["text"], r["token_count"]))
+        g = list(groups.values())
+        cut = st.fmean(v[3] >= cfg.sampling.max_new_tokens for vs in g for v in vs)
+        print(f"| {t} | {st.fmean(len({v[2] for v in vs}) for vs in g):.2f} | {cut:.2f} | "
+              f"{mean_best:.3f} | {st.fmean(st.fmean(v[1] for v in vs) for vs in g):.3f} | "
+              f"{st.fmean(max(vs, key=lambda v: v[0])[1] for vs in g):.3f} | "
+              f"{st.fmean(max(v[1] for v in vs) for vs in g):.3f} | {time.time() - t0:.0f} |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="step", required=True)
@@ -216,8 +269,16 @@ def main() -> None:
     r.add_argument("--lr", type=float, nargs="+", default=None,
                    help="reward-model learning rate for each --per-prompt value (default: "
                    "demo.yaml's)")
+    t = sub.add_parser("temperatures")
+    t.add_argument("--lake", required=True)
+    t.add_argument("--grid", type=float, nargs="+", default=[0.5, 0.7, 1.0])
+    t.add_argument("--prompts", type=int, default=96)
+    t.add_argument("--policy", choices=["current", "base"], default="current",
+                   help="draw from the lake's current policy or from the base policy")
     args = ap.parse_args()
-    if args.step == "pool":
+    if args.step == "temperatures":
+        temperatures(args)
+    elif args.step == "pool":
         kind, colon, cap = args.harmful.partition(":")
         if kind not in ("none", "latest", "all") or (colon and not cap.isdigit()):
             ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")
