@@ -140,6 +140,30 @@ def selection_diagnosis(lake: Lake) -> list[str]:
     return lines + [""]
 
 
+def helpful_interval(lake: Lake, policy_id: str) -> list[float] | None:
+    """95 % interval of a policy's helpful win rate against the base, from the greedy held-out
+    answers stored in the lake, judged again (lakes evaluated before the interval was recorded
+    lack it)."""
+    from flywheel import models
+    from flywheel.evaluation import win_points, win_rate_interval
+    from flywheel.judge import ProxyJudge
+    from flywheel.prompts import user_text
+
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    base_id = next(p["id"] for p in lake.rows("policies") if p["method"] == "base")
+    answers: dict[str, dict[str, str]] = {}
+    for r in lake.rows("samples"):
+        if r["purpose"] == "evaluation" and r["policy_id"] in (policy_id, base_id) and prompts[
+                r["prompt_id"]]["criterion"] == "helpfulness":
+            answers.setdefault(r["policy_id"], {}).setdefault(r["prompt_id"], r["text"])
+    ids = sorted(set(answers.get(policy_id, {})) & set(answers.get(base_id, {})))
+    judge = ProxyJudge(models.resolve("builtin:all-minilm-l6-v2"))
+    texts, crit = [user_text(prompts[i]) for i in ids], ["helpfulness"] * len(ids)
+    new, old = (judge.judge(texts, crit, [answers[p][i] for i in ids])
+                for p in (policy_id, base_id))
+    return win_rate_interval(win_points(list(zip(new, old))))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lake", default="./bench-demo-loop/lake")
@@ -218,8 +242,10 @@ def main():
     elif final:  # lakes from before the comparison with the base have none
         aim = (final["win_rate_helpful"] >= 0.6
                and final["harmful_answered_new"] < final["harmful_answered_old"])
+        ci = final.get("win_rate_helpful_ci95") or helpful_interval(lake, kept[-1]["policy_out"])
         lines += [f"Final policy (iteration {kept[-1]['iteration']}'s, the last promoted) against "
-                  f"the base: helpful win rate {_f(final['win_rate_helpful'])} (aim >= 0.600), "
+                  f"the base: helpful win rate {_f(final['win_rate_helpful'])} (95 % CI "
+                  f"{_f(ci[0])}-{_f(ci[1])}; aim >= 0.600), "
                   f"harmful prompts answered {_f(final['harmful_answered_new'])} vs "
                   f"{_f(final['harmful_answered_old'])} (aim: fewer): "
                   f"**{'met' if aim else 'not met'}**.", ""]

@@ -17,6 +17,12 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _fmt_rate(metrics: dict, key: str = "win_rate_helpful") -> str:
+    """A win rate with its 95 % interval when the evaluation recorded one."""
+    ci = metrics.get(f"{key}_ci95")
+    return _fmt(metrics.get(key)) + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
 def _histogram(values: list[float], bins: int = 8, width: int = 30) -> list[str]:
     if not values:
         return ["(no values)"]
@@ -160,7 +166,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "| metric | candidate | previous |",
         "|---|---|---|",
         f"| judge win rate (all held-out) | {_fmt(metrics['win_rate'])} | |",
-        f"| judge win rate (helpful: the gate's) | {_fmt(metrics['win_rate_helpful'])} | |",
+        f"| judge win rate (helpful: the gate's) | {_fmt_rate(metrics)} | |",
         f"| judge win rate (harmful) | {_fmt(metrics.get('win_rate_harmful'))} | |",
         f"| harmful prompts answered | {_fmt(metrics['harmful_answered_new'])} | "
         f"{_fmt(metrics['harmful_answered_old'])} |",
@@ -284,7 +290,7 @@ def vs_base_markdown(vs: dict | None) -> list[str]:
         return []
     return [
         f"Against the base policy `{vs['base']}`: judge win rate {_fmt(vs['win_rate'])} "
-        f"(helpful prompts {_fmt(vs['win_rate_helpful'])}, harmful prompts "
+        f"(helpful prompts {_fmt_rate(vs)}, harmful prompts "
         f"{_fmt(vs['win_rate_harmful'])}); harmful prompts answered "
         f"{_fmt(vs['harmful_answered_new'])} vs {_fmt(vs['harmful_answered_old'])} by the base; "
         f"helpful prompts refused {_fmt(vs['helpful_refused_new'])} vs "

@@ -1,6 +1,6 @@
 import pytest
 
-from flywheel.evaluation import gate, head_to_head
+from flywheel.evaluation import gate, head_to_head, win_rate_interval
 from flywheel.judge import Judgement
 
 
@@ -19,6 +19,21 @@ def test_head_to_head_hand_values():
     assert m["harmful_answered_new"] == 0.5 and m["harmful_answered_old"] == 1.0
     assert m["helpful_refused_new"] == 0.0
     assert m["judge_mean_new"] == pytest.approx((0.8 + 0.2 + 1.0 - 0.3) / 4)
+    # helpful points 1 and 0.5: sample sd 0.3536, se 0.25, 0.75 +/- 0.49, clipped at 1
+    assert m["win_rate_helpful_ci95"] == pytest.approx([0.75 - 1.959964 * 0.25, 1.0])
+
+
+def test_win_rate_interval_hand_values():
+    # 32 wins and 24 losses of 56 (the demo's held-out helpful prompts): mean 4/7, sample
+    # variance 56/55 * (4/7)(3/7) = 0.249351, se sqrt(0.249351 / 56) = 0.066728
+    lo, hi = win_rate_interval([1.0] * 32 + [0.0] * 24)
+    assert lo == pytest.approx(4 / 7 - 1.959964 * 0.066728, abs=1e-5)
+    assert hi == pytest.approx(4 / 7 + 1.959964 * 0.066728, abs=1e-5)
+    assert (round(lo, 3), round(hi, 3)) == (0.441, 0.702)
+    # ties narrow it: the same mean from half-points has less spread
+    tied = win_rate_interval([1.0] * 8 + [0.5] * 48)
+    assert tied[1] - tied[0] < hi - lo and sum(tied) / 2 == pytest.approx(4 / 7)
+    assert win_rate_interval([1.0]) is None and win_rate_interval([]) is None
 
 
 def test_gate_promotes_and_rolls_back_with_reasons():

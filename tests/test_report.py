@@ -1,7 +1,8 @@
-"""The iteration report's annotation section, on comparisons written straight to a lake."""
+"""The iteration report: its annotation section, on comparisons written straight to a lake, and
+the win rates it states."""
 
 from flywheel.lake import Lake
-from flywheel.report import annotation_markdown
+from flywheel.report import annotation_markdown, vs_base_markdown
 
 
 def _cmp(i, crit, chosen, rejected, strength, split="train", batch="week-1"):
@@ -46,3 +47,15 @@ def test_annotation_section_counts_refusals_of_harmless_requests(tmp_path):
     assert ("Refusal of a harmless request against an answer: 3 of the 4 helpfulness "
             "comparisons; the answer chosen in 2.") in text
     assert "safety comparisons" not in text
+
+
+def test_win_rates_are_reported_with_their_interval():
+    vs = {"base": "b0", "win_rate": 0.5, "win_rate_helpful": 4 / 7,
+          "win_rate_helpful_ci95": [0.4406, 0.7022], "win_rate_harmful": 0.25,
+          "harmful_answered_new": 0.5, "harmful_answered_old": 1.0,
+          "helpful_refused_new": 0.0, "helpful_refused_old": 0.0}
+    text = "\n".join(vs_base_markdown(vs))
+    assert "(helpful prompts 0.571 (95 % CI 0.441-0.702), harmful prompts 0.250)" in text
+    # evaluations recorded before the interval existed still render
+    old = {k: v for k, v in vs.items() if k != "win_rate_helpful_ci95"}
+    assert "(helpful prompts 0.571, harmful prompts 0.250)" in "\n".join(vs_base_markdown(old))
