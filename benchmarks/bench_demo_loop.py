@@ -3,9 +3,11 @@ sampling then PPO in iteration 3 (deployments/demo.yaml's schedule), each candid
 against its parent and against the base policy on the held-out prompts.
 
     .venv/bin/python benchmarks/bench_demo_loop.py --run [--lake ./bench-demo-loop/lake]
+        [--config deployments/demo.yaml] [--out benchmarks/results/demo_loop.md]
 
 --run runs `flywheel demo --iterations 3 --fresh` into the lake first; without it the lake's
-recorded iterations are read. Writes benchmarks/results/demo_loop.md.
+recorded iterations are read (--config then only names the config they ran with). Writes
+benchmarks/results/demo_loop.md unless --out names another file.
 """
 
 import argparse
@@ -36,16 +38,17 @@ def _method(policies: dict, policy_id: str) -> str:
     return " then ".join(reversed(chain))
 
 
-def _config_line() -> str:
+def _config_line(path: Path) -> str:
     from flywheel.config import load_config
 
-    c = load_config(str(CONFIG))
+    c = load_config(str(path))
     return (f"policy {c.models.policy}, reward-model backbone {c.models.reward_backbone}, "
             f"simulated annotator, {_prompt_counts(c)}, {c.sampling.responses_per_policy} x "
             f"{c.sampling.responses_per_policy} comparisons per annotated prompt a week (at most "
             f"{c.sampling.prompts_per_criterion} train prompts of each criterion a week; None: "
             f"all), reward "
-            f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}, "
+            f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}"
+            f"{', a prompt per batch element' if c.reward_model.group_by_prompt else ''}, "
             f"rejection sampling best of K={c.rejection_sampling.k} at T="
             f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "
             f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), answers to harmful "
@@ -54,6 +57,13 @@ def _config_line() -> str:
             f"{c.rejection_sampling.learning_rate:g}, annotation's previous-policy answers to "
             f"harmful prompts with the preprompt: "
             f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}")
+
+
+def _config_name(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(CONFIG.parents[1]))
+    except ValueError:
+        return str(path)
 
 
 def _prompt_counts(c) -> str:
@@ -168,13 +178,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lake", default="./bench-demo-loop/lake")
     ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--config", type=Path, default=CONFIG,
+                    help="the demo's config (default: deployments/demo.yaml)")
+    ap.add_argument("--out", type=Path, default=OUT, help="where to write the results")
     ap.add_argument("--run", action="store_true", help="run the demo first")
     args = ap.parse_args()
     wall = None
     if args.run:
         t0 = time.perf_counter()
         exe = Path(sys.executable).with_name("flywheel")
-        subprocess.run([str(exe), "demo", "--config", str(CONFIG), "--iterations",
+        subprocess.run([str(exe), "demo", "--config", str(args.config), "--iterations",
                         str(args.iterations), "--fresh", "--lake", args.lake],
                        check=True, start_new_session=True)
         wall = time.perf_counter() - t0
@@ -186,7 +199,8 @@ def main():
     lines = [
         "# Three demo iterations: rejection sampling, then PPO",
         "",
-        f"Machine: {describe()}. Config: deployments/demo.yaml ({_config_line()}).",
+        f"Machine: {describe()}. Config: {_config_name(args.config)} "
+        f"({_config_line(args.config)}).",
         "Win rates are the proxy judge's on greedy held-out answers (ties count half): against "
         "the policy the iteration started from, and against the base policy.",
         "",
@@ -252,8 +266,8 @@ def main():
     if wall:
         lines += [f"Whole `flywheel demo --iterations {args.iterations}` command: {wall:.0f} s "
                   "(local Prefect server start included).", ""]
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
