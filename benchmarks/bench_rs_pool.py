@@ -10,8 +10,12 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
 - pool: the base policy fine-tuned (deployments/demo.yaml's rejection_sampling settings; answers
   cut by the token limit learned without their end, as the loop does) on a pool built from the
   lake's rejection-sampling draws of iterations 1 to --iteration. Helpful prompts: the answer
-  the loop's reward models kept each iteration (`rm`) or the proxy judge's own best of the same
-  draws (`oracle`). Harmful prompts: `none`, `latest` (the last iteration's kept answers) or
+  the loop's reward models kept each iteration (`rm`), the proxy judge's own best of the same
+  draws (`oracle`), one of the draws at random (`random`: fine-tuning on the policy's own
+  samples, what the reward models' pick must beat; `random:F` for a random share F of the
+  prompts), or the share F of each iteration's reward-model picks whose R_c stands furthest
+  above their draws' mean (`rm-margin:F`). Harmful prompts: `none`, `latest` (the last
+  iteration's kept answers) or
   `all` (every iteration's), by the same reward models or the judge (--harmful-by), optionally
   capped (`latest:8`: the 8 the judge scores highest). Its greedy answers to the held-out prompts
   are judged against the base policy's stored ones: win rate (ties half), mean score, refusals.
@@ -73,6 +77,22 @@ def _judged_draws(judge, samples, prompts, last: int) -> dict[str, float]:
     return {s["id"]: j.score for s, j in zip(draws, scores)}
 
 
+def _combined_rewards(lake, ids) -> dict[str, float]:
+    """R_c of each sample in ids, from the scores the loop stored when it drew them."""
+    from flywheel.policy import gated_reward
+
+    criterion = {r["id"]: r["criterion"] for r in lake.rows("reward_models")}
+    crit_of = {r["id"]: r["criterion"] for r in lake.rows("prompts")}
+    prompt_of = {r["id"]: r["prompt_id"] for r in lake.rows("samples")}
+    raw: dict[str, dict[str, float]] = {}
+    for sc in lake.rows("scores"):
+        if sc["sample_id"] in ids:
+            raw.setdefault(sc["sample_id"], {})[criterion[sc["reward_model_id"]]] = sc["score"]
+    return {i: gated_reward(v["helpfulness"], v["safety"],
+                            crit_of[prompt_of[i]] == "safety")
+            for i, v in raw.items() if {"helpfulness", "safety"} <= set(v)}
+
+
 def pool(args) -> None:
     from flywheel import models
     from flywheel.loop import cut_by_limit
@@ -96,8 +116,34 @@ def pool(args) -> None:
     def criterion(i):
         return prompts[samples[i]["prompt_id"]]["criterion"]
 
-    chosen = [i for i in (kept_by_rm if args.helpful == "rm" else by_judge)
-              if criterion(i) == "helpfulness"]
+    if args.helpful == "oracle":
+        chosen = [i for i in by_judge if criterion(i) == "helpfulness"]
+    else:
+        chosen = [i for i in kept_by_rm if criterion(i) == "helpfulness"]
+    how, _, share = args.helpful.partition(":")
+    if how in ("rm-margin", "random"):
+        groups = collections.defaultdict(list)
+        for i in score:
+            if criterion(i) == "helpfulness":
+                groups[(samples[i]["prompt_id"], int(samples[i]["iteration"]))].append(i)
+        if how == "random":
+            rng = random.Random(0)
+            chosen = [rng.choice(sorted(g)) for _, g in sorted(groups.items())]
+            if share:
+                chosen = rng.sample(chosen, round(len(chosen) * float(share)))
+        else:
+            r_c = _combined_rewards(lake, score)
+            kept = set(chosen)
+            margin = {}
+            for g in groups.values():
+                pick = [i for i in g if i in kept]
+                if pick and all(i in r_c for i in g):
+                    margin[pick[0]] = r_c[pick[0]] - st.fmean(r_c[i] for i in g)
+            chosen = []
+            for it_ in sorted({int(samples[i]["iteration"]) for i in margin}):
+                mine = sorted((i for i in margin if int(samples[i]["iteration"]) == it_),
+                              key=lambda i: (-margin[i], i))
+                chosen += mine[:round(len(mine) * float(share))]
     kind, _, cap = args.harmful.partition(":")
     if kind != "none":
         harmful = [i for i in (kept_by_rm if args.harmful_by == "rm" else by_judge)
@@ -254,7 +300,11 @@ def main() -> None:
     p = sub.add_parser("pool")
     p.add_argument("--lake", required=True)
     p.add_argument("--iteration", type=int, default=3)
-    p.add_argument("--helpful", choices=["rm", "oracle"], default="rm")
+    p.add_argument("--helpful", default="rm",
+                   help="rm, oracle, random[:F] (one draw a prompt, a self-distillation control; "
+                   "for a random share F of the prompts) "
+                   "or rm-margin:F (of each iteration's reward-model picks, the share F whose "
+                   "R_c is furthest above their K draws' mean)")
     p.add_argument("--harmful", default="all",
                    help="none, latest or all, optionally :N (the N the judge scores highest)")
     p.add_argument("--harmful-by", choices=["rm", "oracle"], default="rm")
@@ -279,6 +329,10 @@ def main() -> None:
     if args.step == "temperatures":
         temperatures(args)
     elif args.step == "pool":
+        how, colon, share = args.helpful.partition(":")
+        if how not in ("rm", "oracle", "random", "rm-margin") or (
+                how == "rm-margin" and not colon) or (colon and how not in ("random", "rm-margin")):
+            ap.error(f"--helpful {args.helpful}: use rm, oracle, random[:F] or rm-margin:F")
         kind, colon, cap = args.harmful.partition(":")
         if kind not in ("none", "latest", "all") or (colon and not cap.isdigit()):
             ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")
