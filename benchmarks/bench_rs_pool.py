@@ -25,6 +25,8 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   with the demo's reward_model settings; it then picks among iteration 1's 8 draws per helpful
   prompt, and the judge scores its pick against a random draw and the judge's own best.
   --grouped trains on each prompt's pairs as one batch element (reward_model.group_by_prompt).
+  --source annotation takes the pairs from iteration 1's annotation draws instead, paired as
+  the loop pairs them (one answer at each of sampling.temperatures).
 - temperatures: what each sampling temperature gives rejection sampling once the policy has
   been fine-tuned: the lake's current policy (or the base, --policy base) draws K per helpful
   train prompt (the first --prompts by id) at each --grid value, scored by the current reward
@@ -66,11 +68,12 @@ def _setup(lake_dir: str):
     return cfg, lake, judge, _by_id(lake.rows("samples")), _by_id(lake.rows("prompts"))
 
 
-def _judged_draws(judge, samples, prompts, last: int) -> dict[str, float]:
+def _judged_draws(judge, samples, prompts, last: int,
+                  purposes: tuple[str, ...] = ("rejection",)) -> dict[str, float]:
     from flywheel.prompts import user_text
 
     draws = [s for s in samples.values()
-             if s["purpose"] == "rejection" and int(s["iteration"]) <= last]
+             if s["purpose"] in purposes and int(s["iteration"]) <= last]
     scores = judge.judge([user_text(prompts[s["prompt_id"]]) for s in draws],
                          [prompts[s["prompt_id"]]["criterion"] for s in draws],
                          [s["text"] for s in draws])
@@ -199,16 +202,21 @@ def rm_pairs(args) -> None:
     train_prompts = {r[0] for r in con.execute(
         "SELECT prompt_id FROM comparisons WHERE batch_id = ? AND split = 'train' "
         "AND criterion = 'helpfulness'", [first_batch]).fetchall()}
-    score = _judged_draws(judge, samples, prompts, 3)
+    score = _judged_draws(judge, samples, prompts, 3, ("rejection", "annotation"))
     helpful = [i for i in score if prompts[samples[i]["prompt_id"]]["criterion"] == "helpfulness"]
     picks_from = collections.defaultdict(list)
     sources = collections.defaultdict(list)
     for i in helpful:
         s = samples[i]
-        if int(s["iteration"]) == 1:
+        if s["purpose"] == "rejection" and int(s["iteration"]) == 1:
             picks_from[s["prompt_id"]].append(i)
-        elif s["prompt_id"] in train_prompts:
+        if s["prompt_id"] not in train_prompts:
+            continue
+        if (args.source == "rejection" and s["purpose"] == "rejection"
+                and int(s["iteration"]) > 1) or (args.source == "annotation" and s[
+                    "purpose"] == "annotation" and int(s["iteration"]) == 1):
             sources[s["prompt_id"]].append(i)
+    temperature = {i: json.loads(samples[i]["params"])["temperature"] for i in helpful}
     random_pick = st.fmean(st.fmean(score[i] for i in g) for g in picks_from.values())
     best_pick = st.fmean(max(score[i] for i in g) for g in picks_from.values())
     epochs = args.epochs or [cfg.reward_model.epochs] * len(args.per_prompt)
@@ -220,8 +228,10 @@ def rm_pairs(args) -> None:
         rng = random.Random(0)
         pairs = []
         for pid, ids in sorted(sources.items()):
+            # annotation: the loop's own pairs, one answer at each of sampling.temperatures
             cand = [(a, b) for a, b in itertools.combinations(sorted(ids), 2)
-                    if samples[a]["text"] != samples[b]["text"]]
+                    if samples[a]["text"] != samples[b]["text"]
+                    and (args.source == "rejection" or temperature[a] != temperature[b])]
             for a, b in rng.sample(cand, min(n, len(cand))):
                 c, r = (a, b) if score[a] >= score[b] else (b, a)
                 pairs.append(PreferencePair(
@@ -242,7 +252,8 @@ def rm_pairs(args) -> None:
 
         seen = [p for p in picks_from if p in train_prompts]
         other = [p for p in picks_from if p not in train_prompts]
-        print(f"| {n} | {'by prompt' if group else 'by pair'} | {n_epochs} | {lr:g} | "
+        batching = "by prompt" if group else "by pair"
+        print(f"| {args.source} | {n} | {batching} | {n_epochs} | {lr:g} | "
               f"{len(pairs)} | {picked(list(picks_from)):.3f} | {picked(seen):.3f} "
               f"(n={len(seen)}) | {picked(other):.3f} (n={len(other)}) | {random_pick:.3f} | "
               f"{best_pick:.3f} | {time.time() - t0:.0f} |", flush=True)
@@ -311,6 +322,10 @@ def main() -> None:
     r = sub.add_parser("rm-pairs")
     r.add_argument("--lake", required=True)
     r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
+    r.add_argument("--source", choices=["rejection", "annotation"], default="rejection",
+                   help="where the pairs come from: rejection sampling's draws of iterations 2 "
+                   "and 3 (at its temperature), or the annotation draws of iteration 1 paired "
+                   "as the loop pairs them (one at each of sampling.temperatures)")
     r.add_argument("--epochs", type=int, nargs="+", default=None,
                    help="reward-model epochs for each --per-prompt value (default: demo.yaml's)")
     r.add_argument("--grouped", type=int, nargs="+", default=None,
