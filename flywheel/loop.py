@@ -396,11 +396,12 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
     _require_both(rm_ids, "RRHF")
     latest, rows, rewards, engine, info = _scored_samples(cfg, lake, iteration, rm_ids, "rrhf")
     prompts = _by_id(lake.rows("prompts"))
-    groups: dict[str, tuple[list[dict], list[str], list[float]]] = {}
+    groups: dict[str, tuple[list[dict], list[str], list[float], list[bool]]] = {}
     for r, reward in zip(rows, rewards):
-        g = groups.setdefault(r["prompt_id"], (messages_of(prompts[r["prompt_id"]]), [], []))
+        g = groups.setdefault(r["prompt_id"], (messages_of(prompts[r["prompt_id"]]), [], [], []))
         g[1].append(r["text"])
         g[2].append(reward)
+        g[3].append(not cut_by_limit(r))  # a cut-off answer is learned without its end
     rc = cfg.policy_update.rrhf
     policy_id = content_id("policy", iteration, latest["id"], rm_ids, "rrhf",
                            sorted(r["id"] for r in rows), rc.model_dump())
@@ -410,7 +411,8 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
                "scoring": vars(engine.stats), "reward_mean_all": statistics.fmean(rewards),
                "reward_mean_best": statistics.fmean(max(g[2]) for g in groups.values()),
-               "reward_all": rewards, "rrhf": ft}
+               "reward_all": rewards, "rrhf": ft,
+               "cut_by_limit": sum(not e for g in groups.values() for e in g[3])}
     lake.write("policies", [{
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
         "method": "rrhf", "reward_model_id": rm_ids["helpfulness"],

@@ -160,11 +160,12 @@ def finetune(
             "loss_last": losses[-1]}
 
 
-def rrhf_finetune(policy_path: str, groups: list[tuple[list[dict], list[str], list[float]]],
-                  cfg, out_dir: str | Path) -> dict:
-    """RRHF: per prompt (messages, K responses, their rewards), the ranking loss over the
-    responses' length-normalised log-probabilities plus the per-token NLL of the best one
-    (flywheel.ppo.rrhf_loss), averaged over the prompts of a step. Saves the policy to
+def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
+    """RRHF: per prompt (messages, K responses, their rewards) or (messages, K responses, their
+    rewards, K `end` flags), the ranking loss over the responses' length-normalised
+    log-probabilities plus the per-token NLL of the best one (flywheel.ppo.rrhf_loss), averaged
+    over the prompts of a step. A response whose flag is False (the token limit cut it off) is
+    scored and learned without the end of its turn, as in `finetune`. Saves the policy to
     `out_dir`. `cfg`: RRHFConfig."""
     from flywheel.models import load_causal_lm, load_tokenizer
     from flywheel.ppo import rrhf_loss
@@ -179,8 +180,9 @@ def rrhf_finetune(policy_path: str, groups: list[tuple[list[dict], list[str], li
     model = load_causal_lm(policy_path, "float32", compute_device())
     model.train()
     device = model_device(model)
-    data = [([tokenize_sft(tok, m, r, cfg.max_length) for r in responses], rewards)
-            for m, responses, rewards in groups]
+    data = [([tokenize_sft(tok, g[0], r, cfg.max_length, end)
+              for r, end in zip(g[1], g[3] if len(g) > 3 else [True] * len(g[1]))], g[2])
+            for g in groups]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
     opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
     losses, ranks = [], []

@@ -100,3 +100,32 @@ def test_rrhf_ranks_the_best_sample_above_the_worst(tiny_llama, tmp_path):
     assert metrics["rank_loss_last"] < metrics["rank_loss_first"]
     assert _response_nll(str(tmp_path / "policy"), msgs, good) < _response_nll(tiny_llama, msgs,
                                                                                good)
+
+
+def _end_logprob(path, msgs, response):
+    """Log-probability of the end-of-turn tokens right after `response`."""
+    tok, model = load_tokenizer(path), load_causal_lm(path).eval()
+    ended, _ = tokenize_sft(tok, msgs, response, 128)
+    n_cut = len(tokenize_sft(tok, msgs, response, 128, end=False)[0])
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ended])).logits[0, :-1].log_softmax(-1)
+    return sum(logp[i - 1, ended[i]].item() for i in range(n_cut, len(ended)))
+
+
+def test_rrhf_learns_a_cut_off_response_without_its_end(tiny_llama, tmp_path):
+    from flywheel.config import RRHFConfig
+    from flywheel.policy import rrhf_finetune
+
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    good, bad = "Rinse it, then boil it in twice its", "No, no, no, no, no, no, no"
+    cfg = RRHFConfig(learning_rate=3e-3, epochs=6, batch_size=2, max_length=64)
+    before = _end_logprob(tiny_llama, msgs, good)
+    rrhf_finetune(tiny_llama, [(msgs, [bad, good], [0.1, 0.9])] * 2, cfg, tmp_path / "ended")
+    rrhf_finetune(tiny_llama, [(msgs, [bad, good], [0.1, 0.9], [False, False])] * 2, cfg,
+                  tmp_path / "cut")
+    ended = _end_logprob(str(tmp_path / "ended"), msgs, good)
+    cut = _end_logprob(str(tmp_path / "cut"), msgs, good)
+    # learned with its end, the policy learns to stop where the limit stopped the answer;
+    # learned without it, it does not (the end's log-probability stays far below)
+    assert ended > before + 1.0, (before, ended)
+    assert cut < ended - 1.0, (cut, ended)
