@@ -14,10 +14,12 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   draws (`oracle`), one of the draws at random (`random`: fine-tuning on the policy's own
   samples, what the reward models' pick must beat; `random:F` for a random share F of the
   prompts), or the share F of each iteration's reward-model picks whose R_c stands furthest
-  above their draws' mean (`rm-margin:F`). Harmful prompts: `none`, `latest` (the last
-  iteration's kept answers) or
-  `all` (every iteration's), by the same reward models or the judge (--harmful-by), optionally
-  capped (`latest:8`: the 8 the judge scores highest). Its greedy answers to the held-out prompts
+  above their draws' mean (`rm-margin:F`); or, instead of fine-tuning on one answer a prompt,
+  RRHF over all its draws ranked by R_c (`rrhf`) or by the judge (`rrhf-oracle`), at
+  --rrhf-lr for --rrhf-epochs (demo.yaml's other policy_update.rrhf settings). Harmful
+  prompts: `none`, `latest` (the last iteration's kept answers) or `all` (every iteration's),
+  by the same reward models or the judge (--harmful-by), optionally capped (`latest:8`: the 8
+  the judge scores highest). Its greedy answers to the held-out prompts
   are judged against the base policy's stored ones: win rate (ties half), mean score, refusals.
 - rm-pairs: does the helpfulness reward model pick better with more comparisons per prompt?
   Pairs drawn from the later iterations' draws (2 and 3) of the reward model's train prompts,
@@ -99,7 +101,7 @@ def _combined_rewards(lake, ids) -> dict[str, float]:
 def pool(args) -> None:
     from flywheel import models
     from flywheel.loop import cut_by_limit
-    from flywheel.policy import finetune
+    from flywheel.policy import finetune, rrhf_finetune
     from flywheel.prompts import load_prompts, messages_of, user_text
     from flywheel.sampling import make_sampler
 
@@ -147,6 +149,21 @@ def pool(args) -> None:
                 mine = sorted((i for i in margin if int(samples[i]["iteration"]) == it_),
                               key=lambda i: (-margin[i], i))
                 chosen += mine[:round(len(mine) * float(share))]
+    rrhf_groups = None
+    if how in ("rrhf", "rrhf-oracle"):
+        # every draw of each (prompt, iteration), ranked by R_c or by the judge
+        if args.harmful != "none":
+            raise SystemExit("--helpful rrhf ranks helpful prompts' draws only: pass "
+                             "--harmful none")
+        reward = _combined_rewards(lake, score) if how == "rrhf" else score
+        groups = collections.defaultdict(list)
+        for i in sorted(score):
+            if criterion(i) == "helpfulness" and i in reward:
+                groups[(samples[i]["prompt_id"], int(samples[i]["iteration"]))].append(i)
+        rrhf_groups = [(messages_of(prompts[pid]), [samples[i]["text"] for i in g],
+                        [reward[i] for i in g], [not cut_by_limit(samples[i]) for i in g])
+                       for (pid, _), g in sorted(groups.items())]
+        chosen = [i for g in groups.values() for i in g]
     kind, _, cap = args.harmful.partition(":")
     if kind != "none":
         harmful = [i for i in (kept_by_rm if args.harmful_by == "rm" else by_judge)
@@ -166,7 +183,12 @@ def pool(args) -> None:
             stored.setdefault(r["prompt_id"], r["text"])
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling, tmp)
+        if rrhf_groups is not None:
+            rrhf_finetune(models.resolve(base["uri"]), rrhf_groups, cfg.policy_update.rrhf
+                          .model_copy(update={"learning_rate": args.rrhf_lr,
+                                              "epochs": args.rrhf_epochs}), tmp)
+        else:
+            finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling, tmp)
         s = cfg.sampling
         sampler = make_sampler(s.backend, tmp, s.dtype, s.max_model_len, s.seed)
         new = [g[0].text for g in sampler.generate([messages_of(p) for p in held], 1, 0.0,
@@ -184,6 +206,8 @@ def pool(args) -> None:
         cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
                   f"{st.fmean(old_j[i].score for i in idx):.3f}",
                   f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
+    if rrhf_groups is not None:
+        examples = rrhf_groups
     print(f"| {args.helpful} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
           f"({n_harmful} harmful) | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
           flush=True)
@@ -315,7 +339,11 @@ def main() -> None:
                    help="rm, oracle, random[:F] (one draw a prompt, a self-distillation control; "
                    "for a random share F of the prompts) "
                    "or rm-margin:F (of each iteration's reward-model picks, the share F whose "
-                   "R_c is furthest above their K draws' mean)")
+                   "R_c is furthest above their K draws' mean), or rrhf / rrhf-oracle (RRHF "
+                   "over every draw, ranked by R_c / by the judge; with --harmful none)")
+    p.add_argument("--rrhf-lr", type=float, default=1e-4,
+                   help="RRHF's learning rate (demo.yaml's policy_update.rrhf: 1e-5)")
+    p.add_argument("--rrhf-epochs", type=int, default=1)
     p.add_argument("--harmful", default="all",
                    help="none, latest or all, optionally :N (the N the judge scores highest)")
     p.add_argument("--harmful-by", choices=["rm", "oracle"], default="rm")
@@ -345,9 +373,10 @@ def main() -> None:
         temperatures(args)
     elif args.step == "pool":
         how, colon, share = args.helpful.partition(":")
-        if how not in ("rm", "oracle", "random", "rm-margin") or (
+        if how not in ("rm", "oracle", "random", "rm-margin", "rrhf", "rrhf-oracle") or (
                 how == "rm-margin" and not colon) or (colon and how not in ("random", "rm-margin")):
-            ap.error(f"--helpful {args.helpful}: use rm, oracle, random[:F] or rm-margin:F")
+            ap.error(f"--helpful {args.helpful}: use rm, oracle, random[:F], rm-margin:F, rrhf "
+                     "or rrhf-oracle")
         kind, colon, cap = args.harmful.partition(":")
         if kind not in ("none", "latest", "all") or (colon and not cap.isdigit()):
             ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")

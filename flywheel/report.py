@@ -207,7 +207,9 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         + (f"; pool of {pol_metrics['pool_size']} examples" if "pool_size" in pol_metrics
            else "")
         + (f" ({pol_metrics['pool_cut_by_limit']} cut off by the token limit, learned without "
-           "the end of their turn)." if "pool_cut_by_limit" in pol_metrics else "."),
+           "the end of their turn)." if "pool_cut_by_limit" in pol_metrics else
+           f"; {pol_metrics['cut_by_limit']} of the samples cut off by the token limit, "
+           "learned without the end of their turn." if "cut_by_limit" in pol_metrics else "."),
         *([f"Answers to prompts tagged safety: {pol_metrics['pool_safety']} fine-tuned on, "
            f"{pol_metrics['pool_safety_left_out']} left out by the safety share cap (earlier "
            "weeks' go first, the oldest first, then this week's lowest-reward ones)."]

@@ -200,8 +200,11 @@ def test_an_iteration_with_rrhf(prefect_server, tiny_config):
     assert len({s["id"] for s in samples} & {s["sample_id"] for s in lake.rows("scores")}) == 8
     metrics = json.loads(out["metrics"])
     assert metrics["rrhf"]["prompts"] == 4 and len(metrics["reward_all"]) == 8
+    cut = sum(s["token_count"] >= json.loads(s["params"])["max_new_tokens"] for s in samples)
+    assert metrics["cut_by_limit"] == cut
     text = open(result["report_uri"]).read()
     assert "## RRHF rewards" in text and "pool of" not in text
+    assert f"; {cut} of the samples cut off by the token limit" in text
 
 
 def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(prefect_server,
