@@ -171,6 +171,11 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
     from flywheel.ppo import rrhf_loss
     from kernels.token_logprobs import token_logprobs
 
+    for g in groups:
+        if not len(g[1]) == len(g[2]) == (len(g[3]) if len(g) > 3 else len(g[1])):
+            raise FlywheelError(f"RRHF: a prompt has {len(g[1])} responses, {len(g[2])} rewards"
+                                + (f" and {len(g[3])} end flags" if len(g) > 3 else "")
+                                + "; give one of each per response")
     groups = [g for g in groups if len(g[1]) >= 2]
     if not groups:
         raise FlywheelError("RRHF needs at least two scored samples per prompt; raise "

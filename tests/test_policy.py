@@ -129,3 +129,19 @@ def test_rrhf_learns_a_cut_off_response_without_its_end(tiny_llama, tmp_path):
     # learned without it, it does not (the end's log-probability stays far below)
     assert ended > before + 1.0, (before, ended)
     assert cut < ended - 1.0, (cut, ended)
+
+
+def test_rrhf_refuses_groups_whose_lists_do_not_line_up(tiny_llama, tmp_path):
+    import pytest
+
+    from flywheel.config import RRHFConfig
+    from flywheel.errors import FlywheelError
+    from flywheel.policy import rrhf_finetune
+
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    cfg = RRHFConfig(max_length=64)
+    with pytest.raises(FlywheelError, match="2 responses, 2 rewards and 1 end flags"):
+        rrhf_finetune(tiny_llama, [(msgs, ["a", "b"], [0.1, 0.9], [False])], cfg, tmp_path / "x")
+    with pytest.raises(FlywheelError, match="2 responses, 3 rewards"):
+        rrhf_finetune(tiny_llama, [(msgs, ["a", "b"], [0.1, 0.9, 0.2])], cfg, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
