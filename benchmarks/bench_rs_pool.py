@@ -21,6 +21,11 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   by the same reward models or the judge (--harmful-by), optionally capped (`latest:8`: the 8
   the judge scores highest). Its greedy answers to the held-out prompts
   are judged against the base policy's stored ones: win rate (ties half), mean score, refusals.
+  --extra-heldout N adds N real helpful prompts read from ../shared/data at run time (Vicuna,
+  WizardLM, AlpacaEval instructions of at most 160 characters), answered greedily by the base
+  and by the fine-tuned policy: at the demo's 56 held-out helpful prompts one standard error of
+  a win rate is 0.065, at 300 more it is 0.029. --iteration 1 works on a one-iteration lake.
+  --epochs and --lr override the fine-tuning's (demo.yaml's rejection_sampling settings).
 - rm-pairs: does the helpfulness reward model pick better with more comparisons per prompt?
   Pairs drawn from the later iterations' draws (2 and 3) of the reward model's train prompts,
   labelled as the simulated annotator labels (the judge, strength from the margin); trained
@@ -53,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup(lake_dir: str):
+def _setup(lake_dir: str, need: int = 3):
     from flywheel import models
     from flywheel.config import load_config
     from flywheel.judge import ProxyJudge
@@ -62,9 +67,9 @@ def _setup(lake_dir: str):
 
     cfg = load_config(str(ROOT / "deployments" / "demo.yaml"))
     lake = Lake.open(lake_dir)
-    if not any(int(p["iteration"] or 0) >= 3 and p["method"] == "rejection_sampling"
+    if not any(int(p["iteration"] or 0) >= need and p["method"] == "rejection_sampling"
                for p in lake.rows("policies")):
-        raise SystemExit(f"{lake_dir} holds no third rejection-sampling iteration: make one "
+        raise SystemExit(f"{lake_dir} holds no rejection-sampling iteration {need}: make one "
                          "with benchmarks/bench_demo_loop.py --run --lake LAKE")
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     return cfg, lake, judge, _by_id(lake.rows("samples")), _by_id(lake.rows("prompts"))
@@ -98,6 +103,34 @@ def _combined_rewards(lake, ids) -> dict[str, float]:
             for i, v in raw.items() if {"helpfulness", "safety"} <= set(v)}
 
 
+def _extra_prompts(n: int) -> list[str]:
+    """N real single-turn helpful prompts read from ../shared/data at run time (Vicuna bench
+    questions, WizardLM test instructions and AlpacaEval instructions of at most 160
+    characters), shuffled with seed 0: a held-out set several times the demo's 56, so a pool
+    comparison can resolve a few points of win rate."""
+    import gzip
+
+    data = ROOT.parent / "shared" / "data"
+    texts = []
+    for name, field in (("vicuna_bench_questions.jsonl.gz", "turns"),
+                        ("wizardlm_testset_218.jsonl.gz", "Instruction"),
+                        ("alpaca_eval_805_gpt-3.5-turbo-0301.jsonl.gz", "instruction")):
+        path = data / name
+        if not path.is_file():
+            raise SystemExit(f"--extra-heldout reads {path}: put the shared data beside the repo")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                text = row[field][0] if field == "turns" else row[field]
+                if 10 <= len(text) <= 160 and "\n" not in text:
+                    texts.append(text.strip())
+    texts = sorted(set(texts))
+    random.Random(0).shuffle(texts)
+    if n > len(texts):
+        raise SystemExit(f"--extra-heldout {n}: only {len(texts)} prompts qualify")
+    return texts[:n]
+
+
 def pool(args) -> None:
     from flywheel import models
     from flywheel.loop import cut_by_limit
@@ -105,7 +138,7 @@ def pool(args) -> None:
     from flywheel.prompts import load_prompts, messages_of, user_text
     from flywheel.sampling import make_sampler
 
-    cfg, lake, judge, samples, prompts = _setup(args.lake)
+    cfg, lake, judge, samples, prompts = _setup(args.lake, args.iteration)
     it = args.iteration
     policies = lake.rows("policies")
     kept_by_rm = {i for p in policies if p["method"] == "rejection_sampling"
@@ -181,6 +214,24 @@ def pool(args) -> None:
         if (r["policy_id"] == base["id"] and r["purpose"] == "evaluation"
                 and json.loads(r["params"])["temperature"] == 0.0):
             stored.setdefault(r["prompt_id"], r["text"])
+    extra = _extra_prompts(args.extra_heldout) if args.extra_heldout else []
+    extra_messages = [[{"role": "user", "content": t}] for t in extra]
+    s = cfg.sampling
+
+    def greedy(policy_dir, conversations):
+        sampler = make_sampler(s.backend, policy_dir, s.dtype, s.max_model_len, s.seed)
+        out = [g[0].text for g in sampler.generate(conversations, 1, 0.0, s.max_new_tokens,
+                                                   s.top_p, s.stop)]
+        sampler.close()
+        return out
+
+    # the base's answers to held-out prompts the lake's run did not have (the prompt set grew)
+    missing = [p for p in held if p["id"] not in stored]
+    base_answers = greedy(models.resolve(base["uri"]),
+                          [messages_of(p) for p in missing] + extra_messages
+                          ) if missing or extra else []
+    stored.update({p["id"]: a for p, a in zip(missing, base_answers)})
+    extra_base = base_answers[len(missing):]
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if rrhf_groups is not None:
@@ -188,12 +239,11 @@ def pool(args) -> None:
                           .model_copy(update={"learning_rate": args.rrhf_lr,
                                               "epochs": args.rrhf_epochs}), tmp)
         else:
-            finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling, tmp)
-        s = cfg.sampling
-        sampler = make_sampler(s.backend, tmp, s.dtype, s.max_model_len, s.seed)
-        new = [g[0].text for g in sampler.generate([messages_of(p) for p in held], 1, 0.0,
-                                                   s.max_new_tokens, s.top_p, s.stop)]
-        sampler.close()
+            finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling.model_copy(
+                update={"epochs": args.epochs or cfg.rejection_sampling.epochs,
+                        "learning_rate": args.lr or cfg.rejection_sampling.learning_rate}), tmp)
+        answers = greedy(tmp, [messages_of(p) for p in held] + extra_messages)
+        new, extra_new = answers[:len(held)], answers[len(held):]
     texts = [user_text(p) for p in held]
     crit = [p["criterion"] for p in held]
     old_j = judge.judge(texts, crit, [stored[p["id"]] for p in held])
@@ -206,9 +256,19 @@ def pool(args) -> None:
         cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
                   f"{st.fmean(old_j[i].score for i in idx):.3f}",
                   f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
+    if extra:
+        crit_x = ["helpfulness"] * len(extra)
+        old_x, new_x = judge.judge(extra, crit_x, extra_base), judge.judge(extra, crit_x, extra_new)
+        win = st.fmean(1.0 if a.score > b.score else 0.5 if a.score == b.score else 0.0
+                       for a, b in zip(new_x, old_x))
+        cells += [f"{win:.3f} (n={len(extra)})",
+                  f"{st.fmean(j.score for j in new_x):.3f} / "
+                  f"{st.fmean(j.score for j in old_x):.3f}",
+                  f"{sum(j.refused for j in new_x)} / {len(extra)}"]
     if rrhf_groups is not None:
         examples = rrhf_groups
-    print(f"| {args.helpful} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
+    tuned = "".join(f", {k} {v:g}" for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v)
+    print(f"| {args.helpful}{tuned} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
           f"({n_harmful} harmful) | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
           flush=True)
 
@@ -220,7 +280,10 @@ def rm_pairs(args) -> None:
     from flywheel.prompts import messages_of
     from flywheel.reward_model import PreferencePair, train_reward_model
 
-    cfg, lake, judge, samples, prompts = _setup(args.lake)
+    # pairs from iteration 1's annotation draws need one iteration; from rejection sampling's
+    # draws of iterations 2 and 3, three
+    cfg, lake, judge, samples, prompts = _setup(args.lake, 1 if args.source == "annotation"
+                                                else 3)
     con = connect(lake)
     first_batch = next(r["batch_id"] for r in lake.rows("batches") if int(r["iteration"]) == 1)
     train_prompts = {r[0] for r in con.execute(
@@ -347,6 +410,15 @@ def main() -> None:
     p.add_argument("--harmful", default="all",
                    help="none, latest or all, optionally :N (the N the judge scores highest)")
     p.add_argument("--harmful-by", choices=["rm", "oracle"], default="rm")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="fine-tuning epochs (default: demo.yaml's rejection_sampling.epochs)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="fine-tuning learning rate (default: demo.yaml's "
+                   "rejection_sampling.learning_rate)")
+    p.add_argument("--extra-heldout", type=int, default=0,
+                   help="also judge the policy against the base on this many real helpful "
+                   "prompts from ../shared/data (Vicuna, WizardLM, AlpacaEval; at most 160 "
+                   "characters), answered greedily by both")
     r = sub.add_parser("rm-pairs")
     r.add_argument("--lake", required=True)
     r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
