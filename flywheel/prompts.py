@@ -1,4 +1,4 @@
-"""Prompts: the shipped demo set (120 helpful and 60 harmful requests, written for this project)
+"""Prompts: the shipped demo set (392 helpful and 60 harmful requests, written for this project)
 or a user's JSONL file of {"text", "criterion", "split"} rows."""
 
 from __future__ import annotations
