@@ -34,6 +34,8 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   --grouped trains on each prompt's pairs as one batch element (reward_model.group_by_prompt).
   --source annotation takes the pairs from iteration 1's annotation draws instead, paired as
   the loop pairs them (one answer at each of sampling.temperatures).
+  --ensemble N trains N models on the same pairs with different seeds and picks by the mean of
+  their standardised scores (each model's own pick is printed too).
 - temperatures: what each sampling temperature gives rejection sampling once the policy has
   been fine-tuned: the lake's current policy (or the base, --policy base) draws K per helpful
   train prompt (the first --prompts by id) at each --grid value, scored by the current reward
@@ -325,23 +327,30 @@ def rm_pairs(args) -> None:
                     messages_of(prompts[pid]), samples[c]["text"], samples[r]["text"],
                     strength_of(score[c] - score[r], cfg.annotation.strength_thresholds)))
         t0 = time.time()
-        model, _ = train_reward_model(models.resolve(cfg.models.reward_backbone), pairs,
-                                      cfg.reward_model.model_copy(update={
-            "epochs": n_epochs, "learning_rate": lr, "group_by_prompt": bool(group),
-            **({"batch_size": 1, "micro_batch_size": 1} if group else {})}))
         ids = [i for g in picks_from.values() for i in g]
-        rm = dict(zip(ids, model.score([messages_of(prompts[samples[i]["prompt_id"]])
-                                        for i in ids], [samples[i]["text"] for i in ids],
-                                       cfg.reward_model.max_length)))
+        members = []  # each seed's scores of the draws, standardised over them
+        for seed in range(args.ensemble):
+            model, _ = train_reward_model(models.resolve(cfg.models.reward_backbone), pairs,
+                                          cfg.reward_model.model_copy(update={
+                "epochs": n_epochs, "learning_rate": lr, "group_by_prompt": bool(group),
+                "seed": cfg.reward_model.seed + seed,
+                **({"batch_size": 1, "micro_batch_size": 1} if group else {})}))
+            raw = model.score([messages_of(prompts[samples[i]["prompt_id"]]) for i in ids],
+                              [samples[i]["text"] for i in ids], cfg.reward_model.max_length)
+            mu, sd = st.fmean(raw), st.pstdev(raw) or 1.0
+            members.append(dict(zip(ids, ((x - mu) / sd for x in raw))))
+        rm = {i: st.fmean(m[i] for m in members) for i in ids}
 
-        def picked(pids):
-            return st.fmean(score[max(picks_from[p], key=rm.get)] for p in pids)
+        def picked(pids, by=rm):
+            return st.fmean(score[max(picks_from[p], key=by.get)] for p in pids)
 
         seen = [p for p in picks_from if p in train_prompts]
         other = [p for p in picks_from if p not in train_prompts]
         batching = "by prompt" if group else "by pair"
-        print(f"| {args.source} | {n} | {batching} | {n_epochs} | {lr:g} | "
-              f"{len(pairs)} | {picked(list(picks_from)):.3f} | {picked(seen):.3f} "
+        each = ", ".join(f"{picked(list(picks_from), m):.3f}" for m in members)
+        alone = f" (each alone: {each})" if len(members) > 1 else ""
+        print(f"| {args.source} | {n} | {batching} | {n_epochs} | {lr:g} | {len(members)} | "
+              f"{len(pairs)} | {picked(list(picks_from)):.3f}{alone} | {picked(seen):.3f} "
               f"(n={len(seen)}) | {picked(other):.3f} (n={len(other)}) | {random_pick:.3f} | "
               f"{best_pick:.3f} | {time.time() - t0:.0f} |", flush=True)
 
@@ -431,6 +440,9 @@ def main() -> None:
     r.add_argument("--grouped", type=int, nargs="+", default=None,
                    help="0 or 1 for each --per-prompt value: train on each prompt's pairs as "
                    "one batch element, one prompt a step (reward_model.group_by_prompt)")
+    r.add_argument("--ensemble", type=int, default=1,
+                   help="train this many reward models on the same pairs (seeds 0..N-1 added "
+                   "to reward_model.seed) and pick by the mean of their standardised scores")
     r.add_argument("--lr", type=float, nargs="+", default=None,
                    help="reward-model learning rate for each --per-prompt value (default: "
                    "demo.yaml's)")
