@@ -135,6 +135,7 @@ def _extra_prompts(n: int) -> list[str]:
 
 def pool(args) -> None:
     from flywheel import models
+    from flywheel.evaluation import win_points
     from flywheel.loop import cut_by_limit
     from flywheel.policy import finetune, rrhf_finetune
     from flywheel.prompts import load_prompts, messages_of, user_text
@@ -253,16 +254,14 @@ def pool(args) -> None:
     cells = []
     for c in ("helpfulness", "safety"):
         idx = [i for i, x in enumerate(crit) if x == c]
-        win = st.fmean(1.0 if new_j[i].score > old_j[i].score else
-                       0.5 if new_j[i].score == old_j[i].score else 0.0 for i in idx)
+        win = st.fmean(win_points([(new_j[i], old_j[i]) for i in idx]))
         cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
                   f"{st.fmean(old_j[i].score for i in idx):.3f}",
                   f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
     if extra:
         crit_x = ["helpfulness"] * len(extra)
         old_x, new_x = judge.judge(extra, crit_x, extra_base), judge.judge(extra, crit_x, extra_new)
-        win = st.fmean(1.0 if a.score > b.score else 0.5 if a.score == b.score else 0.0
-                       for a, b in zip(new_x, old_x))
+        win = st.fmean(win_points(list(zip(new_x, old_x))))
         cells += [f"{win:.3f} (n={len(extra)})",
                   f"{st.fmean(j.score for j in new_x):.3f} / "
                   f"{st.fmean(j.score for j in old_x):.3f}",
@@ -456,6 +455,11 @@ def main() -> None:
     if args.step == "temperatures":
         temperatures(args)
     elif args.step == "pool":
+        if args.extra_heldout < 0:
+            ap.error(f"--extra-heldout {args.extra_heldout}: give 0 or more prompts")
+        if (args.epochs or args.lr) and args.helpful.startswith("rrhf"):
+            ap.error("--epochs and --lr set best-of-K fine-tuning; RRHF takes --rrhf-epochs "
+                     "and --rrhf-lr")
         how, colon, share = args.helpful.partition(":")
         if how not in ("rm", "oracle", "random", "rm-margin", "rrhf", "rrhf-oracle") or (
                 how == "rm-margin" and not colon) or (colon and how not in ("random", "rm-margin")):
@@ -466,6 +470,8 @@ def main() -> None:
             ap.error(f"--harmful {args.harmful}: use none, latest or all, optionally with :N")
         pool(args)
     else:
+        if args.ensemble < 1:
+            ap.error(f"--ensemble {args.ensemble}: train at least one reward model")
         rm_pairs(args)
 
 
