@@ -24,7 +24,10 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   --extra-heldout N adds N real helpful prompts read from ../shared/data at run time (Vicuna,
   WizardLM, AlpacaEval instructions of at most 160 characters), answered greedily by the base
   and by the fine-tuned policy: at the demo's 56 held-out helpful prompts one standard error of
-  a win rate is 0.065, at 300 more it is 0.029. --iteration 1 works on a one-iteration lake.
+  a win rate is 0.065, at 300 more it is 0.029. --extra-train N rejection-samples from the base
+  on N more real prompts from the back of the same list (K draws at rejection sampling's
+  temperature, one kept as --helpful says: the lake's reward models of --iteration, the judge,
+  or at random) and adds them to the pool. --iteration 1 works on a one-iteration lake.
   --epochs and --lr override the fine-tuning's (demo.yaml's rejection_sampling settings).
 - rm-pairs: does the helpfulness reward model pick better with more comparisons per prompt?
   Pairs drawn from the later iterations' draws (2 and 3) of the reward model's train prompts,
@@ -106,10 +109,20 @@ def _combined_rewards(lake, ids) -> dict[str, float]:
 
 
 def _extra_prompts(n: int) -> list[str]:
-    """N real single-turn helpful prompts read from ../shared/data at run time (Vicuna bench
+    """The first N of the real single-turn helpful prompts read from ../shared/data at run
+    time (`_real_prompts`): a held-out set larger than the demo's, so a pool comparison can
+    resolve a few points of win rate."""
+    texts = _real_prompts()
+    if n > len(texts):
+        raise SystemExit(f"--extra-heldout {n}: only {len(texts)} prompts qualify")
+    return texts[:n]
+
+
+def _real_prompts() -> list[str]:
+    """Every real single-turn helpful prompt of ../shared/data the benchmark uses (Vicuna bench
     questions, WizardLM test instructions and AlpacaEval instructions of at most 160
-    characters), shuffled with seed 0: a held-out set several times the demo's 56, so a pool
-    comparison can resolve a few points of win rate."""
+    characters), shuffled with seed 0. --extra-heldout takes them from the front,
+    --extra-train from the back."""
     import gzip
 
     data = ROOT.parent / "shared" / "data"
@@ -119,7 +132,8 @@ def _extra_prompts(n: int) -> list[str]:
                         ("alpaca_eval_805_gpt-3.5-turbo-0301.jsonl.gz", "instruction")):
         path = data / name
         if not path.is_file():
-            raise SystemExit(f"--extra-heldout reads {path}: put the shared data beside the repo")
+            raise SystemExit(f"--extra-heldout and --extra-train read {path}: put the shared data "
+                             "beside the repo")
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
@@ -128,9 +142,49 @@ def _extra_prompts(n: int) -> list[str]:
                     texts.append(text.strip())
     texts = sorted(set(texts))
     random.Random(0).shuffle(texts)
-    if n > len(texts):
-        raise SystemExit(f"--extra-heldout {n}: only {len(texts)} prompts qualify")
-    return texts[:n]
+    return texts
+
+
+def _extra_train(cfg, lake, judge, it: int, how: str, n: int, base_path: str) -> list[tuple]:
+    """Rejection sampling from the base on the last N real prompts (`_real_prompts`): K draws
+    each at rejection sampling's temperature, one kept by the reward models of iteration `it`
+    (R_c, `rm`), by the judge (`oracle`) or at random (`random`). Returns fine-tuning examples
+    (messages, answer, whether it ended rather than ran to the token limit)."""
+    from flywheel.policy import gated_reward
+    from flywheel.reward_model import RewardModel
+    from flywheel.sampling import make_sampler
+    from flywheel.scoring import Group, ScoringEngine
+
+    texts = _real_prompts()[-n:]
+    rs, s = cfg.rejection_sampling, cfg.sampling
+    messages = [[{"role": "user", "content": t}] for t in texts]
+    sampler = make_sampler(s.backend, base_path, s.dtype, s.max_model_len, s.seed)
+    draws = sampler.generate(messages, rs.k, rs.temperature, s.max_new_tokens, s.top_p, s.stop)
+    sampler.close()
+    if how == "rm":
+        row = next(p for p in lake.rows("policies")
+                   if p["method"] == "rejection_sampling" and int(p["iteration"]) == it)
+        engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+        groups = [Group(m, [g.text for g in d]) for m, d in zip(messages, draws)]
+        raw = {}
+        for kind in ("reward_model_id", "safety_reward_model_id"):
+            rm = RewardModel.load(lake.artifact_path("reward_models", row[kind]))
+            raw[kind] = engine.rewards(rm, groups, desc=f"scoring the extra prompts ({kind})")
+            del rm
+        value = [[gated_reward(h, sf, False) for h, sf in zip(hs, ss)]
+                 for hs, ss in zip(raw["reward_model_id"], raw["safety_reward_model_id"])]
+    elif how == "oracle":
+        value = [[j.score for j in judge.judge([t] * len(d), ["helpfulness"] * len(d),
+                                               [g.text for g in d])]
+                 for t, d in zip(texts, draws)]
+    else:
+        rng = random.Random(0)
+        value = [[rng.random() for _ in d] for d in draws]
+    out = []
+    for m, d, v in zip(messages, draws, value):
+        g = d[max(range(len(d)), key=v.__getitem__)]
+        out.append((m, g.text, g.token_count < s.max_new_tokens))
+    return out
 
 
 def pool(args) -> None:
@@ -211,6 +265,9 @@ def pool(args) -> None:
     examples = [(messages_of(prompts[samples[i]["prompt_id"]]), samples[i]["text"],
                  not cut_by_limit(samples[i])) for i in sorted(chosen)]
     base = next(p for p in policies if p["method"] == "base")
+    if args.extra_train:
+        examples += _extra_train(cfg, lake, judge, it, how, args.extra_train,
+                                 models.resolve(base["uri"]))
     held = [p for p in load_prompts(cfg.prompts.path, cfg.prompts.limit) if p["split"] == "heldout"]
     stored = {}
     for r in samples.values():
@@ -268,7 +325,8 @@ def pool(args) -> None:
                   f"{sum(j.refused for j in new_x)} / {len(extra)}"]
     if rrhf_groups is not None:
         examples = rrhf_groups
-    tuned = "".join(f", {k} {v:g}" for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v)
+    tuned = "".join(f", {k} {v:g}" for k, v in (("epochs", args.epochs), ("lr", args.lr),
+                                                   ("extra train prompts", args.extra_train)) if v)
     print(f"| {args.helpful}{tuned} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
           f"({n_harmful} harmful) | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
           flush=True)
@@ -427,6 +485,11 @@ def main() -> None:
                    help="also judge the policy against the base on this many real helpful "
                    "prompts from ../shared/data (Vicuna, WizardLM, AlpacaEval; at most 160 "
                    "characters), answered greedily by both")
+    p.add_argument("--extra-train", type=int, default=0,
+                   help="also rejection-sample from the base on this many real helpful prompts "
+                   "from ../shared/data (the back of the list --extra-heldout takes from the "
+                   "front), kept as --helpful says (rm, oracle or random), and fine-tune on "
+                   "them too")
     r = sub.add_parser("rm-pairs")
     r.add_argument("--lake", required=True)
     r.add_argument("--per-prompt", type=int, nargs="+", default=[4, 16])
@@ -457,6 +520,15 @@ def main() -> None:
     elif args.step == "pool":
         if args.extra_heldout < 0:
             ap.error(f"--extra-heldout {args.extra_heldout}: give 0 or more prompts")
+        if args.extra_train < 0:
+            ap.error(f"--extra-train {args.extra_train}: give 0 or more prompts")
+        if args.extra_train and args.helpful not in ("rm", "oracle", "random"):
+            ap.error("--extra-train keeps one draw a prompt: use it with --helpful rm, oracle "
+                     "or random")
+        if (args.extra_train or args.extra_heldout) and (
+                args.extra_train + args.extra_heldout > len(_real_prompts())):
+            ap.error(f"--extra-train {args.extra_train} and --extra-heldout "
+                     f"{args.extra_heldout} overlap: {len(_real_prompts())} prompts qualify")
         if (args.epochs or args.lr) and args.helpful.startswith("rrhf"):
             ap.error("--epochs and --lr set best-of-K fine-tuning; RRHF takes --rrhf-epochs "
                      "and --rrhf-lr")
