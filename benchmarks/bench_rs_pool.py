@@ -39,6 +39,12 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   the loop pairs them (one answer at each of sampling.temperatures).
   --ensemble N trains N models on the same pairs with different seeds and picks by the mean of
   their standardised scores (each model's own pick is printed too).
+- ppo: what PPO adds, or does alone: the demo's PPO update (flywheel.loop.ppo_update; --steps,
+  --lr, --prompts-per-step, --temperature, --beta, --eval-every override demo.yaml's
+  policy_update.ppo) from the rejection-sampled policy of --iteration (--start rs) or from the
+  base (--start base), with that iteration's reward models, on a copy of the lake; the start and
+  the result are judged against the base's greedy held-out answers as `pool` judges. Prints
+  each step's log, the held-out R_c and the step kept.
 - temperatures: what each sampling temperature gives rejection sampling once the policy has
   been fine-tuned: the lake's current policy (or the base, --policy base) draws K per helpful
   train prompt (the first --prompts by id) at each --grid value, scored by the current reward
@@ -187,13 +193,81 @@ def _extra_train(cfg, lake, judge, it: int, how: str, n: int, base_path: str) ->
     return out
 
 
+def _greedy(cfg, policy_dir: str, conversations: list) -> list[str]:
+    """Greedy answers of the policy in `policy_dir`, drawn as the loop's evaluation draws them."""
+    from flywheel.sampling import make_sampler
+
+    s = cfg.sampling
+    sampler = make_sampler(s.backend, policy_dir, s.dtype, s.max_model_len, s.seed)
+    out = [g[0].text for g in sampler.generate(conversations, 1, 0.0, s.max_new_tokens,
+                                               s.top_p, s.stop)]
+    sampler.close()
+    return out
+
+
+class _BaseAnswers:
+    """The base policy's greedy answers to the held-out prompts (stored in the lake by its
+    evaluation, drawn here for prompts the lake's run did not have) and to `extra` real
+    prompts; `cells` judges another policy's greedy answers against them."""
+
+    def __init__(self, cfg, samples: dict, policies: list[dict], extra: int):
+        from flywheel import models
+        from flywheel.prompts import load_prompts, messages_of
+
+        self.cfg = cfg
+        base = next(p for p in policies if p["method"] == "base")
+        self.held = [p for p in load_prompts(cfg.prompts.path, cfg.prompts.limit)
+                     if p["split"] == "heldout"]
+        self.stored = {}
+        for r in samples.values():
+            if (r["policy_id"] == base["id"] and r["purpose"] == "evaluation"
+                    and json.loads(r["params"])["temperature"] == 0.0):
+                self.stored.setdefault(r["prompt_id"], r["text"])
+        self.extra = _extra_prompts(extra) if extra else []
+        self.conversations = ([messages_of(p) for p in self.held]
+                              + [[{"role": "user", "content": t}] for t in self.extra])
+        missing = [p for p in self.held if p["id"] not in self.stored]
+        answers = _greedy(cfg, models.resolve(base["uri"]),
+                          [messages_of(p) for p in missing] + self.conversations[len(self.held):]
+                          ) if missing or self.extra else []
+        self.stored.update({p["id"]: a for p, a in zip(missing, answers)})
+        self.extra_base = answers[len(missing):]
+
+    def cells(self, judge, policy_dir: str) -> list[str]:
+        """Win rate (ties half), mean judge score (new / base) and refusals, on the held-out
+        helpful prompts, the held-out harmful ones, and the extra real prompts if any."""
+        from flywheel.evaluation import win_points
+        from flywheel.prompts import user_text
+
+        answers = _greedy(self.cfg, policy_dir, self.conversations)
+        new, extra_new = answers[:len(self.held)], answers[len(self.held):]
+        texts = [user_text(p) for p in self.held]
+        crit = [p["criterion"] for p in self.held]
+        old_j = judge.judge(texts, crit, [self.stored[p["id"]] for p in self.held])
+        new_j = judge.judge(texts, crit, new)
+        cells = []
+        for c in ("helpfulness", "safety"):
+            idx = [i for i, x in enumerate(crit) if x == c]
+            win = st.fmean(win_points([(new_j[i], old_j[i]) for i in idx]))
+            cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
+                      f"{st.fmean(old_j[i].score for i in idx):.3f}",
+                      f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
+        if self.extra:
+            n = len(self.extra)
+            old_x = judge.judge(self.extra, ["helpfulness"] * n, self.extra_base)
+            new_x = judge.judge(self.extra, ["helpfulness"] * n, extra_new)
+            win = st.fmean(win_points(list(zip(new_x, old_x))))
+            cells += [f"{win:.3f} (n={n})", f"{st.fmean(j.score for j in new_x):.3f} / "
+                      f"{st.fmean(j.score for j in old_x):.3f}",
+                      f"{sum(j.refused for j in new_x)} / {n}"]
+        return cells
+
+
 def pool(args) -> None:
     from flywheel import models
-    from flywheel.evaluation import win_points
     from flywheel.loop import cut_by_limit
     from flywheel.policy import finetune, rrhf_finetune
-    from flywheel.prompts import load_prompts, messages_of, user_text
-    from flywheel.sampling import make_sampler
+    from flywheel.prompts import messages_of
 
     cfg, lake, judge, samples, prompts = _setup(args.lake, args.iteration)
     it = args.iteration
@@ -268,30 +342,7 @@ def pool(args) -> None:
     if args.extra_train:
         examples += _extra_train(cfg, lake, judge, it, how, args.extra_train,
                                  models.resolve(base["uri"]))
-    held = [p for p in load_prompts(cfg.prompts.path, cfg.prompts.limit) if p["split"] == "heldout"]
-    stored = {}
-    for r in samples.values():
-        if (r["policy_id"] == base["id"] and r["purpose"] == "evaluation"
-                and json.loads(r["params"])["temperature"] == 0.0):
-            stored.setdefault(r["prompt_id"], r["text"])
-    extra = _extra_prompts(args.extra_heldout) if args.extra_heldout else []
-    extra_messages = [[{"role": "user", "content": t}] for t in extra]
-    s = cfg.sampling
-
-    def greedy(policy_dir, conversations):
-        sampler = make_sampler(s.backend, policy_dir, s.dtype, s.max_model_len, s.seed)
-        out = [g[0].text for g in sampler.generate(conversations, 1, 0.0, s.max_new_tokens,
-                                                   s.top_p, s.stop)]
-        sampler.close()
-        return out
-
-    # the base's answers to held-out prompts the lake's run did not have (the prompt set grew)
-    missing = [p for p in held if p["id"] not in stored]
-    base_answers = greedy(models.resolve(base["uri"]),
-                          [messages_of(p) for p in missing] + extra_messages
-                          ) if missing or extra else []
-    stored.update({p["id"]: a for p, a in zip(missing, base_answers)})
-    extra_base = base_answers[len(missing):]
+    against = _BaseAnswers(cfg, samples, policies, args.extra_heldout)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if rrhf_groups is not None:
@@ -302,27 +353,7 @@ def pool(args) -> None:
             finetune(models.resolve(base["uri"]), examples, cfg.rejection_sampling.model_copy(
                 update={"epochs": args.epochs or cfg.rejection_sampling.epochs,
                         "learning_rate": args.lr or cfg.rejection_sampling.learning_rate}), tmp)
-        answers = greedy(tmp, [messages_of(p) for p in held] + extra_messages)
-        new, extra_new = answers[:len(held)], answers[len(held):]
-    texts = [user_text(p) for p in held]
-    crit = [p["criterion"] for p in held]
-    old_j = judge.judge(texts, crit, [stored[p["id"]] for p in held])
-    new_j = judge.judge(texts, crit, new)
-    cells = []
-    for c in ("helpfulness", "safety"):
-        idx = [i for i, x in enumerate(crit) if x == c]
-        win = st.fmean(win_points([(new_j[i], old_j[i]) for i in idx]))
-        cells += [f"{win:.3f}", f"{st.fmean(new_j[i].score for i in idx):.3f} / "
-                  f"{st.fmean(old_j[i].score for i in idx):.3f}",
-                  f"{sum(new_j[i].refused for i in idx)} / {len(idx)}"]
-    if extra:
-        crit_x = ["helpfulness"] * len(extra)
-        old_x, new_x = judge.judge(extra, crit_x, extra_base), judge.judge(extra, crit_x, extra_new)
-        win = st.fmean(win_points(list(zip(new_x, old_x))))
-        cells += [f"{win:.3f} (n={len(extra)})",
-                  f"{st.fmean(j.score for j in new_x):.3f} / "
-                  f"{st.fmean(j.score for j in old_x):.3f}",
-                  f"{sum(j.refused for j in new_x)} / {len(extra)}"]
+        cells = against.cells(judge, tmp)
     if rrhf_groups is not None:
         examples = rrhf_groups
     tuned = "".join(f", {k} {v:g}" for k, v in (("epochs", args.epochs), ("lr", args.lr),
@@ -330,6 +361,48 @@ def pool(args) -> None:
     print(f"| {args.helpful}{tuned} | {args.harmful} ({args.harmful_by}) | {len(examples)} "
           f"({n_harmful} harmful) | " + " | ".join(cells) + f" | {time.time() - t0:.0f} |",
           flush=True)
+
+
+def ppo(args) -> None:
+    """PPO (flywheel.loop.ppo_update, demo.yaml's policy_update.ppo with the overrides given)
+    from the lake's rejection-sampled policy of --iteration or from the base, on a copy of the
+    lake; the start and the result judged against the base on the held-out prompts."""
+    import shutil
+
+    from flywheel import loop
+
+    _setup(args.lake, args.iteration)  # checks the lake has the iteration
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = str(Path(tmp) / "lake")
+        shutil.copytree(args.lake, copy)
+        cfg, lake, judge, samples, _ = _setup(copy, args.iteration)
+        policies = lake.rows("policies")
+        rs = next(p for p in policies if p["method"] == "rejection_sampling"
+                  and int(p["iteration"]) == args.iteration)
+        start = rs if args.start == "rs" else next(p for p in policies if p["method"] == "base")
+        rm_ids = {"helpfulness": rs["reward_model_id"], "safety": rs["safety_reward_model_id"]}
+        update = {k: v for k, v in (("steps", args.steps), ("learning_rate", args.lr),
+                                    ("prompts_per_step", args.prompts_per_step),
+                                    ("temperature", args.temperature), ("beta", args.beta),
+                                    ("eval_every", args.eval_every)) if v is not None}
+        cfg = cfg.model_copy(update={"policy_update": cfg.policy_update.model_copy(update={
+            "ppo": cfg.policy_update.ppo.model_copy(update=update)})})
+        against = _BaseAnswers(cfg, samples, policies, args.extra_heldout)
+        before = against.cells(judge, loop.policy_path(lake, start))
+        t0 = time.time()
+        new_id = loop.ppo_update(cfg, lake, 90, rm_ids, start["id"])
+        seconds = time.time() - t0
+        row = next(p for p in lake.rows("policies") if p["id"] == new_id)
+        after = against.cells(judge, loop.policy_path(lake, row))
+    m = json.loads(row["metrics"])
+    for step in m["ppo_steps"]:
+        print("step", json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                  for k, v in step.items()}), flush=True)
+    print("held-out R_c", json.dumps(m["heldout"]), "kept step", m["best_step"], flush=True)
+    settings = ", ".join(f"{k} {v:g}" for k, v in update.items()) or "demo.yaml's"
+    print(f"| {args.start} | before PPO | " + " | ".join(before) + " | |", flush=True)
+    print(f"| {args.start} | PPO ({settings}; kept step {m['best_step']}) | "
+          + " | ".join(after) + f" | {seconds:.0f} |", flush=True)
 
 
 def rm_pairs(args) -> None:
@@ -508,6 +581,19 @@ def main() -> None:
     r.add_argument("--lr", type=float, nargs="+", default=None,
                    help="reward-model learning rate for each --per-prompt value (default: "
                    "demo.yaml's)")
+    o = sub.add_parser("ppo")
+    o.add_argument("--lake", required=True)
+    o.add_argument("--iteration", type=int, default=1,
+                   help="whose rejection-sampled policy and reward models to use")
+    o.add_argument("--start", choices=["rs", "base"], default="rs",
+                   help="PPO from the iteration's rejection-sampled policy or from the base")
+    o.add_argument("--steps", type=int, default=None)
+    o.add_argument("--lr", type=float, default=None)
+    o.add_argument("--prompts-per-step", type=int, default=None)
+    o.add_argument("--temperature", type=float, default=None)
+    o.add_argument("--beta", type=float, default=None)
+    o.add_argument("--eval-every", type=int, default=None)
+    o.add_argument("--extra-heldout", type=int, default=0)
     t = sub.add_parser("temperatures")
     t.add_argument("--lake", required=True)
     t.add_argument("--grid", type=float, nargs="+", default=[0.5, 0.7, 1.0])
@@ -517,6 +603,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.step == "temperatures":
         temperatures(args)
+    elif args.step == "ppo":
+        ppo(args)
     elif args.step == "pool":
         if args.extra_heldout < 0:
             ap.error(f"--extra-heldout {args.extra_heldout}: give 0 or more prompts")
