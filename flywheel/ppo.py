@@ -15,8 +15,10 @@ One PPO step:
 The critic is its own model (a backbone with a value per token), so actor and critic can each be
 trained through DeepSpeed. Log-probs come from `kernels.token_logprobs` (Triton on a GPU, its
 torch reference on a CPU). Every step logs reward, KL, entropy, clip fraction, value loss and
-response length. Held-out prompts are scored every `eval_every` steps; training stops when their
-mean score has not improved for `patience` evaluations, and the best policy seen is kept.
+response length. Held-out prompts are scored before the first step, every `eval_every` steps and
+after the last; training stops when their mean score has not improved for `patience`
+evaluations, and the best policy seen is kept (`eval_every` 0: no held-out scoring, the last
+step is kept).
 
 RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised log-probabilities
 p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
@@ -408,7 +410,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
 
     def evaluate(step: int) -> bool:
         nonlocal best, since_best
-        if not heldout:
+        if not heldout or not s.eval_every:
             return False
         ro = sample(heldout)
         score = _scored(score_fn, heldout, ro, tokenizer)[1].mean().item()
@@ -474,9 +476,11 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if s.eval_every and step % s.eval_every == 0 and evaluate(step):
             break
     bar.close()
-    if best[2] is not None and evals and evals[-1]["heldout_reward"] < best[0]:
+    if evals and evals[-1]["step"] != len(logs):
+        evaluate(len(logs))  # the last step too, so the policy kept is one that was evaluated
+    if best[2] is not None and evals and evals[-1]["step"] != best[1]:
         policy.load_state_dict(best[2])
-    out = {"steps": logs, "heldout": evals, "best_step": best[1] if heldout else len(logs),
+    out = {"steps": logs, "heldout": evals, "best_step": best[1] if evals else len(logs),
            "settings": s.model_dump()}
     if rollouts is not None:
         out["rollouts"] = {"engine": "vllm", "reloads": len(rollouts.reload_seconds),

@@ -176,12 +176,13 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     # rollouts were scored by both reward models through the engine
     assert metrics["scoring"]["sequences"] > 0
     # with vLLM, the rollout engine reloads the actor's weights before sampling after an
-    # update: before step 2's rollouts and before the held-out evaluation after step 2 (step
-    # 3's rollouts then find it current)
+    # update: before step 2's rollouts, before the held-out evaluation after step 2 (step
+    # 3's rollouts then find it current) and before the one after the last step (3)
     assert metrics["rollouts"]["engine"] == backend
     if backend == "vllm":
         assert len(metrics["ppo_steps"]) == 3  # patience 2 cannot stop 3 steps early
-        assert metrics["rollouts"]["reloads"] == 2
+        assert [e["step"] for e in metrics["heldout"]] == [0, 2, 3]
+        assert metrics["rollouts"]["reloads"] == 3
         assert "reloaded in place after each update" in text
 
 

@@ -242,3 +242,37 @@ def test_a_batch_normalised_score_is_trained_on_but_the_reward_is_logged_and_com
     assert [e["heldout_reward"] for e in out["heldout"]] == pytest.approx(seen[0::2])
     assert [s["reward"] for s in out["steps"]] == pytest.approx(seen[1::2])
     assert any(abs(v) > 0.05 for v in seen)  # a whitened mean would be ~0 every time
+
+
+@pytest.mark.parametrize("eval_every, evaluated", [(2, [0, 2, 3]), (0, [])])
+def test_the_policy_kept_is_one_that_was_evaluated(tiny_llama, eval_every, evaluated):
+    """Held-out scoring at the start, every eval_every steps and after the last step (3 here,
+    not a multiple of 2), so the step reported kept is the policy returned; with eval_every 0,
+    none, and the last step is kept."""
+    from flywheel.models import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_llama)
+    policy = load_causal_lm(tiny_llama, "float32")
+    reference = load_causal_lm(tiny_llama, "float32")
+    critic = ppo.ValueModel.from_causal_lm(policy)
+    states = []
+
+    def score(prompts, responses, ids):
+        if len(prompts) == 4:  # a held-out evaluation: remember the weights it scored
+            states.append({k: v.clone() for k, v in policy.state_dict().items()})
+        return torch.tensor([sum(i % 4 == 0 for i in x) / max(1, len(x)) for x in ids])
+
+    settings = ppo.PPOConfig(steps=3, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+                             max_new_tokens=4, eval_every=eval_every, patience=5)
+    out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+                        heldout=PROMPTS[:4])
+    assert [e["step"] for e in out["heldout"]] == evaluated
+    assert len(out["steps"]) == 3
+    if not evaluated:
+        assert out["best_step"] == 3
+        return
+    best = max(out["heldout"], key=lambda e: e["heldout_reward"])  # the first of equals
+    assert out["best_step"] == best["step"]
+    kept = states[evaluated.index(out["best_step"])]
+    assert all(torch.equal(v, kept[k]) for k, v in policy.state_dict().items())
