@@ -34,7 +34,7 @@ from flywheel.policy import (
     rrhf_finetune,
 )
 from flywheel.prompts import load_prompts, messages_of, user_text
-from flywheel.sampling import shared_sampler
+from flywheel.sampling import close_samplers, shared_sampler
 from flywheel.schemas import content_id
 from flywheel.scoring import ScoringEngine, score_samples
 
@@ -468,6 +468,10 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         r_c = [gated_reward(h[0], s[0], g.safety) for g, h, s in zip(groups, help_, safe)]
         return combine(groups, help_, safe)[0], torch.tensor(r_c)
 
+    # the engines kept open for later stages (two, ~4 GB each on a CPU) would share memory with
+    # actor, critic, reference, both reward models and PPO's own engine: a three-iteration demo
+    # on 24 GiB was killed for memory in PPO's second step; evaluation reopens what it needs
+    close_samplers()
     with tempfile.TemporaryDirectory() as scratch:
         rollouts = None
         if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's

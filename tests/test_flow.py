@@ -139,7 +139,8 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
 
 
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
-def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config, backend):
+def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config, backend,
+                                                        monkeypatch):
     from flows.weekly import weekly_iteration
 
     if backend == "vllm":  # every stage samples through vLLM; PPO's engine follows the actor
@@ -150,7 +151,19 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
         "steps": 3, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
         "learning_rate": 1e-4, "eval_every": 2})
+    from flywheel import ppo, sampling
+
+    open_at_ppo = []
+    real_train_ppo = ppo.train_ppo
+
+    def train_ppo(*args, **kwargs):  # the real one, noting which shared engines are open
+        open_at_ppo.append(len(sampling._OPEN))
+        return real_train_ppo(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "train_ppo", train_ppo)
     result = weekly_iteration(tiny_config, 1)
+    # rejection sampling's engines are closed before PPO loads its models and its own engine
+    assert open_at_ppo == [0]
     lake = Lake.open(tiny_config.lake)
     policies = {p["id"]: p for p in lake.rows("policies")}
     out = policies[result["policy_out"]]
