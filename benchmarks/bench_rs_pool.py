@@ -69,7 +69,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _setup(lake_dir: str, need: int = 3):
+def _setup(lake_dir: str, need: int = 3, name: str | None = None):
+    """The demo config, the lake, the judge, and the lake's samples and prompts by id. `name`:
+    how the lake is called in the error (the user's path where lake_dir is a copy)."""
     from flywheel import models
     from flywheel.config import load_config
     from flywheel.judge import ProxyJudge
@@ -80,8 +82,8 @@ def _setup(lake_dir: str, need: int = 3):
     lake = Lake.open(lake_dir)
     if not any(int(p["iteration"] or 0) >= need and p["method"] == "rejection_sampling"
                for p in lake.rows("policies")):
-        raise SystemExit(f"{lake_dir} holds no rejection-sampling iteration {need}: make one "
-                         "with benchmarks/bench_demo_loop.py --run --lake LAKE")
+        raise SystemExit(f"{name or lake_dir} holds no rejection-sampling iteration {need}: "
+                         "make one with benchmarks/bench_demo_loop.py --run --lake LAKE")
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
     return cfg, lake, judge, _by_id(lake.rows("samples")), _by_id(lake.rows("prompts"))
 
@@ -371,11 +373,12 @@ def ppo(args) -> None:
 
     from flywheel import loop
 
-    _setup(args.lake, args.iteration)  # checks the lake has the iteration
+    if not Path(args.lake).is_dir():
+        raise SystemExit(f"--lake {args.lake}: no such folder (ppo copies a local lake)")
     with tempfile.TemporaryDirectory() as tmp:
         copy = str(Path(tmp) / "lake")
         shutil.copytree(args.lake, copy)
-        cfg, lake, judge, samples, _ = _setup(copy, args.iteration)
+        cfg, lake, judge, samples, _ = _setup(copy, args.iteration, name=args.lake)
         policies = lake.rows("policies")
         rs = next(p for p in policies if p["method"] == "rejection_sampling"
                   and int(p["iteration"]) == args.iteration)
