@@ -23,6 +23,16 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _flush_to_api(timeout: float = 10.0) -> None:
+    """Send the run logs and events still queued for the API, while the server is up: left
+    for the interpreter's exit they meet a stopped server ("Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout, at_exit=False)
+
+
 @contextmanager
 def local_server(keep: bool = False, port: int = 4200):
     """Yield the API URL of a reachable Prefect server, starting `prefect server start` when
@@ -59,6 +69,7 @@ def local_server(keep: bool = False, port: int = 4200):
         yield url
     finally:
         if not keep:
+            _flush_to_api()
             proc.terminate()
             try:
                 proc.wait(timeout=30)
