@@ -68,11 +68,14 @@ def local_server(keep: bool = False, port: int = 4200):
             time.sleep(1)
         yield url
     finally:
-        if not keep:
-            _flush_to_api()
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        try:
+            if not keep:
+                _flush_to_api()
+        finally:
+            if not keep:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
