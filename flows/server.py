@@ -23,6 +23,15 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server process, killing it if it has not exited after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _flush_to_api(timeout: float = 10.0) -> None:
     """Send the run logs and events still queued for the API, while the server is up: left
     for the interpreter's exit they meet a stopped server ("Error logging to API")."""
@@ -68,14 +77,9 @@ def local_server(keep: bool = False, port: int = 4200):
             time.sleep(1)
         yield url
     finally:
-        try:
-            if not keep:
+        if not keep:
+            try:
                 _flush_to_api()
-        finally:
-            if not keep:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            log.close()
+            finally:
+                stop_process(proc)
+        log.close()

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.server import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.-]+)\s*\}\}")
@@ -209,11 +211,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from test_serve_slow import _free_port, _tail, _wait
 
+from flows.server import stop_process
 from flywheel.report import PLOTS
 
 pytestmark = pytest.mark.slow
@@ -128,11 +129,7 @@ def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config):
             _screenshot(page, shots / "report.png")
             browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()
         copy = REPO / "test-output" / "ui"
         copy.mkdir(parents=True, exist_ok=True)
