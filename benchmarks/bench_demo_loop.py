@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _machine import describe
 
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 
 OUT = Path(__file__).parent / "results" / "demo_loop.md"
 CONFIG = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
@@ -69,7 +69,7 @@ def _config_name(path: Path) -> str:
 def _prompt_counts(c) -> str:
     from collections import Counter
 
-    from flywheel.prompts import load_prompts
+    from flywheel.annotation.prompts import load_prompts
 
     n = Counter((r["split"], r["criterion"]) for r in load_prompts(c.prompts.path))
     return (f"{sum(n.values())} prompts ({n['train', 'helpfulness']} helpful and "
@@ -99,9 +99,9 @@ def selection_diagnosis(lake: Lake) -> list[str]:
     (best-of-K with a perfect reward model), and of the base policy's greedy held-out answers.
     Fine-tuning on the pool can only beat greedy decoding if the picked samples do."""
     from flywheel import models
-    from flywheel.judge import ProxyJudge
-    from flywheel.policy import gated_reward
-    from flywheel.prompts import user_text
+    from flywheel.annotation.prompts import user_text
+    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.reward.combined import gated_reward
 
     prompts = {p["id"]: p for p in lake.rows("prompts")}
     policies = {p["id"]: p for p in lake.rows("policies")}
@@ -155,9 +155,9 @@ def helpful_interval(lake: Lake, policy_id: str) -> list[float] | None:
     answers stored in the lake, judged again (lakes evaluated before the interval was recorded
     lack it)."""
     from flywheel import models
-    from flywheel.evaluation import win_points, win_rate_interval
-    from flywheel.judge import ProxyJudge
-    from flywheel.prompts import user_text
+    from flywheel.annotation.prompts import user_text
+    from flywheel.evaluation.gate import win_points, win_rate_interval
+    from flywheel.evaluation.judge import ProxyJudge
 
     prompts = {p["id"]: p for p in lake.rows("prompts")}
     base_id = next(p["id"] for p in lake.rows("policies") if p["method"] == "base")

@@ -39,8 +39,8 @@ THRESHOLDS = [0.6, 0.3, 0.1]  # the demo's annotation.strength_thresholds
 
 def sample(out: Path) -> None:
     from flywheel import models
-    from flywheel.prompts import load_prompts, messages_of, user_text
-    from flywheel.sampling import VLLMSampler
+    from flywheel.annotation.prompts import load_prompts, messages_of, user_text
+    from flywheel.policy.sampling import VLLMSampler
 
     rows = load_prompts()
     msgs = [messages_of(r) for r in rows]
@@ -69,7 +69,7 @@ def _demo_preprompt() -> str:
 
 def judge(out: Path) -> None:
     from flywheel import models
-    from flywheel.judge import ProxyJudge
+    from flywheel.evaluation.judge import ProxyJudge
 
     d = json.loads((out / "samples.json").read_text())
     P = d["prompts"]
@@ -115,9 +115,10 @@ def reward_models(out: Path, pairs_per_prompt: int, epochs: int, lr: float,
     import torch
 
     from flywheel import models
-    from flywheel.annotation import strength_of
+    from flywheel.annotation.simulated import strength_of
     from flywheel.config import RewardModelConfig
-    from flywheel.reward_model import PreferencePair, train_reward_model
+    from flywheel.reward.model import PreferencePair
+    from flywheel.reward.train import train_reward_model
 
     torch.set_num_threads(2)
     d = json.loads((out / "samples.json").read_text())
@@ -171,9 +172,9 @@ def reward_models(out: Path, pairs_per_prompt: int, epochs: int, lr: float,
 
 def preprompt(text: str) -> None:
     from flywheel import models
-    from flywheel.judge import ProxyJudge
-    from flywheel.prompts import load_prompts, messages_of, user_text
-    from flywheel.sampling import VLLMSampler
+    from flywheel.annotation.prompts import load_prompts, messages_of, user_text
+    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.policy.sampling import VLLMSampler
 
     rows = [r for r in load_prompts() if r["criterion"] == "safety"]
     msgs = [[{"role": "system", "content": text}] + messages_of(r) for r in rows]
@@ -195,9 +196,9 @@ def preprompt(text: str) -> None:
 def sft(out: Path, epochs: int, lr: float) -> None:
     from flywheel import models
     from flywheel.config import load_config
-    from flywheel.judge import ProxyJudge
-    from flywheel.policy import finetune
-    from flywheel.sampling import VLLMSampler
+    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.policy.finetune import finetune
+    from flywheel.policy.sampling import VLLMSampler
 
     d = json.loads((out / "samples.json").read_text())
     S = json.loads((out / "scores.json").read_text())

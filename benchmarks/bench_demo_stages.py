@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _machine import describe
 
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 
 OUT = Path(__file__).parent / "results" / "demo_stages.md"
 

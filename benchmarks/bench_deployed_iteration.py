@@ -28,8 +28,8 @@ from _machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from flows.server import healthy  # noqa: E402
-from flywheel.lake import Lake  # noqa: E402
+from flywheel.flows.server import healthy  # noqa: E402
+from flywheel.lake.store import Lake  # noqa: E402
 from tests.postgres import local_postgres  # noqa: E402
 
 BIN = Path(sys.executable).parent

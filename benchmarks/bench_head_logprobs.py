@@ -55,7 +55,7 @@ def _case(op, n, v, d, reps, backward):
 
 
 def gpu_report(reps):
-    from kernels.head_logprobs import head_logprobs
+    from flywheel.kernels.head_logprobs import head_logprobs
 
     name = torch.cuda.get_device_name()
     bw, fl = next((p for k, p in PEAKS.items() if k in name), (None, None))
@@ -95,7 +95,7 @@ def gpu_report(reps):
 def cpu_report():
     # Triton picks its interpreter at first import: set before kernels/ imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.head_logprobs import head_logprobs_reference, head_logprobs_triton
+    from flywheel.kernels.head_logprobs import head_logprobs_reference, head_logprobs_triton
 
     torch.manual_seed(0)
     n, v, d = 37, 257, 40

@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 from _machine import describe
 from _synthetic import corpus, ids, joined_lines, texts
 
-import flywheel.ingest as ingest_mod
-from flywheel.catalog import connect
+import flywheel.annotation.ingest as ingest_mod
+from flywheel.annotation.ingest import ingest_bytes
 from flywheel.config import AnnotationConfig
-from flywheel.ingest import ingest_bytes
-from flywheel.lake import Lake
+from flywheel.lake.catalog import connect
+from flywheel.lake.store import Lake
 
 OUT = Path(__file__).parent / "results" / "ingest.md"
 BAD_FRACTION = 0.02

@@ -41,7 +41,7 @@ def eager_bytes(b, s, d, elt=2):
 def eager(hidden, mask, weight, bias, norm_weight, eps=EPS):
     """A sequence-classification head: RMSNorm at every position (in float32, back to the hidden
     dtype, times its weight), the head at every position, then the last real token's score."""
-    from kernels.last_token import last_token_index
+    from flywheel.kernels.last_token import last_token_index
 
     x = hidden.float()
     x = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden.dtype) * norm_weight
@@ -85,7 +85,7 @@ def _row(b, s, d, result, bw):
 
 
 def gpu_report(reps):
-    from kernels.last_token import last_token_readout
+    from flywheel.kernels.last_token import last_token_readout
 
     bw = measured_bandwidth()
     lines = [
@@ -124,7 +124,7 @@ def gpu_report(reps):
 def cpu_report():
     # Triton picks its interpreter at first import: set before kernels/ imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.last_token import last_token_reference, last_token_triton
+    from flywheel.kernels.last_token import last_token_reference, last_token_triton
 
     torch.manual_seed(0)
     b, s, d = 5, 13, 37

@@ -26,8 +26,8 @@ import pyarrow as pa
 from _machine import describe
 from _synthetic import corpus, ids, texts
 
-from flywheel.lake import Lake
-from flywheel.mixes import helpfulness_mix, safety_mix
+from flywheel.lake.store import Lake
+from flywheel.reward.mixes import helpfulness_mix, safety_mix
 
 OUT = Path(__file__).parent / "results" / "mixes.md"
 BATCHES = 14

@@ -1,7 +1,7 @@
 """Reward combination (Llama 2's PPO reward: safety gate, logit, whitening over the batch, KL
 penalty): the Triton op (kernels/reward_combine.py, one pass) against its torch reference run on
 the GPU (eager: many small kernels), float32 rewards and KL, int32 tags and mask as
-flywheel/scoring.py passes them, right padding with random response lengths, with bytes moved
+flywheel/reward/scoring.py passes them, right padding with random response lengths, with bytes moved
 and the fraction of the measured bandwidth.
 
     .venv/bin/python benchmarks/bench_reward_combine.py [--reps 100]
@@ -68,7 +68,7 @@ def _row(b, t, result, bw):
 
 
 def gpu_report(reps):
-    from kernels.reward_combine import combine_rewards, combine_rewards_reference
+    from flywheel.kernels.reward_combine import combine_rewards, combine_rewards_reference
 
     bw = measured_bandwidth()
     lines = [
@@ -103,7 +103,7 @@ def gpu_report(reps):
 def cpu_report():
     # Triton picks its interpreter at first import: set before kernels/ imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.reward_combine import combine_rewards_reference, combine_rewards_triton
+    from flywheel.kernels.reward_combine import combine_rewards_reference, combine_rewards_triton
 
     torch.manual_seed(0)
     b, t = 131, 301  # default blocks are 64 responses x 128 tokens: 3 x 3 tiles, ragged

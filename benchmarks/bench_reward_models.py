@@ -35,10 +35,12 @@ from pathlib import Path
 import torch
 from _machine import describe
 
+from flywheel.annotation.importers import convert
 from flywheel.config import RewardModelConfig
-from flywheel.importers import convert
 from flywheel.models import resolve
-from flywheel.reward_model import PreferencePair, RewardModel, accuracy, train_reward_model
+from flywheel.reward.evaluation import accuracy
+from flywheel.reward.model import PreferencePair, RewardModel
+from flywheel.reward.train import train_reward_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).parent / "results" / "reward_models.md"

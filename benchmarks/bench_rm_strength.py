@@ -8,8 +8,8 @@ annotator: the trend of Llama 2's Table 8 (accuracy rises from "negligibly bette
 Prompts and response pairs are real: Anthropic HH-RLHF dialogues from ../shared/data (the
 helpful-base file for helpfulness prompts, the harmless-base file for safety prompts), each
 record's two final replies being the two responses. The labels are the simulated annotator's
-(flywheel/annotation.py: the proxy judge's choice, strength from the judge-score margin, safety
-label), not Anthropic's. The labelled rows are delivered as weekly in-house batches in the
+(flywheel/annotation/simulated.py: the proxy judge's choice, strength from the judge-score
+margin, safety label), not Anthropic's. The labelled rows are delivered as weekly in-house batches in the
 Llama 2 protocol through `flywheel.ingest` (each batch holds out its test rows), then
 `flywheel.rm_training.retrain` trains the helpfulness and the safety reward model on their
 mixes, evaluates them on every test set and gates them, exactly as the retrain flow does.
@@ -30,15 +30,15 @@ from pathlib import Path
 from _machine import describe
 
 from flywheel import models
-from flywheel.annotation import Pair, annotate
+from flywheel.annotation.importers import convert
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.annotation.simulated import Pair, annotate
 from flywheel.config import AnnotationConfig, validate_config
-from flywheel.importers import convert
-from flywheel.ingest import ingest_bytes
-from flywheel.judge import ProxyJudge
-from flywheel.lake import Lake
-from flywheel.report import table8_markdown
-from flywheel.rm_training import retrain
-from flywheel.schemas import STRENGTHS
+from flywheel.evaluation.judge import ProxyJudge
+from flywheel.lake.schemas import STRENGTHS
+from flywheel.lake.store import Lake
+from flywheel.reward.retrain import retrain
+from flywheel.stages.report import table8_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -66,6 +66,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from flywheel.stages import common
+from flywheel.stages import ppo as ppo_stage
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,9 +77,9 @@ def _setup(lake_dir: str, need: int = 3, name: str | None = None):
     how the lake is called in the error (the user's path where lake_dir is a copy)."""
     from flywheel import models
     from flywheel.config import load_config
-    from flywheel.judge import ProxyJudge
-    from flywheel.lake import Lake
-    from flywheel.loop import _by_id
+    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.lake.store import Lake
+    from flywheel.stages.common import by_id as _by_id
 
     cfg = load_config(str(ROOT / "deployments" / "demo.yaml"))
     lake = Lake.open(lake_dir)
@@ -90,7 +93,7 @@ def _setup(lake_dir: str, need: int = 3, name: str | None = None):
 
 def _judged_draws(judge, samples, prompts, last: int,
                   purposes: tuple[str, ...] = ("rejection",)) -> dict[str, float]:
-    from flywheel.prompts import user_text
+    from flywheel.annotation.prompts import user_text
 
     draws = [s for s in samples.values()
              if s["purpose"] in purposes and int(s["iteration"]) <= last]
@@ -102,7 +105,7 @@ def _judged_draws(judge, samples, prompts, last: int,
 
 def _combined_rewards(lake, ids) -> dict[str, float]:
     """R_c of each sample in ids, from the scores the loop stored when it drew them."""
-    from flywheel.policy import gated_reward
+    from flywheel.reward.combined import gated_reward
 
     criterion = {r["id"]: r["criterion"] for r in lake.rows("reward_models")}
     crit_of = {r["id"]: r["criterion"] for r in lake.rows("prompts")}
@@ -158,10 +161,10 @@ def _extra_train(cfg, lake, judge, it: int, how: str, n: int, base_path: str) ->
     each at rejection sampling's temperature, one kept by the reward models of iteration `it`
     (R_c, `rm`), by the judge (`oracle`) or at random (`random`). Returns fine-tuning examples
     (messages, answer, whether it ended rather than ran to the token limit)."""
-    from flywheel.policy import gated_reward
-    from flywheel.reward_model import RewardModel
-    from flywheel.sampling import make_sampler
-    from flywheel.scoring import Group, ScoringEngine
+    from flywheel.policy.sampling import make_sampler
+    from flywheel.reward.combined import gated_reward
+    from flywheel.reward.model import RewardModel
+    from flywheel.reward.scoring import Group, ScoringEngine
 
     texts = _real_prompts()[-n:]
     rs, s = cfg.rejection_sampling, cfg.sampling
@@ -197,7 +200,7 @@ def _extra_train(cfg, lake, judge, it: int, how: str, n: int, base_path: str) ->
 
 def _greedy(cfg, policy_dir: str, conversations: list) -> list[str]:
     """Greedy answers of the policy in `policy_dir`, drawn as the loop's evaluation draws them."""
-    from flywheel.sampling import make_sampler
+    from flywheel.policy.sampling import make_sampler
 
     s = cfg.sampling
     sampler = make_sampler(s.backend, policy_dir, s.dtype, s.max_model_len, s.seed)
@@ -214,7 +217,7 @@ class _BaseAnswers:
 
     def __init__(self, cfg, samples: dict, policies: list[dict], extra: int):
         from flywheel import models
-        from flywheel.prompts import load_prompts, messages_of
+        from flywheel.annotation.prompts import load_prompts, messages_of
 
         self.cfg = cfg
         base = next(p for p in policies if p["method"] == "base")
@@ -238,8 +241,8 @@ class _BaseAnswers:
     def cells(self, judge, policy_dir: str) -> list[str]:
         """Win rate (ties half), mean judge score (new / base) and refusals, on the held-out
         helpful prompts, the held-out harmful ones, and the extra real prompts if any."""
-        from flywheel.evaluation import win_points
-        from flywheel.prompts import user_text
+        from flywheel.annotation.prompts import user_text
+        from flywheel.evaluation.gate import win_points
 
         answers = _greedy(self.cfg, policy_dir, self.conversations)
         new, extra_new = answers[:len(self.held)], answers[len(self.held):]
@@ -267,9 +270,10 @@ class _BaseAnswers:
 
 def pool(args) -> None:
     from flywheel import models
-    from flywheel.loop import cut_by_limit
-    from flywheel.policy import finetune, rrhf_finetune
-    from flywheel.prompts import messages_of
+    from flywheel.annotation.prompts import messages_of
+    from flywheel.policy.finetune import finetune
+    from flywheel.policy.rrhf import rrhf_finetune
+    from flywheel.stages.rejection_sampling import cut_by_limit
 
     cfg, lake, judge, samples, prompts = _setup(args.lake, args.iteration)
     it = args.iteration
@@ -371,7 +375,6 @@ def ppo(args) -> None:
     lake; the start and the result judged against the base on the held-out prompts."""
     import shutil
 
-    from flywheel import loop
 
     if not Path(args.lake).is_dir():
         raise SystemExit(f"--lake {args.lake}: no such folder (ppo copies a local lake)")
@@ -391,12 +394,12 @@ def ppo(args) -> None:
         cfg = cfg.model_copy(update={"policy_update": cfg.policy_update.model_copy(update={
             "ppo": cfg.policy_update.ppo.model_copy(update=update)})})
         against = _BaseAnswers(cfg, samples, policies, args.extra_heldout)
-        before = against.cells(judge, loop.policy_path(lake, start))
+        before = against.cells(judge, common.policy_path(lake, start))
         t0 = time.time()
-        new_id = loop.ppo_update(cfg, lake, 90, rm_ids, start["id"])
+        new_id = ppo_stage.ppo_update(cfg, lake, 90, rm_ids, start["id"])
         seconds = time.time() - t0
         row = next(p for p in lake.rows("policies") if p["id"] == new_id)
-        after = against.cells(judge, loop.policy_path(lake, row))
+        after = against.cells(judge, common.policy_path(lake, row))
     m = json.loads(row["metrics"])
     for step in m["ppo_steps"]:
         print("step", json.dumps({k: round(v, 4) if isinstance(v, float) else v
@@ -410,10 +413,11 @@ def ppo(args) -> None:
 
 def rm_pairs(args) -> None:
     from flywheel import models
-    from flywheel.annotation import strength_of
-    from flywheel.catalog import connect
-    from flywheel.prompts import messages_of
-    from flywheel.reward_model import PreferencePair, train_reward_model
+    from flywheel.annotation.prompts import messages_of
+    from flywheel.annotation.simulated import strength_of
+    from flywheel.lake.catalog import connect
+    from flywheel.reward.model import PreferencePair
+    from flywheel.reward.train import train_reward_model
 
     # pairs from iteration 1's annotation draws need one iteration; from rejection sampling's
     # draws of iterations 2 and 3, three
@@ -489,17 +493,13 @@ def rm_pairs(args) -> None:
 
 
 def temperatures(args) -> None:
-    from flywheel.loop import (
-        _best_of_k_reward,
-        _sample_rows,
-        _sampler,
-        current_policy,
-        ensure_prompts,
-        policy_path,
-    )
-    from flywheel.prompts import user_text
-    from flywheel.rm_training import current_models
-    from flywheel.scoring import ScoringEngine
+    from flywheel.annotation.prompts import user_text
+    from flywheel.reward.retrain import current_models
+    from flywheel.reward.scoring import ScoringEngine
+    from flywheel.stages.common import current_policy, ensure_prompts, policy_path
+    from flywheel.stages.common import sample_rows as _sample_rows
+    from flywheel.stages.common import sampler_for as _sampler
+    from flywheel.stages.rejection_sampling import best_of_k_reward as _best_of_k_reward
 
     cfg, lake, judge, _, _ = _setup(args.lake)
     policy = (current_policy(cfg, lake) if args.policy == "current"

@@ -15,8 +15,8 @@ from pathlib import Path
 from _machine import describe
 
 from flywheel import models
-from flywheel.prompts import load_prompts, messages_of
-from flywheel.sampling import HFSampler, VLLMSampler
+from flywheel.annotation.prompts import load_prompts, messages_of
+from flywheel.policy.sampling import HFSampler, VLLMSampler
 
 OUT = Path(__file__).parent / "results" / "sampling.md"
 

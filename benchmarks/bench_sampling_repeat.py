@@ -14,8 +14,8 @@ from pathlib import Path
 from _machine import describe
 
 from flywheel import models
-from flywheel.prompts import load_prompts, messages_of
-from flywheel.sampling import VLLMSampler
+from flywheel.annotation.prompts import load_prompts, messages_of
+from flywheel.policy.sampling import VLLMSampler
 
 OUT = Path(__file__).parent / "results" / "sampling_repeat.md"
 

@@ -43,10 +43,10 @@ from pathlib import Path
 import torch
 from _machine import describe
 
-from flywheel.importers import convert
+from flywheel.annotation.importers import convert
 from flywheel.models import resolve
-from flywheel.reward_model import RewardModel
-from flywheel.scoring import Group, ScoringEngine
+from flywheel.reward.model import RewardModel
+from flywheel.reward.scoring import Group, ScoringEngine
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_FILE = "hh_rlhf_helpful_base_test.jsonl.gz"

@@ -115,7 +115,7 @@ def _row(backward, n, v, result, bw):
 
 
 def gpu_report(reps):
-    from kernels.token_logprobs import token_logprobs, token_logprobs_reference
+    from flywheel.kernels.token_logprobs import token_logprobs, token_logprobs_reference
 
     bw = measured_bandwidth()
     lines = [
@@ -153,7 +153,7 @@ def gpu_report(reps):
 def cpu_report():
     # Triton picks its interpreter at first import: set before kernels/ imports triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.token_logprobs import token_logprobs_reference, token_logprobs_triton
+    from flywheel.kernels.token_logprobs import token_logprobs_reference, token_logprobs_triton
 
     torch.manual_seed(0)
     n, v = 37, 5003  # the default vocabulary block is 4096: two blocks, the second ragged

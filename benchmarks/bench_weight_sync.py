@@ -18,10 +18,11 @@ import torch
 from _machine import describe
 
 from flywheel import models
+from flywheel.annotation.prompts import load_prompts, messages_of
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.ppo import VLLMRollouts, response_logprobs, rollout
-from flywheel.prompts import load_prompts, messages_of
-from flywheel.sampling import VLLMSampler
+from flywheel.policy.ppo import response_logprobs
+from flywheel.policy.rollouts import VLLMRollouts, rollout
+from flywheel.policy.sampling import VLLMSampler
 
 OUT = Path(__file__).parent / "results" / "weight_sync.md"
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flywheel import loop
+from flywheel.annotation.delivery import SUFFIXES
 from flywheel.config import FlywheelConfig
-from flywheel.delivery import SUFFIXES
-from tasks.events import awaiting_runs
-from tasks.ingest import ingest_batch
-from tasks.reward import train_reward_models
+from flywheel.stages import common, reward_models
+from flywheel.tasks.events import awaiting_runs
+from flywheel.tasks.ingest import ingest_batch
+from flywheel.tasks.reward import train_reward_models
 
 INCOMING = "incoming"
 
@@ -40,7 +40,7 @@ def incoming_files(lake, prefix: str = INCOMING) -> list[str]:
 def inbox(config: FlywheelConfig, prefix: str = INCOMING) -> list[dict]:
     """Ingest every batch file dropped under the lake's `prefix` folder (for buckets that send
     no notifications; deployed on an interval)."""
-    lake = loop.open_lake(config)
+    lake = common.open_lake(config)
     results = [ingest_batch(config, uri) for uri in incoming_files(lake, prefix)]
     new = [r["batch_id"] for r in results if not r["already_ingested"]]
     get_run_logger().info("inbox: %d file(s), %d new deliveries %s", len(results), len(new), new)
@@ -53,8 +53,8 @@ def retrain(config: FlywheelConfig, batch_id: str) -> dict:
     yet: each on its Llama 2 mix, evaluated on every test set, promoted only if it passes the
     gate against the current one."""
     logger = get_run_logger()
-    lake = loop.open_lake(config)
-    pending = loop.pending_batches(lake)
+    lake = common.open_lake(config)
+    pending = reward_models.pending_batches(lake)
     if batch_id not in pending:
         logger.info("batch %s is already in a reward model (or added no rows): nothing to do",
                     batch_id)
@@ -64,7 +64,7 @@ def retrain(config: FlywheelConfig, batch_id: str) -> dict:
         logger.info("batch %s is the labels weekly iteration run %s waits for: it retrains on "
                     "them when it resumes", batch_id, waiting[0])
         return {"batch_id": batch_id, "trained": False, "pending": pending, "awaited_by": waiting}
-    iteration = loop.next_iteration(lake)
+    iteration = common.next_iteration(lake)
     rm_ids = train_reward_models(config, iteration, batch_id)
     logger.info("reward models in use %s after training on batches %s", rm_ids, pending)
     return {"batch_id": batch_id, "trained": True, "reward_model_ids": rm_ids,

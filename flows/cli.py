@@ -63,8 +63,8 @@ def cmd_init(args) -> int:
 def cmd_deploy(args) -> int:
     from prefect.settings import PREFECT_API_URL
 
-    from flows.deploy import register
-    from flows.server import DEFAULT_URL, healthy
+    from flywheel.flows.deploy import register
+    from flywheel.flows.server import DEFAULT_URL, healthy
 
     cfg = _config(args)
     api_url = PREFECT_API_URL.value() or DEFAULT_URL
@@ -89,9 +89,9 @@ def cmd_trigger(args) -> int:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.server import DEFAULT_URL, healthy
-    from flywheel.lake import Lake
-    from tasks.events import ITERATION_REQUESTED, request_iteration
+    from flywheel.flows.server import DEFAULT_URL, healthy
+    from flywheel.lake.store import Lake
+    from flywheel.tasks.events import ITERATION_REQUESTED, request_iteration
 
     lake = Lake(_config(args).lake).uri
     api_url = PREFECT_API_URL.value() or DEFAULT_URL
@@ -124,11 +124,11 @@ def _run_flow(args, cfg, iterations: int | None) -> int:
     """`iterations` runs of the demo flow, or (None) one weekly-iteration flow run."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.demo import demo
-    from flows.server import local_server
-    from flows.weekly import weekly_iteration
-    from flywheel.loop import preflight
-    from flywheel.sampling import close_samplers
+    from flywheel.flows.demo import demo
+    from flywheel.flows.server import local_server
+    from flywheel.flows.weekly import weekly_iteration
+    from flywheel.policy.sampling import close_samplers
+    from flywheel.stages.common import preflight
 
     lake = preflight(cfg)
     with local_server(keep=args.keep_server) as api_url:
@@ -164,8 +164,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from flywheel.catalog import format_status, status
-    from flywheel.lake import Lake
+    from flywheel.lake.catalog import format_status, status
+    from flywheel.lake.store import Lake
 
     uri = args.lake or _config(args).lake
     if "://" not in uri and not Path(uri).exists():
@@ -176,7 +176,7 @@ def cmd_status(args) -> int:
 
 
 def _lake(args):
-    from flywheel.lake import Lake
+    from flywheel.lake.store import Lake
 
     uri = args.lake or _config(args).lake
     if "://" not in uri and not Path(uri).exists() and not getattr(args, "create", False):
@@ -196,7 +196,7 @@ def _announce(lake, result) -> int:
     print(result.summary())
     if result.new and not result.already_ingested:
         if PREFECT_API_URL.value():
-            from tasks.events import emit_batch_landed
+            from flywheel.tasks.events import emit_batch_landed
 
             emit_batch_landed(lake.uri, result.to_dict())
             print(f"event flywheel.batch.landed sent to {PREFECT_API_URL.value()}")
@@ -211,7 +211,7 @@ def _announce(lake, result) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from flywheel.ingest import ingest_file
+    from flywheel.annotation.ingest import ingest_file
 
     args.create = True
     lake = _lake(args)
@@ -221,8 +221,8 @@ def cmd_ingest(args) -> int:
 def cmd_import(args) -> int:
     import tempfile
 
-    from flywheel.importers import convert, write_delivery
-    from flywheel.ingest import ingest_file
+    from flywheel.annotation.importers import convert, write_delivery
+    from flywheel.annotation.ingest import ingest_file
 
     args.create = True
     lake = _lake(args)
@@ -236,7 +236,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_annotate(args) -> int:
-    from flywheel import exchange
+    from flywheel.annotation import exchange
 
     lake = _lake(args)
     if args.action == "export":
@@ -249,7 +249,7 @@ def cmd_annotate(args) -> int:
                                         args.batch_id, args.iteration, args.annotator,
                                         _annotation_cfg(args))
         return _announce(lake, result)
-    from flywheel.review import serve
+    from flywheel.annotation.review import serve
 
     serve(lake.uri, args.iteration, args.token, args.host, args.port, args.round,
           _annotation_cfg(args))
@@ -257,7 +257,7 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_lineage(args) -> int:
-    from flywheel.lineage import format_lineage, lineage
+    from flywheel.lake.lineage import format_lineage, lineage
 
     info = lineage(_lake(args), args.id)
     print(json.dumps(info, indent=2, default=str) if args.json else format_lineage(info))
@@ -265,7 +265,7 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_evaluate_rm(args) -> int:
-    from flywheel.rm_training import evaluate_file, resolve_model
+    from flywheel.reward.evaluation import evaluate_file, resolve_model
 
     lake = None if Path(args.model).is_dir() else _lake(args)
     folder, row = resolve_model(args.model, lake)
@@ -280,8 +280,8 @@ def cmd_serve(args) -> int:
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import annotation_deployments
-    from flows.server import local_server
+    from flywheel.flows.deploy import annotation_deployments
+    from flywheel.flows.server import local_server
 
     cfg = _config(args)
     with local_server(keep=True) as api_url, temporary_settings({PREFECT_API_URL: api_url}):

@@ -2,16 +2,16 @@
 
 from prefect import flow
 
-from flows.weekly import weekly_iteration
-from flywheel import loop
 from flywheel.config import FlywheelConfig
-from flywheel.sampling import close_samplers
+from flywheel.flows.weekly import weekly_iteration
+from flywheel.policy.sampling import close_samplers
+from flywheel.stages import common
 
 
 @flow(name="flywheel-demo")
 def demo(config: FlywheelConfig, iterations: int = 2) -> list[dict]:
     """`iterations` weekly iterations in a row, continuing from the lake's last one."""
-    first = loop.next_iteration(loop.open_lake(config))
+    first = common.next_iteration(common.open_lake(config))
     try:
         return [weekly_iteration(config, first + i) for i in range(iterations)]
     finally:

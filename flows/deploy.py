@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from flows.annotation import inbox, retrain
 from flywheel.config import FlywheelConfig
 from flywheel.errors import FlywheelError
-from flywheel.lake import Lake
-from tasks.events import ensure_crash_automation, ensure_resume_automation, retrain_trigger
+from flywheel.flows.annotation import inbox, retrain
+from flywheel.lake.store import Lake
+from flywheel.tasks.events import ensure_crash_automation, ensure_resume_automation, retrain_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"

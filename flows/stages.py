@@ -21,14 +21,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 
-from flywheel import loop
 from flywheel.config import FlywheelConfig
 from flywheel.errors import FlywheelError
-from tasks.evaluation import evaluate
-from tasks.policy import policy_update
-from tasks.resume import in_lake
-from tasks.reward import train_reward_models
-from tasks.sampling import sample_for_annotation
+from flywheel.stages import common
+from flywheel.tasks.evaluation import evaluate
+from flywheel.tasks.policy import policy_update
+from flywheel.tasks.resume import in_lake
+from flywheel.tasks.reward import train_reward_models
+from flywheel.tasks.sampling import sample_for_annotation
 
 SAMPLING = "stage-sample-for-annotation"
 REWARD_MODELS = "stage-train-reward-models"
@@ -47,7 +47,7 @@ def _gpu_slot():
 
 def _record(config: FlywheelConfig, value):
     run = FlowRunContext.get().flow_run
-    loop.open_lake(config).write_text(f"{RESULTS}/{run.id}.json", json.dumps(value))
+    common.open_lake(config).write_text(f"{RESULTS}/{run.id}.json", json.dumps(value))
     return value
 
 
@@ -99,4 +99,4 @@ def run_stage(name: str, config: FlywheelConfig, **parameters):
             f"stage {name} (flow run {child.name}) ended {state}: see its logs in the Prefect "
             "UI; retry that run alone, or retry this iteration (finished stages are cached)"
         )
-    return json.loads(loop.open_lake(config).read_bytes(f"{RESULTS}/{child.id}.json"))
+    return json.loads(common.open_lake(config).read_bytes(f"{RESULTS}/{child.id}.json"))

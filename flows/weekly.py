@@ -22,18 +22,18 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
-from flows.stages import EVALUATE, POLICY_UPDATE, REWARD_MODELS, SAMPLING, run_stage
-from flywheel import loop, plan
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
-from tasks.annotation import annotate, export_pairs
-from tasks.evaluation import evaluate
-from tasks.events import awaiting_tag, ensure_resume_automation
-from tasks.policy import policy_update
-from tasks.promotion import decide
-from tasks.resume import in_lake, resolve_iteration
-from tasks.reward import train_reward_models
-from tasks.sampling import sample_for_annotation
+from flywheel.flows.stages import EVALUATE, POLICY_UPDATE, REWARD_MODELS, SAMPLING, run_stage
+from flywheel.stages import common, plan
+from flywheel.tasks.annotation import annotate, export_pairs
+from flywheel.tasks.evaluation import evaluate
+from flywheel.tasks.events import awaiting_tag, ensure_resume_automation
+from flywheel.tasks.policy import policy_update
+from flywheel.tasks.promotion import decide
+from flywheel.tasks.resume import in_lake, resolve_iteration
+from flywheel.tasks.reward import train_reward_models
+from flywheel.tasks.sampling import sample_for_annotation
 
 
 def _timed(seconds: dict, name: str, fn):
@@ -47,7 +47,7 @@ def wait_for_batch(config: FlywheelConfig, iteration: int) -> str:
     """Human mode: export the pairs, then wait until one of the iteration's batches has landed.
     Returns its id."""
     logger = get_run_logger()
-    lake = loop.open_lake(config)
+    lake = common.open_lake(config)
     batch_ids = plan.awaited_batches(config, iteration)
     in_lake(export_pairs, config)(config, iteration, batch_ids)
     if landed := plan.landed_batch(lake, batch_ids):

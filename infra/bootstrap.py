@@ -163,7 +163,7 @@ def bootstrap(args) -> list[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.workers.process import ProcessWorker
 
-    from flows.server import healthy
+    from flywheel.flows.server import healthy
 
     if not args.api_url:
         raise FlywheelError("no Prefect server named: set PREFECT_API_URL or pass --api-url")

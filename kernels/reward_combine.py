@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.last_token import last_token_index
+from flywheel.kernels.last_token import last_token_index
 
 SAFETY_THRESHOLD = 0.15
 CLAMP = 1e-6

@@ -1,16 +1,17 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flywheel import loop, plan
 from flywheel.config import FlywheelConfig
-from tasks.resume import stage_cache
+from flywheel.stages import annotate as annotate_stage
+from flywheel.stages import common, plan
+from flywheel.tasks.resume import stage_cache
 
 
-@task(name="annotate", cache_policy=stage_cache(loop.annotate))
+@task(name="annotate", cache_policy=stage_cache(annotate_stage.annotate))
 def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> str:
     """The simulated annotator labels the pairs; they land as one batch."""
-    lake = loop.open_lake(config)
-    batch_id = loop.annotate(config, lake, iteration, pairs)
+    lake = common.open_lake(config)
+    batch_id = annotate_stage.annotate(config, lake, iteration, pairs)
     rows = [r for r in lake.rows("comparisons") if r["batch_id"] == batch_id]
     counts: dict[tuple, int] = {}
     for r in rows:
@@ -29,7 +30,7 @@ def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> 
 def export_pairs(config: FlywheelConfig, iteration: int, batch_ids: list[str]) -> dict[str, str]:
     """Human mode: the week's pairs for Label Studio and Argilla, written to the lake; the
     artifact says where and how the labels come back."""
-    uris = plan.export_pairs(loop.open_lake(config), iteration)
+    uris = plan.export_pairs(common.open_lake(config), iteration)
     create_markdown_artifact(
         key=f"iteration-{iteration}-pairs-to-label",
         markdown=f"# Iteration {iteration}: pairs to label\n\n"

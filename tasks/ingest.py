@@ -7,10 +7,10 @@ import fsspec
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flywheel import loop
+from flywheel.annotation.ingest import ingest_bytes
 from flywheel.config import FlywheelConfig
-from flywheel.ingest import ingest_bytes
-from tasks.events import emit_batch_landed
+from flywheel.stages import common
+from flywheel.tasks.events import emit_batch_landed
 
 
 def _artifact_key(batch_id: str) -> str:
@@ -21,7 +21,7 @@ def _artifact_key(batch_id: str) -> str:
 def ingest_batch(config: FlywheelConfig, path: str, batch_id: str | None = None) -> dict:
     """Validate and land one delivered file. A retry after a crash is safe: rows are keyed by
     content and the delivery is marked complete last."""
-    lake = loop.open_lake(config)
+    lake = common.open_lake(config)
     with fsspec.open(path, "rb") as f:
         data = f.read()
     result = ingest_bytes(lake, data, path.rsplit("/", 1)[-1], batch_id, config.annotation)

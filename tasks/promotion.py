@@ -3,9 +3,9 @@ import json
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flywheel import loop
 from flywheel.config import FlywheelConfig
-from flywheel.report import artifact_report, history_rows
+from flywheel.stages import common, promote
+from flywheel.stages.report import artifact_report, history_rows
 
 
 @task(name="promote-or-roll-back", cache_policy=None)
@@ -14,8 +14,8 @@ def decide(config: FlywheelConfig, iteration: int, batch_id: str,
            stage_seconds: dict[str, float]) -> dict:
     """Gate the candidate, record the iteration and publish its report (plots embedded) and
     the table of its rates next to the earlier iterations'."""
-    lake = loop.open_lake(config)
-    row = loop.decide(config, lake, iteration, batch_id, reward_model_ids, evaluation,
+    lake = common.open_lake(config)
+    row = promote.decide(config, lake, iteration, batch_id, reward_model_ids, evaluation,
                       stage_seconds)
     create_markdown_artifact(key=f"iteration-{iteration}-report",
                              markdown=artifact_report(lake, row),

@@ -23,9 +23,9 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
 from prefect.utilities.hashing import hash_objects
 
-from flywheel import loop
 from flywheel.config import FlywheelConfig
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
+from flywheel.stages import common
 
 RESULTS = "_prefect/results"
 
@@ -74,4 +74,4 @@ def in_lake(stage, config: FlywheelConfig):
 def resolve_iteration(config: FlywheelConfig) -> int:
     """The lake's next iteration, fixed for the flow run: a retry of the same run gets the same
     number even if the first attempt got as far as recording its iteration."""
-    return loop.next_iteration(loop.open_lake(config))
+    return common.next_iteration(common.open_lake(config))

@@ -1,23 +1,24 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flywheel import loop
 from flywheel.config import FlywheelConfig
-from flywheel.report import gate_markdown, table8_markdown, table8_rows
-from flywheel.rm_training import retrain
-from tasks.progress import training_progress
-from tasks.resume import stage_cache
+from flywheel.reward.retrain import retrain
+from flywheel.stages import common, reward_models
+from flywheel.stages.report import gate_markdown, table8_markdown, table8_rows
+from flywheel.tasks.progress import training_progress
+from flywheel.tasks.resume import stage_cache
 
 
 @task(name="train-reward-models",
-      cache_policy=stage_cache(loop.train_reward_models, loop.reward_model_ids, retrain))
+      cache_policy=stage_cache(reward_models.train_reward_models, reward_models.reward_model_ids,
+                               retrain))
 def train_reward_models(config: FlywheelConfig, iteration: int,
                         batch_id: str | None) -> dict[str, str]:
     """Retrain the helpfulness and safety reward models on their mixes, evaluate them on every
     test set, gate each against the current one. Returns the ids in use afterwards, by kind."""
-    lake = loop.open_lake(config)
+    lake = common.open_lake(config)
     with training_progress(f"iteration-{iteration}"):
-        results = loop.train_reward_models(config, lake, iteration, batch_id)
+        results = reward_models.train_reward_models(config, lake, iteration, batch_id)
     logger = get_run_logger()
     for kind, r in results.items():
         logger.info("%s reward model %s: %s", kind, r["id"], r["decision"])
@@ -36,4 +37,4 @@ def train_reward_models(config: FlywheelConfig, iteration: int,
         + "\n## Accuracy by preference strength (Table 8)\n\n" + table8_markdown(trained),
         description=f"Iteration {iteration}: reward models trained, evaluated and gated",
     )
-    return loop.reward_model_ids(results)
+    return reward_models.reward_model_ids(results)

@@ -1,11 +1,14 @@
 from prefect import task
 
-from flywheel import loop
 from flywheel.config import FlywheelConfig
-from tasks.resume import stage_cache
+from flywheel.stages import common
+from flywheel.stages import sample_for_annotation as sample_for_annotation_stage
+from flywheel.tasks.resume import stage_cache
 
 
-@task(name="sample-for-annotation", cache_policy=stage_cache(loop.sample_for_annotation))
+@task(name="sample-for-annotation",
+      cache_policy=stage_cache(sample_for_annotation_stage.sample_for_annotation))
 def sample_for_annotation(config: FlywheelConfig, iteration: int) -> list[list[str]]:
     """Latest and previous policy answer every train prompt, at the two temperatures."""
-    return loop.sample_for_annotation(config, loop.open_lake(config), iteration)
+    return sample_for_annotation_stage.sample_for_annotation(config, common.open_lake(config),
+                                                             iteration)

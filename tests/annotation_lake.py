@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 
 PROMPTS = {
     "p-rice": ("How do I cook rice?", "helpfulness"),

@@ -38,7 +38,7 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from flywheel.prompts import load_prompts, user_text
+    from flywheel.annotation.prompts import load_prompts, user_text
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -83,7 +83,7 @@ def minilm() -> str:
 
 @pytest.fixture(scope="session")
 def judge(minilm):
-    from flywheel.judge import ProxyJudge
+    from flywheel.evaluation.judge import ProxyJudge
 
     return ProxyJudge(minilm)
 

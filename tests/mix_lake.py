@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 
-from flywheel.ingest import ingest_bytes
-from flywheel.lake import Lake
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.lake.store import Lake
 
 HARMLESS = "anthropic-hh-rlhf/harmless-base"
 HELPFUL = "anthropic-hh-rlhf/helpful-base"

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import flywheel.catalog
-from flywheel.catalog import connect
-from flywheel.lake import Lake
-from flywheel.schemas import SCHEMAS
+import flywheel.lake.catalog
+from flywheel.lake.catalog import connect
+from flywheel.lake.schemas import SCHEMAS
+from flywheel.lake.store import Lake
 
 
 def _prompt(i, source="t"):
@@ -86,8 +86,8 @@ def test_columns_added_after_a_part_was_written_read_as_null(tmp_path):
     status report still answer, with NULL for the missing columns."""
     import pyarrow.parquet as pq
 
-    from flywheel.catalog import connect, status
-    from flywheel.lake import Lake
+    from flywheel.lake.catalog import connect, status
+    from flywheel.lake.store import Lake
 
     lake = Lake.open(str(tmp_path / "lake"))
     lake.write("reward_models", [{"id": "r1", "iteration": 1, "criterion": "combined",

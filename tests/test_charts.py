@@ -7,7 +7,7 @@ its bottom at y = 44 + 172 = 216; a value v on an axis to `top` sits at y = 44 +
 import base64
 import xml.etree.ElementTree as ET
 
-from flywheel.charts import bars_svg, bin_counts, data_uri, histogram_svg, lines_svg
+from flywheel.stages.charts import bars_svg, bin_counts, data_uri, histogram_svg, lines_svg
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.cli import main
+from flywheel.flows.cli import main
 
 
 def _run(capsys, *argv):
@@ -73,7 +73,7 @@ def test_run_one_iteration_then_status(capsys, tmp_path, tiny_config, prefect_se
     # lineage of the iteration's candidate: its parent, reward model, batch and delivered file
     import json
 
-    from flywheel.lake import Lake
+    from flywheel.lake.store import Lake
 
     lake = Lake.open(tiny_config.lake)
     (candidate,) = [p for p in lake.rows("policies") if p["method"] == "rejection_sampling"]
@@ -138,7 +138,7 @@ def test_import_an_open_source_set(capsys, tmp_path, monkeypatch):
                         "--split", "test")
     assert rc == 0, err
     assert "100 delivered" in out
-    from flywheel.lake import Lake
+    from flywheel.lake.store import Lake
 
     rows = Lake.open(lake).rows("comparisons")
     assert rows and {r["criterion"] for r in rows} == {"safety"}

@@ -4,7 +4,7 @@ must equal the line-by-line reading, row for row, with the same malformed lines 
 
 import pytest
 
-from flywheel.delivery import _jsonl_bad_lines, _normalise, _read_slow, read_delivery
+from flywheel.annotation.delivery import _jsonl_bad_lines, _normalise, _read_slow, read_delivery
 
 MIXED = (
     b'{"prompt": "Hi", "response_a": "x", "response_b": "y", "chosen": "a"}\n'
@@ -67,8 +67,8 @@ def test_malformed_first_and_last_lines():
 @pytest.mark.parametrize("text", ["Hi", 'a "quoted" \\ back', "é ü 日本", "tab\there\nnewline",
                                   "\u2028 \x00 \x1f", "\ud800 lone surrogate", "[not a list"])
 def test_the_plain_prompt_id_is_the_content_id(text):
-    from flywheel.delivery import _user_prompt_id
-    from flywheel.schemas import content_id
+    from flywheel.annotation.delivery import _user_prompt_id
+    from flywheel.lake.schemas import content_id
 
     assert _user_prompt_id(text) == content_id("prompt", [{"role": "user", "content": text}])
 
@@ -82,6 +82,6 @@ def test_the_plain_prompt_id_is_the_content_id(text):
 def test_messages_json_is_json_dumps(msgs):
     import json
 
-    from flywheel.ingest import _messages_json
+    from flywheel.annotation.ingest import _messages_json
 
     assert _messages_json(msgs) == json.dumps(msgs)

@@ -34,7 +34,7 @@ import psutil
 import pytest
 import yaml
 
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 from tests.postgres import local_postgres
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ def postgres():
 
 @pytest.fixture
 def cluster(tmp_path, postgres):
-    from flows.server import healthy
+    from flywheel.flows.server import healthy
 
     c = Cluster(tmp_path, postgres, f"prefect_{next(_databases)}")
     c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
@@ -296,7 +296,7 @@ def test_human_mode_suspends_until_the_batch_lands(cluster, tiny_config, tmp_pat
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flywheel.pairs import week_pairs, write_delivery_jsonl
+    from flywheel.annotation.pairs import week_pairs, write_delivery_jsonl
 
     tiny_config.annotation.mode = "human"
     config_file = _deploy(cluster, tiny_config, tmp_path)

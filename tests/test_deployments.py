@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import stages
-from flows.deploy import PREFECT_FILE, filled
-from flywheel import plan
 from flywheel.errors import ConfigError
-from flywheel.lake import Lake
+from flywheel.flows import stages
+from flywheel.flows.deploy import PREFECT_FILE, filled
+from flywheel.lake.store import Lake
+from flywheel.stages import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_a_bad_batch_name_is_a_config_error():
 
 
 def test_cli_gathers_the_commands(capsys):
-    from flows.cli import parser
+    from flywheel.flows.cli import parser
 
     with pytest.raises(SystemExit):
         parser().parse_args(["--help"])
@@ -148,7 +148,7 @@ def test_cli_gathers_the_commands(capsys):
 def test_deploy_without_a_server_names_the_fix(tmp_path, capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import main
+    from flywheel.flows.cli import main
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert main(["deploy", "--lake", str(tmp_path / "lake")]) == 2
@@ -158,7 +158,7 @@ def test_deploy_without_a_server_names_the_fix(tmp_path, capsys):
 def test_trigger_without_a_server_names_the_fix(tmp_path, capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import main
+    from flywheel.flows.cli import main
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert main(["trigger", "--lake", str(tmp_path / "lake")]) == 2
@@ -168,7 +168,7 @@ def test_trigger_without_a_server_names_the_fix(tmp_path, capsys):
 def test_crash_automation_is_created_once_and_follows_its_window(prefect_server):
     from prefect.automations import Automation
 
-    from tasks.events import CRASH_AUTOMATION, ensure_crash_automation
+    from flywheel.tasks.events import CRASH_AUTOMATION, ensure_crash_automation
 
     try:
         Automation.read(name=CRASH_AUTOMATION).delete()
@@ -192,7 +192,7 @@ def test_crash_automation_is_created_once_and_follows_its_window(prefect_server)
 
 
 def test_trigger_needs_the_weekly_deployment(prefect_server, tmp_path, capsys):
-    from flows.cli import main
+    from flywheel.flows.cli import main
 
     assert main(["trigger", "--lake", str(tmp_path / "lake")]) == 2
     assert "no weekly-iteration/weekly deployment" in capsys.readouterr().err

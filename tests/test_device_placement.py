@@ -13,8 +13,10 @@ import torch
 from flywheel import devices
 from flywheel.config import RejectionSamplingConfig, RewardModelConfig, RRHFConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.reward_model import RewardModel, train_reward_model
-from flywheel.scoring import Group, ScoringEngine, combine
+from flywheel.reward.combined import combine
+from flywheel.reward.model import RewardModel
+from flywheel.reward.scoring import Group, ScoringEngine
+from flywheel.reward.train import train_reward_model
 from flywheel.training import make_stepper
 from tests.test_reward_model import PAIRS as RM_PAIRS
 
@@ -38,7 +40,8 @@ def on(monkeypatch, request):
             return devices.compute_device()
         return compute_device
 
-    for module in ("flywheel.reward_model", "flywheel.policy", "flywheel.judge"):
+    for module in ("flywheel.reward.model", "flywheel.reward.train", "flywheel.policy.finetune",
+                   "flywheel.policy.rrhf", "flywheel.evaluation.judge"):
         monkeypatch.setattr(f"{module}.compute_device", spy(module))
     return device, asked
 
@@ -79,7 +82,7 @@ def test_reward_model_trains_saves_loads_and_scores_on_the_compute_device(on, ti
     cfg = RewardModelConfig(learning_rate=2e-3, epochs=1, batch_size=2, micro_batch_size=1,
                             max_length=64)
     model, metrics = train_reward_model(tiny_llama, PAIRS, cfg)
-    assert "flywheel.reward_model" in asked
+    assert "flywheel.reward.train" in asked
     assert {p.device.type for p in model.parameters()} == {device.type}
     assert model._inputs == {devices.model_device(model)}  # ids and masks went to the model
     assert metrics["steps"] == 2  # 3 pairs: a step of 2, a short one of 1
@@ -105,7 +108,7 @@ def test_reward_model_trains_saves_loads_and_scores_on_the_compute_device(on, ti
         assert {f.get_tensor(k).device.type for k in f.keys()} == {"cpu"}
     asked.clear()
     again = RewardModel.load(str(tmp_path / "rm"))
-    assert asked == ["flywheel.reward_model"]
+    assert asked == ["flywheel.reward.model"]
     assert {p.device.type for p in again.parameters()} == {device.type}
     for got, ref in zip(engine.rewards(again, GROUPS), scores):
         assert got == pytest.approx(ref, abs=1e-5)
@@ -160,7 +163,8 @@ def test_policy_updates_train_on_the_compute_device(on, tiny_llama, tmp_path, mo
         return model
 
     monkeypatch.setattr(flywheel.models, "load_causal_lm", loading)
-    from flywheel.policy import finetune, rrhf_finetune
+    from flywheel.policy.finetune import finetune
+    from flywheel.policy.rrhf import rrhf_finetune
 
     msgs = PAIRS[0].messages
     sft = RejectionSamplingConfig(learning_rate=3e-3, epochs=1, batch_size=2, micro_batch_size=1,
@@ -170,7 +174,7 @@ def test_policy_updates_train_on_the_compute_device(on, tiny_llama, tmp_path, mo
     rrhf = RRHFConfig(learning_rate=3e-3, epochs=1, batch_size=2, max_length=64)
     groups = [(p.messages, [p.chosen, p.rejected], [0.9, 0.1]) for p in PAIRS[:2]]
     rrhf_finetune(tiny_llama, groups, rrhf, tmp_path / "rrhf")
-    assert asked == ["flywheel.policy", "flywheel.policy"]
+    assert asked == ["flywheel.policy.finetune", "flywheel.policy.rrhf"]
     assert [{d.type for d in s} for s in seen] == [{device.type}] * 2
 
     if device.type != "cpu":
@@ -185,11 +189,11 @@ def test_policy_updates_train_on_the_compute_device(on, tiny_llama, tmp_path, mo
 
 @pytest.mark.parametrize("on", DEVICES, indirect=True)
 def test_judge_embeds_on_the_compute_device(on, minilm, monkeypatch):
-    from flywheel.judge import ProxyJudge
+    from flywheel.evaluation.judge import ProxyJudge
 
     device, asked = on
     judge = ProxyJudge(minilm)
-    assert asked == ["flywheel.judge"]
+    assert asked == ["flywheel.evaluation.judge"]
     assert devices.model_device(judge.model).type == device.type
     emb = judge.embed(["How do I cook rice?", "Boil it."])
     assert emb.device.type == device.type and judge.embed([]).device.type == device.type

@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from flows.annotation import retrain
-from flows.deploy import annotation_deployments
-from flywheel.ingest import ingest_bytes
-from flywheel.lake import Lake
-from tasks.events import emit_batch_landed
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.flows.annotation import retrain
+from flywheel.flows.deploy import annotation_deployments
+from flywheel.lake.store import Lake
+from flywheel.tasks.events import emit_batch_landed
 
 DEBOUNCE = 8
 
@@ -34,7 +34,7 @@ def _runs(client_sync, deployment_id):
 
 @pytest.fixture
 def landed_lake(tiny_config):
-    from flywheel.loop import ensure_prompts
+    from flywheel.stages.common import ensure_prompts
 
     lake = Lake.open(tiny_config.lake)
     prompts = [p["id"] for p in ensure_prompts(tiny_config, lake) if p["split"] == "train"]
@@ -87,7 +87,7 @@ def test_retrain_trains_once_per_delivery(prefect_server, tiny_config, landed_la
 
 
 def test_inbox_ingests_files_dropped_in_the_lake_once(prefect_server, tiny_config, landed_lake):
-    from flows.annotation import inbox
+    from flywheel.flows.annotation import inbox
 
     lake, prompts = landed_lake
     lake.write_bytes("incoming/week-1.jsonl", _delivery(prompts, "w1"))

@@ -9,8 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from annotation_lake import ANSWERS, build_lake, sample_id
 
-from flywheel.errors import DataError
-from flywheel.exchange import (
+from flywheel.annotation.exchange import (
     argilla_settings,
     from_argilla,
     from_label_studio,
@@ -22,8 +21,9 @@ from flywheel.exchange import (
     write_delivery_jsonl,
     write_export,
 )
-from flywheel.pairs import a_first, pair_id_of
-from flywheel.schemas import SAFETY_LABELS, STRENGTHS
+from flywheel.annotation.pairs import a_first, pair_id_of
+from flywheel.errors import DataError
+from flywheel.lake.schemas import SAFETY_LABELS, STRENGTHS
 
 
 @pytest.fixture
@@ -313,7 +313,7 @@ def test_cli_export_then_import_a_label_studio_round(lake, tmp_path, capsys, mon
     """`flywheel annotate export` writes the tasks and config; `flywheel annotate import` of the
     tool's export lands a batch: 3 labelled answers pass, the one without a strength is
     quarantined (the cancelled annotation is not a label)."""
-    from flows.cli import main
+    from flywheel.flows.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     out = tmp_path / "ls" / "tasks.json"

@@ -13,9 +13,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows.demo import demo
-from flywheel.catalog import status
-from flywheel.lake import Lake
+from flywheel.flows.demo import demo
+from flywheel.lake.catalog import status
+from flywheel.lake.store import Lake
+from flywheel.policy import ppo
+from flywheel.stages import rejection_sampling
 
 STAGES = {"sample-for-annotation", "annotate", "train-reward-models", "rejection-sampling",
           "evaluate", "promote-or-roll-back"}
@@ -141,7 +143,7 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
 def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_config, backend,
                                                         monkeypatch):
-    from flows.weekly import weekly_iteration
+    from flywheel.flows.weekly import weekly_iteration
 
     if backend == "vllm":  # every stage samples through vLLM; PPO's engine follows the actor
         pytest.importorskip("vllm")
@@ -151,7 +153,7 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
         "steps": 3, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
         "learning_rate": 1e-4, "eval_every": 2})
-    from flywheel import ppo, sampling
+    from flywheel.policy import sampling
 
     open_at_ppo = []
     real_train_ppo = ppo.train_ppo
@@ -200,7 +202,7 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
 
 
 def test_an_iteration_with_rrhf(prefect_server, tiny_config):
-    from flows.weekly import weekly_iteration
+    from flywheel.flows.weekly import weekly_iteration
 
     tiny_config.policy_update.schedule = {1: ["rrhf"]}
     tiny_config.policy_update.rrhf = tiny_config.policy_update.rrhf.model_copy(
@@ -223,7 +225,7 @@ def test_an_iteration_with_rrhf(prefect_server, tiny_config):
 
 def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(prefect_server,
                                                                               tiny_config):
-    from flows.weekly import weekly_iteration
+    from flywheel.flows.weekly import weekly_iteration
 
     tiny_config.rejection_sampling.temperature_grid = [0.5, 1.5]
     tiny_config.rejection_sampling.teacher = tiny_config.models.policy
@@ -250,12 +252,11 @@ def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(p
 def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_server,
                                                                        tiny_config,
                                                                        monkeypatch):
-    from flows.weekly import weekly_iteration
-    from flywheel import loop
-    from flywheel.prompts import messages_of
+    from flywheel.annotation.prompts import messages_of
+    from flywheel.flows.weekly import weekly_iteration
 
     seen = []  # every conversation the rejection-sampling engine was asked to continue
-    real = loop._sampler
+    real = rejection_sampling.sampler_for
 
     class Recording:
         def __init__(self, inner):
@@ -265,7 +266,8 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
             seen.extend((m, n) for m in messages)
             return self.inner.generate(messages, n, *args)
 
-    monkeypatch.setattr(loop, "_sampler", lambda cfg, path: Recording(real(cfg, path)))
+    monkeypatch.setattr(rejection_sampling, "sampler_for",
+                        lambda cfg, path: Recording(real(cfg, path)))
     pre = "Refuse harmful requests."
     tiny_config.rejection_sampling.k = 4
     tiny_config.rejection_sampling.safety_preprompt = pre
@@ -299,41 +301,40 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
 
 
 def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatch, tiny_config):
-    from flywheel import loop
 
     means = {0.7: 0.4, 1.0: 0.6, 1.2: 0.6, 1.4: 0.5}
-    monkeypatch.setattr(loop, "ensure_prompts", lambda cfg, lake: [{"id": "p", "split":
-                                                                     "heldout"}])
-    monkeypatch.setattr(loop, "_sample_rows", lambda *a: [{"temperature": a[7]}])
-    monkeypatch.setattr(loop, "_best_of_k_reward",
+    monkeypatch.setattr(rejection_sampling, "ensure_prompts",
+                        lambda cfg, lake: [{"id": "p", "split": "heldout"}])
+    monkeypatch.setattr(rejection_sampling, "sample_rows", lambda *a: [{"temperature": a[7]}])
+    monkeypatch.setattr(rejection_sampling, "best_of_k_reward",
                         lambda cfg, lake, rows, *a: ([], means[rows[0]["temperature"]]))
     tiny_config.rejection_sampling.temperature_grid = [1.4, 0.7, 1.2, 1.0]
-    t, search = loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
+    t, search = rejection_sampling.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
     assert t == 1.0 and search == {"0.7": 0.4, "1.0": 0.6, "1.2": 0.6, "1.4": 0.5}
     tiny_config.rejection_sampling.temperature_grid = []
-    assert loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None) == (
+    assert rejection_sampling.tune_temperature(tiny_config, None, 1, {}, {}, None, None) == (
         tiny_config.rejection_sampling.temperature, {})
 
 
 def test_temperature_search_on_a_fixed_subset_of_held_out_prompts(monkeypatch, tiny_config):
     """temperature_prompts: every grid value and every iteration samples the same N held-out
     prompts; train prompts are never among them."""
-    from flywheel import loop
 
     prompts = ([{"id": f"h{i}", "split": "heldout"} for i in range(9)]
                + [{"id": f"t{i}", "split": "train"} for i in range(5)])
-    monkeypatch.setattr(loop, "ensure_prompts", lambda cfg, lake: list(reversed(prompts)))
+    monkeypatch.setattr(rejection_sampling, "ensure_prompts",
+                        lambda cfg, lake: list(reversed(prompts)))
     drawn = []
-    monkeypatch.setattr(loop, "_sample_rows",
+    monkeypatch.setattr(rejection_sampling, "sample_rows",
                         lambda *a: drawn.append(sorted(p["id"] for p in a[3])) or [])
-    monkeypatch.setattr(loop, "_best_of_k_reward", lambda *a: ([], 0.5))
+    monkeypatch.setattr(rejection_sampling, "best_of_k_reward", lambda *a: ([], 0.5))
     rs = tiny_config.rejection_sampling
     rs.temperature_grid, rs.temperature_prompts = [0.5, 1.0], 4
-    loop.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
-    loop.tune_temperature(tiny_config, None, 2, {}, {}, None, None)
+    rejection_sampling.tune_temperature(tiny_config, None, 1, {}, {}, None, None)
+    rejection_sampling.tune_temperature(tiny_config, None, 2, {}, {}, None, None)
     assert len(drawn) == 4 and all(d == drawn[0] for d in drawn)
     assert len(drawn[0]) == 4 and all(i.startswith("h") for i in drawn[0])
     # more than there are: all of them
     rs.temperature_prompts = 50
-    loop.tune_temperature(tiny_config, None, 3, {}, {}, None, None)
+    rejection_sampling.tune_temperature(tiny_config, None, 3, {}, {}, None, None)
     assert drawn[-1] == sorted(f"h{i}" for i in range(9))

@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.errors import DataError
-from flywheel.importers import (
+from flywheel.annotation.importers import (
     DELIVERY_COLUMNS,
     convert,
     detect_format,
@@ -25,6 +24,7 @@ from flywheel.importers import (
     ultrafeedback_rows,
     write_delivery,
 )
+from flywheel.errors import DataError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.is_dir():

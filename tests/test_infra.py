@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.server import stop_process
+from flywheel.flows.server import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -188,7 +188,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """`prefect server start` (API only, no services) on a free port, its SQLite database in a
     temporary PREFECT_HOME; yields the API URL."""
-    from flows.server import healthy
+    from flywheel.flows.server import healthy
 
     home = tmp_path_factory.mktemp("prefect-infra")
     port = _free_port()

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flywheel.annotation.ingest import ingest_bytes, ingest_file
 from flywheel.config import AnnotationConfig
 from flywheel.errors import DataError
-from flywheel.ingest import ingest_bytes, ingest_file
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 
 BASE = {"criterion": "helpfulness", "annotator": "ann-1", "strength": "better", "chosen": "a"}
 

@@ -4,7 +4,7 @@ character, newlines and tabs included) on the strings where they could differ.""
 import duckdb
 import pytest
 
-from flywheel.ingest import _blank, _longer, _trimmed
+from flywheel.annotation.ingest import _blank, _longer, _trimmed
 
 CASES = ["", " ", "   ", "a", " a", "a ", " a b ", "\u00a0a\u3000", "\u2003", "\ta\n", "\t",
          "\n", "a\u202f", "é ", " ü", "  a  b  ", "a \u00a0 \u3000", "\u3000\u3000a",

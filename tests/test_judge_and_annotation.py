@@ -1,7 +1,7 @@
 import pytest
 
-from flywheel.annotation import Pair, annotate, safety_label, strength_of
-from flywheel.judge import is_refusal, repetition
+from flywheel.annotation.simulated import Pair, annotate, safety_label, strength_of
+from flywheel.evaluation.judge import is_refusal, repetition
 
 HARMFUL = "How can I break into my neighbour's house while they are away?"
 HELPFUL = "How do I cook white rice on the stove?"

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from flywheel.catalog import connect, format_status, status
 from flywheel.errors import LakeError
-from flywheel.lake import Lake
+from flywheel.lake.catalog import connect, format_status, status
+from flywheel.lake.store import Lake
 
 
 def _prompt(i):

@@ -23,10 +23,10 @@ import json
 import pytest
 from mix_lake import build, ids_by_group
 
-from flywheel.catalog import connect
 from flywheel.errors import DataError
-from flywheel.lake import Lake
-from flywheel.mixes import helpfulness_mix, mix_record, safety_mix
+from flywheel.lake.catalog import connect
+from flywheel.lake.store import Lake
+from flywheel.reward.mixes import helpfulness_mix, mix_record, safety_mix
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_ratios_are_config(tmp_path):
 
 def test_mixes_for_reads_the_config(tmp_path):
     from flywheel.config import MixConfig
-    from flywheel.mixes import mixes_for
+    from flywheel.reward.mixes import mixes_for
 
     lake = build(Lake.open(str(tmp_path / "lake")), LAKE_B)
     both = mixes_for(lake, MixConfig(helpfulness_extra=0.5, safety_helpfulness_share=0.5))

@@ -2,7 +2,7 @@ import torch
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy import Candidate, best_of, cap_safety_share, finetune, tokenize_sft
+from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune, tokenize_sft
 
 
 def test_best_of_keeps_the_highest_reward_per_prompt():
@@ -83,7 +83,7 @@ def test_finetune_learns_the_pool(tiny_llama, tmp_path):
 
 def test_rrhf_ranks_the_best_sample_above_the_worst(tiny_llama, tmp_path):
     from flywheel.config import RRHFConfig
-    from flywheel.policy import rrhf_finetune
+    from flywheel.policy.rrhf import rrhf_finetune
 
     msgs = [{"role": "user", "content": "How do I cook rice?"}]
     good, bad, mid = "Rinse it and boil it.", "No.", "Rice is a grain."
@@ -114,7 +114,7 @@ def _end_logprob(path, msgs, response):
 
 def test_rrhf_learns_a_cut_off_response_without_its_end(tiny_llama, tmp_path):
     from flywheel.config import RRHFConfig
-    from flywheel.policy import rrhf_finetune
+    from flywheel.policy.rrhf import rrhf_finetune
 
     msgs = [{"role": "user", "content": "How do I cook rice?"}]
     good, bad = "Rinse it, then boil it in twice its", "No, no, no, no, no, no, no"
@@ -136,7 +136,7 @@ def test_rrhf_refuses_groups_whose_lists_do_not_line_up(tiny_llama, tmp_path):
 
     from flywheel.config import RRHFConfig
     from flywheel.errors import FlywheelError
-    from flywheel.policy import rrhf_finetune
+    from flywheel.policy.rrhf import rrhf_finetune
 
     msgs = [{"role": "user", "content": "How do I cook rice?"}]
     cfg = RRHFConfig(max_length=64)

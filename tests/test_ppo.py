@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from flywheel import ppo
-from kernels.reward_combine import combine_rewards_reference
+from flywheel.config import PPOConfig
+from flywheel.kernels.reward_combine import combine_rewards_reference
+from flywheel.policy import ppo as ppo_trainer
+from flywheel.policy.ppo import ValueModel, deepspeed_engine_config, train_ppo
+from flywheel.policy.ppo_losses import gae, policy_loss, token_rewards, value_loss, whiten
+from flywheel.policy.rollouts import VLLMRollouts, _rollout_of
+from flywheel.policy.rrhf import rrhf_loss
 
 
 def _logit(p: float) -> float:
@@ -15,10 +20,10 @@ def _logit(p: float) -> float:
 
 
 def test_whiten_hand_values():
-    out = ppo.whiten(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    out = whiten(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     s = math.sqrt(1.25)  # population variance of 1..4
     assert out.tolist() == pytest.approx([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], abs=1e-6)
-    masked = ppo.whiten(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0]))
+    masked = whiten(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1, 1, 0]))
     assert masked.tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-6)
 
 
@@ -36,7 +41,7 @@ def test_combined_reward_hand_values():
     expected = [[-0.05, -0.1 + 1.0], [-0.15 - 1.0, 0.0]]
     assert tok.tolist() == [pytest.approx(r, abs=1e-5) for r in expected]
     # the trainer's assembly from a score gives the same token rewards
-    assert ppo.token_rewards(score, kl, mask, 0.5).tolist() == \
+    assert token_rewards(score, kl, mask, 0.5).tolist() == \
         [pytest.approx(r, abs=1e-5) for r in expected]
     # a prompt tagged safety takes the safety score whatever its value
     tagged, _, _ = combine_rewards_reference(r_help, torch.tensor([_logit(0.9), _logit(0.7)]),
@@ -48,14 +53,14 @@ def test_gae_hand_values():
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 7.0]])
     values = torch.full((2, 3), 0.5)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    adv, ret = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
     # row 1: delta = (0, 0, 0.5); A2 = 0.5, A1 = 0.95 * 0.5, A0 = 0.95^2 * 0.5
     assert adv[0].tolist() == pytest.approx([0.45125, 0.475, 0.5])
     assert ret[0].tolist() == pytest.approx([0.95125, 0.975, 1.0])
     # row 2 ends after two tokens: its third (reward 7) is not part of it
     # delta1 = 1 - 0.5 = 0.5; delta0 = 0 + 0.5 - 0.5 = 0; A0 = 0.95 * 0.5
     assert adv[1].tolist() == pytest.approx([0.475, 0.5, 0.0])
-    adv_g, _ = ppo.gae(rewards[:1], values[:1], mask[:1], gamma=0.9, lam=1.0)
+    adv_g, _ = gae(rewards[:1], values[:1], mask[:1], gamma=0.9, lam=1.0)
     # lambda 1: A_t = discounted return - V; G = (0.81, 0.9, 1.0)
     assert adv_g[0].tolist() == pytest.approx([0.31, 0.4, 0.5])
 
@@ -64,17 +69,17 @@ def test_clipped_policy_loss_hand_values():
     old = torch.zeros(1, 4)
     logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
     adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
-    loss, st = ppo.policy_loss(logp, old, adv, torch.ones(1, 4), clip=0.2)
+    loss, st = policy_loss(logp, old, adv, torch.ones(1, 4), clip=0.2)
     # min(r A, clip(r) A): 1.2 (clipped), -1.5, 0.5, -0.8 (clipped); loss = -mean
     assert loss.item() == pytest.approx(-(1.2 - 1.5 + 0.5 - 0.8) / 4)
     assert st["clip_fraction"] == pytest.approx(0.5)
     # a masked token does not count
-    loss_m, st_m = ppo.policy_loss(logp, old, adv, torch.tensor([[1, 0, 0, 0]]), clip=0.2)
+    loss_m, st_m = policy_loss(logp, old, adv, torch.tensor([[1, 0, 0, 0]]), clip=0.2)
     assert loss_m.item() == pytest.approx(-1.2) and st_m["clip_fraction"] == 1.0
 
 
 def test_value_loss_hand_values():
-    v = ppo.value_loss(torch.tensor([[1.5, 1.1]]), torch.tensor([[1.0, 1.0]]),
+    v = value_loss(torch.tensor([[1.5, 1.1]]), torch.tensor([[1.0, 1.0]]),
                        torch.tensor([[2.0, 1.0]]), torch.ones(1, 2), clip=0.2)
     # token 1: clipped to 1.2 -> max(0.25, 0.64); token 2: max(0.01, 0.01); 0.5 * mean
     assert v.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
@@ -82,7 +87,7 @@ def test_value_loss_hand_values():
 
 def test_rrhf_loss_hand_values():
     # length-normalised scores p = (-1, -2, -0.5); rewards rank 1 > 2 > 0
-    loss, st = ppo.rrhf_loss(torch.tensor([-2.0, -8.0, -1.5]), torch.tensor([2, 4, 3]),
+    loss, st = rrhf_loss(torch.tensor([-2.0, -8.0, -1.5]), torch.tensor([2, 4, 3]),
                              torch.tensor([1.0, 3.0, 2.0]))
     # pairs (worse, better): (0,1) max(0,-1+2)=1, (0,2) max(0,-1+0.5)=0, (2,1) max(0,-0.5+2)=1.5
     assert st["rank_loss"] == pytest.approx(2.5)
@@ -102,7 +107,7 @@ def _learn(tiny_llama, steps=12, engine=None):
     tok = load_tokenizer(tiny_llama)
     policy = load_causal_lm(tiny_llama, "float32")
     reference = load_causal_lm(tiny_llama, "float32")
-    critic = ppo.ValueModel.from_causal_lm(policy)
+    critic = ValueModel.from_causal_lm(policy)
     target = {i for i in range(len(tok)) if i % 4 == 0} - {tok.eos_token_id}
 
     def score(prompts, responses, response_ids):
@@ -112,11 +117,11 @@ def _learn(tiny_llama, steps=12, engine=None):
 
     # 32 rollouts of 4 tokens a step, 4 minibatches of 8 (one gradient step each); the share of
     # target tokens starts near 1/4 (a random model), reaches about 0.8 in 12 steps
-    settings = ppo.PPOConfig(steps=steps, prompts_per_step=32, minibatch=8,
+    settings = PPOConfig(steps=steps, prompts_per_step=32, minibatch=8,
                              learning_rate=3e-3, critic_learning_rate=1e-3, beta=0.05,
                              max_new_tokens=4, eval_every=0)
-    rollouts = None if engine is None else ppo.VLLMRollouts(engine, tok, engine.scratch)
-    return ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+    rollouts = None if engine is None else VLLMRollouts(engine, tok, engine.scratch)
+    return train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
                          rollouts=rollouts)
 
 
@@ -131,8 +136,8 @@ def test_ppo_raises_a_verifiable_reward_within_a_kl_bound(tiny_llama):
 
 
 def test_a_flipped_advantage_sign_does_not_learn(tiny_llama, monkeypatch):
-    real = ppo.gae
-    monkeypatch.setattr(ppo, "gae", lambda *a, **k: tuple(-x if i == 0 else x
+    real = gae
+    monkeypatch.setattr(ppo_trainer, "gae", lambda *a, **k: tuple(-x if i == 0 else x
                                                          for i, x in enumerate(real(*a, **k))))
     rewards = [s["reward"] for s in _learn(tiny_llama)["steps"]]
     assert sum(rewards[-3:]) / 3 < sum(rewards[:3]) / 3, rewards
@@ -162,7 +167,7 @@ def test_ppo_learns_from_vllm_rollouts_that_follow_the_updated_weights(tiny_llam
 
 
 def test_rollouts_from_token_ids_mask_after_the_end_token():
-    ro = ppo._rollout_of(["a", "b"], [[5, 6, 7], [8]], [[1, 2, 0, 3], [4]], pad=9, eos=0)
+    ro = _rollout_of(["a", "b"], [[5, 6, 7], [8]], [[1, 2, 0, 3], [4]], pad=9, eos=0)
     assert ro.prompt_width == 3
     assert ro.input_ids.tolist() == [[5, 6, 7, 1, 2, 0, 9], [9, 9, 8, 4, 9, 9, 9]]
     assert ro.response_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
@@ -182,11 +187,11 @@ def test_deepspeed_actor_and_critic_take_the_same_steps_as_pytorch(tiny_llama):
         tok = load_tokenizer(tiny_llama)
         policy = load_causal_lm(tiny_llama, "float32")
         reference = load_causal_lm(tiny_llama, "float32")
-        critic = ppo.ValueModel.from_causal_lm(policy)
-        settings = ppo.PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+        critic = ValueModel.from_causal_lm(policy)
+        settings = PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
                                  critic_learning_rate=1e-3, beta=0.05, max_new_tokens=4,
                                  eval_every=0, grad_clip=0.5, deepspeed=deepspeed)
-        out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS,
+        out = train_ppo(policy, reference, critic, tok, PROMPTS,
                             lambda p, r, ids: torch.tensor([len(i) / 4.0 for i in ids]),
                             settings)
         return out, policy, critic
@@ -212,7 +217,7 @@ def test_deepspeed_zero3_is_refused_for_ppo():
     from flywheel.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stage 2 or lower"):
-        ppo.deepspeed_engine_config("zero3", 1e-6, ppo.PPOConfig())
+        deepspeed_engine_config("zero3", 1e-6, PPOConfig())
 
 
 def test_a_batch_normalised_score_is_trained_on_but_the_reward_is_logged_and_compared(
@@ -225,18 +230,18 @@ def test_a_batch_normalised_score_is_trained_on_but_the_reward_is_logged_and_com
     tok = load_tokenizer(tiny_llama)
     policy = load_causal_lm(tiny_llama, "float32")
     reference = load_causal_lm(tiny_llama, "float32")
-    critic = ppo.ValueModel.from_causal_lm(policy)
+    critic = ValueModel.from_causal_lm(policy)
     target = {i for i in range(len(tok)) if i % 4 == 0}
     seen = []
 
     def score(prompts, responses, ids):
         reward = torch.tensor([sum(i in target for i in x) / max(1, len(x)) for x in ids])
         seen.append(reward.mean().item())
-        return ppo.whiten(reward), reward
+        return whiten(reward), reward
 
-    settings = ppo.PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+    settings = PPOConfig(steps=2, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
                              max_new_tokens=4, eval_every=1, patience=5)
-    out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+    out = train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
                         heldout=PROMPTS[:4])
     # calls: held-out at 0, step 1, held-out at 1, step 2, held-out at 2
     assert [e["heldout_reward"] for e in out["heldout"]] == pytest.approx(seen[0::2])
@@ -255,7 +260,7 @@ def test_the_policy_kept_is_one_that_was_evaluated(tiny_llama, eval_every, evalu
     tok = load_tokenizer(tiny_llama)
     policy = load_causal_lm(tiny_llama, "float32")
     reference = load_causal_lm(tiny_llama, "float32")
-    critic = ppo.ValueModel.from_causal_lm(policy)
+    critic = ValueModel.from_causal_lm(policy)
     states = []
 
     def score(prompts, responses, ids):
@@ -263,9 +268,9 @@ def test_the_policy_kept_is_one_that_was_evaluated(tiny_llama, eval_every, evalu
             states.append({k: v.clone() for k, v in policy.state_dict().items()})
         return torch.tensor([sum(i % 4 == 0 for i in x) / max(1, len(x)) for x in ids])
 
-    settings = ppo.PPOConfig(steps=3, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
+    settings = PPOConfig(steps=3, prompts_per_step=8, minibatch=4, learning_rate=1e-3,
                              max_new_tokens=4, eval_every=eval_every, patience=5)
-    out = ppo.train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
+    out = train_ppo(policy, reference, critic, tok, PROMPTS, score, settings,
                         heldout=PROMPTS[:4])
     assert [e["step"] for e in out["heldout"]] == evaluated
     assert len(out["steps"]) == 3

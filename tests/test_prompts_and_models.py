@@ -3,8 +3,8 @@ import json
 import pytest
 
 from flywheel import models
+from flywheel.annotation.prompts import load_prompts
 from flywheel.errors import DataError, ModelNotFoundError
-from flywheel.prompts import load_prompts
 
 
 def test_shipped_prompts_counts_by_criterion_and_split():

@@ -1,8 +1,8 @@
 """The iteration report: its annotation section, on comparisons written straight to a lake, and
 the win rates it states."""
 
-from flywheel.lake import Lake
-from flywheel.report import annotation_markdown, vs_base_markdown
+from flywheel.lake.store import Lake
+from flywheel.stages.report import annotation_markdown, vs_base_markdown
 
 
 def _cmp(i, crit, chosen, rejected, strength, split="train", batch="week-1"):

@@ -9,10 +9,10 @@ import pytest
 from annotation_lake import build_lake
 from fastapi.testclient import TestClient
 
+from flywheel.annotation.pairs import week_pairs
+from flywheel.annotation.review import create_app
+from flywheel.annotation.review_round import Round
 from flywheel.errors import DataError
-from flywheel.pairs import week_pairs
-from flywheel.review import create_app
-from flywheel.review_round import Round
 
 TOKEN = "t0k3n-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 from annotation_lake import build_lake
 
-from flywheel.pairs import week_pairs
+from flywheel.annotation.pairs import week_pairs
 
 CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip(
@@ -69,7 +69,7 @@ class ThreadServer:
     def __init__(self, lake_uri: str, port: int):
         import uvicorn
 
-        from flywheel.review import create_app
+        from flywheel.annotation.review import create_app
 
         config = uvicorn.Config(create_app(lake_uri, 1, TOKEN), host="127.0.0.1", port=port,
                                 log_level="warning")

@@ -5,18 +5,11 @@ import torch
 
 from flywheel.config import RewardModelConfig
 from flywheel.errors import FlywheelError
-from flywheel.reward_model import (
-    PreferencePair,
-    RewardModel,
-    _encode_distinct,
-    accuracy,
-    group_pairs,
-    margin_of,
-    ranking_loss,
-    train_reward_model,
-)
+from flywheel.kernels.last_token import last_token_index, last_token_reference
+from flywheel.reward.evaluation import accuracy
+from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
+from flywheel.reward.train import _encode_distinct, group_pairs, train_reward_model
 from flywheel.training import lr_lambda, plan_steps
-from kernels.last_token import last_token_index, last_token_reference
 
 
 def test_margin_tables():
@@ -174,7 +167,7 @@ def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama, monkey
     """The ranking loss sees only score differences, so it leaves a shared offset where it is;
     the centering term removes it. Both models start with every score raised by 3 (the head's
     bias), as a drifted model would be."""
-    from flywheel.reward_model import RewardModel
+    from flywheel.reward.model import RewardModel
 
     fresh = RewardModel.from_backbone.__func__
 

@@ -10,11 +10,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.catalog import connect
 from flywheel.config import validate_config
-from flywheel.lake import Lake
-from flywheel.mixes import helpfulness_mix, safety_mix
-from flywheel.rm_training import current_models, find_test_sets, gate, retrain
+from flywheel.lake.catalog import connect
+from flywheel.lake.store import Lake
+from flywheel.reward.evaluation import find_test_sets
+from flywheel.reward.mixes import helpfulness_mix, safety_mix
+from flywheel.reward.retrain import current_models, gate, retrain
 from tests.mix_lake import build, jsonl, row
 
 
@@ -122,7 +123,7 @@ def test_a_batch_of_flipped_labels_is_refused_by_the_gate(rm_config):
     flipped (the worse answer chosen), outnumbering the good ones 3 to 1: the retrained model
     learns the reverse, loses accuracy on the current model's test sets, and the current model
     stays."""
-    from flywheel.ingest import ingest_bytes
+    from flywheel.annotation.ingest import ingest_bytes
 
     rm_config.reward_model.mix.helpfulness_extra = 0.0
     lake = build(Lake.open(rm_config.lake))
@@ -209,7 +210,7 @@ def _llama2_file(path) -> str:
 def untrained_rm(tiny_llama, tmp_path) -> str:
     import torch
 
-    from flywheel.reward_model import RewardModel
+    from flywheel.reward.model import RewardModel
 
     torch.manual_seed(0)
     model = RewardModel.from_backbone(tiny_llama)
@@ -218,9 +219,9 @@ def untrained_rm(tiny_llama, tmp_path) -> str:
 
 
 def test_evaluate_file_reads_hh_rlhf_and_llama2_deliveries(untrained_rm, tmp_path):
-    from flywheel.importers import parse_dialogue
-    from flywheel.reward_model import PreferencePair, RewardModel, evaluate
-    from flywheel.rm_training import evaluate_file
+    from flywheel.annotation.importers import parse_dialogue
+    from flywheel.reward.evaluation import evaluate, evaluate_file
+    from flywheel.reward.model import PreferencePair, RewardModel
 
     out = evaluate_file(untrained_rm, _hh_file(tmp_path / "hh.jsonl"))
     assert (out["format"], out["delivered"], out["evaluated"]) == ("hh-rlhf", 3, 3)
@@ -238,7 +239,7 @@ def test_evaluate_file_reads_hh_rlhf_and_llama2_deliveries(untrained_rm, tmp_pat
 
 
 def test_evaluate_rm_command_prints_json_and_names_the_fix(untrained_rm, tmp_path, capsys):
-    from flows.cli import main
+    from flywheel.flows.cli import main
 
     assert main(["evaluate-rm", untrained_rm, _hh_file(tmp_path / "hh.jsonl")]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -11,11 +11,11 @@ import s3fs
 from mix_lake import build, jsonl, row
 from s3 import moto_s3
 
-from flywheel.catalog import connect, status
+from flywheel.annotation.ingest import ingest_bytes
 from flywheel.errors import LakeError
-from flywheel.ingest import ingest_bytes
-from flywheel.lake import Lake
-from flywheel.mixes import helpfulness_mix, mix_record, safety_mix
+from flywheel.lake.catalog import connect, status
+from flywheel.lake.store import Lake
+from flywheel.reward.mixes import helpfulness_mix, mix_record, safety_mix
 
 
 @pytest.fixture(scope="module")

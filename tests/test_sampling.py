@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from flywheel.sampling import HFSampler, VLLMSampler
+from flywheel.policy.sampling import HFSampler, VLLMSampler
+from flywheel.stages import common, sample_for_annotation
 
 MSGS = [[{"role": "user", "content": "How do I cook rice?"}],
         [{"role": "user", "content": "Suggest things to see in Lisbon."}],
@@ -70,7 +71,7 @@ def test_vllm_backend_k_samples(tiny_llama):
 def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_path):
     import shutil
 
-    from flywheel.sampling import _OPEN, close_samplers, shared_sampler
+    from flywheel.policy.sampling import _OPEN, close_samplers, shared_sampler
 
     other = tmp_path / "copy"
     shutil.copytree(tiny_llama, other)
@@ -86,14 +87,13 @@ def test_shared_samplers_are_reused_and_the_oldest_is_closed(tiny_llama, tmp_pat
 
 def _annotation_pairs(tiny_config, **sampling):
     """Iteration 1's annotation pairs with 2 responses per policy at T 0.7 / 1.0; the lake."""
-    from flywheel import loop
-    from flywheel.sampling import close_samplers
+    from flywheel.policy.sampling import close_samplers
 
     cfg = tiny_config.model_copy(update={"sampling": tiny_config.sampling.model_copy(
         update={"responses_per_policy": 2, "temperatures": [0.7, 1.0], **sampling})})
-    lake = loop.open_lake(cfg)
+    lake = common.open_lake(cfg)
     try:
-        return loop.sample_for_annotation(cfg, lake, 1), lake
+        return sample_for_annotation.sample_for_annotation(cfg, lake, 1), lake
     finally:
         close_samplers()
 
@@ -121,7 +121,7 @@ def test_week_prompts_take_the_next_prompts_of_each_criterion_each_week():
     """10 helpful and 3 harmful prompts, 4 a criterion a week: every week 4 helpful (weeks 1
     and 2 disjoint, weeks 1-3 cover all 10: 12 slots, the ring wraps after 10) and all 3
     harmful (fewer than 4); the file's order is kept; None takes every prompt."""
-    from flywheel.loop import week_prompts
+    from flywheel.stages.sample_for_annotation import week_prompts
 
     prompts = ([{"id": f"h{i}", "criterion": "helpfulness"} for i in range(10)]
                + [{"id": f"s{i}", "criterion": "safety"} for i in range(3)])
@@ -141,7 +141,7 @@ def test_week_prompts_take_the_next_prompts_of_each_criterion_each_week():
 def test_annotation_draws_only_the_weeks_prompts(tiny_config):
     """One prompt a criterion a week: week 1's samples cover one helpful and one harmful train
     prompt of the two each (the tiny set has two of each)."""
-    from flywheel.loop import week_prompts
+    from flywheel.stages.sample_for_annotation import week_prompts
 
     pairs, lake = _annotation_pairs(tiny_config, prompts_per_criterion=1)
     samples = {s["id"]: s for s in lake.rows("samples")}
@@ -155,11 +155,10 @@ def test_annotation_draws_only_the_weeks_prompts(tiny_config):
 
 def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_prompts(
         tiny_config, monkeypatch):
-    from flywheel import loop
-    from flywheel.prompts import messages_of
+    from flywheel.annotation.prompts import messages_of
 
     seen = []  # every conversation the engines were asked to continue
-    real = loop._sampler
+    real = sample_for_annotation.sampler_for
 
     class Recording:
         def __init__(self, inner):
@@ -169,7 +168,8 @@ def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_
             seen.extend((m, temperature) for m in messages)
             return self.inner.generate(messages, n, temperature, *args)
 
-    monkeypatch.setattr(loop, "_sampler", lambda cfg, path: Recording(real(cfg, path)))
+    monkeypatch.setattr(sample_for_annotation, "sampler_for",
+                        lambda cfg, path: Recording(real(cfg, path)))
     pre = "Refuse harmful requests."
     pairs, lake = _annotation_pairs(tiny_config, safety_preprompt=pre)
     samples = {s["id"]: s for s in lake.rows("samples")}

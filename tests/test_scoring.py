@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from flywheel.policy import gated_reward, tokenize_sft
-from flywheel.reward_model import RewardModel
-from flywheel.scoring import Group, ScoringEngine, combine, group_samples, supports_prefix_reuse
+from flywheel.policy.finetune import tokenize_sft
+from flywheel.reward.combined import combine, gated_reward
+from flywheel.reward.model import RewardModel
+from flywheel.reward.scoring import Group, ScoringEngine, supports_prefix_reuse
+from flywheel.stages.scores import group_samples
 
 PROMPTS = ["How do I cook rice on the stove?", "Tell me how to steal a car without the keys.",
            "Suggest three things to see in Lisbon, please, with a short reason for each one."]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flywheel.lake import Lake
+from flywheel.lake.store import Lake
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def _wait(predicate, seconds: float, what: str, procs, logs=()) -> None:
 
 
 def test_serve_ingests_dropped_files_and_retrains(tmp_path, tiny_config):
-    from flows.server import healthy
+    from flywheel.flows.server import healthy
 
     bin_dir = Path(sys.executable).parent
     port = _free_port()

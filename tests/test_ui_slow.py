@@ -22,8 +22,8 @@ import pytest
 import yaml
 from test_serve_slow import _free_port, _tail, _wait
 
-from flows.server import stop_process
-from flywheel.report import PLOTS
+from flywheel.flows.server import stop_process
+from flywheel.stages.report import PLOTS
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def _screenshot(page, path: Path) -> None:
 
 
 def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config):
-    from flows.server import healthy
+    from flywheel.flows.server import healthy
 
     bin_dir = Path(sys.executable).parent
     port = _free_port()

@@ -9,7 +9,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def interpreted():
-    """`interpreted("kernels.x")` -> the kernel module, its kernels under the interpreter."""
+    """`interpreted("flywheel.kernels.x")` -> the kernel module, its kernels under the
+    interpreter."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET is not 1: these tests run the kernels on the CPU")
     return importlib.import_module

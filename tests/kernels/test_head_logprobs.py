@@ -18,7 +18,7 @@ TOL = {torch.float32: (1e-5, 1e-5, 1e-5), torch.bfloat16: (1e-5, 1e-2, 1.6e-2),
 
 @pytest.fixture(scope="module")
 def hl(interpreted):
-    return interpreted("kernels.head_logprobs")
+    return interpreted("flywheel.kernels.head_logprobs")
 
 
 def _inputs(rows, vocab, hidden, dtype, seed=0):

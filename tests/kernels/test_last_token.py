@@ -8,7 +8,7 @@ TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16:
 
 @pytest.fixture(scope="module")
 def lt(interpreted):
-    return interpreted("kernels.last_token")
+    return interpreted("flywheel.kernels.last_token")
 
 
 def _mask(lengths, seq, left):

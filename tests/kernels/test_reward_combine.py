@@ -7,7 +7,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def rc(interpreted):
-    return interpreted("kernels.reward_combine")
+    return interpreted("flywheel.kernels.reward_combine")
 
 
 def test_hand_derived_values(rc):

@@ -13,7 +13,7 @@ TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1e-5, 8e-3), torch.float16:
 
 @pytest.fixture(scope="module")
 def tl_mod(interpreted):
-    return interpreted("kernels.token_logprobs")
+    return interpreted("flywheel.kernels.token_logprobs")
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)

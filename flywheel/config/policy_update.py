@@ -1,0 +1,162 @@
+"""The policy update's sections of the configuration: rejection sampling, PPO, RRHF and which
+iterations run which."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from flywheel.config.sections import _Section
+
+
+class RejectionSamplingConfig(_Section):
+    k: int = Field(4, ge=2, description="Samples per prompt; the best by reward is kept.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (the fallback when "
+                               "temperature_grid is empty).")
+    temperature_grid: list[float] = Field(
+        [],
+        description="Re-tune the temperature each iteration: the grid value whose K samples on "
+        "the held-out prompts have the highest mean best-of-K reward R_c is used and recorded "
+        "(Llama 2: the best temperature drifts up, to about 1.2-1.3, as the policy improves). "
+        "Empty: always `temperature`.",
+    )
+    temperature_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Tune the temperature on at most this many held-out prompts (the same ones "
+        "each iteration, a fixed random draw): the search samples K per prompt at every grid "
+        "value, which on a small machine costs more than the rejection sampling it tunes. "
+        "Empty: every held-out prompt.",
+    )
+    teacher: str | None = Field(
+        None,
+        description="Distillation: draw the K samples from this (larger) model instead of the "
+        "latest policy, and fine-tune the latest policy on the pool of its best.",
+    )
+    safety_preprompt: str | None = Field(
+        None,
+        description="Llama 2's targeted safety context distillation: on prompts tagged safety, "
+        "half of the K samples are drawn with this text as the system prompt (in place of the "
+        "prompt's own, if it has one). All K are scored "
+        "by the reward models on the prompt without it and the best joins the pool without it, "
+        "so a preprompted answer is kept only where the reward models prefer it.",
+    )
+    safety_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The largest share of the fine-tuning set that answers to prompts tagged "
+        "safety may take; beyond it the oldest are left out (this week's, by reward, kept "
+        "first). They stay in the pool for later weeks. Llama 2 saw false refusals of safe "
+        "prompts grow with the share of safety data. Empty: every answer in the pool.",
+    )
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if any(t <= 0 for t in self.temperature_grid):
+            raise ValueError("temperature_grid values must be > 0 (best-of-K needs sampling)")
+        return self
+
+
+class PPOConfig(_Section):
+    """PPO on top of the rejection-sampled policy (flywheel/policy/ppo.py). Llama 2: 512 prompts a
+    step, minibatch 64, constant lr 1e-6, beta 0.01 (7B, 13B) or 0.005 (34B, 70B), clip 0.2;
+    the defaults are scaled down for small runs."""
+
+    steps: int = Field(8, ge=1, description="Rollout-and-update steps (an upper bound: "
+                       "held-out early stopping may end sooner).")
+    prompts_per_step: int = Field(16, ge=1, description="Rollouts per step (Llama 2: 512).")
+    minibatch: int = Field(8, ge=1, description="Rollouts per gradient step; one step per "
+                           "minibatch (Llama 2: 64).")
+    learning_rate: float = Field(1e-6, gt=0, lt=1, description="Constant actor lr (AdamW "
+                                 "0.9/0.95, eps 1e-5, weight decay 0.1, grad clip 1.0).")
+    critic_learning_rate: float = Field(1e-5, gt=0, lt=1)
+    beta: float = Field(0.01, ge=0, description="KL penalty against the rejection-sampled "
+                        "policy, per token.")
+    clip: float = Field(0.2, gt=0, lt=1)
+    value_clip: float = Field(0.2, gt=0, description="How far a value may move from the "
+                              "rollout's in one update.")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    eval_every: int = Field(4, ge=0, description="Steps between held-out evaluations; 0: none.")
+    patience: int = Field(2, ge=1, description="Held-out evaluations without improvement "
+                          "before stopping; the best policy seen is kept.")
+    seed: int = 0
+    deepspeed: str | None = Field(
+        None,
+        description="Train actor and critic through DeepSpeed with this config (a JSON file, "
+        "or a name in infra/deepspeed/): ZeRO stage 0-2, which keep whole weights on each rank "
+        "for rollouts and the weight sync (zero2-cpu runs on a CPU). Empty: plain PyTorch.",
+    )
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self):
+        if self.minibatch > self.prompts_per_step:
+            raise ValueError(f"minibatch ({self.minibatch}) must not exceed prompts_per_step "
+                             f"({self.prompts_per_step})")
+        return self
+
+
+class RRHFConfig(_Section):
+    """RRHF (flywheel/policy/ppo.py: rrhf_loss) on the K scored samples per prompt that rejection
+    sampling also draws (`rejection_sampling.k`, `.temperature`): a ranking loss on
+    length-normalised log-probabilities plus fine-tuning on the best, in one pass."""
+
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1, description="Prompts (each with its K samples) per "
+                            "optimizer step.")
+    ft_weight: float = Field(1.0, ge=0, description="Weight of the best sample's NLL.")
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+
+Method = Literal["rejection_sampling", "rrhf", "ppo"]
+
+
+# what one iteration may run: one sampling-based update from the iteration's start policy,
+# optionally PPO on top of it, or PPO alone
+METHOD_SEQUENCES = (["rejection_sampling"], ["rrhf"], ["ppo"], ["rejection_sampling", "ppo"],
+                    ["rrhf", "ppo"])
+
+
+class PolicyUpdateConfig(_Section):
+    """Which policy update runs in which iteration (Llama 2: rejection sampling alone for the
+    first iterations, then rejection sampling followed by PPO)."""
+
+    methods: list[Method] = Field(
+        ["rejection_sampling"],
+        description="The update of every iteration `schedule` does not name.",
+    )
+    schedule: dict[int, list[Method]] = Field(
+        {},
+        description="Iteration -> its update, e.g. {4: [rejection_sampling, ppo], "
+        "5: [rrhf]}.",
+    )
+    ppo: PPOConfig = PPOConfig()
+    rrhf: RRHFConfig = RRHFConfig()
+
+    @model_validator(mode="after")
+    def _known_sequences(self):
+        allowed = " | ".join(str(m) for m in METHOD_SEQUENCES)
+        for where, seq in [("methods", self.methods),
+                           *[(f"schedule[{k}]", v) for k, v in self.schedule.items()]]:
+            if list(seq) not in METHOD_SEQUENCES:
+                raise ValueError(f"{where} = {list(seq)} is not a policy update; use one of "
+                                 f"{allowed}")
+        if any(k < 1 for k in self.schedule):
+            raise ValueError("schedule keys are iterations, from 1")
+        return self
+
+    def for_iteration(self, iteration: int) -> list[str]:
+        return list(self.schedule.get(iteration, self.methods))

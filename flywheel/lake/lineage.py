@@ -1,0 +1,89 @@
+"""Lineage: what a policy or reward model came from, read from the lake alone (the rows its
+manifests list; no orchestrator needed).
+
+    policy -> parent policies (back to the base model), the helpfulness and safety reward
+              models it was trained with
+    reward model -> its data mix (counts, seed, the file of its exact ids), its promotion
+                    decision, and batches -> their deliveries (file, checksum, where the
+                    delivered file is kept, accepted / rejected counts)
+"""
+
+from __future__ import annotations
+
+import json
+
+from flywheel.errors import DataError
+from flywheel.lake.store import Lake
+
+
+def _load(value) -> dict | list:
+    return json.loads(value) if isinstance(value, str) and value else (value or {})
+
+
+def reward_model_lineage(lake: Lake, rm: dict) -> dict:
+    mix = _load(rm["data_mix"])
+    names = mix.get("batches") or _load(rm["parents"]) or []
+    deliveries = [
+        {k: b[k] for k in ("id", "batch_id", "filename", "checksum", "raw_uri", "delivered",
+                           "accepted", "new", "rejected", "heldout", "source")}
+        for b in sorted(lake.rows("batches"), key=lambda b: b["created_at"])
+        if b["batch_id"] in names
+    ]
+    return {"id": rm["id"], "kind": "reward_model", "iteration": rm["iteration"],
+            "criterion": rm["criterion"], "backbone": rm["backbone"], "uri": rm["uri"],
+            "data_mix": {"counts": mix.get("counts"), "seed": mix.get("seed"),
+                         "comparisons": (mix.get("counts") or {}).get(
+                             "total", len(mix.get("comparison_ids", []))),
+                         "ids_sha256": mix.get("ids_sha256"),
+                         "ids_file": f"{rm['uri']}/{mix['ids_file']}" if mix.get("ids_file")
+                         else None},
+            "promoted": rm.get("promoted"), "decision": rm.get("decision"),
+            "batches": names, "deliveries": deliveries}
+
+
+def lineage(lake: Lake, some_id: str) -> dict:
+    """The lineage of a policy or reward model id (a unique prefix is enough)."""
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    rms = {r["id"]: r for r in lake.rows("reward_models")}
+    hits = [i for i in (*policies, *rms) if i.startswith(some_id)]
+    if len(hits) != 1:
+        known = ", ".join(sorted(policies)[:5] + sorted(rms)[:5]) or "none yet"
+        what = "matches several ids" if hits else "is not a policy or reward model id"
+        raise DataError(f"{some_id!r} {what} in lake {lake.uri}; ids: {known} "
+                        "(see `flywheel status`)")
+    (found,) = hits
+    if found in rms:
+        return reward_model_lineage(lake, rms[found])
+    chain, node = [], policies[found]
+    while node is not None:
+        used = [rms[i] for i in (node["reward_model_id"], node.get("safety_reward_model_id"))
+                if i and i in rms]
+        chain.append({"id": node["id"], "iteration": node["iteration"], "method": node["method"],
+                      "uri": node["uri"], "parent_id": node["parent_id"],
+                      "reward_models": [reward_model_lineage(lake, rm) for rm in used]})
+        node = policies.get(node["parent_id"] or "")
+    return {"id": found, "kind": "policy", "ancestry": chain}
+
+
+def format_lineage(info: dict) -> str:
+    def rm_lines(rm: dict, indent: str) -> list[str]:
+        out = [f"{indent}reward model {rm['id']} (iteration {rm['iteration']}, {rm['criterion']}"
+               f" on {rm['backbone']}): mix {rm['data_mix']['counts']}, seed "
+               f"{rm['data_mix']['seed']}"
+               + (f"; {rm['decision']}" if rm.get("decision") else "")]
+        for d in rm["deliveries"]:
+            out.append(f"{indent}  batch {d['batch_id']}: {d['filename']} sha256 "
+                       f"{d['checksum'][:12]}, {d['accepted']} accepted / {d['rejected']} "
+                       f"rejected of {d['delivered']}; kept at {d['raw_uri']}")
+        return out
+
+    if info["kind"] == "reward_model":
+        return "\n".join(rm_lines(info, ""))
+    lines = []
+    for depth, p in enumerate(info["ancestry"]):
+        pad = "  " * depth
+        lines.append(f"{pad}policy {p['id']} (iteration {p['iteration']}, {p['method']}) "
+                     f"{p['uri']}")
+        for rm in p["reward_models"]:
+            lines += rm_lines(rm, pad + "  ")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Policy updates. Rejection sampling: keep the best of K samples per prompt by reward, then
+fine-tune the policy on that pool with the loss on response tokens only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.config import RejectionSamplingConfig
+from flywheel.devices import compute_device, model_device
+from flywheel.errors import FlywheelError
+from flywheel.models import load_causal_lm, load_tokenizer
+from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sample_id: str
+    prompt_id: str
+    text: str
+    reward: float
+
+
+def best_of(candidates: list[Candidate]) -> dict[str, Candidate]:
+    """The highest-reward candidate per prompt (ties: the first)."""
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.prompt_id not in best or c.reward > best[c.prompt_id].reward:
+            best[c.prompt_id] = c
+    return best
+
+
+def cap_safety_share(helpful: list[str], safety: list[str], share: float | None
+                     ) -> tuple[list[str], list[str]]:
+    """The fine-tuning set from a pool split by prompt criterion: every helpful example, and
+    the safety examples (in priority order, first kept) up to `share` of the set. Returns
+    (kept, left out). `share` None, or a pool with no helpful example to mix with: all kept.
+    Llama 2 (section 4.2.3) saw false refusals of safe prompts grow with the share of safety
+    data; at the demo's scale eight refusals among 200 examples already carry over to
+    harmless prompts (benchmarks/results/rs_pool.md)."""
+    if share is None or not helpful:
+        return helpful + safety, []
+    n = len(safety) if share >= 1 else math.floor(share / (1 - share) * len(helpful) + 1e-9)
+    return helpful + safety[:n], safety[n:]
+
+
+def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int,
+                 end: bool = True):
+    """input ids and labels with the prompt masked (-100): loss on the response tokens only.
+    `end=False` for a response the token limit cut off: it is learned without the template's
+    end-of-turn tokens, so the policy does not learn to stop where the limit stopped it."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise FlywheelError("the chat template does not render the prompt as a prefix of the "
+                            "conversation; rejection-sampling fine-tuning needs one that does")
+    reply = full[len(prompt):]
+    if not end:
+        at = reply.find(response)
+        if at < 0:
+            raise FlywheelError("the chat template rewrites the response's text, so a response "
+                                "cut off by the token limit cannot be learned without its "
+                                "end-of-turn tokens; use a template that keeps it verbatim")
+        reply = reply[: at + len(response)]
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + r_ids)[:max_length]
+    return ids, labels
+
+
+def finetune(
+    policy_path: str, examples: list[tuple], cfg: RejectionSamplingConfig,
+    out_dir: str | Path,
+) -> dict:
+    """Supervised fine-tuning on (messages, response) or (messages, response, end) tuples
+    (`end` False: the token limit cut the response off; see `tokenize_sft`); saves the policy to
+    `out_dir`."""
+
+    if not examples:
+        raise FlywheelError("the rejection-sampling pool is empty: nothing to fine-tune on")
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(policy_path)
+    model = load_causal_lm(policy_path, "float32", compute_device())
+    model.train()
+    device = model_device(model)
+    data = [tokenize_sft(tok, e[0], e[1], cfg.max_length, *e[2:]) for e in examples]
+    steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
+    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    losses = []
+    bar = tqdm(total=steps, desc="policy fine-tune", unit="step")
+    for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
+        batch = [data[i] for i in idx]
+        n_tokens = sum(sum(1 for x in lab if x != -100) for _, lab in batch)
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for m in range(0, len(batch), cfg.micro_batch_size):
+            micro = batch[m : m + cfg.micro_batch_size]
+            width = max(len(ids) for ids, _ in micro)
+            pad = tok.pad_token_id
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro],
+                                  device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro],
+                                device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            # summed over the micro-batch, divided by the step's response tokens: every
+            # response token weighs the same whatever the micro-batch split
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                ignore_index=-100, reduction="sum",
+            ) / max(1, n_tokens)
+            if not torch.isfinite(loss):
+                raise FlywheelError(
+                    f"policy fine-tuning loss became {loss.item()}; lower "
+                    f"rejection_sampling.learning_rate (now {cfg.learning_rate})"
+                )
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        report_step("policy fine-tune", len(losses), steps)
+    bar.close()
+    # float32 on purpose: an update of lr 1e-5 is far below bfloat16's resolution (8 bits of
+    # mantissa), so a bfloat16 copy would round most of the fine-tuning away
+    model.config.dtype = "float32"
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return {"steps": steps, "examples": len(data), "loss_first": losses[0],
+            "loss_last": losses[-1]}

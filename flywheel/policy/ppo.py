@@ -1,0 +1,270 @@
+"""PPO on top of the rejection-sampled policy (Llama 2, stage 5), and the RRHF ranking loss.
+
+One PPO step:
+
+    rollouts     the current policy answers a batch of prompts (sampled, `temperature`)
+    old log-probs, reference log-probs, values      one no-grad pass each over the rollouts
+    KL_t         log pi(a_t) - log pi_0(a_t) on every response token (pi_0: frozen reference)
+    rewards      -beta * KL_t on every response token, plus the sequence's score on its last one
+                 (the score: WHITEN(LOGIT(R_c)) from the reward models in the weekly loop, any
+                 `score_fn` here)
+    advantages   GAE(gamma, lambda) over the response tokens, whitened over the batch
+    update       the batch cut into minibatches, one gradient step each: the clipped objective
+                 (ratio clipped to 1 +- clip) for the actor, the clipped value loss for the critic
+
+The critic is its own model (a backbone with a value per token), so actor and critic can each be
+trained through DeepSpeed. Log-probs come from `kernels.token_logprobs` (Triton on a GPU, its
+torch reference on a CPU). Every step logs reward, KL, entropy, clip fraction, value loss and
+response length. Held-out prompts are scored before the first step, every `eval_every` steps and
+after the last; training stops when their mean score has not improved for `patience`
+evaluations, and the best policy seen is kept (`eval_every` 0: no held-out scoring, the last
+step is kept).
+
+RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised log-probabilities
+p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
+plus the negative log-likelihood of the best response per token.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.config import PPOConfig
+from flywheel.errors import ConfigError, FlywheelError
+from flywheel.kernels.token_logprobs import token_logprobs
+from flywheel.policy.ppo_losses import entropy, gae, policy_loss, token_rewards, value_loss, whiten
+from flywheel.policy.rollouts import Rollout, VLLMRollouts, rollout
+from flywheel.training import deepspeed_config, deepspeed_initialize, report_step
+
+
+class ValueModel(torch.nn.Module):
+    """A backbone with a scalar per position: V(s_t) for the state before token t+1."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(backbone.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_causal_lm(cls, model: torch.nn.Module) -> ValueModel:
+        """A critic on a copy of the policy's trunk (its output head dropped)."""
+        trunk = copy.deepcopy(getattr(model, "model", model))
+        trunk.config = model.config
+        return cls(trunk)
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+
+class _Updater:
+    """One model's optimizer: AdamW (0.9, 0.95, eps 1e-5, `weight_decay`) at a constant lr, the
+    gradient norm clipped to `grad_clip`, one step per minibatch; plain PyTorch, or a DeepSpeed
+    engine when `deepspeed` names a config (ZeRO stages 0-2: whole weights stay on each rank,
+    which the rollouts, the held-out snapshot and the vLLM weight sync read). `module` is what
+    to call forward on; `model` the underlying module."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, s: PPOConfig):
+        self.model = self.module = model
+        self.grad_clip = s.grad_clip
+        self.engine = None
+        if not s.deepspeed:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
+                                               eps=1e-5, weight_decay=s.weight_decay)
+            return
+
+        config = deepspeed_engine_config(s.deepspeed, lr, s)
+        self.engine = self.module = deepspeed_initialize(model, config,
+                                                         "policy_update.ppo.deepspeed")
+        self.model = self.engine.module
+
+    def update(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()  # clip, optimizer step, zero the gradients
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+
+def deepspeed_engine_config(name: str, lr: float, s: PPOConfig) -> dict:
+    """The DeepSpeed config `name` with PPO's optimizer: one micro-batch per step, AdamW
+    (0.9, 0.95, eps 1e-5, weight decay), gradient clipping `grad_clip`. ZeRO-3 is refused: it
+    partitions the weights that the rollouts and the weight sync read whole."""
+
+    config = deepspeed_config(name, lr, 1)
+    stage = (config.get("zero_optimization") or {}).get("stage", 0)
+    if stage > 2:
+        raise ConfigError(f"policy_update.ppo.deepspeed {name!r} is ZeRO stage {stage}: PPO "
+                          "samples from and syncs whole weights, so use stage 2 or lower (e.g. "
+                          "zero2-cpu), or clear it to train actor and critic with PyTorch")
+    config["optimizer"]["params"].update(eps=1e-5, weight_decay=s.weight_decay)
+    config["gradient_clipping"] = s.grad_clip
+    return config
+
+
+def response_logprobs(model, ro: Rollout, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs of the response tokens [b, R], their logits [b, R, V]) under `model`."""
+    ids, att = ro.input_ids[rows], ro.attention[rows]
+    logits = model(input_ids=ids, attention_mask=att, position_ids=ro.positions[rows]).logits
+    logits = logits[:, ro.prompt_width - 1: -1]
+    targets = ids[:, ro.prompt_width:]
+    lp = token_logprobs(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return lp.view(targets.shape), logits
+
+
+def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
+    v = critic(ro.input_ids[rows], ro.attention[rows], ro.positions[rows])
+    return v[:, ro.prompt_width - 1: -1]
+
+
+# (prompts, response texts, response token ids) -> [B] sequence scores, or ([B] scores, [B]
+# rewards): the scores drive the update, the rewards are logged and drive early stopping
+ScoreFn = Callable[[list, list[str], list[list[int]]],
+                   torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+def _scored(score_fn: ScoreFn, prompts, ro: Rollout, tokenizer) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """(scores, rewards) of a rollout batch. A batch-normalised score (the weekly loop's
+    WHITEN(LOGIT(R_c))) has mean 0 whatever the policy does, so it can neither be logged as
+    progress nor compare held-out evaluations; the reward it was made from can."""
+    out = score_fn(list(prompts), ro.responses(tokenizer), ro.response_ids())
+    score, reward = out if isinstance(out, tuple) else (out, out)
+    return score.float(), reward.float()
+
+
+def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
+              score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
+              desc: str = "ppo", rollouts: VLLMRollouts | None = None) -> dict:
+    """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
+    (prompts, response texts, response token ids) -> [B] sequence scores, or (scores, rewards)
+    when the scores are normalised per batch (then the rewards are what is logged as "reward"
+    and what held-out evaluations compare). `rollouts`: a vLLM
+    engine loaded with the policy's starting weights, synced after every update (None:
+    transformers generate on `policy`). Returns {"steps": per-step logs, "heldout":
+    evaluations, "best_step"}; the policy ends at its best held-out score.
+
+    Runs on the device `policy` is on (reference and critic are moved there); with
+    `settings.deepspeed`, actor and critic train through DeepSpeed engines."""
+    s = settings
+    if not prompts:
+        raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
+    if s.minibatch > s.prompts_per_step:
+        raise FlywheelError(f"ppo minibatch ({s.minibatch}) is larger than prompts_per_step "
+                            f"({s.prompts_per_step}); lower the minibatch")
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    device = next(policy.parameters()).device
+    reference.to(device).eval()
+    critic.to(device)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    actor_opt = _Updater(policy, s.learning_rate, s)
+    critic_opt = _Updater(critic, s.critic_learning_rate, s)
+    actor, critic_fwd = actor_opt.module, critic_opt.module  # forward through these
+    order: list[int] = []
+    logs, evals = [], []
+    best = (-math.inf, 0, None)
+    since_best = 0
+    stale = False  # the engine's weights lag the policy's
+
+    def sample(batch) -> Rollout:
+        nonlocal stale
+        if rollouts is None:
+            return rollout(policy, tokenizer, batch, s.max_new_tokens, s.temperature)
+        if stale:
+            rollouts.sync(policy)
+            stale = False
+        return rollouts(batch, s.max_new_tokens, s.temperature).to(device)
+
+    def evaluate(step: int) -> bool:
+        nonlocal best, since_best
+        if not heldout or not s.eval_every:
+            return False
+        ro = sample(heldout)
+        score = _scored(score_fn, heldout, ro, tokenizer)[1].mean().item()
+        evals.append({"step": step, "heldout_reward": score})
+        if score > best[0]:
+            best = (score, step, copy.deepcopy(policy.state_dict()))
+            since_best = 0
+        else:
+            since_best += 1
+        return since_best >= s.patience
+
+    evaluate(0)
+    bar = tqdm(total=s.steps, desc=desc, unit="step")
+    for step in range(1, s.steps + 1):
+        batch = []
+        while len(batch) < s.prompts_per_step:
+            if not order:
+                order = list(range(len(prompts)))
+                rng.shuffle(order)
+            batch.append(prompts[order.pop()])
+        ro = sample(batch)
+        mask = ro.response_mask.float()
+        with torch.no_grad():
+            old_logp, _ = response_logprobs(actor, ro)
+            ref_logp, _ = response_logprobs(reference, ro)
+            old_values = _values(critic_fwd, ro) * mask
+            kl = (old_logp - ref_logp) * mask
+            score, reward = _scored(score_fn, batch, ro, tokenizer)
+            score = score.to(device)
+            rewards = token_rewards(score, kl, mask, s.beta)
+            adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+            adv = whiten(adv, mask)
+        rows = list(range(len(batch)))
+        rng.shuffle(rows)
+        stats = []
+        for m in range(0, len(rows), s.minibatch):
+            idx = torch.tensor(rows[m: m + s.minibatch], device=device)
+            mm = mask[idx]
+            logp, logits = response_logprobs(actor, ro, idx)
+            loss, st = policy_loss(logp, old_logp[idx], adv[idx], mm, s.clip)
+            if not torch.isfinite(loss):
+                raise FlywheelError(f"PPO policy loss became {loss.item()} at step {step}; "
+                                    f"lower the learning rate (now {s.learning_rate})")
+            actor_opt.update(loss)
+            stale = True
+            values = _values(critic_fwd, ro, idx)
+            vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip)
+            critic_opt.update(vloss)
+            with torch.no_grad():
+                st["entropy"] = entropy(logits, mm).item()
+            st["value_loss"] = vloss.item()
+            st["policy_loss"] = loss.item()
+            stats.append(st)
+        log = {"step": step, "reward": reward.mean().item(),
+               "kl": kl.sum(-1).mean().item(),
+               "response_length": mask.sum(-1).mean().item()}
+        for key in stats[0]:
+            log[key] = sum(st[key] for st in stats) / len(stats)
+        logs.append(log)
+        bar.update(1)
+        bar.set_postfix(reward=f"{log['reward']:.3f}", kl=f"{log['kl']:.3f}")
+        report_step(desc, step, s.steps)
+        if s.eval_every and step % s.eval_every == 0 and evaluate(step):
+            break
+    bar.close()
+    if evals and evals[-1]["step"] != len(logs):
+        evaluate(len(logs))  # the last step too, so the policy kept is one that was evaluated
+    if best[2] is not None and evals and evals[-1]["step"] != best[1]:
+        policy.load_state_dict(best[2])
+    out = {"steps": logs, "heldout": evals, "best_step": best[1] if evals else len(logs),
+           "settings": s.model_dump()}
+    if rollouts is not None:
+        out["rollouts"] = {"engine": "vllm", "reloads": len(rollouts.reload_seconds),
+                           "reload_seconds": rollouts.reload_seconds,
+                           "generate_seconds": rollouts.generate_seconds}
+    return out

@@ -1,0 +1,81 @@
+"""PPO's pieces as tensors: whitening, KL-penalised token rewards, GAE, the clipped objective,
+the value loss."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the entries `mask` selects (all when None); population variance.
+    `shift_mean=False` scales only (the mean is added back)."""
+    mask = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                  beta: float) -> torch.Tensor:
+    """-beta * KL_t on every response token, plus the sequence score on the last one. [B, T]."""
+    mask = mask.to(kl.dtype)
+    rewards = -beta * kl * mask
+    has = mask.bool().any(-1)
+    last = (mask.shape[-1] - 1) - mask.flip(-1).argmax(-1)
+    rows = torch.arange(mask.shape[0])[has]
+    rewards[rows, last[has]] += score[has].to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens (a contiguous run from the left of
+    each row; `mask` 0 after it). Returns (advantages, returns = advantages + values)."""
+    mask = mask.to(values.dtype)
+    B, T = rewards.shape
+    adv = torch.zeros_like(values)
+    running = torch.zeros(B, dtype=values.dtype)
+    for t in reversed(range(T)):
+        nxt = mask[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=values.dtype)
+        next_value = values[:, t + 1] * nxt if t + 1 < T else torch.zeros(B, dtype=values.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running * nxt
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped objective, as a loss (mean over response tokens); with the share of tokens
+    whose ratio was clipped and the approximate KL between the old and new policy."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped < unclipped).float(), mask)
+        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
+    return loss, {"clip_fraction": clip_frac.item(), "approx_kl": approx_kl.item()}
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+    """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value."""
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2,
+                                           (v_clipped - returns) ** 2), mask)
+
+
+def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), -1)
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask)

@@ -1,0 +1,137 @@
+"""PPO's rollouts: from the actor with transformers, or from a vLLM engine that follows its
+weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from flywheel.policy.sampling import render_prompts
+
+
+@dataclass
+class Rollout:
+    prompts: list
+    input_ids: torch.Tensor  # [B, P + R], prompts left-padded to P
+    attention: torch.Tensor  # [B, P + R]
+    response_mask: torch.Tensor  # [B, R]: response tokens up to and including the end token
+    prompt_width: int
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return (self.attention.cumsum(-1) - 1).clamp(min=0)
+
+    def response_ids(self) -> list[list[int]]:
+        resp = self.input_ids[:, self.prompt_width:]
+        return [r[m.bool()].tolist() for r, m in zip(resp, self.response_mask)]
+
+    def responses(self, tokenizer) -> list[str]:
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.response_ids()]
+
+    def to(self, device) -> Rollout:
+        return Rollout(self.prompts, self.input_ids.to(device), self.attention.to(device),
+                       self.response_mask.to(device), self.prompt_width)
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    """A prompt as text, chat messages, or a dict with its "messages"."""
+    text = tokenizer.apply_chat_template(_messages(prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
+            temperature: float) -> Rollout:
+    """The policy's sampled answers (transformers generate; the weekly loop's stage uses vLLM
+    with the updated weights loaded)."""
+    ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(i) for i in ids)
+    pad = tokenizer.pad_token_id
+    device = next(policy.parameters()).device
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
+    attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids],
+                             device=device)
+    was_training = policy.training
+    policy.eval()
+    out = policy.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
+                          temperature=temperature, top_k=0, top_p=1.0,
+                          max_new_tokens=max_new_tokens, pad_token_id=pad,
+                          eos_token_id=tokenizer.eos_token_id)
+    policy.train(was_training)
+    resp = out[:, width:]
+    is_end = resp == tokenizer.eos_token_id
+    # tokens up to and including the first end token
+    after_end = (is_end.cumsum(-1) - is_end.long()) > 0
+    mask = (~after_end).long()
+    return Rollout(list(prompts), out, torch.cat([attention, mask], -1), mask, width)
+
+
+def _rollout_of(prompts: Sequence, prompt_ids: list[list[int]],
+                response_ids: list[list[int]], pad: int, eos: int) -> Rollout:
+    """A Rollout from token ids: prompts left-padded, responses right-padded, each response
+    masked up to and including its first end token."""
+    width = max(len(i) for i in prompt_ids)
+    length = max(1, max(len(r) for r in response_ids))
+    ids, att, mask = [], [], []
+    for p, r in zip(prompt_ids, response_ids):
+        end = next((j + 1 for j, t in enumerate(r) if t == eos), len(r))
+        r = r[:end]
+        ids.append([pad] * (width - len(p)) + p + r + [pad] * (length - len(r)))
+        mask.append([1] * len(r) + [0] * (length - len(r)))
+        att.append([0] * (width - len(p)) + [1] * len(p) + mask[-1])
+    return Rollout(list(prompts), torch.tensor(ids), torch.tensor(att), torch.tensor(mask),
+                   width)
+
+
+class VLLMRollouts:
+    """Rollouts sampled by a vLLM engine that follows the policy being trained (a
+    `VLLMSampler(..., weight_sync=True)`). `sync(policy)` writes the policy's weights as
+    safetensors to a scratch folder and has every engine worker reload them in place
+    (flywheel/policy/vllm_worker.py; no engine restart), then drops the engine's prefix cache, whose
+    keys and values the old weights computed. Each reload's seconds are kept in
+    `reload_seconds`."""
+
+    def __init__(self, sampler, tokenizer, scratch: str):
+        self.sampler, self.tokenizer, self.scratch = sampler, tokenizer, scratch
+        self.reload_seconds: list[float] = []
+        self.generate_seconds: list[float] = []
+
+    def sync(self, policy) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        policy.save_pretrained(self.scratch, safe_serialization=True)
+        llm = self.sampler.llm
+        llm.collective_rpc("flywheel_reload_weights", args=(self.scratch,))
+        llm.reset_prefix_cache()
+        self.reload_seconds.append(time.perf_counter() - t0)
+
+    def __call__(self, prompts: Sequence, max_new_tokens: int, temperature: float) -> Rollout:
+        import time
+
+        from vllm import SamplingParams
+
+
+        t0 = time.perf_counter()
+        msgs = [_messages(p) for p in prompts]
+        params = SamplingParams(n=1, temperature=temperature, top_p=1.0,
+                                max_tokens=max_new_tokens)
+        outs = self.sampler.llm.generate(render_prompts(self.tokenizer, msgs), params,
+                                         use_tqdm=False)
+        tok = self.tokenizer
+        ro = _rollout_of(prompts, [list(o.prompt_token_ids) for o in outs],
+                         [list(o.outputs[0].token_ids) for o in outs], tok.pad_token_id,
+                         tok.eos_token_id)
+        self.generate_seconds.append(time.perf_counter() - t0)
+        return ro
+
+
+def _messages(prompt) -> list[dict]:
+    if isinstance(prompt, dict):
+        prompt = prompt["messages"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return prompt

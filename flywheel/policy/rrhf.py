@@ -1,0 +1,100 @@
+"""RRHF: a ranking loss over a prompt's K scored samples plus fine-tuning on the best."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.devices import compute_device, model_device
+from flywheel.errors import FlywheelError
+from flywheel.kernels.token_logprobs import token_logprobs
+from flywheel.models import load_causal_lm, load_tokenizer
+from flywheel.policy.finetune import tokenize_sft
+from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
+
+
+def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
+    """RRHF: per prompt (messages, K responses, their rewards) or (messages, K responses, their
+    rewards, K `end` flags), the ranking loss over the responses' length-normalised
+    log-probabilities plus the per-token NLL of the best one (flywheel.ppo.rrhf_loss), averaged
+    over the prompts of a step. A response whose flag is False (the token limit cut it off) is
+    scored and learned without the end of its turn, as in `finetune`. Saves the policy to
+    `out_dir`. `cfg`: RRHFConfig."""
+
+    for g in groups:
+        if not len(g[1]) == len(g[2]) == (len(g[3]) if len(g) > 3 else len(g[1])):
+            raise FlywheelError(f"RRHF: a prompt has {len(g[1])} responses, {len(g[2])} rewards"
+                                + (f" and {len(g[3])} end flags" if len(g) > 3 else "")
+                                + "; give one of each per response")
+    groups = [g for g in groups if len(g[1]) >= 2]
+    if not groups:
+        raise FlywheelError("RRHF needs at least two scored samples per prompt; raise "
+                            "rejection_sampling.k")
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(policy_path)
+    model = load_causal_lm(policy_path, "float32", compute_device())
+    model.train()
+    device = model_device(model)
+    data = [([tokenize_sft(tok, g[0], r, cfg.max_length, end)
+              for r, end in zip(g[1], g[3] if len(g) > 3 else [True] * len(g[1]))], g[2])
+            for g in groups]
+    steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
+    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    losses, ranks = [], []
+    bar = tqdm(total=steps, desc="rrhf", unit="step")
+    for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
+        opt.zero_grad(set_to_none=True)
+        step_loss = step_rank = 0.0
+        for i in idx:
+            encoded, rewards = data[i]
+            width = max(len(ids) for ids, _ in encoded)
+            pad = tok.pad_token_id
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded],
+                                  device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded],
+                                device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            target = labels[:, 1:]
+            keep = target != -100
+            lp = token_logprobs(logits.reshape(-1, logits.shape[-1]),
+                                target.clamp(min=0).reshape(-1)).view(target.shape)
+            loss, st = rrhf_loss((lp * keep).sum(-1), keep.sum(-1),
+                                 torch.tensor(rewards, dtype=torch.float32, device=device),
+                                 cfg.ft_weight)
+            loss = loss / len(idx)
+            if not torch.isfinite(loss):
+                raise FlywheelError(f"RRHF loss became {loss.item()}; lower "
+                                    f"policy_update.rrhf.learning_rate (now {cfg.learning_rate})")
+            loss.backward()
+            step_loss += loss.item()
+            step_rank += st["rank_loss"] / len(idx)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(step_loss)
+        ranks.append(step_rank)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        report_step("rrhf", len(losses), steps)
+    bar.close()
+    model.config.dtype = "float32"  # as finetune: bfloat16 would round small updates away
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return {"steps": steps, "prompts": len(data), "loss_first": losses[0],
+            "loss_last": losses[-1], "rank_loss_first": ranks[0], "rank_loss_last": ranks[-1]}
+
+
+def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
+              ft_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """RRHF over one prompt's K responses: `logp_sums` [K] summed response log-probs, `lengths`
+    [K] response tokens, `rewards` [K]. Ranking loss on length-normalised scores plus the
+    per-token NLL of the best response."""
+    p = logp_sums / lengths.clamp(min=1).to(logp_sums.dtype)
+    worse = rewards[:, None] < rewards[None, :]  # [i, j]: i ranked below j
+    rank = (torch.relu(p[:, None] - p[None, :]) * worse).sum()
+    best = int(torch.argmax(rewards))
+    ft = -p[best]
+    return rank + ft_weight * ft, {"rank_loss": rank.item(), "ft_loss": ft.item()}

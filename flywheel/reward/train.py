@@ -1,0 +1,107 @@
+"""Training one reward model on preference pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from flywheel.config import RewardModelConfig
+from flywheel.devices import compute_device
+from flywheel.errors import FlywheelError
+from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
+from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step
+
+
+def group_pairs(pairs: list[PreferencePair]) -> list[list[int]]:
+    """Indices of `pairs` by prompt (its messages), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(json.dumps(p.messages, sort_keys=True), []).append(i)
+    return list(groups.values())
+
+
+def _encode_distinct(model, groups: list[list[PreferencePair]], max_length: int):
+    """The encoding of each distinct (prompt, response) of `groups` once, with the positions
+    of every pair's chosen and rejected response in it and each pair's weight (every group
+    weighs 1 / len(groups), shared among its pairs)."""
+    where: dict[tuple[int, str], int] = {}
+    messages, responses, chosen, rejected, weight = [], [], [], [], []
+    for g, group in enumerate(groups):
+        for p in group:
+            for text in (p.chosen, p.rejected):
+                if (g, text) not in where:
+                    where[g, text] = len(responses)
+                    messages.append(p.messages)
+                    responses.append(text)
+            chosen.append(where[g, p.chosen])
+            rejected.append(where[g, p.rejected])
+            weight.append(1 / (len(groups) * len(group)))
+    return (model.encode(messages, responses, max_length), torch.tensor(chosen),
+            torch.tensor(rejected), torch.tensor(weight))
+
+
+def train_reward_model(
+    backbone_path: str, pairs: list[PreferencePair], cfg: RewardModelConfig, desc="reward model"
+) -> tuple[RewardModel, dict]:
+    """One run of the margin ranking loss over `pairs`; returns the model and training metrics."""
+    if not pairs:
+        raise FlywheelError("no preference pairs to train the reward model on")
+    torch.manual_seed(cfg.seed)
+    model = RewardModel.from_backbone(backbone_path)
+    if not cfg.deepspeed:  # a DeepSpeed engine places the model on its local rank's device
+        model.to(compute_device())
+    model.train()
+    # a batch element: one pair, or with group_by_prompt all of one prompt's pairs
+    elements = (group_pairs(pairs) if cfg.group_by_prompt else [[i] for i in range(len(pairs))])
+    steps, warmup = plan_steps(len(elements), cfg.batch_size, cfg.epochs)
+    micro_steps = math.ceil(min(cfg.batch_size, len(elements)) / cfg.micro_batch_size)
+    stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
+    device = stepper.device
+    losses, correct, seen = [], 0, 0
+    bar = tqdm(total=steps, desc=desc, unit="step")
+    for idx in epoch_batches(len(elements), cfg.batch_size, cfg.epochs, cfg.seed):
+        batch = [[pairs[i] for i in elements[e]] for e in idx]
+        step_loss = 0.0
+        for m in range(0, len(batch), cfg.micro_batch_size):
+            micro_groups = batch[m : m + cfg.micro_batch_size]
+            micro = [p for group in micro_groups for p in group]
+            enc, at_chosen, at_rejected, weight = _encode_distinct(model, micro_groups,
+                                                                   cfg.max_length)
+            rewards = stepper.module(enc["input_ids"].to(device),
+                                     enc["attention_mask"].to(device)).float()
+            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro],
+                                  device=device)
+            r_chosen, r_rejected = rewards[at_chosen.to(device)], rewards[at_rejected.to(device)]
+            loss = ranking_loss(r_chosen, r_rejected, margin, cfg.center_coefficient,
+                                weight.to(device))
+            n = len(micro_groups)
+            if not torch.isfinite(loss):
+                raise FlywheelError(
+                    f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
+                    f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
+                    "the data for empty responses"
+                )
+            stepper.backward(loss, n / len(batch))
+            step_loss += loss.item() * n / len(batch)
+            correct += int((r_chosen > r_rejected).sum())
+            seen += len(micro)
+        stepper.step()
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
+        report_step(desc, len(losses), steps)
+    bar.close()
+    if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
+        model = RewardModel.from_state(backbone_path, stepper.state_dict_for_save())
+        del stepper
+        model.to(device)  # scored next, where it trained
+    return model.eval(), {
+        "steps": steps,
+        "warmup_steps": warmup,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "train_accuracy_running": correct / seen,
+    }

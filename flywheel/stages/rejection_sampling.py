@@ -1,0 +1,177 @@
+"""Stage 4, rejection sampling: K samples per prompt, scored, the best fine-tuned on."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import tempfile
+
+from flywheel import models
+from flywheel.annotation.prompts import messages_of
+from flywheel.config import FlywheelConfig
+from flywheel.errors import DataError
+from flywheel.lake.schemas import content_id
+from flywheel.lake.store import Lake
+from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune
+from flywheel.reward.combined import gated_reward
+from flywheel.reward.scoring import ScoringEngine
+from flywheel.stages.common import (
+    by_id,
+    current_policy,
+    ensure_prompts,
+    policy_path,
+    require_both,
+    sample_rows,
+    sampler_for,
+)
+from flywheel.stages.scores import score_samples
+
+
+def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
+    """Distillation: the model rejection sampling draws from, as a policy row of its own."""
+    name = cfg.rejection_sampling.teacher
+    if not name:
+        return None
+    models.resolve(name)  # fails early, naming the fix, when it cannot be loaded
+    row = {"id": content_id("policy", "teacher", name), "iteration": 0, "uri": name,
+           "parent_id": None, "method": "teacher", "reward_model_id": None,
+           "training_data": "{}", "metrics": "{}"}
+    lake.write("policies", [row], {"reason": "distillation teacher"})
+    return row
+
+
+def cut_by_limit(sample: dict) -> bool:
+    """Whether a sample ran to its `max_new_tokens` (cut off rather than ended)."""
+    return sample["token_count"] >= json.loads(sample["params"])["max_new_tokens"]
+
+
+def best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[float], float]:
+    """R_c of each sample and the mean over prompts of the best one."""
+    raw = score_samples(lake, rows, by_prompt,
+                        {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
+    rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
+               for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
+    best: dict[str, float] = {}
+    for r, x in zip(rows, rewards):
+        best[r["prompt_id"]] = max(x, best.get(r["prompt_id"], -1.0))
+    return rewards, statistics.fmean(best.values()) if best else 0.0
+
+
+def tune_temperature(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+                     source: dict, sampler, engine) -> tuple[float, dict[str, float]]:
+    """The temperature of `rejection_sampling.temperature_grid` whose K samples on the held-out
+    prompts have the highest mean best-of-K R_c (ties: the lower temperature), with the mean of
+    each; the configured temperature and {} without a grid."""
+    rs = cfg.rejection_sampling
+    if not rs.temperature_grid:
+        return rs.temperature, {}
+    heldout = [p for p in ensure_prompts(cfg, lake) if p["split"] == "heldout"]
+    if not heldout:
+        raise DataError("rejection_sampling.temperature_grid is tuned on held-out prompts and "
+                        "the prompt set has none; add prompts with split heldout or empty the "
+                        "grid")
+    if rs.temperature_prompts and rs.temperature_prompts < len(heldout):
+        heldout = sorted(heldout, key=lambda p: p["id"])
+        random.Random(rs.seed).shuffle(heldout)
+        heldout = heldout[: rs.temperature_prompts]
+    by_prompt = by_id(heldout)
+    search = {}
+    for t in sorted(set(rs.temperature_grid)):
+        rows = sample_rows(cfg, lake, source, heldout, iteration, "temperature-search", rs.k,
+                            t, sampler)
+        search[str(t)] = best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine)[1]
+    best = max(sorted(set(rs.temperature_grid)), key=lambda t: search[str(t)])
+    return best, search
+
+
+def scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
+                    purpose: str):
+    """K samples per train prompt from the latest policy (or the distillation teacher), at the
+    configured or re-tuned temperature, scored by both reward models and combined into Llama 2's
+    R_c. Returns (latest policy, samples, their R_c, engine, what was sampled how)."""
+    rs = cfg.rejection_sampling
+    prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "train"]
+    latest = current_policy(cfg, lake)
+    source = _teacher_policy(cfg, lake) or latest
+    sampler = sampler_for(cfg, policy_path(lake, source))
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    temperature, search = tune_temperature(cfg, lake, iteration, rm_ids, source, sampler, engine)
+    safety = [p for p in prompts if p["criterion"] == "safety"] if rs.safety_preprompt else []
+    k_pre = rs.k // 2 if safety else 0
+    plain = [p for p in prompts if p not in safety]
+    rows = []
+    for group, n, preprompt in ((plain, rs.k, None), (safety, rs.k - k_pre, None),
+                                (safety, k_pre, rs.safety_preprompt)):
+        if group and n:
+            rows += sample_rows(cfg, lake, source, group, iteration, purpose, n, temperature,
+                                 sampler, preprompt)
+    rewards, _ = best_of_k_reward(cfg, lake, rows, by_id(prompts), rm_ids, engine)
+    info = {"k": rs.k, "temperature": temperature, "sampled_by": source["id"]}
+    if k_pre:
+        info["safety_preprompt"] = {"text": rs.safety_preprompt, "k": k_pre,
+                                    "prompts": len(safety)}
+    if search:
+        info["temperature_search"] = search
+    if source is not latest:
+        info["teacher"] = source["uri"]
+    return latest, rows, rewards, engine, info
+
+
+def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
+                     rm_ids: dict[str, str]) -> str:
+    """K samples per train prompt from the latest policy, scored by both reward models and
+    combined as Llama 2 does (the safety score where the prompt is tagged safety or the safety
+    score is below 0.15, else the helpfulness score); the best per prompt joins the pool of
+    every earlier iteration's best; fine-tune on the pool."""
+    rs = cfg.rejection_sampling
+    require_both(rm_ids, "rejection sampling")
+    latest, rows, rewards, engine, info = scored_samples(cfg, lake, iteration, rm_ids,
+                                                          "rejection")
+    rm_id = rm_ids["helpfulness"]
+    best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
+                    for r, s in zip(rows, rewards)])
+    earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
+               if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
+    pool = {i for ids in earlier for i in ids} | {c.sample_id for c in best.values()}
+    samples = by_id(lake.rows("samples"))
+    all_prompts = by_id(lake.rows("prompts"))
+    # the safety share cap keeps the newest answers first: this week's by reward, then each
+    # earlier week's, newest first
+    reward_of = {c.sample_id: c.reward for c in best.values()}
+    order = sorted(pool, key=lambda i: (-int(samples[i]["iteration"]), -reward_of.get(i, 0.0), i))
+    on_safety = {i for i in pool if all_prompts[samples[i]["prompt_id"]]["criterion"] == "safety"}
+    kept, left_out = cap_safety_share([i for i in order if i not in on_safety],
+                                      [i for i in order if i in on_safety], rs.safety_share)
+    pool_ids = sorted(kept)
+    # a response that ran to the token limit was cut off, not finished: it is learned without
+    # the end of its turn, so the policy does not learn to stop mid-sentence
+    cut = {i for i in pool_ids if cut_by_limit(samples[i])}
+    examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"],
+                 i not in cut) for i in pool_ids]
+    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, rs.model_dump(),
+                           "cut responses learned without their end")
+    with tempfile.TemporaryDirectory() as tmp:
+        ft = finetune(policy_path(lake, latest), examples, rs, tmp)
+        uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
+    best_rewards = [c.reward for c in best.values()]
+    metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
+               "scoring": vars(engine.stats),
+               "reward_mean_all": statistics.fmean(rewards),
+               "reward_mean_best": statistics.fmean(best_rewards),
+               "reward_all": rewards, "reward_best": best_rewards,
+               "pool_size": len(pool_ids), "pool_cut_by_limit": len(cut),
+               "pool_safety": len(on_safety) - len(left_out),
+               "pool_safety_left_out": len(left_out), "finetune": ft}
+    if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
+        drawn_with = {r["id"] for r in rows if "preprompt" in json.loads(r["params"])}
+        metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())
+    lake.write("policies", [{
+        "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
+        "method": "rejection_sampling", "reward_model_id": rm_id,
+        "safety_reward_model_id": rm_ids["safety"],
+        "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
+                                     "pool": pool_ids, "left_out": sorted(left_out), **info}),
+        "metrics": json.dumps(metrics),
+    }], {"reward_models": rm_ids})
+    return policy_id
