@@ -38,7 +38,7 @@ def _view_text(lake) -> str:
 def size(request, monkeypatch):
     """Run as a small table (DISTINCT ON) and as a large one (ids seen twice read apart)."""
     if request.param == "large":
-        monkeypatch.setattr(flywheel.catalog, "SMALL_TABLE_ROWS", 0)
+        monkeypatch.setattr(flywheel.lake.catalog, "SMALL_TABLE_ROWS", 0)
     return request.param
 
 

@@ -57,7 +57,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: floa
 
 
 def _server_process(lake_uri: str, port: int) -> subprocess.Popen:
-    code = ("from flywheel.review import serve; "
+    code = ("from flywheel.annotation.review import serve; "
             f"serve({lake_uri!r}, 1, {TOKEN!r}, port={port})")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
