@@ -1,7 +1,10 @@
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from flywheel import __version__
 from flywheel.errors import LakeError
 from flywheel.lake.catalog import connect, format_status, status
 from flywheel.lake.store import Lake
@@ -23,6 +26,21 @@ def test_write_read_and_rewrite_is_a_no_op(tmp_path):
     assert sorted(lake.ids("prompts")) == ["p1", "p2", "p3"]
     manifest = lake.manifests("prompts")[0]
     assert manifest["lineage"] == {"why": "test"} and manifest["rows"] == 2
+
+
+def test_a_manifest_records_the_code_revision_that_wrote_it(tmp_path):
+    """In this checkout: the version, then the commit the tests run at (and `.dirty` when
+    tracked files differ from it), not the bare package version."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("prompts", [_prompt(1)])
+    (manifest,) = lake.manifests("prompts")
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                          capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip("not a git checkout: the revision is the installed source's hash")
+    commit = head.stdout.strip()
+    assert manifest["code_version"].removesuffix(".dirty") == f"{__version__}+g{commit}"
 
 
 def test_a_part_without_manifest_is_invisible(tmp_path):

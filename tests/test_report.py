@@ -2,7 +2,7 @@
 the win rates it states."""
 
 from flywheel.lake.store import Lake
-from flywheel.stages.report import annotation_markdown, vs_base_markdown
+from flywheel.stages.report import annotation_markdown, stage_seconds_markdown, vs_base_markdown
 
 
 def _cmp(i, crit, chosen, rejected, strength, split="train", batch="week-1"):
@@ -59,3 +59,16 @@ def test_win_rates_are_reported_with_their_interval():
     # evaluations recorded before the interval existed still render
     old = {k: v for k, v in vs.items() if k != "win_rate_helpful_ci95"}
     assert "(helpful prompts 0.571, harmful prompts 0.250)" in "\n".join(vs_base_markdown(old))
+
+
+def test_stage_table_names_the_policy_update_methods_that_ran():
+    """An RRHF-then-PPO iteration: a row for each method, none called rejection_sampling;
+    total 10.0 + 2.5 + 30.25 + 40.0 + 5.0 = 87.75, printed to one decimal as 87.8."""
+    seconds = {"sample_for_annotation": 10.0, "annotate": 2.5, "train_reward_models": 30.25,
+               "rrhf": 40.0, "ppo": 5.0}
+    lines = stage_seconds_markdown(seconds)
+    rows = [line for line in lines if line.startswith("| ") and "seconds" not in line]
+    assert rows == ["| sample_for_annotation | 10.0 |", "| annotate | 2.5 |",
+                    "| train_reward_models | 30.2 |", "| policy update: rrhf | 40.0 |",
+                    "| policy update: ppo | 5.0 |", "| total | 87.8 |"]
+    assert "rejection_sampling" not in "\n".join(lines)

@@ -3,6 +3,7 @@
 Layout under the lake root:
     tables/<table>/<part>.parquet     rows, never rewritten
     manifests/<table>/<part>.json     written last: marks the part complete, carries lineage
+                                      and the code revision that wrote it (`code_version`)
     artifacts/<kind>/<id>/...         checkpoints (safetensors + tokenizer), COMPLETE.json last
     reports/<name>                    markdown reports
     raw/<checksum>/<file>             annotation batches as delivered, byte for byte
@@ -27,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel import __version__
 from flywheel.errors import LakeError
 from flywheel.lake.schemas import SCHEMAS, content_id
+from flywheel.revision import code_revision
 
 
 def _now() -> datetime:
@@ -172,7 +173,7 @@ class Lake:
             "part": part,
             "rows": data.num_rows,
             "created_at": _now().isoformat(),
-            "code_version": __version__,
+            "code_version": code_revision(),
             "lineage": lineage or {},
         }
         self._write_json(self._p("manifests", table, part + ".json"), manifest)

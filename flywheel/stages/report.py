@@ -230,13 +230,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "",
         *ppo_markdown(json.loads(out_policy.get("metrics") or "{}")
                       if out_policy.get("method") == "ppo" else {}),
-        "## Stage wall time (s)",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in metrics.get("stage_seconds", {}).items()],
-        f"| total | {sum(metrics.get('stage_seconds', {}).values()):.1f} |",
-        "",
+        *stage_seconds_markdown(metrics.get("stage_seconds", {})),
         "## Lineage",
         "",
         f"- batch `{row['batch_id']}`",
@@ -299,6 +293,18 @@ def vs_base_markdown(vs: dict | None) -> list[str]:
 
 
 PPO_COLUMNS = ("reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length")
+
+
+POLICY_UPDATE_METHODS = ("rejection_sampling", "rrhf", "ppo")
+
+
+def stage_seconds_markdown(seconds: dict[str, float]) -> list[str]:
+    """The table of stage wall times: each policy-update method that ran on its own row, named
+    as part of the policy update, and the total."""
+    rows = [f"| policy update: {k} | {v:.1f} |" if k in POLICY_UPDATE_METHODS
+            else f"| {k} | {v:.1f} |" for k, v in seconds.items()]
+    return ["## Stage wall time (s)", "", "| stage | seconds |", "|---|---|", *rows,
+            f"| total | {sum(seconds.values()):.1f} |", ""]
 
 
 def ppo_markdown(metrics: dict) -> list[str]:
