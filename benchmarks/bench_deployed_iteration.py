@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,19 +26,15 @@ import yaml
 from _machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from postgres import local_postgres  # noqa: E402
+from servers import free_port  # noqa: E402
+
 from flywheel.flows.server import healthy  # noqa: E402
 from flywheel.lake.store import Lake  # noqa: E402
-from tests.postgres import local_postgres  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OUT = Path(__file__).parent / "results" / "deployed_iteration.md"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stage_seconds(lake: str) -> dict:
@@ -56,7 +51,7 @@ def in_process(config: Path, work: Path) -> tuple[float, dict, dict]:
 
 
 def deployed(config: Path, work: Path) -> tuple[float, dict, dict, list[str], str]:
-    port = _port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     procs = []
     with local_postgres() as pg:

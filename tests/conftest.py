@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import servers
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Triton picks its interpreter when it is first imported, so this must precede every import of
@@ -133,3 +134,14 @@ def prefect_server(tmp_path_factory) -> str:
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """One real `prefect server start` (services and UI, the scheduler looping every 5 s) shared
+    by the slow end-to-end tests that drive it from other processes (test_serve_slow,
+    test_ui_slow); each test's clients keep their own PREFECT_HOME (`client_env(home)`). A test
+    that kills or crashes processes starts its own server instead (test_deployed_slow)."""
+    fast_scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    with servers.prefect_server(tmp_path_factory.mktemp("prefect-live"), env=fast_scheduler) as s:
+        yield s

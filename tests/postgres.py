@@ -1,11 +1,12 @@
 """A throwaway PostgreSQL cluster from the distribution's package (Debian: `postgresql`), for
 running the Prefect server as production does (infra/compose.yaml) in the slow tests.
 
-    with local_postgres(tmp_path) as pg:
+    with local_postgres() as pg:
         url = pg.database("prefect_1")   # postgresql+asyncpg://... for PREFECT_API_DATABASE_...
         pg.query("prefect_1", "select count(*) from flow_run")
 
-initdb refuses to run as root; as root the cluster runs as the `postgres` user the package made.
+Imported as `postgres` (tests/ is on sys.path). initdb refuses to run as root; as root the
+cluster runs as the `postgres` user the package made.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from servers import free_port
 
 
 def server_bin() -> Path | None:
@@ -29,12 +31,6 @@ def server_bin() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Postgres:
@@ -69,7 +65,7 @@ def local_postgres() -> Iterator[Postgres]:
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     root.chmod(0o700)
-    port = _free_port()
+    port = free_port()
     pg = Postgres(bin_dir, port)
 
     def ctl(*argv: str) -> None:

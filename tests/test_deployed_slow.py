@@ -22,52 +22,35 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
+from postgres import local_postgres
+from servers import BIN, PrefectServer, prefect_server, wait_until
 
 from flywheel.lake.store import Lake
-from tests.postgres import local_postgres
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 STAGE_TASKS = ("sample-for-annotation", "annotate", "train-reward-models")
 UNRESPONSIVE_AFTER = 60  # the crash automation's window (runs beat every 30 s)
 _databases = itertools.count(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
 class Cluster:
-    """A Prefect server with its own PREFECT_HOME, and workers started and killed on demand."""
+    """A Prefect server with its own PREFECT_HOME and PostgreSQL database, and workers started
+    and killed on demand."""
 
-    def __init__(self, tmp: Path, pg, database: str):
-        self.tmp, self.port = tmp, _free_port()
-        self.pg, self.database = pg, database
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"),
-                    "PREFECT_API_DATABASE_CONNECTION_URL": pg.database(database),
-                    "PREFECT_API_URL": self.api, "PREFECT_WORKER_QUERY_SECONDS": "2",
-                    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    def __init__(self, tmp: Path, pg, database: str, server: PrefectServer):
+        self.tmp, self.pg, self.database = tmp, pg, database
+        self.api = server.api
+        self.env = {**server.env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
         self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
+        self.logs: list[Path] = [server.log]
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
@@ -83,17 +66,8 @@ class Cluster:
                                                    "--pool", pool, "--type", "process"])
                 for pool in ("cpu", "gpu")]
 
-    def logs_text(self) -> str:
-        return "\n".join(_tail(p) for p in self.logs)
-
     def wait(self, predicate, seconds: float, what: str):
-        deadline = time.monotonic() + seconds
-        while not (value := predicate()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}\n"
-                                     + self.logs_text())
-            time.sleep(1)
-        return value
+        return wait_until(predicate, seconds, what, logs=self.logs)
 
     def run(self, *argv: str, program: str = "flywheel") -> str:
         proc = subprocess.run([str(BIN / program), *argv], env=self.env, capture_output=True,
@@ -148,17 +122,18 @@ def postgres():
 
 @pytest.fixture
 def cluster(tmp_path, postgres):
-    from flywheel.flows.server import healthy
-
-    c = Cluster(tmp_path, postgres, f"prefect_{next(_databases)}")
-    c.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                       str(c.port)])
-    c.wait(lambda: healthy(c.api), 120, "the Prefect server")
-    try:
-        yield c
-    finally:
-        for p in reversed(c.procs):
-            kill_tree(p)
+    """A server of the test's own (not shared: the tests kill workers, count every run and
+    create the same deployments), on a new database of the module's PostgreSQL."""
+    database = f"prefect_{next(_databases)}"
+    env = {"PREFECT_API_DATABASE_CONNECTION_URL": postgres.database(database),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    with prefect_server(tmp_path / "prefect", env=env) as server:
+        c = Cluster(tmp_path, postgres, database, server)
+        try:
+            yield c
+        finally:
+            for p in reversed(c.procs):
+                kill_tree(p)
 
 
 def _deploy(cluster: Cluster, config, tmp_path: Path) -> Path:

@@ -9,16 +9,13 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-
-from flywheel.flows.server import stop_process
+from servers import free_port, prefect_server
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -178,41 +175,13 @@ def test_k8s_template_renders_a_gpu_job():
 
 # --- bootstrap.py against a real server ------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`prefect server start` (API only, no services) on a free port, its SQLite database in a
-    temporary PREFECT_HOME; yields the API URL."""
-    from flywheel.flows.server import healthy
-
-    home = tmp_path_factory.mktemp("prefect-infra")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PREFECT_") and not k.startswith("FLYWHEEL_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start",
-                             "--host", "127.0.0.1", "--port", str(port), "--no-services",
-                             "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise AssertionError("the Prefect server did not start:\n"
-                                     + (home / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_process(proc)
-        log.close()
+    temporary PREFECT_HOME, shared by the module's tests; yields the API URL."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-infra"), services=False, ui=False,
+                        clean_env=True) as s:
+        yield s.api
 
 
 @pytest.fixture
@@ -310,7 +279,7 @@ def test_bootstrap_kubernetes_gpu_pool_takes_the_template(server, bootstrap, cap
 
 
 def test_bootstrap_names_the_fix_when_no_server_answers(bootstrap, capsys):
-    rc, _, err = _run(bootstrap, capsys, "--api-url", f"http://127.0.0.1:{_free_port()}/api")
+    rc, _, err = _run(bootstrap, capsys, "--api-url", f"http://127.0.0.1:{free_port()}/api")
     assert rc == 2 and "does not answer" in err
     rc, _, err = _run(bootstrap, capsys)
     assert rc == 2 and "set PREFECT_API_URL" in err

@@ -9,6 +9,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from mix_lake import build, jsonl, row
 
 from flywheel.config import validate_config
 from flywheel.lake.catalog import connect
@@ -16,7 +17,6 @@ from flywheel.lake.store import Lake
 from flywheel.reward.evaluation import find_test_sets
 from flywheel.reward.mixes import helpfulness_mix, safety_mix
 from flywheel.reward.retrain import current_models, gate, retrain
-from tests.mix_lake import build, jsonl, row
 
 
 @pytest.fixture

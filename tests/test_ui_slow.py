@@ -1,9 +1,9 @@
 """What a user sees in the Prefect UI, checked in headless Chromium: a real `prefect server
-start` (with its UI), one weekly iteration of the tiny config run against it by `flywheel run`,
-then the flow run's page (each stage a task run, the artifacts) and the iteration's report
-artifact (headings, tables, the three plots as images). Screenshots of both pages are saved as
-test output: the test prints their folder, and copies them to test-output/ui/ in the repository
-(git-ignored).
+start` with its UI (the session's `live_server`), one weekly iteration of the tiny config run
+against it by `flywheel run`, then the flow run's page (each stage a task run, the artifacts)
+and the iteration's report artifact (headings, tables, the three plots as images). Screenshots
+of both pages are saved as test output: the test prints their folder, and copies them to
+test-output/ui/ in the repository (git-ignored).
 
 Needs `pip install playwright` and `apt-get install chromium`; never `playwright install`.
 About 2-3 minutes on an idle 2-core machine: slow marker."""
@@ -14,15 +14,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from test_serve_slow import _free_port, _tail, _wait
+from servers import BIN, tail
 
-from flywheel.flows.server import stop_process
 from flywheel.stages.report import PLOTS
 
 pytestmark = pytest.mark.slow
@@ -61,31 +59,22 @@ def _screenshot(page, path: Path) -> None:
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config):
-    from flywheel.flows.server import healthy
-
-    bin_dir = Path(sys.executable).parent
-    port = _free_port()
-    ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # no network here: no telemetry
+def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config, live_server):
+    ui, api = live_server.ui, live_server.api
+    env = {**os.environ, **live_server.client_env(tmp_path / "prefect")}
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config.model_dump()))
     shots = tmp_path / "ui"
     shots.mkdir()
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host",
-                               "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(lambda: healthy(api), 120, "the Prefect server", [server], [log])
-        run = subprocess.run([str(bin_dir / "flywheel"), "run", "--config", str(cfg)], env=env,
+        run = subprocess.run([str(BIN / "flywheel"), "run", "--config", str(cfg)], env=env,
                              capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "iteration 1:" in run.stdout
 
-        (flow_run,) = [r for r in _post(api, "flow_runs/filter", {})
-                       if r["name"] == "iteration-1"]
+        # by name: the shared server also holds other tests' runs
+        (flow_run,) = _post(api, "flow_runs/filter",
+                            {"flow_runs": {"name": {"any_": ["iteration-1"]}}})
         arts = {a["key"]: a for a in _post(api, "artifacts/filter", {
             "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}) if a["key"]}
         assert {"iteration-1-report", "iteration-1-rates", "iteration-1-policy-fine-tune",
@@ -129,11 +118,8 @@ def test_flow_run_and_report_in_the_browser(tmp_path, tiny_config):
             _screenshot(page, shots / "report.png")
             browser.close()
     finally:
-        stop_process(server)
-        log.close()
         copy = REPO / "test-output" / "ui"
         copy.mkdir(parents=True, exist_ok=True)
         for png in shots.glob("*.png"):
             shutil.copy(png, copy / png.name)
-        print(f"\nscreenshots: {shots} (copied to {copy})\n" + _tail(tmp_path / "server.log",
-                                                                     10))
+        print(f"\nscreenshots: {shots} (copied to {copy})\n" + tail(live_server.log, 10))
