@@ -8,6 +8,12 @@ against its parent and against the base policy on the held-out prompts.
 --run runs `flywheel demo --iterations 3 --fresh` into the lake first; without it the lake's
 recorded iterations are read (--config then only names the config they ran with). Writes
 benchmarks/results/demo_loop.md unless --out names another file.
+
+    .venv/bin/python benchmarks/bench_demo_loop.py --stages [--lake ./flywheel-demo/lake]
+        [--run --iterations 2]
+
+--stages writes the wall time of each stage of each iteration instead (what `make demo` costs
+on this machine), to benchmarks/results/demo_stages.md unless --out names another file.
 """
 
 import argparse
@@ -22,6 +28,7 @@ from _machine import describe
 from flywheel.lake.store import Lake
 
 OUT = Path(__file__).parent / "results" / "demo_loop.md"
+STAGES_OUT = OUT.with_name("demo_stages.md")
 CONFIG = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
 
 
@@ -174,15 +181,44 @@ def helpful_interval(lake: Lake, policy_id: str) -> list[float] | None:
     return win_rate_interval(win_points(list(zip(new, old))))
 
 
+def stage_table(rows: list[dict], config: Path, wall: float | None) -> list[str]:
+    """The seconds each stage took in each iteration, as the lake recorded them, and their total;
+    the whole command's wall time when this run ran it."""
+    seconds = [json.loads(r["metrics"])["stage_seconds"] for r in rows]
+    lines = [
+        "# Demo wall time per stage",
+        "",
+        f"Machine: {describe()}. Config: {_config_name(config)} ({_config_line(config)}).",
+        "Each stage's time includes loading its models (a vLLM engine start is about a minute "
+        "here).",
+        "",
+        "| stage | " + " | ".join(f"iteration {r['iteration']} (s)" for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for stage in seconds[0]:
+        lines.append(f"| {stage} | " + " | ".join(f"{s.get(stage, 0.0):.1f}" for s in seconds)
+                     + " |")
+    lines.append("| **total** | " + " | ".join(f"{sum(s.values()):.1f}" for s in seconds) + " |")
+    if wall:
+        lines += ["", f"Whole `flywheel demo --iterations {len(rows)}` command: {wall:.0f} s "
+                  "(includes the local Prefect server start)."]
+    return lines + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lake", default="./bench-demo-loop/lake")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--config", type=Path, default=CONFIG,
                     help="the demo's config (default: deployments/demo.yaml)")
-    ap.add_argument("--out", type=Path, default=OUT, help="where to write the results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where to write the results (default: results/demo_loop.md, or "
+                         "results/demo_stages.md with --stages)")
     ap.add_argument("--run", action="store_true", help="run the demo first")
+    ap.add_argument("--stages", action="store_true",
+                    help="write the stage wall times of each iteration instead")
     args = ap.parse_args()
+    args.out = args.out or (STAGES_OUT if args.stages else OUT)
     wall = None
     if args.run:
         t0 = time.perf_counter()
@@ -195,6 +231,9 @@ def main():
     rows = sorted(lake.rows("iterations"), key=lambda r: r["iteration"])
     if not rows:
         sys.exit(f"no iterations in {args.lake}; pass --run")
+    if args.stages:
+        _write(args.out, stage_table(rows, args.config, wall))
+        return
     policies = {p["id"]: p for p in lake.rows("policies")}
     lines = [
         "# Three demo iterations: rejection sampling, then PPO",
@@ -266,8 +305,12 @@ def main():
     if wall:
         lines += [f"Whole `flywheel demo --iterations {args.iterations}` command: {wall:.0f} s "
                   "(local Prefect server start included).", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    _write(args.out, lines)
+
+
+def _write(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
     print("\n".join(lines))
 
 

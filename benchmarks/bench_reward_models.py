@@ -18,6 +18,15 @@ training starts from) on the held-out split, then training with `train_reward_mo
 then accuracy on its held-out split, on a sample of its train split, and on the other RM's
 held-out split. `--quick` trains on 16 pairs and evaluates on 16 for a smoke run. Writes
 benchmarks/results/reward_models.md (or --out).
+
+    .venv/bin/python benchmarks/bench_reward_models.py --strength [--helpful 1200]
+        [--harmless 600] [--batches 2] [--quick]
+
+--strength measures accuracy per preference strength instead (Llama 2's Table 8): HH prompts
+and replies labelled by the simulated annotator, delivered as in-house batches, both models
+trained by `retrain` as the retrain flow does (benchmarks/_rm_strength.py); its defaults are
+--epochs 2 --max-length 256 --batch-size 16, and it writes benchmarks/results/rm_strength.md
+(rm_strength_quick.md with --quick).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import random
 import time
 from pathlib import Path
 
+import _rm_strength
 import torch
 from _machine import describe
 
@@ -44,6 +54,8 @@ from flywheel.reward.train import train_reward_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).parent / "results" / "reward_models.md"
+# the main run's defaults for the options it shares with --strength (_rm_strength.DEFAULTS)
+DEFAULTS = {"epochs": 1, "max_length": 64, "batch_size": 8}
 SETS = {
     "helpfulness": ["hh_rlhf_helpful_base_test.jsonl.gz", "hh_rlhf_helpful_online_test.jsonl.gz"],
     "safety": ["hh_rlhf_harmless_base_test_dev.jsonl.gz"],
@@ -113,13 +125,21 @@ def run_one(name: str, backbone: str, train: list, test: dict[str, list], train_
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: 16 train pairs, 16 held-out pairs")
+                    help="a smoke run: 16 train pairs, 16 held-out pairs (with --strength: "
+                         "160 helpful and 80 harmless pairs, one epoch)")
+    ap.add_argument("--strength", action="store_true",
+                    help="accuracy per preference strength on simulated in-house batches")
+    ap.add_argument("--helpful", type=int, default=1200,
+                    help="--strength: helpfulness pairs to label")
+    ap.add_argument("--harmless", type=int, default=600, help="--strength: safety pairs to label")
+    ap.add_argument("--batches", type=int, default=2,
+                    help="--strength: weekly batches to deliver them in")
     ap.add_argument("--backbone", default="builtin:all-minilm-l6-v2")
     ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=None, help="default 1 (--strength: 2)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 8 (--strength: 16)")
     ap.add_argument("--micro-batch-size", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=None, help="default 64 (--strength: 256)")
     ap.add_argument("--train-eval", type=int, default=200,
                     help="train pairs (a seeded sample) the train accuracy is measured on")
     ap.add_argument("--models", default="helpfulness,safety")
@@ -130,8 +150,16 @@ def main():
                     "less when other processes share the cores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default results/reward_models.md (--strength: results/rm_strength.md)")
     args = ap.parse_args()
+    for key, value in (_rm_strength.DEFAULTS if args.strength else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.strength:
+        _rm_strength.run(args)
+        return
+    args.out = args.out or OUT
     load_start, started = os.getloadavg(), datetime.datetime.now().astimezone()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,12 +1,12 @@
 """Where the demo's learning signal comes from, measured on the base policy and the shipped
 prompts: what the demo's settings (deployments/demo.yaml) were chosen from.
 
-    .venv/bin/python benchmarks/bench_demo_signal.py sample  [--out ./bench-demo-signal]
-    .venv/bin/python benchmarks/bench_demo_signal.py judge   [--out ...]
-    .venv/bin/python benchmarks/bench_demo_signal.py rm --pairs 24 --epochs 2 --lr 1e-4 \
-        --backbone builtin:all-minilm-l6-v2
-    .venv/bin/python benchmarks/bench_demo_signal.py preprompt "TEXT"
-    .venv/bin/python benchmarks/bench_demo_signal.py sft --epochs 2 --lr 1e-4
+    .venv/bin/python benchmarks/experiments/bench_demo_signal.py sample  [--out ./bench-demo-signal]
+    .venv/bin/python benchmarks/experiments/bench_demo_signal.py judge   [--out ...]
+    .venv/bin/python benchmarks/experiments/bench_demo_signal.py rm --pairs 24 --epochs 2 \
+        --lr 1e-4 --backbone builtin:all-minilm-l6-v2
+    .venv/bin/python benchmarks/experiments/bench_demo_signal.py preprompt "TEXT"
+    .venv/bin/python benchmarks/experiments/bench_demo_signal.py sft --epochs 2 --lr 1e-4
 
 - sample: the base policy (vLLM) answers all shipped prompts greedily and 8 times at each of
   T = 0.5, 0.7 and 1.0 (64 new tokens); the harmful ones also 4 times at T = 0.5 with the demo's
@@ -63,7 +63,7 @@ def sample(out: Path) -> None:
 def _demo_preprompt() -> str:
     from flywheel.config import load_config
 
-    return load_config(str(Path(__file__).parents[1] / "deployments" / "demo.yaml")) \
+    return load_config(str(Path(__file__).parents[2] / "deployments" / "demo.yaml")) \
         .rejection_sampling.safety_preprompt
 
 
@@ -217,7 +217,7 @@ def sft(out: Path, epochs: int, lr: float) -> None:
         if p["criterion"] == "safety":  # half of K drawn with the preprompt, as the demo draws
             cands = cands[:4] + list(zip(d["pre"][i], S["pre"][i]))
         examples.append((user(i), max(cands, key=lambda c: c[1][0])[0]))
-    rs = load_config(str(Path(__file__).parents[1] / "deployments" / "demo.yaml")) \
+    rs = load_config(str(Path(__file__).parents[2] / "deployments" / "demo.yaml")) \
         .rejection_sampling.model_copy(update={"learning_rate": lr, "epochs": epochs})
     t0 = time.time()
     policy_dir = out / f"sft-{lr:g}-{epochs}"

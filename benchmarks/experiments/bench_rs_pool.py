@@ -2,10 +2,14 @@
 demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of the demo's aim
 (helpful prompts won against the base, harmful ones refused) each part of the pool moves.
 
-    .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful oracle --harmful none
-    .venv/bin/python benchmarks/bench_rs_pool.py pool --lake LAKE --helpful rm --harmful latest:8
-    .venv/bin/python benchmarks/bench_rs_pool.py rm-pairs --lake LAKE --per-prompt 4 16 48
-    .venv/bin/python benchmarks/bench_rs_pool.py temperatures --lake LAKE --grid 0.5 0.7 1.0
+    .venv/bin/python benchmarks/experiments/bench_rs_pool.py pool \
+        --lake LAKE --helpful oracle --harmful none
+    .venv/bin/python benchmarks/experiments/bench_rs_pool.py pool \
+        --lake LAKE --helpful rm --harmful latest:8
+    .venv/bin/python benchmarks/experiments/bench_rs_pool.py rm-pairs \
+        --lake LAKE --per-prompt 4 16 48
+    .venv/bin/python benchmarks/experiments/bench_rs_pool.py temperatures \
+        --lake LAKE --grid 0.5 0.7 1.0
 
 - pool: the base policy fine-tuned (deployments/demo.yaml's rejection_sampling settings; answers
   cut by the token limit learned without their end, as the loop does) on a pool built from the
@@ -69,7 +73,7 @@ from pathlib import Path
 from flywheel.stages import common
 from flywheel.stages import ppo as ppo_stage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _setup(lake_dir: str, need: int = 3, name: str | None = None):

@@ -1,24 +1,24 @@
-"""Reward-model accuracy per preference strength on in-house batches labelled by the simulated
-annotator: the trend of Llama 2's Table 8 (accuracy rises from "negligibly better / unsure" to
-"significantly better"), measured through the product path.
+"""`bench_reward_models.py --strength`: reward-model accuracy per preference strength on in-house
+batches labelled by the simulated annotator: the trend of Llama 2's Table 8 (accuracy rises from
+"negligibly better / unsure" to "significantly better"), measured through the product path.
 
-    .venv/bin/python benchmarks/bench_rm_strength.py [--helpful 1200] [--harmless 600]
-        [--batches 2] [--backbone builtin:all-minilm-l6-v2] [--quick]
+    .venv/bin/python benchmarks/bench_reward_models.py --strength [--helpful 1200]
+        [--harmless 600] [--batches 2] [--backbone builtin:all-minilm-l6-v2] [--quick]
 
 Prompts and response pairs are real: Anthropic HH-RLHF dialogues from ../shared/data (the
 helpful-base file for helpfulness prompts, the harmless-base file for safety prompts), each
 record's two final replies being the two responses. The labels are the simulated annotator's
 (flywheel/annotation/simulated.py: the proxy judge's choice, strength from the judge-score
-margin, safety label), not Anthropic's. The labelled rows are delivered as weekly in-house batches in the
-Llama 2 protocol through `flywheel.ingest` (each batch holds out its test rows), then
+margin, safety label), not Anthropic's. The labelled rows are delivered as weekly in-house
+batches in the Llama 2 protocol through `flywheel.ingest` (each batch holds out its test rows), then
 `flywheel.rm_training.retrain` trains the helpfulness and the safety reward model on their
 mixes, evaluates them on every test set and gates them, exactly as the retrain flow does.
 Writes benchmarks/results/rm_strength.md.
 """
 
+
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -40,11 +40,11 @@ from flywheel.lake.store import Lake
 from flywheel.reward.retrain import retrain
 from flywheel.stages.report import table8_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 HELPFUL = "hh_rlhf_helpful_base_test.jsonl.gz"
 HARMLESS = "hh_rlhf_harmless_base_test_dev.jsonl.gz"
 OUT = Path(__file__).parent / "results" / "rm_strength.md"
+# this mode's defaults for the options it shares with bench_reward_models.py's main run
+DEFAULTS = {"epochs": 2, "max_length": 256, "batch_size": 16}
 
 
 def hh_pairs(path: Path, limit: int) -> list[dict]:
@@ -78,21 +78,10 @@ def simulated_labels(rows: list[dict], judge: ProxyJudge, thresholds: list[float
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--helpful", type=int, default=1200, help="helpfulness pairs to label")
-    ap.add_argument("--harmless", type=int, default=600, help="safety pairs to label")
-    ap.add_argument("--batches", type=int, default=2, help="weekly batches to deliver them in")
-    ap.add_argument("--backbone", default="builtin:all-minilm-l6-v2")
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--quick", action="store_true", help="a small smoke run (minutes)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+def run(args) -> None:
+    """Label, deliver, retrain and write the table; `args` as bench_reward_models.py parses
+    them (--helpful, --harmless, --batches, --backbone, --lr, --epochs, --max-length,
+    --batch-size, --seed, --data, --quick, --out)."""
     if args.quick:
         args.helpful, args.harmless, args.epochs = 160, 80, 1
     out_path = args.out or (OUT.with_name("rm_strength_quick.md") if args.quick else OUT)
@@ -138,7 +127,8 @@ def main() -> None:
         "",
         f"Machine: {describe()}. Date {time.strftime('%Y-%m-%d')}. Load average (1 min) "
         f"{load_start:.1f} at the start, {load_end:.1f} at the end.",
-        f"Command: `.venv/bin/python benchmarks/bench_rm_strength.py --helpful {args.helpful} "
+        f"Command: `.venv/bin/python benchmarks/bench_reward_models.py --strength "
+        f"--helpful {args.helpful} "
         f"--harmless {args.harmless} --batches {args.batches} --backbone {args.backbone} "
         f"--lr {args.lr} --epochs {args.epochs} --max-length {args.max_length} "
         f"--batch-size {args.batch_size}`" + (" (--quick)" if args.quick else ""),
@@ -183,6 +173,3 @@ def main() -> None:
     out_path.write_text("\n".join(lines))
     print("\n".join(lines))
 
-
-if __name__ == "__main__":
-    main()
