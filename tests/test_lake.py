@@ -1,5 +1,6 @@
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from flywheel import __version__
 from flywheel.errors import LakeError
 from flywheel.lake.catalog import connect, format_status, status
 from flywheel.lake.store import Lake
+from flywheel.reward.retrain import current_models
 
 
 def _prompt(i):
@@ -96,3 +98,49 @@ def test_unwritable_lake_is_one_clear_error(tmp_path):
 def test_unknown_table(tmp_path):
     with pytest.raises(LakeError, match="unknown table"):
         Lake.open(str(tmp_path)).write("nope", [])
+
+
+def _rm(id_, iteration, criterion, promoted, second):
+    return {"id": id_, "iteration": iteration, "criterion": criterion, "uri": "u",
+            "backbone": "b", "parents": "[]", "data_mix": "{}", "metrics": "{}",
+            "promoted": promoted, "decision": "", "created_at": datetime(2024, 1, 1, 0, 0, second,
+                                                                         tzinfo=timezone.utc)}
+
+
+def _policy(id_, iteration, method, parent):
+    return {"id": id_, "iteration": iteration, "uri": "u", "parent_id": parent,
+            "method": method, "reward_model_id": None, "safety_reward_model_id": None,
+            "training_data": "{}", "metrics": "{}"}
+
+
+def _iteration(n, policy_in, policy_out, promoted):
+    return {"id": f"it{n}", "iteration": n, "policy_in": policy_in, "policy_out": policy_out,
+            "reward_model_id": "h", "batch_id": "x", "promoted": promoted, "decision": "d",
+            "metrics": "{}", "report_uri": "r"}
+
+
+def test_status_stars_the_models_in_use(tmp_path):
+    """Reward models: h2 replaced h1; s2 failed its gate, so s1 stays. Policies: iteration 1
+    promoted p1, iteration 2's candidate p2 (PPO on p2rs) was rolled back, so iteration 3
+    starts from p1 again; before any iteration, from the base."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("reward_models", [_rm("h1", 1, "helpfulness", True, 1),
+                                 _rm("s1", 1, "safety", True, 2),
+                                 _rm("h2", 2, "helpfulness", True, 3),
+                                 _rm("s2", 2, "safety", False, 4)])
+    lake.write("policies", [_policy("base", 0, "base", None),
+                            _policy("p1", 1, "rejection_sampling", "base")])
+    assert [p["id"] for p in status(lake)["policies"] if p["in_use"]] == ["base"]
+    lake.write("policies", [_policy("p2rs", 2, "rejection_sampling", "p1"),
+                            _policy("p2", 2, "ppo", "p2rs")])
+    lake.write("iterations", [_iteration(1, "base", "p1", True),
+                              _iteration(2, "p1", "p2", False)])
+    report = status(lake)
+    in_use = {r["id"] for r in report["reward_models"] if r["in_use"]}
+    assert in_use == {"h2", "s1"} == {r["id"] for r in current_models(lake).values()}
+    assert [p["id"] for p in report["policies"] if p["in_use"]] == ["p1"]
+    text = format_status(report)
+    assert " *h2 iteration 2" in text and " *s1 iteration 1" in text
+    assert "  h1 iteration 1" in text and "  s2 iteration 2" in text
+    assert " *p1 iteration 1" in text and "  base iteration 0" in text
+    assert "  p2 iteration 2" in text

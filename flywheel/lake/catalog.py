@@ -69,8 +69,23 @@ def _records(con, sql: str) -> list[dict]:
     return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
+# The models in use, as the loop picks them (flywheel.reward.retrain.current_models and
+# flywheel.stages.common.current_policy; the lake package reads its tables, not those modules):
+# per criterion the latest promoted reward model, and the policy the next iteration starts from,
+# the last iteration's candidate if it was promoted, else the policy it started from (no
+# iteration yet: the newest base policy).
+IN_USE_REWARD_MODELS = """SELECT arg_max(id, (created_at, id)) FROM reward_models
+    WHERE promoted GROUP BY criterion"""
+POLICY_IN_USE = """SELECT coalesce(
+    (SELECT CASE WHEN promoted THEN policy_out ELSE policy_in END FROM iterations
+     ORDER BY iteration DESC LIMIT 1),
+    (SELECT id FROM policies WHERE method = 'base' ORDER BY created_at DESC, id DESC LIMIT 1))"""
+
+
 def status(lake: Lake) -> dict:
-    """Iterations, batches, reward models and policies with their lineage, as plain data."""
+    """Iterations, batches, reward models and policies with their lineage, as plain data;
+    `in_use` marks the reward model of each criterion and the policy the next iteration
+    uses."""
     con = connect(lake)
     out = {
         "lake": lake.uri,
@@ -89,14 +104,16 @@ def status(lake: Lake) -> dict:
         "reward_models": _records(
             con,
             "SELECT id, iteration, criterion, backbone, uri, parents, "
-            "json_extract(data_mix, '$.counts') AS mix_counts, metrics, promoted, decision "
+            "json_extract(data_mix, '$.counts') AS mix_counts, metrics, promoted, decision, "
+            f"id IN ({IN_USE_REWARD_MODELS}) AS in_use "
             "FROM reward_models ORDER BY iteration, criterion",
         ),
         "policies": _records(
             con,
             "SELECT p.id, p.iteration, p.method, p.parent_id, p.reward_model_id, "
             "p.safety_reward_model_id, p.uri, "
-            "coalesce(i.promoted, p.method = 'base') AS promoted, p.metrics "
+            "coalesce(i.promoted, p.method = 'base') AS promoted, p.metrics, "
+            f"p.id IS NOT DISTINCT FROM ({POLICY_IN_USE}) AS in_use "
             "FROM policies p LEFT JOIN iterations i ON i.policy_out = p.id "
             "ORDER BY p.iteration",
         ),
@@ -138,19 +155,19 @@ def format_status(report: dict) -> str:
             f"accepted ({b['new']} new, {b['heldout']} held out), {b['rejected']} rejected of "
             f"{b['delivered']}"
         )
-    lines.append("reward models:")
+    lines.append("reward models (* in use):")
     for r in report["reward_models"]:
         m = r["metrics"] or {}
         acc = (m.get("in_house") or m).get("accuracy")
-        flag = "*" if r["promoted"] else " "
+        flag = "*" if r["in_use"] else " "
         lines.append(
             f" {flag}{r['id']} iteration {r['iteration']} {r['criterion']} on {r['backbone']}: "
             f"in-house test accuracy {_num(acc, 3)}, mix {r['mix_counts']}"
             + (f"; {r['decision']}" if r["decision"] else "")
         )
-    lines.append("policies:")
+    lines.append("policies (* where the next iteration starts):")
     for p in report["policies"]:
-        flag = "*" if p["promoted"] else " "
+        flag = "*" if p["in_use"] else " "
         lines.append(
             f" {flag}{p['id']} iteration {p['iteration']} {p['method']} from "
             f"{p['parent_id'] or '-'} with RMs {p['reward_model_id'] or '-'} (helpfulness), "
