@@ -1,11 +1,17 @@
-"""GPU measurement helpers shared by the per-op kernel benchmarks (benchmarks/bench_<op>.py):
-median CUDA-event time, peak memory above what is already allocated, the measured memory
-bandwidth of this GPU, and the skip of a case that runs out of memory. Imports torch only (never
-triton), so a benchmark can still switch Triton's interpreter on after importing this."""
+"""What the per-op kernel benchmarks (benchmarks/bench_<op>.py) share: median CUDA-event time,
+peak memory above what is already allocated, the measured memory bandwidth of this GPU and the
+fraction of it an op reaches, the skip of a case that runs out of memory, and the command-line
+tail (`--reps`, `--out`, the GPU table or, without a GPU, the check under Triton's interpreter,
+written with its title, machine and command). Imports torch only (never triton), so a benchmark
+can still switch Triton's interpreter on after importing this."""
 
+import argparse
+import os
 import statistics
+from pathlib import Path
 
 import torch
+from _machine import describe
 
 COPY_BYTES = 2**30  # 1 GiB copied device to device: far above any cache, a few ms on an H100
 
@@ -53,6 +59,28 @@ def measured_bandwidth(nbytes=COPY_BYTES, reps=20):
     return 2 * nbytes / (ms * 1e-3)
 
 
+def bw_frac(nbytes, ms, bw):
+    """The fraction of bandwidth `bw` (bytes/s) reached by moving `nbytes` in `ms` milliseconds."""
+    return nbytes / (ms * 1e-3) / bw
+
+
+def gpu_machine():
+    """The results' machine line on a GPU: this machine with the GPU's name, torch's version."""
+    return (f"Machine: {describe().replace('no GPU', torch.cuda.get_device_name())}; torch "
+            f"{torch.__version__}.")
+
+
+def use_interpreter():
+    """Run Triton kernels through the interpreter on the CPU. Triton picks its interpreter at
+    first import: call this before anything imports flywheel.kernels (which imports triton)."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def command_line(script):
+    """The results' line that says how to run `script` (a file name in benchmarks/)."""
+    return f"Command: `.venv/bin/python benchmarks/{script}`"
+
+
 def bandwidth_line(bw):
     return (f"Measured bandwidth: {bw / 1e9:.0f} GB/s (median device-to-device copy of "
             f"{COPY_BYTES / 2**30:.0f} GiB, read + write counted).")
@@ -75,15 +103,33 @@ def skipped_row(keys, columns):
     return "| " + " | ".join(cells + [""] * (columns - len(cells))) + " |"
 
 
-def run_and_write(out, gpu_report, cpu_report, default_reps: int) -> None:
-    """The command line every per-op benchmark shares: `--reps`, the GPU table when a GPU is
-    there (else the interpreter check), written to `out` and printed."""
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=default_reps)
+def run_and_write(script, out, title, gpu_report, cpu_check, gpu_table, default_reps):
+    """The command line every per-op benchmark shares: `--reps` and `--out` (default `out`).
+    With a GPU, the title and `gpu_report(reps)`'s lines (the benchmark's own description,
+    with `gpu_machine()` and `command_line(script)`, and its table); without one, the title,
+    the machine, the command, why nothing was timed, the table a GPU would give (`gpu_table`, a
+    phrase) and `cpu_check()`, the kernel checked under Triton's interpreter against its
+    reference. Written to the results file and printed."""
+    ap = argparse.ArgumentParser(description=title)
+    ap.add_argument("--reps", type=int, default=default_reps,
+                    help="timed runs per case, the median reported (GPU only)")
+    ap.add_argument("--out", type=Path, default=out, help=f"the results file (default: {out})")
     args = ap.parse_args()
-    lines = gpu_report(args.reps) if torch.cuda.is_available() else cpu_report()
-    out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    if torch.cuda.is_available():
+        body = gpu_report(args.reps)
+    else:
+        use_interpreter()
+        body = [
+            f"Machine: {describe()}.",
+            command_line(script),
+            "",
+            "No GPU was available in this run, so nothing was timed: kernel timings on a CPU "
+            "through Triton's interpreter mean nothing. Run this script on a CUDA machine for the "
+            f"table ({gpu_table}).",
+            "",
+            cpu_check(),
+        ]
+    lines = [f"# {title}", "", *body]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

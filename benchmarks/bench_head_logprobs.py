@@ -11,14 +11,23 @@ twice in float32. Without a GPU it says so in the results and only checks the to
 against the kernel under Triton's interpreter on a small shape.
 """
 
-import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, peak_gib, run_and_write, time_ms
-from _machine import describe
+from _gpu import (
+    bandwidth_line,
+    bw_frac,
+    command_line,
+    gpu_machine,
+    measured_bandwidth,
+    peak_gib,
+    run_and_write,
+    time_ms,
+)
 
 OUT = Path(__file__).parent / "results" / "head_logprobs.md"
+TITLE = "Token log-probs from hidden states x output head: fused Triton vs eager PyTorch"
+GPU_TABLE = "V = 32000 and 49152, D = 576 and 4096, N = 4096 and 16384, bf16"
 SHAPES = [(n, v, d) for v in (32000, 49152) for d in (576, 4096) for n in (4096, 16384)]
 # (HBM bytes/s, dense bf16 FLOP/s) from the vendor's data sheets, by device name
 PEAKS = {"H200": (4.8e12, 989e12), "H100 PCIe": (2.0e12, 756e12), "H100": (3.35e12, 989e12),
@@ -61,17 +70,15 @@ def gpu_report(reps):
     bw, fl = next((p for k, p in PEAKS.items() if k in name), (None, None))
     measured = measured_bandwidth()
     lines = [
-        "# Token log-probs from hidden states x output head: fused Triton vs eager PyTorch",
-        "",
-        f"Machine: {describe().replace('no GPU', name)}; torch {torch.__version__}. bf16 inputs, "
-        f"median of {reps} runs after one warm-up. Peak = torch.cuda.max_memory_allocated above "
-        "the inputs, the returned gradients included. Bytes = the unavoidable traffic (h, W, "
-        "log-probs; for the backward also dh, dW): the op is compute-bound, so the tensor-core "
-        "fraction (2NVD FLOP forward, 6NVD forward+backward, the fused op's recomputed logits not "
-        "counted) is the telling one. BW frac = bytes / fused time / measured bandwidth; sheet BW "
-        "frac and TC frac against the data sheet's figures for this GPU.",
+        f"{gpu_machine()} bf16 inputs, median of {reps} runs after one warm-up. "
+        "Peak = torch.cuda.max_memory_allocated above the inputs, the returned gradients "
+        "included. Bytes = the unavoidable traffic (h, W, log-probs; for the backward also dh, "
+        "dW): the op is compute-bound, so the tensor-core fraction (2NVD FLOP forward, 6NVD "
+        "forward+backward, the fused op's recomputed logits not counted) is the telling one. "
+        "BW frac = bytes / fused time / measured bandwidth; sheet BW frac and TC frac against "
+        "the data sheet's figures for this GPU.",
         bandwidth_line(measured),
-        "Command: `.venv/bin/python benchmarks/bench_head_logprobs.py`",
+        command_line(Path(__file__).name),
         "",
         "| pass | N | V | D | eager ms | fused ms | speed-up | eager peak GiB | fused peak GiB |"
         " GB moved | fused BW frac | fused sheet BW frac | fused TC frac |",
@@ -81,20 +88,20 @@ def gpu_report(reps):
         for n, v, d in SHAPES:
             e_ms, e_peak, nbytes, flops = _case(eager, n, v, d, reps, backward)
             f_ms, f_peak, _, _ = _case(head_logprobs, n, v, d, reps, backward)
-            sheet_frac = f"{nbytes / (f_ms * 1e-3) / bw:.2f}" if bw else "n/a"
+            sheet_frac = f"{bw_frac(nbytes, f_ms, bw):.2f}" if bw else "n/a"
             tc_frac = f"{flops / (f_ms * 1e-3) / fl:.2f}" if fl else "n/a"
             lines.append(
                 f"| {'fwd+bwd' if backward else 'fwd'} | {n} | {v} | {d} | {e_ms:.2f} | "
                 f"{f_ms:.2f} | {e_ms / f_ms:.2f}x | {e_peak:.2f} | {f_peak:.2f} | "
-                f"{nbytes / 1e9:.3f} | {nbytes / (f_ms * 1e-3) / measured:.2f} | {sheet_frac} | "
+                f"{nbytes / 1e9:.3f} | {bw_frac(nbytes, f_ms, measured):.2f} | {sheet_frac} | "
                 f"{tc_frac} |")
             torch.cuda.empty_cache()
     return lines
 
 
-def cpu_report():
-    # Triton picks its interpreter at first import: set before kernels/ imports triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+def cpu_check():
+    """The kernel under Triton's interpreter against the float32 torch reference on a small odd
+    shape, forward and gradients: the sentence that reports it."""
     from flywheel.kernels.head_logprobs import head_logprobs_reference, head_logprobs_triton
 
     torch.manual_seed(0)
@@ -108,23 +115,14 @@ def cpu_report():
     rdh, rdw = torch.autograd.grad(ref.sum(), (h, w))
     err = max((out - ref).abs().max().item(), (dh - rdh).abs().max().item(),
               (dw - rdw).abs().max().item())
-    return [
-        "# Token log-probs from hidden states x output head: fused Triton vs eager PyTorch",
-        "",
-        f"Machine: {describe()}.",
-        "Command: `.venv/bin/python benchmarks/bench_head_logprobs.py`",
-        "",
-        "No GPU was available in this run, so nothing was timed: kernel timings on a CPU through "
-        "Triton's interpreter mean nothing. Run this script on a CUDA machine for the table "
-        "(V = 32000 and 49152, D = 576 and 4096, N = 4096 and 16384, bf16).",
-        "",
+    return (
         f"Check only: the kernel under the interpreter against the float32 torch reference at "
-        f"N={n}, V={v}, D={d} (float32), forward and gradients: max abs difference {err:.2e}.",
-    ]
+        f"N={n}, V={v}, D={d} (float32), forward and gradients: max abs difference {err:.2e}.")
 
 
 def main():
-    run_and_write(OUT, gpu_report, cpu_report, default_reps=20)
+    run_and_write(Path(__file__).name, OUT, TITLE, gpu_report, cpu_check, GPU_TABLE,
+                  default_reps=20)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,26 @@ the kernel under Triton's interpreter, and this benchmark's eager path, against 
 reference on a small shape.
 """
 
-import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, or_oom, run_and_write, skipped_row, time_ms
-from _machine import describe
+from _gpu import (
+    bandwidth_line,
+    bw_frac,
+    command_line,
+    gpu_machine,
+    measured_bandwidth,
+    or_oom,
+    run_and_write,
+    skipped_row,
+    time_ms,
+)
 
 OUT = Path(__file__).parent / "results" / "last_token.md"
+TITLE = "Last-token read-out: Triton op vs the eager sequence-classification head"
+GPU_TABLE = ("forward, bf16, B = 64 and 256 sequences x S = 512 and 1024 tokens x d = 576, 2048 "
+             "and 4096, plus a bandwidth probe at B = 16384, S = 32, d = 4096: eager and fused "
+             "time, speed-up, bytes moved, fraction of the measured bandwidth")
 EPS = 1e-6
 # (B sequences, S tokens, d): batches of real scoring runs, then one bandwidth probe with enough
 # rows (16384 x 4096 x 2 B = 128 MiB) for the kernel's time to exceed its launch
@@ -78,10 +90,10 @@ def _row(b, s, d, result, bw):
     fb, eb = fused_bytes(b, d), eager_bytes(b, s, d)
     e_cells = (f"{e_ms:.3f} | {f_ms:.3f} | {e_ms / f_ms:.1f}x" if e_ms is not None
                else f"out of memory | {f_ms:.3f} | n/a")
-    e_frac = f"{eb / (e_ms * 1e-3) / bw:.2f}" if e_ms is not None else "n/a"
+    e_frac = f"{bw_frac(eb, e_ms, bw):.2f}" if e_ms is not None else "n/a"
     d_cell = f"{diff:.1e}" if diff is not None else "n/a"
     return (f"| {b} | {s} | {d} | {e_cells} | {d_cell} | {fb / 1e6:.3f} | {eb / 1e6:.1f} | "
-            f"{fb / (f_ms * 1e-3) / bw:.3f} | {e_frac} |")
+            f"{bw_frac(fb, f_ms, bw):.3f} | {e_frac} |")
 
 
 def gpu_report(reps):
@@ -89,10 +101,7 @@ def gpu_report(reps):
 
     bw = measured_bandwidth()
     lines = [
-        "# Last-token read-out: Triton op vs the eager sequence-classification head",
-        "",
-        f"Machine: {describe().replace('no GPU', torch.cuda.get_device_name())}; torch "
-        f"{torch.__version__}. Forward, bf16 hidden states and weights, right padding with "
+        f"{gpu_machine()} Forward, bf16 hidden states and weights, right padding with "
         f"lengths drawn in [1, S], RMSNorm then the [d] -> 1 head; median of {reps} runs after "
         "one warm-up, each timed alone with CUDA events (so the time of a call as the scoring "
         "engine sees it, launches included).",
@@ -109,7 +118,7 @@ def gpu_report(reps):
         "time is that of launching the op's few small kernels and the fraction there is small by "
         "construction; the probe row (B x d = 128 MiB of rows, not a scoring shape) is where the "
         "kernel's own bandwidth shows. Max abs diff: fused against eager (bf16 norm output).",
-        "Command: `.venv/bin/python benchmarks/bench_last_token.py`",
+        command_line(Path(__file__).name),
         "",
         "| B | S | d | eager ms | fused ms | speed-up | max abs diff | fused MB | eager MB |"
         " fused BW frac | eager BW frac |",
@@ -121,9 +130,9 @@ def gpu_report(reps):
     return lines
 
 
-def cpu_report():
-    # Triton picks its interpreter at first import: set before kernels/ imports triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+def cpu_check():
+    """The kernel under Triton's interpreter against the torch reference, and this benchmark's
+    eager path against it, on a small odd shape: the sentence that reports both."""
     from flywheel.kernels.last_token import last_token_reference, last_token_triton
 
     torch.manual_seed(0)
@@ -138,27 +147,16 @@ def cpu_report():
     err = max([(outs[0] - outs[1]).abs().max().item()]
               + [(x - y).abs().max().item() for x, y in zip(*grads)])
     eager_err = (eager(hidden, mask, weight, bias, norm_weight) - outs[1]).abs().max().item()
-    return [
-        "# Last-token read-out: Triton op vs the eager sequence-classification head",
-        "",
-        f"Machine: {describe()}.",
-        "Command: `.venv/bin/python benchmarks/bench_last_token.py`",
-        "",
-        "No GPU was available in this run, so nothing was timed: kernel timings on a CPU through "
-        "Triton's interpreter mean nothing. Run this script on a CUDA machine for the table "
-        "(forward, bf16, B = 64 and 256 sequences x S = 512 and 1024 tokens x d = 576, 2048 and "
-        "4096, plus a bandwidth probe at B = 16384, S = 32, d = 4096: eager and fused time, "
-        "speed-up, bytes moved, fraction of the measured bandwidth).",
-        "",
+    return (
         f"Check only, at B={b}, S={s}, d={d} (float32, right padding, with the RMSNorm weight): "
         f"the kernel under the interpreter against the torch reference, forward and gradients "
         f"(hidden, head weight, bias, norm weight): max abs difference {err:.2e}; this "
-        f"benchmark's eager full-sequence head against the reference: {eager_err:.2e}.",
-    ]
+        f"benchmark's eager full-sequence head against the reference: {eager_err:.2e}.")
 
 
 def main():
-    run_and_write(OUT, gpu_report, cpu_report, default_reps=100)
+    run_and_write(Path(__file__).name, OUT, TITLE, gpu_report, cpu_check, GPU_TABLE,
+                  default_reps=100)
 
 
 if __name__ == "__main__":

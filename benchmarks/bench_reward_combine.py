@@ -10,14 +10,25 @@ Writes benchmarks/results/reward_combine.md. Without a GPU it says so in the res
 checks the kernel under Triton's interpreter against the reference on a small shape.
 """
 
-import os
 from pathlib import Path
 
 import torch
-from _gpu import bandwidth_line, measured_bandwidth, or_oom, run_and_write, skipped_row, time_ms
-from _machine import describe
+from _gpu import (
+    bandwidth_line,
+    bw_frac,
+    command_line,
+    gpu_machine,
+    measured_bandwidth,
+    or_oom,
+    run_and_write,
+    skipped_row,
+    time_ms,
+)
 
 OUT = Path(__file__).parent / "results" / "reward_combine.md"
+TITLE = "Reward combination: Triton op vs the torch reference, on the GPU"
+GPU_TABLE = ("B = 256, 1024 and 4096 responses x T = 256 and 1024 tokens: reference and fused "
+             "time, speed-up, bytes moved, fraction of the measured bandwidth")
 # (B responses, T response tokens): PPO batches of real runs
 SHAPES = [(b, t) for t in (256, 1024) for b in (256, 1024, 4096)]
 BETA = 0.05
@@ -62,9 +73,9 @@ def _row(b, t, result, bw):
     nbytes = combine_bytes(b, t)
     r_cells = (f"{r_ms:.3f} | {f_ms:.3f} | {r_ms / f_ms:.2f}x" if r_ms is not None
                else f"out of memory | {f_ms:.3f} | n/a")
-    r_frac = f"{nbytes / (r_ms * 1e-3) / bw:.3f}" if r_ms is not None else "n/a"
+    r_frac = f"{bw_frac(nbytes, r_ms, bw):.3f}" if r_ms is not None else "n/a"
     return (f"| {b} | {t} | {r_cells} | {diff:.1e} | {nbytes / 1e6:.2f} | "
-            f"{nbytes / (f_ms * 1e-3) / bw:.3f} | {r_frac} |")
+            f"{bw_frac(nbytes, f_ms, bw):.3f} | {r_frac} |")
 
 
 def gpu_report(reps):
@@ -72,10 +83,7 @@ def gpu_report(reps):
 
     bw = measured_bandwidth()
     lines = [
-        "# Reward combination: Triton op vs the torch reference, on the GPU",
-        "",
-        f"Machine: {describe().replace('no GPU', torch.cuda.get_device_name())}; torch "
-        f"{torch.__version__}. float32 rewards and KL, int32 tags and mask, beta {BETA}, "
+        f"{gpu_machine()} float32 rewards and KL, int32 tags and mask, beta {BETA}, "
         f"response lengths drawn in [1, T]; median of {reps} runs after one warm-up, each timed "
         "alone with CUDA events (launches included: at these sizes they are much of the time).",
         bandwidth_line(bw),
@@ -88,7 +96,7 @@ def gpu_report(reps):
         "reference's intermediates are not counted either. BW frac = MB moved / time / measured "
         "bandwidth, for each side. Max abs diff: fused "
         "against the reference over score, sequence and token rewards.",
-        "Command: `.venv/bin/python benchmarks/bench_reward_combine.py`",
+        command_line(Path(__file__).name),
         "",
         "| B | T | reference ms | fused ms | speed-up | max abs diff | MB moved | fused BW frac |"
         " reference BW frac |",
@@ -100,35 +108,25 @@ def gpu_report(reps):
     return lines
 
 
-def cpu_report():
-    # Triton picks its interpreter at first import: set before kernels/ imports triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+def cpu_check():
+    """The kernel under Triton's interpreter against the torch reference on a ragged shape: the
+    sentence that reports it."""
     from flywheel.kernels.reward_combine import combine_rewards_reference, combine_rewards_triton
 
     torch.manual_seed(0)
     b, t = 131, 301  # default blocks are 64 responses x 128 tokens: 3 x 3 tiles, ragged
     err = _max_diff((combine_rewards_triton, combine_rewards_reference),
                     make_inputs(b, t, device="cpu"))
-    return [
-        "# Reward combination: Triton op vs the torch reference, on the GPU",
-        "",
-        f"Machine: {describe()}.",
-        "Command: `.venv/bin/python benchmarks/bench_reward_combine.py`",
-        "",
-        "No GPU was available in this run, so nothing was timed: kernel timings on a CPU through "
-        "Triton's interpreter mean nothing. Run this script on a CUDA machine for the table "
-        "(B = 256, 1024 and 4096 responses x T = 256 and 1024 tokens: reference and fused time, "
-        "speed-up, bytes moved, fraction of the measured bandwidth).",
-        "",
+    return (
         f"Check only, at B={b}, T={t} (float32, int32 tags and mask, right padding, beta {BETA}; "
         "forward only, rewards are not differentiated): the kernel under the interpreter against "
         f"the torch reference, max abs difference over score, sequence and token rewards "
-        f"{err:.2e}.",
-    ]
+        f"{err:.2e}.")
 
 
 def main():
-    run_and_write(OUT, gpu_report, cpu_report, default_reps=100)
+    run_and_write(Path(__file__).name, OUT, TITLE, gpu_report, cpu_check, GPU_TABLE,
+                  default_reps=100)
 
 
 if __name__ == "__main__":

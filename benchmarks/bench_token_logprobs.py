@@ -11,12 +11,14 @@ float32 (and its backward three times more). Without a GPU it says so in the res
 checks the kernel under Triton's interpreter against the reference on a small shape.
 """
 
-import os
 from pathlib import Path
 
 import torch
 from _gpu import (
     bandwidth_line,
+    bw_frac,
+    command_line,
+    gpu_machine,
     measured_bandwidth,
     or_oom,
     peak_gib,
@@ -24,9 +26,12 @@ from _gpu import (
     skipped_row,
     time_ms,
 )
-from _machine import describe
 
 OUT = Path(__file__).parent / "results" / "token_logprobs.md"
+TITLE = "Token log-probs from logits: Triton op vs eager PyTorch"
+GPU_TABLE = ("forward and forward+backward, bf16 logits, V = 32000 and 49152, N = 4096, 16384 "
+             "and 65536 tokens: eager and fused time, speed-up, peak memory, bytes moved, "
+             "fraction of the measured bandwidth")
 # (N tokens, V): rows of real scoring runs (a batch of B responses x their tokens), two vocabularies
 SHAPES = [(n, v) for v in (32000, 49152) for n in (4096, 16384, 65536)]
 DIFF_ROWS = 1024  # rows compared between fused and eager: a full-size eager gradient is 12 GiB
@@ -111,7 +116,7 @@ def _row(backward, n, v, result, bw):
         e_cells = f"{eager[0]:.3f} | {f_ms:.3f} | {eager[0] / f_ms:.2f}x | {eager[1]:.2f}"
     return ("| " + " | ".join(str(k) for k in keys) + f" | {e_cells} | {f_peak:.2f} | "
             f"{extra / 2**20:.1f} | {diff:.1e} | {nbytes / 1e9:.3f} | "
-            f"{nbytes / (f_ms * 1e-3) / bw:.2f} |")
+            f"{bw_frac(nbytes, f_ms, bw):.2f} |")
 
 
 def gpu_report(reps):
@@ -119,10 +124,7 @@ def gpu_report(reps):
 
     bw = measured_bandwidth()
     lines = [
-        "# Token log-probs from logits: Triton op vs eager PyTorch",
-        "",
-        f"Machine: {describe().replace('no GPU', torch.cuda.get_device_name())}; torch "
-        f"{torch.__version__}. bf16 logits (std 3), int64 targets; median of {reps} runs after "
+        f"{gpu_machine()} bf16 logits (std 3), int64 targets; median of {reps} runs after "
         "one warm-up, CUDA events. Peak = torch.cuda.max_memory_allocated above the inputs, the "
         "returned [N, V] gradient included; fused extra = the fused peak minus that gradient "
         "(N x V x 2 B, forward+backward only), the memory the op needs beyond its inputs and "
@@ -135,7 +137,7 @@ def gpu_report(reps):
         "bandwidth. Max abs diff: fused against eager over the first "
         f"{DIFF_ROWS} rows, the log-probs (fwd) or the logits' gradient (fwd+bwd). Aims: 2x "
         "eager or more, 70 % of the measured bandwidth or more, fused extra independent of V.",
-        "Command: `.venv/bin/python benchmarks/bench_token_logprobs.py`",
+        command_line(Path(__file__).name),
         "",
         "| pass | N | V | eager ms | fused ms | speed-up | eager peak GiB | fused peak GiB |"
         " fused extra MiB | max abs diff | GB moved | fused BW frac |",
@@ -150,9 +152,9 @@ def gpu_report(reps):
     return lines
 
 
-def cpu_report():
-    # Triton picks its interpreter at first import: set before kernels/ imports triton
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+def cpu_check():
+    """The kernel under Triton's interpreter against the torch reference over two vocabulary
+    blocks, float32 and bf16, log-probs and gradient: the sentence that reports it."""
     from flywheel.kernels.token_logprobs import token_logprobs_reference, token_logprobs_triton
 
     torch.manual_seed(0)
@@ -164,27 +166,16 @@ def cpu_report():
         errs[dtype] = [_max_diff((token_logprobs_triton, token_logprobs_reference), x, targets,
                                  g, backward) for backward in (False, True)]
     (f32_fwd, f32_bwd), (bf_fwd, bf_bwd) = errs[torch.float32], errs[torch.bfloat16]
-    return [
-        "# Token log-probs from logits: Triton op vs eager PyTorch",
-        "",
-        f"Machine: {describe()}.",
-        "Command: `.venv/bin/python benchmarks/bench_token_logprobs.py`",
-        "",
-        "No GPU was available in this run, so nothing was timed: kernel timings on a CPU through "
-        "Triton's interpreter mean nothing. Run this script on a CUDA machine for the table "
-        "(forward and forward+backward, bf16 logits, V = 32000 and 49152, N = 4096, 16384 and "
-        "65536 tokens: eager and fused time, speed-up, peak memory, bytes moved, fraction of "
-        "the measured bandwidth).",
-        "",
+    return (
         f"Check only, at N={n}, V={v} (logits of std 3): the kernel under the interpreter "
         f"against the torch reference, max abs difference in float32 {f32_fwd:.2e} (log-probs) "
         f"and {f32_bwd:.2e} (logits' gradient); in bf16 {bf_fwd:.2e} and {bf_bwd:.2e} (the "
-        "gradient is stored in bf16, whose spacing is 1.56e-02 between 2 and 4).",
-    ]
+        "gradient is stored in bf16, whose spacing is 1.56e-02 between 2 and 4).")
 
 
 def main():
-    run_and_write(OUT, gpu_report, cpu_report, default_reps=20)
+    run_and_write(Path(__file__).name, OUT, TITLE, gpu_report, cpu_check, GPU_TABLE,
+                  default_reps=20)
 
 
 if __name__ == "__main__":
