@@ -3,13 +3,17 @@ own process, so its models and GPU memory go when it ends, and a failed one can 
 
     stage-sample-for-annotation/gpu   latest and previous policy answer the train prompts
     stage-train-reward-models/gpu     helpfulness and safety reward models
-    stage-policy-update/gpu           rejection sampling (then PPO where configured)
+    stage-policy-update/gpu           the iteration's methods: rejection sampling or RRHF,
+                                      and/or PPO (policy_update.methods, .schedule)
     stage-evaluate/gpu                candidate and parent answer held-out prompts; judge, scores
 
 Each is a thin wrapper over the same cached task the in-process weekly flow runs, holds one slot
 of the `gpu-slots` global concurrency limit while it works, and returns lake ids only, which it
 also writes to `<lake>/_prefect/stages/<flow run id>.json` for the weekly flow to read (a worker
 on another machine shares the lake, not its local result storage).
+
+The weekly flow calls `sample`, `reward_models`, `update_policy` and `evaluate_candidate`: each
+runs its stage's deployment when `deployed`, else its task in the calling process.
 """
 
 from __future__ import annotations
@@ -68,11 +72,11 @@ def reward_models_stage(config: FlywheelConfig, iteration: int,
 
 @flow(name=POLICY_UPDATE, flow_run_name="iteration-{iteration}-policy-update")
 def policy_update_stage(config: FlywheelConfig, iteration: int,
-                        reward_model_ids: dict[str, str | None]) -> str:
-    """Rejection sampling (then PPO where configured): the candidate policy id."""
+                        reward_model_ids: dict[str, str | None]) -> dict:
+    """The iteration's policy-update methods in turn (tasks/policy.py): {"candidate": id,
+    "policies": {method: id}, "seconds": {method: s}}."""
     with _gpu_slot():
-        stage = lambda t: in_lake(t, config)  # noqa: E731
-        return _record(config, policy_update(config, iteration, reward_model_ids, stage))
+        return _record(config, policy_update(config, iteration, reward_model_ids))
 
 
 @flow(name=EVALUATE, flow_run_name="iteration-{iteration}-evaluate")
@@ -100,3 +104,36 @@ def run_stage(name: str, config: FlywheelConfig, **parameters):
             "UI; retry that run alone, or retry this iteration (finished stages are cached)"
         )
     return json.loads(common.open_lake(config).read_bytes(f"{RESULTS}/{child.id}.json"))
+
+
+# what the weekly flow calls: a stage's deployment, or its task here -------------------------
+def sample(config: FlywheelConfig, iteration: int, deployed: bool) -> list[list[str]]:
+    """Sample for annotation: [latest sample id, previous sample id] per train prompt."""
+    if deployed:
+        return run_stage(SAMPLING, config, iteration=iteration)
+    return in_lake(sample_for_annotation, config)(config, iteration)
+
+
+def reward_models(config: FlywheelConfig, iteration: int, batch_id: str | None,
+                  deployed: bool) -> dict[str, str | None]:
+    """Retrain, evaluate and gate both reward models: the ids in use afterwards, by kind."""
+    if deployed:
+        return run_stage(REWARD_MODELS, config, iteration=iteration, batch_id=batch_id)
+    return in_lake(train_reward_models, config)(config, iteration, batch_id)
+
+
+def update_policy(config: FlywheelConfig, iteration: int, reward_model_ids: dict[str, str | None],
+                  deployed: bool) -> dict:
+    """The policy update: {"candidate": id, "policies": {method: id}, "seconds": {method: s}}."""
+    if deployed:
+        return run_stage(POLICY_UPDATE, config, iteration=iteration,
+                         reward_model_ids=reward_model_ids)
+    return policy_update(config, iteration, reward_model_ids)
+
+
+def evaluate_candidate(config: FlywheelConfig, iteration: int, candidate_id: str,
+                       deployed: bool) -> dict:
+    """The candidate against its parent on held-out prompts: judge rates, reward scores."""
+    if deployed:
+        return run_stage(EVALUATE, config, iteration=iteration, candidate_id=candidate_id)
+    return in_lake(evaluate, config)(config, iteration, candidate_id)

@@ -12,9 +12,13 @@ resumes it, a run started by hand pauses in its process.
 (sampling, reward models, policy update, evaluation) as their own deployments on the gpu pool
 (flows/stages.py); the default runs every stage in this process. Either way each stage is cached
 on its inputs and code (tasks/resume.py): a retried or resumed run skips the finished ones.
+
+The iteration row records each stage's wall time (`stage_seconds`), the policy update as one
+entry per method that ran (rejection_sampling, rrhf, ppo), timed where the method ran.
 """
 
 import time
+from contextlib import contextmanager
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -24,23 +28,20 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
-from flywheel.flows.stages import EVALUATE, POLICY_UPDATE, REWARD_MODELS, SAMPLING, run_stage
+from flywheel.flows.stages import evaluate_candidate, reward_models, sample, update_policy
 from flywheel.stages import common, plan
 from flywheel.tasks.annotation import annotate, export_pairs
-from flywheel.tasks.evaluation import evaluate
 from flywheel.tasks.events import awaiting_tag, ensure_resume_automation
-from flywheel.tasks.policy import policy_update
 from flywheel.tasks.promotion import decide
 from flywheel.tasks.resume import in_lake, resolve_iteration
-from flywheel.tasks.reward import train_reward_models
-from flywheel.tasks.sampling import sample_for_annotation
 
 
-def _timed(seconds: dict, name: str, fn):
+@contextmanager
+def timed(seconds: dict[str, float], name: str):
+    """Records the block's wall time under `name`."""
     start = time.perf_counter()
-    out = fn()
+    yield
     seconds[name] = round(time.perf_counter() - start, 2)
-    return out
 
 
 def wait_for_batch(config: FlywheelConfig, iteration: int) -> str:
@@ -83,32 +84,21 @@ def weekly_iteration(config: FlywheelConfig, iteration: int | None = None,
         iteration = in_lake(resolve_iteration, config)(config)
         with get_client(sync_client=True) as client:  # the run's name says which iteration
             client.update_flow_run(FlowRunContext.get().flow_run.id, name=f"iteration-{iteration}")
-    plan.check_policy_update(config, iteration)  # before any work: e.g. PPO is not built yet
     deployed = stages == "deployments"
-
-    def heavy(name: str, stage, **inputs):
-        """A heavy stage: its deployment, or its task here."""
-        if deployed:
-            return run_stage(name, config, iteration=iteration, **inputs)
-        return stage(config, iteration, *inputs.values())
-
-    def update(cfg, it, reward_model_ids):
-        return policy_update(cfg, it, reward_model_ids, lambda t: in_lake(t, cfg))
-
-    s: dict[str, float] = {}
-    pairs = _timed(s, "sample_for_annotation", lambda: heavy(
-        SAMPLING, in_lake(sample_for_annotation, config)))
-    if config.annotation.mode == "human":
-        batch_id = _timed(s, "annotate", lambda: wait_for_batch(config, iteration))
-    else:
-        batch_id = _timed(s, "annotate", lambda: in_lake(annotate, config)(config, iteration,
-                                                                            pairs))
-    rm_ids = _timed(s, "train_reward_models", lambda: heavy(
-        REWARD_MODELS, in_lake(train_reward_models, config), batch_id=batch_id))
-    candidate = _timed(s, "rejection_sampling", lambda: heavy(
-        POLICY_UPDATE, update, reward_model_ids=rm_ids))
-    evaluation = _timed(s, "evaluate", lambda: heavy(
-        EVALUATE, in_lake(evaluate, config), candidate_id=candidate))
-    result = decide(config, iteration, batch_id, rm_ids, evaluation, s)
+    seconds: dict[str, float] = {}
+    with timed(seconds, "sample_for_annotation"):
+        pairs = sample(config, iteration, deployed)
+    with timed(seconds, "annotate"):
+        if config.annotation.mode == "human":
+            batch_id = wait_for_batch(config, iteration)
+        else:
+            batch_id = in_lake(annotate, config)(config, iteration, pairs)
+    with timed(seconds, "train_reward_models"):
+        rm_ids = reward_models(config, iteration, batch_id, deployed)
+    update = update_policy(config, iteration, rm_ids, deployed)
+    seconds.update(update["seconds"])  # one entry per method, in the order they ran
+    with timed(seconds, "evaluate"):
+        evaluation = evaluate_candidate(config, iteration, update["candidate"], deployed)
+    result = decide(config, iteration, batch_id, rm_ids, evaluation, seconds)
     get_run_logger().info("iteration %s: %s", iteration, result["decision"])
     return result

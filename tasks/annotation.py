@@ -7,7 +7,7 @@ from flywheel.stages import common, plan
 from flywheel.tasks.resume import stage_cache
 
 
-@task(name="annotate", cache_policy=stage_cache(annotate_stage.annotate))
+@task(name="annotate", cache_policy=stage_cache())
 def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> str:
     """The simulated annotator labels the pairs; they land as one batch."""
     lake = common.open_lake(config)
@@ -26,7 +26,7 @@ def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> 
     return batch_id
 
 
-@task(name="export-pairs", cache_policy=stage_cache(plan.export_pairs))
+@task(name="export-pairs", cache_policy=stage_cache())
 def export_pairs(config: FlywheelConfig, iteration: int, batch_ids: list[str]) -> dict[str, str]:
     """Human mode: the week's pairs for Label Studio and Argilla, written to the lake; the
     artifact says where and how the labels come back."""

@@ -2,16 +2,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flywheel.config import FlywheelConfig
-from flywheel.reward.retrain import retrain
 from flywheel.stages import common, reward_models
 from flywheel.stages.report import gate_markdown, table8_markdown, table8_rows
 from flywheel.tasks.progress import training_progress
 from flywheel.tasks.resume import stage_cache
 
 
-@task(name="train-reward-models",
-      cache_policy=stage_cache(reward_models.train_reward_models, reward_models.reward_model_ids,
-                               retrain))
+@task(name="train-reward-models", cache_policy=stage_cache())
 def train_reward_models(config: FlywheelConfig, iteration: int,
                         batch_id: str | None) -> dict[str, str]:
     """Retrain the helpfulness and safety reward models on their mixes, evaluate them on every

@@ -98,12 +98,12 @@ def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
 def test_policy_update_methods_follow_the_schedule(tiny_config):
     from flywheel.config import validate_config
 
-    assert plan.check_policy_update(tiny_config, 1) == ["rejection_sampling"]
+    assert tiny_config.policy_update.for_iteration(1) == ["rejection_sampling"]
     cfg = validate_config({"policy_update": {
         "schedule": {"2": ["rejection_sampling", "ppo"], 3: ["rrhf"]}}})
-    assert plan.check_policy_update(cfg, 2) == ["rejection_sampling", "ppo"]
-    assert plan.check_policy_update(cfg, 3) == ["rrhf"]
-    assert plan.check_policy_update(cfg, 4) == ["rejection_sampling"]
+    assert cfg.policy_update.for_iteration(2) == ["rejection_sampling", "ppo"]
+    assert cfg.policy_update.for_iteration(3) == ["rrhf"]
+    assert cfg.policy_update.for_iteration(4) == ["rejection_sampling"]
 
 
 def test_an_unknown_update_sequence_is_a_config_error():

@@ -1,6 +1,7 @@
-"""What one weekly iteration runs beyond the stage functions of flywheel/stages/: the
-policy-update methods of the iteration, and in human annotation mode the exported pairs and the
-batch the iteration waits for."""
+"""What one weekly iteration runs beyond the stage functions of flywheel/stages/ in human
+annotation mode: the exported pairs and the batch the iteration waits for. (The iteration's
+policy-update methods are `cfg.policy_update.for_iteration(iteration)`; the config's validation
+allows only the sequences in flywheel.config.METHOD_SEQUENCES, none of them empty.)"""
 
 from __future__ import annotations
 
@@ -15,22 +16,7 @@ from flywheel.annotation.exchange import (
 from flywheel.annotation.pairs import require_pairs
 from flywheel.annotation.review_round import default_round_id
 from flywheel.config import FlywheelConfig
-from flywheel.errors import ConfigError
 from flywheel.lake.store import Lake
-
-
-def policy_update_methods(cfg: FlywheelConfig, iteration: int) -> list[str]:
-    """The iteration's policy update, in order (policy_update.schedule, else .methods)."""
-    return cfg.policy_update.for_iteration(iteration)
-
-
-def check_policy_update(cfg: FlywheelConfig, iteration: int) -> list[str]:
-    """The iteration's methods; the config's validation already refused unknown sequences."""
-    methods = policy_update_methods(cfg, iteration)
-    if not methods:
-        raise ConfigError(f"iteration {iteration} has no policy update; set "
-                          "policy_update.methods")
-    return methods
 
 
 # human annotation ---------------------------------------------------------------------------
