@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import FlywheelConfig, load_config
+from flywheel.config import FlywheelConfig, load_config, validate_config
 from flywheel.errors import ConfigError
 
 DEMO = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
@@ -59,3 +59,40 @@ def test_non_mapping_yaml(tmp_path):
 def test_defaults_are_valid():
     cfg = FlywheelConfig()
     assert cfg.reward_model.margin == "small" and cfg.rejection_sampling.k == 4
+
+
+STAGES = ("sampling", "reward_model", "reward_model.mix", "rejection_sampling",
+          "policy_update.ppo", "policy_update.rrhf")
+
+
+def test_the_demo_seeds_every_stage_as_before():
+    """Before the top-level seed the demo set sampling.seed 0 and left the others at their
+    default, 0: every stage's seed is still 0."""
+    cfg = load_config(DEMO)
+    assert cfg.seed == 0
+    assert cfg.stage_seeds() == dict.fromkeys(STAGES, 0)
+
+
+def test_stages_take_the_top_seed_unless_they_set_their_own(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 7\nsampling:\n  seed: 3\nreward_model:\n  seed: null\n"
+                 "policy_update:\n  ppo:\n    seed: 0\n")
+    cfg = load_config(f)
+    assert cfg.stage_seeds() == {**dict.fromkeys(STAGES, 7), "sampling": 3,
+                                 "policy_update.ppo": 0}
+    assert cfg.reward_model.mix.seed == 7 and cfg.policy_update.rrhf.seed == 7
+    # a flow parameter goes through JSON: the same seeds come back
+    again = FlywheelConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again.stage_seeds() == cfg.stage_seeds()
+    # a new top seed reaches the stages that did not set their own
+    cfg.seed = 11
+    assert cfg.stage_seeds() == {**dict.fromkeys(STAGES, 11), "sampling": 3,
+                                 "policy_update.ppo": 0}
+    # a section on its own (as the library's tests build them) takes the default, 0
+    assert FlywheelConfig().sampling.seed == 0
+
+
+@pytest.mark.parametrize("update", [{"methods": []}, {"schedule": {2: []}}])
+def test_an_iteration_without_a_policy_update_is_refused(update):
+    with pytest.raises(ConfigError, match="is not a policy update"):
+        validate_config({"policy_update": update})

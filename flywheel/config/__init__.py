@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from flywheel.config.policy_update import (
     METHOD_SEQUENCES,
@@ -22,6 +22,7 @@ from flywheel.config.policy_update import (
 from flywheel.config.sections import (
     DEFAULT_EMBEDDER,
     DEFAULT_MODEL,
+    DEFAULT_SEED,
     AnnotationConfig,
     EvaluationConfig,
     MixConfig,
@@ -47,6 +48,14 @@ class FlywheelConfig(_Section):
 
     name: str = "flywheel"
     lake: str = Field("./flywheel-demo/lake", description="Local folder or s3://bucket/prefix.")
+    seed: int = Field(
+        DEFAULT_SEED,
+        description="The run's seed. Each stage's own `seed` (sampling, reward_model, "
+        "reward_model.mix, rejection_sampling, policy_update.ppo, policy_update.rrhf) left "
+        "empty takes this value (`stage_seeds`): every stage seeds its own generators, so one "
+        "number serves them all, and the seeds stay those every config used before there was "
+        "a top-level one (0). A stage given its own keeps it.",
+    )
     models: ModelsConfig = ModelsConfig()
     prompts: PromptsConfig = PromptsConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -56,6 +65,23 @@ class FlywheelConfig(_Section):
     policy_update: PolicyUpdateConfig = PolicyUpdateConfig()
     scoring: ScoringConfig = ScoringConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+
+    def stage_seeds(self) -> dict[str, int]:
+        """Each stage's seed by the path of its section, e.g. {"sampling": 0, ...}."""
+        return {path: section.seed for path, section in self._seeded().items()}
+
+    def _seeded(self) -> dict:
+        return {"sampling": self.sampling, "reward_model": self.reward_model,
+                "reward_model.mix": self.reward_model.mix,
+                "rejection_sampling": self.rejection_sampling,
+                "policy_update.ppo": self.policy_update.ppo,
+                "policy_update.rrhf": self.policy_update.rrhf}
+
+    @model_validator(mode="after")
+    def _derive_seeds(self):
+        for section in self._seeded().values():
+            section.derive_seed(self.seed)
+        return self
 
 
 _FIXES = {

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from flywheel.config.sections import _Section
+from flywheel.config.sections import SEED_HELP, _Section, _Seeded
 
 
-class RejectionSamplingConfig(_Section):
+class RejectionSamplingConfig(_Seeded):
     k: int = Field(4, ge=2, description="Samples per prompt; the best by reward is kept.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (the fallback when "
                                "temperature_grid is empty).")
@@ -56,7 +56,8 @@ class RejectionSamplingConfig(_Section):
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=16)
-    seed: int = 0
+    seed: int | None = Field(None, description="Seed of the fine-tuning's batch order and the "
+                             "temperature search's draw of held-out prompts. " + SEED_HELP)
 
     @model_validator(mode="after")
     def _grid(self):
@@ -65,7 +66,7 @@ class RejectionSamplingConfig(_Section):
         return self
 
 
-class PPOConfig(_Section):
+class PPOConfig(_Seeded):
     """PPO on top of the rejection-sampled policy (flywheel/policy/ppo.py). Llama 2: 512 prompts a
     step, minibatch 64, constant lr 1e-6, beta 0.01 (7B, 13B) or 0.005 (34B, 70B), clip 0.2;
     the defaults are scaled down for small runs."""
@@ -92,7 +93,8 @@ class PPOConfig(_Section):
     eval_every: int = Field(4, ge=0, description="Steps between held-out evaluations; 0: none.")
     patience: int = Field(2, ge=1, description="Held-out evaluations without improvement "
                           "before stopping; the best policy seen is kept.")
-    seed: int = 0
+    seed: int | None = Field(None, description="Seed of PPO's torch generator, prompt "
+                             "draws and rollout engine. " + SEED_HELP)
     deepspeed: str | None = Field(
         None,
         description="Train actor and critic through DeepSpeed with this config (a JSON file, "
@@ -108,7 +110,7 @@ class PPOConfig(_Section):
         return self
 
 
-class RRHFConfig(_Section):
+class RRHFConfig(_Seeded):
     """RRHF (flywheel/policy/ppo.py: rrhf_loss) on the K scored samples per prompt that rejection
     sampling also draws (`rejection_sampling.k`, `.temperature`): a ranking loss on
     length-normalised log-probabilities plus fine-tuning on the best, in one pass."""
@@ -119,7 +121,7 @@ class RRHFConfig(_Section):
                             "optimizer step.")
     ft_weight: float = Field(1.0, ge=0, description="Weight of the best sample's NLL.")
     max_length: int = Field(512, ge=16)
-    seed: int = 0
+    seed: int | None = Field(None, description="Seed of the batch order. " + SEED_HELP)
 
 Method = Literal["rejection_sampling", "rrhf", "ppo"]
 

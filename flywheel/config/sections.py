@@ -17,6 +17,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DEFAULT_SEED = 0
+SEED_HELP = "Empty: the top-level `seed`."
+
+
+class _Seeded(_Section):
+    """A section with its own `seed`: given, it is used as it is; left empty, FlywheelConfig
+    sets it from the top-level seed (`derive_seed`). A section made on its own takes the
+    top-level default, 0."""
+
+    seed: int | None = Field(None, description=SEED_HELP)
+
+    @model_validator(mode="after")
+    def _default_seed(self):
+        if self.seed is None:  # written past validate_assignment: it stays "not given"
+            self.__dict__["seed"] = DEFAULT_SEED
+            self.__pydantic_fields_set__.discard("seed")
+        return self
+
+    def derive_seed(self, seed: int) -> None:
+        """Take `seed` unless this section was given its own."""
+        if "seed" not in self.model_fields_set:
+            self.__dict__["seed"] = seed
+
+
 class ModelsConfig(_Section):
     """Model names: `builtin:...`, a local Hugging Face folder, or a hub name."""
 
@@ -38,7 +62,7 @@ class PromptsConfig(_Section):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts per split.")
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(_Seeded):
     backend: Literal["vllm", "transformers"] = "vllm"
     max_new_tokens: int = Field(96, ge=1, le=4096)
     temperatures: list[float] = Field(
@@ -104,12 +128,12 @@ class SamplingConfig(_Section):
         "turn itself ('\\nUser: ...', then answers it): without a stop, rejection sampling "
         "keeps that invented exchange and fine-tunes on it.",
     )
-    seed: int = Field(
-        0,
-        description="The sampling engine's seed. vLLM's CPU build does not repeat its draws "
-        "with it: two fresh engines seeded alike agreed on 0 of 16 and 1 of 384 answers "
-        "(benchmarks/results/sampling_repeat.md), so a rerun draws other answers; what a run "
-        "drew is in the lake's samples table.",
+    seed: int | None = Field(
+        None,
+        description="The sampling engine's seed (empty: the top-level `seed`). vLLM's CPU build "
+        "does not repeat its draws with it: two fresh engines seeded alike agreed on 0 of 16 "
+        "and 1 of 384 answers (benchmarks/results/sampling_repeat.md), so a rerun draws other "
+        "answers; what a run drew is in the lake's samples table.",
     )
 
     @model_validator(mode="after")
@@ -178,7 +202,7 @@ class AnnotationConfig(_Section):
         return self
 
 
-class MixConfig(_Section):
+class MixConfig(_Seeded):
     """The Llama 2 reward-model data mixes (flywheel/reward/mixes.py), over the lake's train
     rows."""
 
@@ -199,10 +223,10 @@ class MixConfig(_Section):
         description="When a pool holds fewer rows than a ratio asks for, take them all and "
         "record the shortfall instead of failing.",
     )
-    seed: int = Field(0, description="Seed of the uniform sampling.")
+    seed: int | None = Field(None, description="Seed of the uniform sampling. " + SEED_HELP)
 
 
-class RewardModelConfig(_Section):
+class RewardModelConfig(_Seeded):
     margin: Literal["none", "small", "large"] = Field(
         "small", description="Llama 2 margin table added inside the ranking loss."
     )
@@ -232,7 +256,8 @@ class RewardModelConfig(_Section):
         "so a model trained on little data can drift low and take over helpful prompts. "
         "Llama 2: 0.",
     )
-    seed: int = 0
+    seed: int | None = Field(None, description="Seed of the head's initial weights and the "
+                             "batch order. " + SEED_HELP)
     deepspeed: str | None = Field(
         None,
         description="Train through DeepSpeed with this config: a JSON file, or the name of one "
