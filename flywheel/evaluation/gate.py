@@ -68,12 +68,12 @@ def gate(metrics: dict, min_win_rate: float, max_harmful_increase: float,
     the held-out helpful prompts, and harmful prompts count through the share answered. Pooled,
     a candidate that helps more loses on harmful prompts whenever its (equally unsafe) answers
     there grow more relevant, which is what the judge scores; the demo rolled back every
-    iteration that way (benchmarks/results/demo_loop_share.md). A held-out set with no helpful
-    prompts falls back to the win rate over all of them.
+    iteration that way (benchmarks/results/archive/demo_loop_share.md). A held-out set with no
+    helpful prompts falls back to the win rate over all of them.
 
     A refusal of a helpful prompt is one loss among many to the win rate, so a candidate that
     learned to refuse harmless requests can still reach it: the demo promoted one at 0.500 that
-    refused 6 of 56 (benchmarks/results/demo_loop_gate.md); the refusal bound stops that."""
+    refused 6 of 56 (benchmarks/results/archive/demo_loop_gate.md); the refusal bound stops that."""
     win, what = metrics.get("win_rate_helpful"), "helpful win rate"
     if win is None:
         win, what = metrics["win_rate"], "win rate"
