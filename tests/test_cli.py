@@ -1,10 +1,13 @@
 """The command line's failure modes: one clear message naming the fix, exit status 2, no
 traceback."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from flywheel.flows.cli import main
 
@@ -144,3 +147,199 @@ def test_import_an_open_source_set(capsys, tmp_path, monkeypatch):
     assert rows and {r["criterion"] for r in rows} == {"safety"}
     assert {r["source"] for r in rows} == {"anthropic-hh-rlhf/harmless-base"}
     assert {r["split"] for r in rows} == {"test"}
+
+
+# --- which config and lake a command uses (flows/commands/where.py) ---------------------------
+
+def test_config_is_the_flag_then_the_environment_then_the_local_file(tmp_path):
+    from flywheel.flows.commands.where import find_config
+
+    env = {"FLYWHEEL_CONFIG": "/etc/fw.yaml"}
+    assert find_config("a.yaml", env, tmp_path).origin == "--config"
+    assert find_config(None, env, tmp_path) == find_config(None, env, tmp_path)
+    assert find_config(None, env, tmp_path).value == "/etc/fw.yaml"
+    assert find_config(None, {}, tmp_path) is None  # nothing named
+    (tmp_path / "flywheel.yaml").write_text("name: x\n")
+    local = find_config(None, {}, tmp_path)
+    assert (local.value, local.origin) == (str(tmp_path / "flywheel.yaml"), "./flywheel.yaml")
+    assert find_config(None, env, tmp_path).origin == "FLYWHEEL_CONFIG"  # env beats the file
+
+
+def test_lake_is_the_flag_then_the_environment_then_a_named_configs(tmp_path):
+    from flywheel.errors import FlywheelError
+    from flywheel.flows.commands.where import Choice, find_lake, require_lake
+
+    named = Choice("fw.yaml", "--config")
+    env = {"FLYWHEEL_LAKE": "s3://b/lake"}
+    assert str(find_lake("./l", named, "./c", env)) == "./l (from --lake)"
+    assert str(find_lake(None, named, "./c", env)) == "s3://b/lake (from FLYWHEEL_LAKE)"
+    assert str(find_lake(None, named, "./c", {})) == "./c (from `lake:` of fw.yaml)"
+    # the packaged defaults' lake (no config named) or a config without `lake:` names none
+    assert find_lake(None, None, "./flywheel-demo/lake", {}) is None
+    assert find_lake(None, named, None, {}) is None
+    with pytest.raises(FlywheelError, match="pass --lake .* set FLYWHEEL_LAKE, or run `flywheel "
+                       "init`"):
+        require_lake(None)
+
+
+def test_packaged_configs_are_found():
+    from flywheel.config import load_config
+    from flywheel.flows.commands.where import packaged
+
+    assert load_config(packaged("demo.yaml")).name == "demo"
+    assert packaged("prefect.yaml").read_text().startswith("#")
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A folder outside the checkout with no config, and no FLYWHEEL_* names in the env."""
+    for var in ("FLYWHEEL_CONFIG", "FLYWHEEL_LAKE", "PREFECT_API_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+GOOD = {"prompt": "How do I boil an egg?", "response_a": "Eight minutes in boiling water.",
+        "response_b": "Eggs.", "chosen": "a", "strength": "better",
+        "criterion": "helpfulness", "annotator": "ann-1"}
+
+
+def test_a_lake_nobody_named_is_refused(capsys, elsewhere):
+    path = _delivery(elsewhere, [GOOD])
+    for argv in (["ingest", path], ["status"], ["lineage", "abc"], ["run"], ["check"]):
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 2 and "no lake named; pass --lake" in err, argv
+    assert list(elsewhere.iterdir()) == [Path(path)]  # nothing written, no ./flywheel-demo
+
+
+def test_the_lake_from_the_environment_is_used_and_reported(capsys, elsewhere, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_LAKE", str(elsewhere / "env-lake"))
+    rc, out, err = _run(capsys, "ingest", _delivery(elsewhere, [GOOD]), "--json")
+    assert rc == 0
+    result = json.loads(out)  # stdout is the result alone
+    assert (result["batch_id"], result["accepted"], result["new"]) == ("week-3", 1, 1)
+    assert f"lake {elsewhere / 'env-lake'} (from FLYWHEEL_LAKE)" in err
+    assert "config " in err and "(from the packaged defaults" in err
+    from flywheel.lake.store import Lake
+
+    assert len(Lake.open(str(elsewhere / "env-lake")).rows("comparisons")) == 1
+
+
+def test_demo_names_its_own_config_and_lake(capsys, elsewhere, monkeypatch):
+    from flywheel.flows.commands.common import load
+
+    monkeypatch.setenv("FLYWHEEL_LAKE", "s3://someone-elses/lake")
+    (elsewhere / "flywheel.yaml").write_text("lake: ./mine\n")
+    cfg = load(None, None, demo=True)
+    assert (cfg.name, cfg.lake) == ("demo", "./flywheel-demo/lake")
+    assert "(from the demo); lake ./flywheel-demo/lake (from `lake:` of" in capsys.readouterr().err
+    assert load(None, None).lake == "s3://someone-elses/lake"  # any other command: the env
+    monkeypatch.delenv("FLYWHEEL_LAKE")
+    assert load(None, None).lake == "./mine"  # then ./flywheel.yaml
+
+
+# --- init, check -----------------------------------------------------------------------------
+
+def test_init_writes_a_config_of_ones_own(capsys, elsewhere):
+    """A hub-named policy: init converts nothing. The file validates, holds the given choices
+    with absolute paths, and commands in its folder find it."""
+    import yaml
+
+    from flywheel.config import load_config
+
+    prompts = elsewhere / "prompts.jsonl"
+    prompts.write_text('{"text": "Hi?"}\n')
+    rc, out, err = _run(capsys, "init", "--dir", "proj", "--policy", "org/chat-7b",
+                        "--prompts", "prompts.jsonl", "--annotation", "human")
+    assert rc == 0, err
+    target = elsewhere / "proj" / "flywheel.yaml"
+    assert f"wrote {target}" in out and "default model ready" not in out
+    cfg = load_config(target)
+    assert (cfg.name, cfg.lake, cfg.prompts.path) == ("proj", str(elsewhere / "proj" / "lake"),
+                                                      str(prompts))
+    assert (cfg.models.policy, cfg.models.reward_backbone) == ("org/chat-7b", "org/chat-7b")
+    assert (cfg.annotation.mode, cfg.annotation.wait_hours) == ("human", 144)
+    text = target.read_text()
+    assert "benchmarks/" not in text and text.count("\n#") + text.count("\n  #") >= 10
+    assert list(yaml.safe_load(text)) == ["name", "lake", "models", "prompts", "sampling",
+                                          "annotation", "policy_update"]  # short
+    rc, _, err = _run(capsys, "init", "--dir", "proj")
+    assert rc == 2 and "exists; edit it, or pass --force" in err
+    rc, _, err = _run(capsys, "init", "--prompts", "missing.jsonl")
+    assert rc == 2 and "prompt file missing.jsonl does not exist" in err
+
+
+def test_check_lists_every_problem(capsys, elsewhere):
+    (elsewhere / "flywheel.yaml").write_text(
+        f"lake: {elsewhere / 'lake'}\nmodels:\n  policy: ./no-model\n"
+        "prompts:\n  path: ./no-prompts.jsonl\n")
+    rc, out, err = _run(capsys, "check")
+    assert rc == 2 and "2 check(s) failed" in err
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert [f.split(":")[0] for f in fails] == ["FAIL  models.policy ./no-model",
+                                                "FAIL  prompts ./no-prompts.jsonl"]
+    assert f"ok    lake {elsewhere / 'lake'}" in out
+
+
+# --- the command line itself -----------------------------------------------------------------
+
+def _help(capsys, *argv) -> str:
+    assert main([*argv, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def _commands(help_text: str) -> list[str]:
+    """The command names in a help page's Commands panel."""
+    return [line.split()[1] for line in help_text.splitlines()
+            if line.startswith("│ ") and not line.split()[1].startswith("-")
+            and line[2] != " "]
+
+
+def test_bare_flywheel_prints_the_help(capsys):
+    assert main([]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Usage: flywheel COMMAND") and "│ init " in text
+
+
+def test_version_is_the_code_revision(capsys):
+    from flywheel import __version__
+    from flywheel.revision import code_revision
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == (f"rlhf-flywheel {__version__} "
+                                               f"(code revision {code_revision()})")
+
+
+def test_every_command_has_a_description_and_an_example(capsys):
+    commands = _commands(_help(capsys))
+    assert commands == ["init", "bootstrap", "check", "demo", "run", "status", "ingest", "import",
+                        "annotate", "lineage", "evaluate-rm", "serve", "deploy", "trigger"]
+    pages = {c: _help(capsys, c) for c in commands}
+    pages |= {f"annotate {c}": _help(capsys, "annotate", c)
+              for c in _commands(pages["annotate"])}
+    assert len(pages) == 17
+    for name, text in pages.items():
+        usage, description = text.split("\n\n")[:2]
+        assert usage.startswith(f"Usage: flywheel {name}") and description.strip(), name
+        assert f"Example: flywheel {name}" in text, name
+
+
+def test_readme_command_table_matches_the_help(capsys):
+    """README's "Command line" section lists every command of `flywheel --help`, and only
+    those (annotate with its three subcommands)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Command line")[1].split("\n## ")[0]
+    listed = {" ".join(line.split()[1:3]) if line.split()[1] == "annotate" else line.split()[1]
+              for line in section.splitlines() if line.startswith("    flywheel ")}
+    commands = _commands(_help(capsys))
+    expected = {c for c in commands if c != "annotate"}
+    expected |= {f"annotate {c}" for c in _commands(_help(capsys, "annotate"))}
+    assert listed == expected
+
+
+def test_a_usage_error_is_one_line_and_status_2(capsys):
+    rc, _, err = _run(capsys, "demo", "--iterations", "0")
+    assert rc == 2 and err.strip() == ('flywheel: error: Invalid value "0" for --iterations. '
+                                       "Must be >= 1.")
+    rc, _, err = _run(capsys, "annotate", "export", "--format", "csv")
+    assert rc == 2 and err.startswith("flywheel: error:") and "label-studio" in err

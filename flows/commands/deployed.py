@@ -63,7 +63,7 @@ def deploy(*, config: ConfigOpt = None, lake: LakeOpt = None,
     and iteration-requested triggers, the gpu-slots limit and the resume and crash automations,
     on the server PREFECT_API_URL names.
 
-    Example: PREFECT_API_URL=http://127.0.0.1:4200/api flywheel deploy --config flywheel.yaml
+    Example: flywheel deploy --config flywheel.yaml --gpu-slots 2
     """
     from flywheel.flows.deploy import register
     from flywheel.flows.server import healthy

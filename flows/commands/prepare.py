@@ -127,7 +127,7 @@ def bootstrap(*, force: Annotated[bool, Parameter(help="convert again even if ca
     The SmolLM2 GGUF file becomes a model folder under $FLYWHEEL_HOME (default
     ~/.cache/rlhf-flywheel); the judge's encoder is checked.
 
-    Example: FLYWHEEL_HOME=/data/flywheel flywheel bootstrap
+    Example: flywheel bootstrap   (FLYWHEEL_HOME=/data/flywheel first, to cache it there)
     """
     path = models.bootstrap(force=force)
     print(f"default model ready: {path}")
