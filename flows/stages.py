@@ -59,7 +59,7 @@ def _record(config: FlywheelConfig, value):
 def sampling_stage(config: FlywheelConfig, iteration: int) -> list[list[str]]:
     """Sample for annotation: [latest sample id, previous sample id] per train prompt."""
     with _gpu_slot():
-        return _record(config, in_lake(sample_for_annotation, config)(config, iteration))
+        return _record(config, sample(config, iteration, deployed=False))
 
 
 @flow(name=REWARD_MODELS, flow_run_name="iteration-{iteration}-reward-models")
@@ -67,7 +67,7 @@ def reward_models_stage(config: FlywheelConfig, iteration: int,
                         batch_id: str | None) -> dict[str, str | None]:
     """Retrain, evaluate and gate both reward models: the ids in use afterwards, by kind."""
     with _gpu_slot():
-        return _record(config, in_lake(train_reward_models, config)(config, iteration, batch_id))
+        return _record(config, reward_models(config, iteration, batch_id, deployed=False))
 
 
 @flow(name=POLICY_UPDATE, flow_run_name="iteration-{iteration}-policy-update")
@@ -76,14 +76,15 @@ def policy_update_stage(config: FlywheelConfig, iteration: int,
     """The iteration's policy-update methods in turn (tasks/policy.py): {"candidate": id,
     "policies": {method: id}, "seconds": {method: s}}."""
     with _gpu_slot():
-        return _record(config, policy_update(config, iteration, reward_model_ids))
+        return _record(config, update_policy(config, iteration, reward_model_ids, deployed=False))
 
 
 @flow(name=EVALUATE, flow_run_name="iteration-{iteration}-evaluate")
 def evaluation_stage(config: FlywheelConfig, iteration: int, candidate_id: str) -> dict:
     """The candidate against its parent on held-out prompts: judge rates, reward scores."""
     with _gpu_slot():
-        return _record(config, in_lake(evaluate, config)(config, iteration, candidate_id))
+        return _record(config, evaluate_candidate(config, iteration, candidate_id,
+                                                   deployed=False))
 
 
 def run_stage(name: str, config: FlywheelConfig, **parameters):

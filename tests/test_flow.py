@@ -188,6 +188,13 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     assert lake.has_artifact("policies", out["id"])
     text = open(result["report_uri"]).read()
     assert "## PPO" in text and "| step | reward | kl |" in text
+    # each method's time under its own name, in the order they ran
+    (it,) = lake.rows("iterations")
+    assert list(json.loads(it["metrics"])["stage_seconds"]) == [
+        "sample_for_annotation", "annotate", "train_reward_models", "rejection_sampling", "ppo",
+        "evaluate"]
+    assert "| policy update: rejection_sampling |" in text
+    assert "| policy update: ppo |" in text
     # rollouts were scored by both reward models through the engine
     assert metrics["scoring"]["sequences"] > 0
     # with vLLM, the rollout engine reloads the actor's weights before sampling after an
@@ -220,6 +227,10 @@ def test_an_iteration_with_rrhf(prefect_server, tiny_config):
     assert metrics["cut_by_limit"] == cut
     text = open(result["report_uri"]).read()
     assert "## RRHF rewards" in text and "pool of" not in text
+    (it,) = lake.rows("iterations")  # its time under rrhf, not rejection_sampling
+    assert set(json.loads(it["metrics"])["stage_seconds"]) == {
+        "sample_for_annotation", "annotate", "train_reward_models", "rrhf", "evaluate"}
+    assert "| policy update: rrhf |" in text and "rejection_sampling |" not in text
     assert f"; {cut} of the samples cut off by the token limit" in text
 
 
