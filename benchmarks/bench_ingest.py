@@ -1,5 +1,6 @@
-"""Ingest throughput: a delivered JSONL batch of comparisons through `flywheel.ingest.ingest_bytes`
-end to end (parsing, validation against the lake, the raw copy, Parquet writes, quarantine), in
+"""Ingest throughput: a delivered JSONL batch of comparisons through
+`flywheel.annotation.ingest.ingest_bytes` end to end (parsing, validation against the lake, the
+raw copy, Parquet writes, quarantine), in
 two realistic forms, each with about 2 % bad rows of several kinds:
 
     (a) ids    in-house rows naming prompt ids and sample ids already in the lake (the texts are
@@ -170,7 +171,7 @@ def _spoil(t: pa.Table, kind: np.ndarray, kinds: list[str], n: int) -> pa.Table:
 
 
 # measurement ---------------------------------------------------------------------------------
-PHASES = [  # (name in flywheel.ingest, label), in the order ingest runs them
+PHASES = [  # (name in flywheel.annotation.ingest, label), in the order ingest runs them
     ("_previous_delivery", "look up the checksum in `batches`"),
     ("read_delivery", "parse the JSONL (Arrow; DuckDB finds malformed lines)"),
     ("inline_prompts", "hash inline prompts"),

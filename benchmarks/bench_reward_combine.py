@@ -52,17 +52,25 @@ def make_inputs(b, t, device="cuda"):
     return r_help, r_safe, tags, kl, mask
 
 
+def _threshold():
+    # imported here, not at the top: cpu_report sets TRITON_INTERPRET before triton's import
+    from flywheel.reward.combined import SAFETY_THRESHOLD
+
+    return SAFETY_THRESHOLD
+
+
 def _max_diff(ops, inputs):
-    """Largest |fused - reference| over score, sequence reward and token rewards."""
-    outs = [op(*inputs, BETA) for op in ops]
+    """Largest |fused - reference| over score, sequence reward, token rewards and R_c."""
+    outs = [op(*inputs, BETA, _threshold()) for op in ops]
     return max((x - y).abs().max().item() for x, y in zip(*outs))
 
 
 def _measure(ops, b, t, reps):
     """(reference ms, or None when it ran out of memory; fused ms; max diff)."""
     inputs = make_inputs(b, t)
-    f_ms = time_ms(lambda: ops[0](*inputs, BETA), reps)
-    r_ms = or_oom(lambda: time_ms(lambda: ops[1](*inputs, BETA), reps))
+    threshold = _threshold()
+    f_ms = time_ms(lambda: ops[0](*inputs, BETA, threshold), reps)
+    r_ms = or_oom(lambda: time_ms(lambda: ops[1](*inputs, BETA, threshold), reps))
     return r_ms, f_ms, _max_diff(ops, inputs)
 
 

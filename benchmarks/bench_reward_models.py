@@ -6,7 +6,8 @@
 
 Data: the HH-RLHF files in ../shared/data (Anthropic's test splits; the train splits are not
 available there). Helpfulness RM: helpful-base and helpful-online; safety RM: harmless-base
-(the shared 2,062-row subset). Each file goes through `flywheel.importers.convert`; rows with
+(the shared 2,062-row subset). Each file goes through
+`flywheel.annotation.importers.convert`; rows with
 a reject reason and rows whose two replies are empty or identical are skipped. Each set is split
 deterministically 80/20 into train and held-out by the md5 of the first human turn (held out
 when int(md5, 16) % 100 < 20), so conversations that open the same way never straddle the
@@ -209,7 +210,7 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
         f"Command: {cmd}",
         "",
         f"Backbone: `{args.backbone}` with a scalar head on the last real token "
-        "(`flywheel.reward_model.RewardModel`); float32, plain PyTorch. Training: "
+        "(`flywheel.reward.model.RewardModel`); float32, plain PyTorch. Training: "
         f"`train_reward_model`, margin ranking loss with the \"none\" margin table, AdamW "
         f"(0.9, 0.95), max lr {cfg.learning_rate:g}, linear warmup (3 % of the steps, at least "
         f"5) then cosine to 10 %, {cfg.epochs} epoch(s), {cfg.batch_size} pairs a step in "

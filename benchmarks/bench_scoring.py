@@ -7,7 +7,8 @@ same inputs, side by side in one run, at K = 4, 8 and 16 responses per prompt.
         [--token-budget 4096] [--reps 2] [--threads N] [--seed 0] [--out PATH]
 
 Inputs: real multi-turn prompts with real replies from the HH-RLHF helpful-base file in
-../shared/data (read through `flywheel.importers.convert`). Each prompt is the conversation up to
+../shared/data (read through `flywheel.annotation.importers.convert`). Each prompt is the
+conversation up to
 its last assistant turn; its K responses are its own chosen and rejected replies and K - 2
 replies drawn (seeded) from other conversations, as a policy's samples would vary in length.
 Prompts are the first `--prompts` rows whose dialogue has at least two human turns (the common

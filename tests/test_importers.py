@@ -193,7 +193,8 @@ def test_dataset_name_without_network_names_the_fix(tmp_path):
     fresh interpreter since the Hub libraries read these variables when first imported."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_HOME": str(tmp_path)}
-    code = ("from flywheel.errors import DataError\nfrom flywheel.annotation.importers import load_records\n"
+    code = ("from flywheel.errors import DataError\n"
+            "from flywheel.annotation.importers import load_records\n"
             "try:\n    load_records('Anthropic/hh-rlhf/harmless-base')\n"
             "except DataError as err:\n    print(err)\n")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -207,8 +207,8 @@ def test_bad_input_gets_one_clear_error(tmp_path):
 KILL = textwrap.dedent("""
     import json, os, signal, sys
     from flywheel.config import AnnotationConfig
-    from flywheel.ingest import ingest_bytes
-    from flywheel.lake import Lake
+    from flywheel.annotation.ingest import ingest_bytes
+    from flywheel.lake.store import Lake
     lake_uri, path, point = sys.argv[1:]
     lake = Lake.open(lake_uri)
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -43,7 +43,7 @@ demo run (`bench_demo_loop.py --run --lake LAKE`): which of the two halves of th
   the loop pairs them (one answer at each of sampling.temperatures).
   --ensemble N trains N models on the same pairs with different seeds and picks by the mean of
   their standardised scores (each model's own pick is printed too).
-- ppo: what PPO adds, or does alone: the demo's PPO update (flywheel.loop.ppo_update; --steps,
+- ppo: what PPO adds, or does alone: the demo's PPO update (flywheel.stages.ppo.ppo_update; --steps,
   --lr, --prompts-per-step, --temperature, --beta, --eval-every override demo.yaml's
   policy_update.ppo) from the rejection-sampled policy of --iteration (--start rs) or from the
   base (--start base), with that iteration's reward models, on a copy of the lake; the start and
@@ -374,7 +374,7 @@ def pool(args) -> None:
 
 
 def ppo(args) -> None:
-    """PPO (flywheel.loop.ppo_update, demo.yaml's policy_update.ppo with the overrides given)
+    """PPO (flywheel.stages.ppo.ppo_update, demo.yaml's policy_update.ppo with the overrides given)
     from the lake's rejection-sampled policy of --iteration or from the base, on a copy of the
     lake; the start and the result judged against the base on the held-out prompts."""
     import shutil

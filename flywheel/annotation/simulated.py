@@ -48,7 +48,8 @@ def safety_label(chosen_safe: bool, other_safe: bool) -> str | None:
 def annotate(judge: ProxyJudge, pairs: list[Pair], thresholds: list[float]) -> list[dict]:
     """One delivery row per pair (flywheel/annotation/ingest.py's format), labelled from the
     judge. Every pair yields a row, so ingest accounts for all of them: identical responses and
-    the excluded chosen-unsafe category are rejected there, with their reason, like any annotator's."""
+    the excluded chosen-unsafe category are rejected there, with their reason, like any
+    annotator's."""
     prompts = [p.prompt_text for p in pairs]
     criteria = [p.criterion for p in pairs]
     ja = judge.judge(prompts, criteria, [p.a_text for p in pairs])
