@@ -11,8 +11,8 @@ record's two final replies being the two responses. The labels are the simulated
 (flywheel/annotation/simulated.py: the proxy judge's choice, strength from the judge-score
 margin, safety label), not Anthropic's. The labelled rows are delivered as weekly in-house
 batches in the Llama 2 protocol through `flywheel.annotation.ingest` (each batch holds out its
-test rows), then `flywheel.reward.retrain.retrain` trains the helpfulness and the safety reward model on their
-mixes, evaluates them on every test set and gates them, exactly as the retrain flow does.
+test rows), then `flywheel.reward.retrain.retrain` trains the helpfulness and the safety reward
+model on their mixes, evaluates them on every test set and gates them, exactly as the retrain flow does.
 Writes benchmarks/results/rm_strength.md.
 """
 
