@@ -5,16 +5,15 @@ batches labelled by the simulated annotator: the trend of Llama 2's Table 8 (acc
     .venv/bin/python benchmarks/bench_reward_models.py --strength [--helpful 1200]
         [--harmless 600] [--batches 2] [--backbone builtin:all-minilm-l6-v2] [--quick]
 
-Prompts and response pairs are real: Anthropic HH-RLHF dialogues from ../shared/data (the
-helpful-base file for helpfulness prompts, the harmless-base file for safety prompts), each
-record's two final replies being the two responses. The labels are the simulated annotator's
-(flywheel/annotation/simulated.py: the proxy judge's choice, strength from the judge-score
-margin, safety label), not Anthropic's. The labelled rows are delivered as weekly in-house
-batches in the Llama 2 protocol through `flywheel.annotation.ingest` (each batch holds out its
-test rows), then `flywheel.reward.retrain.retrain` trains the helpfulness and the safety reward
-model on their mixes, evaluates them on every test set and gates them, exactly as the retrain flow does.
-Writes benchmarks/results/rm_strength.md.
-"""
+Prompts and response pairs are real: Anthropic HH-RLHF dialogues from ../shared/data (the helpful-
+base file for helpfulness prompts, the harmless-base file for safety prompts), each record's two
+final replies being the two responses. The labels are the simulated annotator's
+(flywheel/annotation/simulated.py: the proxy judge's choice, strength from the judge-score margin,
+safety label), not Anthropic's. The labelled rows are delivered as weekly in-house batches in the
+Llama 2 protocol through `flywheel.annotation.ingest` (each batch holds out its test rows), then
+`flywheel.reward.retrain.retrain` trains the helpfulness and the safety reward model on their mixes,
+evaluates them on every test set and gates them, exactly as the retrain flow does. Writes
+benchmarks/results/rm_strength.md."""
 
 
 from __future__ import annotations
