@@ -12,12 +12,13 @@
 
 import ast
 import shutil
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # folder in the repository -> the package it installs as (pyproject.toml's package-dir)
 PACKAGES = {"flywheel": "flywheel", "flows": "flywheel.flows", "tasks": "flywheel.tasks",
-            "kernels": "flywheel.kernels"}
+            "kernels": "flywheel.kernels", "deployments": "flywheel.deployments"}
 RULES = {
     "flywheel": ("prefect", "flywheel.tasks", "flywheel.flows"),
     "kernels": ("prefect", "flywheel.tasks", "flywheel.flows", "flywheel.lake",
@@ -172,3 +173,12 @@ def test_no_library_module_over_the_size_limit():
     long = [f"{p.relative_to(ROOT)}: {n}" for p in module_files().values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert long == []
+
+
+def test_every_package_is_installed():
+    """Each folder with an __init__.py is listed in pyproject.toml's packages, or the wheel would
+    leave it out (the package-dir mapping rules out automatic discovery)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    packages = {m for m, p in module_files().items() if p.name == "__init__.py"}
+    assert packages - listed == set()
