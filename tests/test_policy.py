@@ -145,3 +145,34 @@ def test_rrhf_refuses_groups_whose_lists_do_not_line_up(tiny_llama, tmp_path):
     with pytest.raises(FlywheelError, match="2 responses, 3 rewards"):
         rrhf_finetune(tiny_llama, [(msgs, ["a", "b"], [0.1, 0.9, 0.2])], cfg, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_rrhf_log_probs_from_the_head_kernel_equal_a_full_log_softmax(tiny_llama):
+    """RRHF's summed response log-probs (hidden states and output head through
+    kernels.head_logprobs) against the old path (full logits, log-softmax, masked sum): the
+    same sums and the same gradients, for the head weight and a backbone weight (max abs
+    differences below 1e-4)."""
+    from flywheel.policy.rrhf import response_logprob_sums
+
+    tok, model = load_tokenizer(tiny_llama), load_causal_lm(tiny_llama)
+    msgs = [{"role": "user", "content": "How do I cook rice?"}]
+    encoded = [tokenize_sft(tok, msgs, r, 64) for r in ("Rinse it and boil it.", "No.")]
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.tensor([x + [0] * (width - len(x)) for x, _ in encoded])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in encoded])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x, _ in encoded])[:, None])
+
+    def grads(sums):
+        params = [model.get_output_embeddings().weight,
+                  model.get_decoder().layers[0].mlp.up_proj.weight]
+        return torch.autograd.grad((sums * torch.tensor([1.0, -2.0])).sum(), params)
+
+    new = response_logprob_sums(model, ids, mask.long(), labels)
+    logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    logp = logits.float().log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])
+    old = (logp[..., 0] * keep).sum(-1)
+    torch.testing.assert_close(new, old, atol=1e-4, rtol=1e-5)
+    for a, b in zip(grads(new), grads(old)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert old.shape == (2,) and (old < 0).all()

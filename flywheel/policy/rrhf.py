@@ -1,4 +1,11 @@
-"""RRHF: a ranking loss over a prompt's K scored samples plus fine-tuning on the best."""
+"""RRHF: a ranking loss over a prompt's K scored samples plus fine-tuning on the best.
+
+RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised log-probabilities
+p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
+plus the negative log-likelihood of the best response per token. The log-probs of the response
+tokens come from the policy's last hidden states and its output head through
+`kernels.head_logprobs`, forward and backward, so no [tokens, vocab] logits are made.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from tqdm.auto import tqdm
 
 from flywheel.devices import compute_device, model_device
 from flywheel.errors import FlywheelError
-from flywheel.kernels.token_logprobs import token_logprobs
+from flywheel.kernels.head_logprobs import head_logprobs
 from flywheel.models import load_causal_lm, load_tokenizer
 from flywheel.policy.finetune import tokenize_sft
 from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
@@ -18,7 +25,7 @@ from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, re
 def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
     """RRHF: per prompt (messages, K responses, their rewards) or (messages, K responses, their
     rewards, K `end` flags), the ranking loss over the responses' length-normalised
-    log-probabilities plus the per-token NLL of the best one (flywheel.ppo.rrhf_loss), averaged
+    log-probabilities plus the per-token NLL of the best one (`rrhf_loss`), averaged
     over the prompts of a step. A response whose flag is False (the token limit cut it off) is
     scored and learned without the end of its turn, as in `finetune`. Saves the policy to
     `out_dir`. `cfg`: RRHFConfig."""
@@ -37,6 +44,10 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
     model = load_causal_lm(policy_path, "float32", compute_device())
     model.train()
     device = model_device(model)
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        raise FlywheelError("RRHF reads log-probs off the output head's weight and this "
+                            "policy's head has a bias; use a policy whose head has none "
+                            "(Llama, Qwen, SmolLM)")
     data = [([tokenize_sft(tok, g[0], r, cfg.max_length, end)
               for r, end in zip(g[1], g[3] if len(g) > 3 else [True] * len(g[1]))], g[2])
             for g in groups]
@@ -56,12 +67,8 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
                                   device=device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded],
                                 device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            target = labels[:, 1:]
-            keep = target != -100
-            lp = token_logprobs(logits.reshape(-1, logits.shape[-1]),
-                                target.clamp(min=0).reshape(-1)).view(target.shape)
-            loss, st = rrhf_loss((lp * keep).sum(-1), keep.sum(-1),
+            sums = response_logprob_sums(model, ids, mask, labels)
+            loss, st = rrhf_loss(sums, (labels[:, 1:] != -100).sum(-1),
                                  torch.tensor(rewards, dtype=torch.float32, device=device),
                                  cfg.ft_weight)
             loss = loss / len(idx)
@@ -85,6 +92,19 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
     tok.save_pretrained(out_dir)
     return {"steps": steps, "prompts": len(data), "loss_first": losses[0],
             "loss_last": losses[-1], "rank_loss_first": ranks[0], "rank_loss_last": ranks[-1]}
+
+
+def response_logprob_sums(model, ids: torch.Tensor, mask: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
+    """[K] summed log-probs under the causal LM `model` of each row's labelled tokens (labels
+    -100 elsewhere), differentiable: the backbone's last hidden states and the output head
+    through kernels.head_logprobs, on the labelled positions only."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    lp = head_logprobs(hidden[keep], model.get_output_embeddings().weight, target[keep])
+    return torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(
+        0, keep.nonzero()[:, 0], lp)
 
 
 def rrhf_loss(logp_sums: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
