@@ -13,7 +13,7 @@ import torch
 from flywheel import devices
 from flywheel.config import RejectionSamplingConfig, RewardModelConfig, RRHFConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.reward.combined import combine
+from flywheel.reward.combined import RewardModelScores
 from flywheel.reward.model import RewardModel
 from flywheel.reward.scoring import Group, ScoringEngine
 from flywheel.reward.train import train_reward_model
@@ -130,21 +130,31 @@ def test_scoring_follows_a_model_placed_by_its_caller(on, tiny_llama):
     lm = load_causal_lm(tiny_llama, "float32", device).eval()
     assert devices.model_device(lm).type == device.type
     inputs = _input_devices(lm.get_decoder())
+    prompts = [tok(tok.apply_chat_template(g.messages, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"] for g in GROUPS]
+    replies = [[tok(r, add_special_tokens=False)["input_ids"] for r in g.responses]
+               for g in GROUPS]
     got = ScoringEngine(max_length=64, token_budget=200, progress=False).reference_logprobs(
-        lm, tok, GROUPS)
+        lm, prompts, replies)
     assert inputs == {devices.model_device(lm)}
     want = ScoringEngine(max_length=64, token_budget=200, progress=False).reference_logprobs(
-        load_causal_lm(tiny_llama).eval(), tok, GROUPS)
+        load_causal_lm(tiny_llama).eval(), prompts, replies)
     for g, w in zip(got, want):
         for x, y in zip(g, w):
             assert x.device.type == device.type
             torch.testing.assert_close(x.cpu(), y, atol=1e-4, rtol=1e-4)
     # the reward combination follows the KL's device
-    score, seq, toks, mask = combine(GROUPS, [[0.5, -1.0, 2.0]] * 3, [[1.0, 0.0, -3.0]] * 3,
-                                     got, beta=0.1)
-    assert {t.device.type for t in (score, seq, toks, mask)} == {device.type}
-    ref = combine(GROUPS, [[0.5, -1.0, 2.0]] * 3, [[1.0, 0.0, -3.0]] * 3, want, beta=0.1)
-    for x, y in zip((score, seq, toks, mask), ref):
+    scores = RewardModelScores.of([0.5, -1.0, 2.0] * 3, [1.0, 0.0, -3.0] * 3, [False] * 9)
+
+    def padded(lps):
+        flat = [x for g in lps for x in g]
+        pad = torch.nn.utils.rnn.pad_sequence
+        return pad(flat, batch_first=True), pad([torch.ones_like(x) for x in flat],
+                                                batch_first=True)
+
+    out = scores.ppo_rewards(*padded(got), 0.1)
+    assert {t.device.type for t in out} == {device.type}
+    for x, y in zip(out, scores.ppo_rewards(*padded(want), 0.1)):
         torch.testing.assert_close(x.cpu(), y, atol=1e-4, rtol=1e-4)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flywheel.policy.finetune import tokenize_sft
-from flywheel.reward.combined import combine, gated_reward
+from flywheel.reward.combined import RewardModelScores, gated_reward, gated_rewards
 from flywheel.reward.model import RewardModel
 from flywheel.reward.scoring import Group, ScoringEngine, supports_prefix_reuse
 from flywheel.stages.scores import group_samples
@@ -120,50 +120,75 @@ def test_encoder_backbone_is_scored_whole(minilm):
 
 
 def test_reference_logprobs_match_a_full_forward(tiny_llama):
+    """Token ids in (as PPO's rollouts give them), each group's prompt run once for its
+    responses: the log-probs of a full forward with log-softmax, token for token; an empty
+    response gets an empty tensor."""
     from flywheel.models import load_causal_lm, load_tokenizer
 
     lm, tok = load_causal_lm(tiny_llama).eval(), load_tokenizer(tiny_llama)
     groups = _groups(k=3)
+    prompts, responses = [], []
+    for grp in groups:
+        encoded = [tokenize_sft(tok, grp.messages, r, 512) for r in grp.responses]
+        p = len([x for x in encoded[0][1] if x == -100])
+        prompts.append(encoded[0][0][:p])
+        responses.append([ids[p:] for ids, _ in encoded])
+    responses[1].append([])
     engine = ScoringEngine(max_length=512, token_budget=300, progress=False)
-    got = engine.reference_logprobs(lm, tok, groups)
-    for g, grp in enumerate(groups):
-        for k, resp in enumerate(grp.responses):
-            ids, labels = tokenize_sft(tok, grp.messages, resp, 512)
+    got = engine.reference_logprobs(lm, prompts, responses)
+    assert got[1][-1].shape == (0,)
+    for g, (p, rs) in enumerate(zip(prompts, responses)):
+        for k, r in enumerate(rs[: len(groups[g].responses)]):
+            ids = p + r
             with torch.no_grad():
                 logits = lm(torch.tensor([ids])).logits[0, :-1].float()
-            target = torch.tensor(ids[1:])
-            want = torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
-            want = want[torch.tensor(labels[1:]) != -100]
-            assert got[g][k].shape == want.shape
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+            want = want[len(p) - 1:]
+            assert got[g][k].shape == want.shape == (len(r),)
             torch.testing.assert_close(got[g][k], want, atol=1e-4, rtol=1e-4)
+    assert engine.stats.reused_groups == len(groups)
+    assert engine.stats.sequences == sum(len(g.responses) for g in groups)  # not the empty one
 
 
-def test_combine_picks_what_the_gated_reward_picks():
+def test_gated_rewards_pick_by_the_safety_gate():
+    """sigmoid(-3) = 0.0474 < 0.15: the safety score decides; sigmoid(1) = 0.731 >= 0.15: the
+    helpfulness score sigmoid(2) = 0.8808; a prompt tagged safety takes sigmoid(1) whatever
+    its value. Computed in float64, as Python's math gives them."""
+    got = gated_rewards([2.0, 2.0, 2.0], [-3.0, 1.0, 1.0], [False, False, True])
+    assert got == pytest.approx([1 / (1 + math.exp(3)), 1 / (1 + math.exp(-2)),
+                                 1 / (1 + math.exp(-1))], abs=1e-15)
+    assert gated_reward(2.0, -3.0, False) == got[0]
+
+
+def test_ppo_rewards_whiten_the_logit_of_what_the_gate_picks():
     groups = [Group([{"role": "user", "content": "q"}], ["a", "b", "c"], safety=s)
               for s in (False, True)]
-    help_ = [[2.0, -1.0, 0.5], [3.0, 0.0, -2.0]]
-    safe = [[-3.0, 1.0, 1.0], [-1.0, 2.0, 0.5]]
-    score, seq, tok, mask = combine(groups, help_, safe)
-    rc = [gated_reward(h, s, g.safety) for g, hs, ss in zip(groups, help_, safe)
-          for h, s in zip(hs, ss)]
+    help_ = [2.0, -1.0, 0.5, 3.0, 0.0, -2.0]
+    safe = [-3.0, 1.0, 1.0, -1.0, 2.0, 0.5]
+    tags = [g.safety for g in groups for _ in g.responses]
+    scores = RewardModelScores.of(help_, safe, tags)
+    score, seq, tok, r_c = scores.ppo_rewards(torch.zeros(6, 1), torch.ones(6, 1), 0.1)
+    rc = gated_rewards(help_, safe, tags)
+    torch.testing.assert_close(r_c, torch.tensor(rc, dtype=torch.float32))
     x = torch.tensor([math.log(r / (1 - r)) for r in rc])
     torch.testing.assert_close(score, (x - x.mean()) / x.std(unbiased=False), atol=1e-4,
                                rtol=1e-4)
-    torch.testing.assert_close(seq, score)  # no KL given
+    torch.testing.assert_close(seq, score)  # no KL
+    torch.testing.assert_close(tok[:, 0], score)  # the one token carries the score
     assert score[:3].argmax() == torch.tensor(rc[:3]).argmax()
     assert score[3:].argmax() == torch.tensor(rc[3:]).argmax()
     # group 1's first reply: safety score sigmoid(-3) < 0.15 gates it to the safety model
     assert rc[0] == pytest.approx(1 / (1 + math.exp(3)))
 
 
-def test_combine_subtracts_the_kl_per_token():
-    groups = [Group([{"role": "user", "content": "q"}], ["a", "b"])]
-    kl = [[torch.tensor([0.5, 0.5, 1.0]), torch.tensor([2.0])]]
-    score, seq, tok, mask = combine(groups, [[1.0, -1.0]], [[1.0, 1.0]], kl, beta=0.1)
+def test_ppo_rewards_subtract_the_kl_per_token():
+    scores = RewardModelScores.of([1.0, -1.0], [1.0, 1.0], [False, False])
+    kl = torch.tensor([[0.5, 0.5, 1.0], [2.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    score, seq, tok, _ = scores.ppo_rewards(kl, mask, 0.1)
     torch.testing.assert_close(seq, score - 0.1 * torch.tensor([2.0, 2.0]))
     assert tok[0].tolist() == pytest.approx([-0.05, -0.05, -0.1 + score[0].item()])
-    assert tok[1, 0].item() == pytest.approx(-0.2 + score[1].item())
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert tok[1].tolist() == pytest.approx([-0.2 + score[1].item(), 0.0, 0.0])
 
 
 def test_group_samples_keeps_each_row_findable():

@@ -1,10 +1,11 @@
-"""PPO on top of the rejection-sampled policy (Llama 2, stage 5), and the RRHF ranking loss.
+"""PPO on top of the rejection-sampled policy (Llama 2, stage 5).
 
 One PPO step:
 
     rollouts     the current policy answers a batch of prompts (sampled, `temperature`)
-    old log-probs, reference log-probs, values      one no-grad pass each over the rollouts
-    KL_t         log pi(a_t) - log pi_0(a_t) on every response token (pi_0: frozen reference)
+    old log-probs, values      one no-grad pass each over the rollouts
+    reference log-probs        the frozen reference pi_0 through the scoring engine
+    KL_t         log pi(a_t) - log pi_0(a_t) on every response token
     rewards      -beta * KL_t on every response token, plus the sequence's score on its last one
                  (the score: WHITEN(LOGIT(R_c)) from the reward models in the weekly loop, any
                  `score_fn` here)
@@ -12,17 +13,24 @@ One PPO step:
     update       the batch cut into minibatches, one gradient step each: the clipped objective
                  (ratio clipped to 1 +- clip) for the actor, the clipped value loss for the critic
 
+Which kernel computes what:
+- the actor's log-probs (old and, with gradients, new): `kernels.token_logprobs` on its logits
+  (the logits also give the entropy);
+- the reference's log-probs: `ScoringEngine.reference_logprobs` (flywheel/reward/scoring.py) on
+  the rollouts' token ids, each distinct prompt run once for all its rollouts, read off the
+  hidden states and the output head by `kernels.head_logprobs` (no [tokens, vocab] logits);
+- the token rewards: `kernels.reward_combine`. In the weekly loop the score function returns
+  both reward models' raw scores (`RewardModelScores`) and one pass of `combine_rewards` turns
+  them, the KL and the mask into R_c, the whitened score and the token rewards; a score function
+  that returns scores gets the same kernel's token pass (`token_rewards`).
+On a CPU each kernel runs its torch reference (or the kernel under TRITON_INTERPRET=1).
+
 The critic is its own model (a backbone with a value per token), so actor and critic can each be
-trained through DeepSpeed. Log-probs come from `kernels.token_logprobs` (Triton on a GPU, its
-torch reference on a CPU). Every step logs reward, KL, entropy, clip fraction, value loss and
+trained through DeepSpeed. Every step logs reward, KL, entropy, clip fraction, value loss and
 response length. Held-out prompts are scored before the first step, every `eval_every` steps and
-after the last; training stops when their mean score has not improved for `patience`
+after the last; training stops when their mean reward has not improved for `patience`
 evaluations, and the best policy seen is kept (`eval_every` 0: no held-out scoring, the last
 step is kept).
-
-RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised log-probabilities
-p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
-plus the negative log-likelihood of the best response per token.
 """
 
 from __future__ import annotations
@@ -37,9 +45,12 @@ from tqdm.auto import tqdm
 
 from flywheel.config import PPOConfig
 from flywheel.errors import ConfigError, FlywheelError
+from flywheel.kernels.reward_combine import token_rewards
 from flywheel.kernels.token_logprobs import token_logprobs
-from flywheel.policy.ppo_losses import entropy, gae, policy_loss, token_rewards, value_loss, whiten
+from flywheel.policy.ppo_losses import entropy, gae, policy_loss, value_loss, whiten
 from flywheel.policy.rollouts import Rollout, VLLMRollouts, rollout
+from flywheel.reward.combined import RewardModelScores
+from flywheel.reward.scoring import ScoringEngine
 from flywheel.training import deepspeed_config, deepspeed_initialize, report_step
 
 
@@ -129,31 +140,75 @@ def _values(critic, ro: Rollout, rows=slice(None)) -> torch.Tensor:
     return v[:, ro.prompt_width - 1: -1]
 
 
-# (prompts, response texts, response token ids) -> [B] sequence scores, or ([B] scores, [B]
-# rewards): the scores drive the update, the rewards are logged and drive early stopping
+def reference_logprobs(engine: ScoringEngine, reference, ro: Rollout,
+                       desc: str = "reference log-probs") -> torch.Tensor:
+    """[B, R] log-probs of the rollouts' response tokens under the frozen `reference`, computed
+    by the scoring engine on the tokens as sampled (rollouts of the same prompt share its
+    pass); 0 where `ro.response_mask` is 0."""
+    index: dict[tuple, int] = {}
+    prompts: list[list[int]] = []
+    responses: list[list[list[int]]] = []
+    where = []
+    for p, r in zip(ro.prompt_ids(), ro.response_ids()):
+        g = index.setdefault(tuple(p), len(prompts))
+        if g == len(prompts):
+            prompts.append(p)
+            responses.append([])
+        where.append((g, len(responses[g])))
+        responses[g].append(r)
+    lps = engine.reference_logprobs(reference, prompts, responses, desc=desc)
+    out = torch.zeros(ro.response_mask.shape, dtype=torch.float32,
+                      device=ro.response_mask.device)
+    # each row's response tokens are a run from the left of its mask: row-major order lines up
+    out[ro.response_mask.bool()] = torch.cat([lps[g][k] for g, k in where]).to(out.device)
+    return out
+
+
+# (prompts, response texts, response token ids) -> one of: [B] sequence scores; ([B] scores,
+# [B] rewards), the scores driving the update and the rewards logged and driving early stopping;
+# RewardModelScores (the weekly loop), combined with the KL by kernels.reward_combine, R_c logged
 ScoreFn = Callable[[list, list[str], list[list[int]]],
-                   torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+                   torch.Tensor | tuple[torch.Tensor, torch.Tensor] | RewardModelScores]
 
 
-def _scored(score_fn: ScoreFn, prompts, ro: Rollout, tokenizer) -> tuple[torch.Tensor,
-                                                                         torch.Tensor]:
-    """(scores, rewards) of a rollout batch. A batch-normalised score (the weekly loop's
-    WHITEN(LOGIT(R_c))) has mean 0 whatever the policy does, so it can neither be logged as
-    progress nor compare held-out evaluations; the reward it was made from can."""
-    out = score_fn(list(prompts), ro.responses(tokenizer), ro.response_ids())
-    score, reward = out if isinstance(out, tuple) else (out, out)
-    return score.float(), reward.float()
+def _score(score_fn: ScoreFn, prompts, ro: Rollout, tokenizer):
+    return score_fn(list(prompts), ro.responses(tokenizer), ro.response_ids())
+
+
+def _reward(out) -> torch.Tensor:
+    """The reward logged and compared for a score function's output. A batch-normalised score
+    (the weekly loop's WHITEN(LOGIT(R_c))) has mean 0 whatever the policy does, so it can
+    neither be logged as progress nor compare held-out evaluations; the reward it was made from
+    (R_c) can."""
+    if isinstance(out, RewardModelScores):
+        return out.gated()
+    return (out[1] if isinstance(out, tuple) else out).float()
+
+
+def _token_rewards(out, kl: torch.Tensor, mask: torch.Tensor,
+                   beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the reward logged per rollout [B], token rewards [B, R]) for a score function's output,
+    from kernels/reward_combine.py: for RewardModelScores one pass from the two reward models'
+    scores, the KL and the mask, R_c coming out of the same pass; for scores, the token pass."""
+    if isinstance(out, RewardModelScores):
+        _, _, tok, r_c = out.ppo_rewards(kl, mask, beta)
+        return r_c, tok
+    score = (out[0] if isinstance(out, tuple) else out).float().to(kl.device)
+    return _reward(out), token_rewards(score, kl, mask, beta)[1]
 
 
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
               score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
-              desc: str = "ppo", rollouts: VLLMRollouts | None = None) -> dict:
+              desc: str = "ppo", rollouts: VLLMRollouts | None = None,
+              engine: ScoringEngine | None = None) -> dict:
     """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
     (prompts, response texts, response token ids) -> [B] sequence scores, or (scores, rewards)
     when the scores are normalised per batch (then the rewards are what is logged as "reward"
-    and what held-out evaluations compare). `rollouts`: a vLLM
+    and what held-out evaluations compare), or RewardModelScores (the weekly loop: the update
+    uses WHITEN(LOGIT(R_c)), R_c is logged and compared). `rollouts`: a vLLM
     engine loaded with the policy's starting weights, synced after every update (None:
-    transformers generate on `policy`). Returns {"steps": per-step logs, "heldout":
+    transformers generate on `policy`). `engine`: the scoring engine that computes the
+    reference log-probs (None: a default one). Returns {"steps": per-step logs, "heldout":
     evaluations, "best_step"}; the policy ends at its best held-out score.
 
     Runs on the device `policy` is on (reference and critic are moved there); with
@@ -161,9 +216,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     s = settings
     if not prompts:
         raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
-    if s.minibatch > s.prompts_per_step:
-        raise FlywheelError(f"ppo minibatch ({s.minibatch}) is larger than prompts_per_step "
-                            f"({s.prompts_per_step}); lower the minibatch")
+    engine = engine or ScoringEngine(progress=False)
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
     device = next(policy.parameters()).device
@@ -194,7 +247,7 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if not heldout or not s.eval_every:
             return False
         ro = sample(heldout)
-        score = _scored(score_fn, heldout, ro, tokenizer)[1].mean().item()
+        score = _reward(_score(score_fn, heldout, ro, tokenizer)).mean().item()
         evals.append({"step": step, "heldout_reward": score})
         if score > best[0]:
             best = (score, step, copy.deepcopy(policy.state_dict()))
@@ -216,12 +269,11 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         mask = ro.response_mask.float()
         with torch.no_grad():
             old_logp, _ = response_logprobs(actor, ro)
-            ref_logp, _ = response_logprobs(reference, ro)
+            ref_logp = reference_logprobs(engine, reference, ro, f"{desc}: reference log-probs")
             old_values = _values(critic_fwd, ro) * mask
             kl = (old_logp - ref_logp) * mask
-            score, reward = _scored(score_fn, batch, ro, tokenizer)
-            score = score.to(device)
-            rewards = token_rewards(score, kl, mask, s.beta)
+            reward, rewards = _token_rewards(_score(score_fn, batch, ro, tokenizer), kl, mask,
+                                             s.beta)
             adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
             adv = whiten(adv, mask)
         rows = list(range(len(batch)))

@@ -1,5 +1,5 @@
-"""PPO's pieces as tensors: whitening, KL-penalised token rewards, GAE, the clipped objective,
-the value loss."""
+"""PPO's pieces as tensors: whitening, GAE, the clipped objective, the value loss, the entropy.
+The KL-penalised token rewards are kernels/reward_combine.py's."""
 
 from __future__ import annotations
 
@@ -24,18 +24,6 @@ def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool =
     return out * mask
 
 
-def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                  beta: float) -> torch.Tensor:
-    """-beta * KL_t on every response token, plus the sequence score on the last one. [B, T]."""
-    mask = mask.to(kl.dtype)
-    rewards = -beta * kl * mask
-    has = mask.bool().any(-1)
-    last = (mask.shape[-1] - 1) - mask.flip(-1).argmax(-1)
-    rows = torch.arange(mask.shape[0])[has]
-    rewards[rows, last[has]] += score[has].to(rewards.dtype)
-    return rewards
-
-
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens (a contiguous run from the left of
@@ -43,10 +31,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     mask = mask.to(values.dtype)
     B, T = rewards.shape
     adv = torch.zeros_like(values)
-    running = torch.zeros(B, dtype=values.dtype)
+    zeros = torch.zeros(B, dtype=values.dtype, device=values.device)
+    running = zeros
     for t in reversed(range(T)):
-        nxt = mask[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=values.dtype)
-        next_value = values[:, t + 1] * nxt if t + 1 < T else torch.zeros(B, dtype=values.dtype)
+        nxt = mask[:, t + 1] if t + 1 < T else zeros
+        next_value = values[:, t + 1] * nxt if t + 1 < T else zeros
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         running = delta + gamma * lam * running * nxt
         adv[:, t] = running

@@ -23,6 +23,12 @@ class Rollout:
     def positions(self) -> torch.Tensor:
         return (self.attention.cumsum(-1) - 1).clamp(min=0)
 
+    def prompt_ids(self) -> list[list[int]]:
+        """Each prompt's token ids, without its left padding."""
+        width = self.prompt_width
+        return [p[m.bool()].tolist() for p, m in zip(self.input_ids[:, :width],
+                                                     self.attention[:, :width])]
+
     def response_ids(self) -> list[list[int]]:
         resp = self.input_ids[:, self.prompt_width:]
         return [r[m.bool()].tolist() for r, m in zip(resp, self.response_mask)]

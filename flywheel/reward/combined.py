@@ -1,55 +1,71 @@
-"""Llama 2's combined reward R_c and the reward PPO trains on."""
+"""Llama 2's combined reward R_c, the one implementation that rejection sampling, RRHF, PPO and
+evaluation use, and the reward PPO trains on:
+
+    R_c = sigmoid(safety score)       if the prompt is tagged safety or that sigmoid < 0.15
+          sigmoid(helpfulness score)  otherwise
+    PPO's reward = WHITEN(LOGIT(R_c)) - beta * KL
+
+The formula is kernels/reward_combine.py's: `gated_rewards` runs its torch gate on the stages'
+Python floats (in float64), `RewardModelScores.ppo_rewards` its fused pass over a PPO batch. The
+threshold is written here only and passed to the kernel.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from flywheel.kernels.reward_combine import combine_rewards
-from flywheel.reward.scoring import Group
-
-
-def combine(groups: list[Group], helpfulness: list[list[float]], safety: list[list[float]],
-            kl: list[list[torch.Tensor]] | None = None, beta: float = 0.0):
-    """Llama 2's PPO reward for every response, flattened group by group, in one pass of the
-    reward-combination kernel (kernels/reward_combine.py): returns (score, sequence reward,
-    token rewards, token mask) where score = WHITEN(LOGIT(R_c)) over the batch. `kl` holds the
-    per-token KL estimates of each response (log pi - log pi_0); without it the KL is zero.
-    Everything is computed, and returned, on the device of the KL tensors (the policy's), else
-    on the CPU."""
-    if kl is None:
-        kl = [[torch.zeros(1) for _ in g.responses] for g in groups]
-    flat = [t.float() for g in kl for t in g]
-    device = flat[0].device if flat else torch.device("cpu")
-    r_h = torch.tensor([s for g in helpfulness for s in g], dtype=torch.float32, device=device)
-    r_s = torch.tensor([s for g in safety for s in g], dtype=torch.float32, device=device)
-    tags = torch.tensor([int(g.safety) for g in groups for _ in g.responses], dtype=torch.int32,
-                        device=device)
-    width = max(len(t) for t in flat) if flat else 1
-    kl_t = torch.zeros(len(flat), width, device=device)
-    lengths = torch.tensor([len(t) for t in flat], dtype=torch.long, device=device)
-    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).to(torch.int32)
-    for i, t in enumerate(flat):  # copies on the device: no transfer per row
-        kl_t[i, : len(t)] = t
-    score, seq, tok = combine_rewards(r_h, r_s, tags, kl_t, mask, beta)
-    return score, seq, tok, mask
-
+from flywheel.kernels.reward_combine import combine_rewards, gate_reference
 
 SAFETY_THRESHOLD = 0.15  # Llama 2: below this safety score the safety model decides
 
 
+@dataclass(frozen=True)
+class RewardModelScores:
+    """Both reward models' raw outputs for a batch of responses, and whether each response's
+    prompt is tagged safety: what PPO's score function returns in the weekly loop."""
+
+    helpfulness: torch.Tensor  # [B]
+    safety: torch.Tensor  # [B]
+    safety_prompt: torch.Tensor  # [B] bool
+
+    @classmethod
+    def of(cls, helpfulness: Sequence[float], safety: Sequence[float],
+           safety_prompt: Sequence[bool], dtype: torch.dtype = torch.float32
+           ) -> RewardModelScores:
+        if not len(helpfulness) == len(safety) == len(safety_prompt):
+            raise ValueError(f"R_c needs one helpfulness score, one safety score and one safety "
+                             f"tag per response; got {len(helpfulness)}, {len(safety)} and "
+                             f"{len(safety_prompt)}")
+        return cls(torch.tensor(list(helpfulness), dtype=dtype),
+                   torch.tensor(list(safety), dtype=dtype),
+                   torch.tensor(list(safety_prompt), dtype=torch.bool))
+
+    def gated(self) -> torch.Tensor:
+        """R_c [B], in the scores' dtype."""
+        return gate_reference(self.helpfulness, self.safety, self.safety_prompt,
+                              SAFETY_THRESHOLD)
+
+    def ppo_rewards(self, kl: torch.Tensor, mask: torch.Tensor, beta: float):
+        """One pass of the reward-combination kernel on the device of `kl` [B, T] (per-token
+        log pi - log pi_0 of the response tokens that `mask` [B, T] marks): returns (score =
+        WHITEN(LOGIT(R_c)) over the batch, sequence reward = score - beta * sum KL, token
+        rewards = -beta * KL with the score added on each response's last token, R_c), all
+        float32."""
+        device = kl.device
+        return combine_rewards(self.helpfulness.to(device), self.safety.to(device),
+                               self.safety_prompt.to(device), kl, mask, beta, SAFETY_THRESHOLD)
+
+
+def gated_rewards(helpfulness: Sequence[float], safety: Sequence[float],
+                  safety_prompt: Sequence[bool]) -> list[float]:
+    """R_c of each response from its raw reward-model outputs and its prompt's safety tag,
+    computed in float64."""
+    return RewardModelScores.of(helpfulness, safety, safety_prompt, torch.float64).gated().tolist()
+
+
 def gated_reward(helpfulness: float, safety: float, safety_prompt: bool) -> float:
-    """Llama 2's R_c on raw reward-model outputs: the sigmoid of the safety score if the prompt
-    is tagged safety or that sigmoid is below 0.15, else the sigmoid of the helpfulness score."""
-    s_safe = _sigmoid(safety)
-    if safety_prompt or s_safe < SAFETY_THRESHOLD:
-        return s_safe
-    return _sigmoid(helpfulness)
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1 / (1 + math.exp(-x))
-    e = math.exp(x)  # no overflow for very negative scores
-    return e / (1 + e)
+    """R_c of one response (`gated_rewards` for a single one)."""
+    return gated_rewards([helpfulness], [safety], [safety_prompt])[0]

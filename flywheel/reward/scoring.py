@@ -1,5 +1,9 @@
 """The scoring engine: reward-model scores and reference log-probs for (prompt, K responses)
-groups, the way rejection sampling, reward-model evaluation and PPO need them.
+groups. Its callers in the loop: `rewards` scores samples for rejection sampling and RRHF
+(flywheel/stages/scores.py), held-out answers for evaluation, the test pairs of reward-model
+evaluation and retraining's gate, and PPO's rollouts (flywheel/stages/ppo.py);
+`reference_logprobs` gives PPO its frozen reference's log-probs of each rollout
+(flywheel/policy/ppo.py).
 
 What it does that a sequence-classification model over padded batches does not:
 - **Prefix reuse.** For a causal decoder (probed: a prompt's hidden states must not change when
@@ -13,12 +17,13 @@ What it does that a sequence-classification model over padded batches does not:
   sequence; reference log-probs come from hidden states and the output head through
   kernels/head_logprobs.py, without a [tokens, vocab] float32 temporary.
 
-The token sequences are exactly those of `RewardModel.encode`: each full conversation is
-tokenized as a whole, and a row reuses its group's prompt only if the prompt's tokens are a prefix
-of its own (a tokenizer could merge across the boundary) and it was not truncated. Every other row,
-and every row of an encoder backbone (bidirectional attention: the prompt's states depend on the
-response), is scored as a whole sequence in the length buckets. The scores therefore match the
-plain path up to floating-point summation order.
+For reward models, the token sequences are exactly those of `RewardModel.encode`: each full
+conversation is tokenized as a whole, and a row reuses its group's prompt only if the prompt's
+tokens are a prefix of its own (a tokenizer could merge across the boundary) and it was not
+truncated. Every other row, and every row of an encoder backbone (bidirectional attention: the
+prompt's states depend on the response), is scored as a whole sequence in the length buckets.
+The scores therefore match the plain path up to floating-point summation order. Reference
+log-probs take token ids, as sampled, and always reuse the prompt (the LM is a causal decoder).
 """
 
 from __future__ import annotations
@@ -55,10 +60,6 @@ class ScoringStats:
     reused_groups: int = 0  # groups whose prompt ran once for all its rows
     whole_rows: int = 0  # rows scored as whole sequences
     seconds: float = 0.0
-
-    def add(self, other: ScoringStats) -> None:
-        for k in self.__dataclass_fields__:
-            setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
 @dataclass
@@ -297,41 +298,45 @@ class ScoringEngine:
 
     # reference policy ----------------------------------------------------------------------
     @torch.no_grad()
-    def reference_logprobs(self, lm, tokenizer, groups: list[Group],
+    def reference_logprobs(self, lm, prompts: list[list[int]], responses: list[list[list[int]]],
                            desc: str = "reference log-probs") -> list[list[torch.Tensor]]:
-        """Log-probabilities under the causal LM `lm` of each response's tokens given its prompt
-        (float32, one tensor per response, on `lm`'s device), tokenized as rejection-sampling
-        fine-tuning does: the prompt with the generation prompt, then the rest of the
-        conversation. A response is cut to fit `max_length` after its prompt."""
+        """Log-probabilities under the causal LM `lm` of given response tokens after their
+        prompt: `prompts[g]` is group g's prompt token ids, `responses[g]` its responses' token
+        ids. One float32 tensor per response, on `lm`'s device, token for token (nothing is
+        re-tokenized or truncated; an empty response gets an empty tensor). PPO's frozen
+        reference log-probs of its rollouts: each group's prompt runs once for all its
+        responses, and the log-probs come from the last hidden states and the output head
+        (kernels/head_logprobs.py), without [tokens, vocab] logits."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"reference_logprobs needs one prompt per group of responses; got "
+                             f"{len(prompts)} prompts and {len(responses)} groups")
         start = time.perf_counter()
         lm.eval()
         backbone, head = lm.get_decoder(), lm.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("reference_logprobs reads log-probs off the output head's weight "
+                             "and this LM's head has a bias; use an LM whose head has none")
         device = model_device(lm)
         plan = _Plan()
-        for g, grp in enumerate(groups):
-            prompt = tokenizer.apply_chat_template(grp.messages, tokenize=False,
-                                                   add_generation_prompt=True)
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if len(p) >= self.max_length:
-                raise FlywheelError(
-                    f"a prompt of {len(p)} tokens leaves no room for its response within "
-                    f"max_length {self.max_length}; raise the scoring max_length")
-            plan.prompts[g] = p
-            for k, r in enumerate(grp.responses):
-                full = tokenizer.apply_chat_template(
-                    grp.messages + [{"role": "assistant", "content": r}], tokenize=False)
-                resp = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-                resp = resp[: self.max_length - len(p)] or [tokenizer.eos_token_id or 0]
-                plan.reused.append(_Row(g, k, p + resp, len(p)))
-        out: list[list[torch.Tensor]] = [[None] * len(g.responses) for g in groups]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        out: list[list[torch.Tensor]] = [[None] * len(rs) for rs in responses]
+        for g, (p, rs) in enumerate(zip(prompts, responses)):
+            for k, r in enumerate(rs):
+                if not r:
+                    out[g][k] = torch.zeros(0, device=device)
+                    continue
+                if not p:
+                    raise ValueError(f"group {g} has an empty prompt: its first response token "
+                                     "has nothing to be predicted from; give each group at "
+                                     "least one prompt token")
+                plan.prompts[g] = list(p)
+                plan.reused.append(_Row(g, k, list(p) + list(r), len(p)))
         bar = tqdm(total=len(plan.reused), desc=desc, unit="seq", disable=not self.progress)
         for _, rows, gs in self._buckets(plan):
             owner_pos = {g: i for i, g in enumerate(gs)}
             owner = [owner_pos[r.group] for r in rows]
             p_last = torch.tensor([len(plan.prompts[g]) - 1 for g in gs], device=device)
             for sub, p_hidden, r_hidden, r_mask in self._prefix_forward(
-                    backbone, pad_id, [plan.prompts[g] for g in gs], rows, owner):
+                    backbone, 0, [plan.prompts[g] for g in gs], rows, owner):
                 # the prompt's last state predicts response token 0, response state j token j+1
                 owners = torch.tensor([owner[i] for i in sub], device=device)
                 first = p_hidden[owners, p_last[owners]]

@@ -11,7 +11,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.evaluation.gate import head_to_head
 from flywheel.evaluation.judge import ProxyJudge
 from flywheel.lake.store import Lake
-from flywheel.reward.combined import gated_reward
+from flywheel.reward.combined import gated_rewards
 from flywheel.reward.scoring import ScoringEngine
 from flywheel.stages.common import (
     by_id,
@@ -90,8 +90,8 @@ def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict, baselin
     prompts = by_id(lake.rows("prompts"))
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     raw = score_samples(lake, new + old, prompts, rm_ids, engine)
-    rc = [gated_reward(h, s, prompts[r["prompt_id"]]["criterion"] == "safety")
-          for r, h, s in zip(new + old, raw["helpfulness"], raw["safety"])]
+    rc = gated_rewards(raw["helpfulness"], raw["safety"],
+                       [prompts[r["prompt_id"]]["criterion"] == "safety" for r in new + old])
     return {"reward_new": rc[: len(new)], "reward_old": rc[len(new):],
             "reward_mean_new": statistics.fmean(rc[: len(new)]) if new else None,
             "reward_mean_old": statistics.fmean(rc[len(new):]) if old else None}

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import tempfile
 
+import torch
+
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.devices import compute_device
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy.ppo import ValueModel, train_ppo
+from flywheel.policy import ppo as trainer
 from flywheel.policy.rollouts import VLLMRollouts
 from flywheel.policy.sampling import VLLMSampler, close_samplers
-from flywheel.reward.combined import combine, gated_reward
+from flywheel.reward.combined import RewardModelScores
 from flywheel.reward.model import RewardModel
 from flywheel.reward.scoring import Group, ScoringEngine
 from flywheel.stages.common import by_id, current_policy, ensure_prompts, policy_path, require_both
@@ -23,14 +25,12 @@ from flywheel.stages.common import by_id, current_policy, ensure_prompts, policy
 def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str, str],
                policy_id: str | None) -> str:
     """PPO on top of the iteration's rejection-sampled policy `policy_id` (None: the latest
-    promoted policy), which is also the
-    frozen reference of the KL penalty: rollouts on the train prompts, each scored by both
-    reward models through the scoring engine and combined as WHITEN(LOGIT(R_c)) by the
-    reward-combination kernel, minus beta x per-token KL; held-out prompts for early stopping.
-    Saves the policy (parent: `policy_id`) with its per-step log. Returns its id."""
-    import torch
-
-
+    promoted policy), which is also the frozen reference of the KL penalty: rollouts on the
+    train prompts, each scored by both reward models through the scoring engine; the trainer
+    turns the two scores, the per-token KL (reference log-probs from the same engine) and the
+    response mask into WHITEN(LOGIT(R_c)) - beta x KL token rewards in one pass of the
+    reward-combination kernel; held-out prompts (mean R_c) for early stopping. Saves the policy
+    (parent: `policy_id`) with its per-step log. Returns its id."""
     pc = cfg.policy_update.ppo
     require_both(rm_ids, "PPO")
     if policy_id is None:  # PPO alone: from the latest policy
@@ -47,18 +47,19 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     device = compute_device()  # train_ppo moves reference and critic to the actor's device
     actor = load_causal_lm(path, "float32").to(device)
     reference = load_causal_lm(path, "float32")
-    critic = ValueModel.from_causal_lm(actor)
+    critic = trainer.ValueModel.from_causal_lm(actor)
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     rms = {k: RewardModel.load(lake.artifact_path("reward_models", rm_ids[k]))
            for k in ("helpfulness", "safety")}
 
-    def score(batch, texts, _ids):
+    def score(batch, texts, _ids) -> RewardModelScores:
+        # the raw scores: the trainer combines them with the KL (the update's score is
+        # whitened per batch; R_c itself is logged and early-stops)
         groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
         help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
         safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
-        # the update's score is whitened per batch; R_c itself is logged and early-stops
-        r_c = [gated_reward(h[0], s[0], g.safety) for g, h, s in zip(groups, help_, safe)]
-        return combine(groups, help_, safe)[0], torch.tensor(r_c)
+        return RewardModelScores.of([h[0] for h in help_], [s[0] for s in safe],
+                                    [g.safety for g in groups])
 
     # the engines kept open for later stages (two, ~4 GB each on a CPU) would share memory with
     # actor, critic, reference, both reward models and PPO's own engine: a three-iteration demo
@@ -67,15 +68,14 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     with tempfile.TemporaryDirectory() as scratch:
         rollouts = None
         if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's
-
             s = cfg.sampling
             rollouts = VLLMRollouts(VLLMSampler(
                 path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed,
                 tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
                 gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
         try:
-            out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
-                            desc="ppo", rollouts=rollouts)
+            out = trainer.train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
+                                    desc="ppo", rollouts=rollouts, engine=engine)
         finally:
             if rollouts is not None:
                 rollouts.sampler.close()

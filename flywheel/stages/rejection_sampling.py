@@ -14,7 +14,7 @@ from flywheel.errors import DataError
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune
-from flywheel.reward.combined import gated_reward
+from flywheel.reward.combined import gated_rewards
 from flywheel.reward.scoring import ScoringEngine
 from flywheel.stages.common import (
     by_id,
@@ -50,8 +50,8 @@ def best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[f
     """R_c of each sample and the mean over prompts of the best one."""
     raw = score_samples(lake, rows, by_prompt,
                         {k: rm_ids[k] for k in ("helpfulness", "safety")}, engine)
-    rewards = [gated_reward(h, sf, by_prompt[r["prompt_id"]]["criterion"] == "safety")
-               for r, h, sf in zip(rows, raw["helpfulness"], raw["safety"])]
+    rewards = gated_rewards(raw["helpfulness"], raw["safety"],
+                            [by_prompt[r["prompt_id"]]["criterion"] == "safety" for r in rows])
     best: dict[str, float] = {}
     for r, x in zip(rows, rewards):
         best[r["prompt_id"]] = max(x, best.get(r["prompt_id"], -1.0))
