@@ -53,7 +53,7 @@ def make_inputs(b, t, device="cuda"):
 
 
 def _threshold():
-    # imported here, not at the top: cpu_report sets TRITON_INTERPRET before triton's import
+    # imported here, not at the top: the no-GPU run sets TRITON_INTERPRET before triton loads
     from flywheel.reward.combined import SAFETY_THRESHOLD
 
     return SAFETY_THRESHOLD
@@ -128,7 +128,7 @@ def cpu_check():
     return (
         f"Check only, at B={b}, T={t} (float32, int32 tags and mask, right padding, beta {BETA}; "
         "forward only, rewards are not differentiated): the kernel under the interpreter against "
-        f"the torch reference, max abs difference over score, sequence and token rewards "
+        f"the torch reference, max abs difference over score, sequence and token rewards and R_c "
         f"{err:.2e}.")
 
 
