@@ -111,7 +111,7 @@ class PPOConfig(_Seeded):
 
 
 class RRHFConfig(_Seeded):
-    """RRHF (flywheel/policy/ppo.py: rrhf_loss) on the K scored samples per prompt that rejection
+    """RRHF (flywheel/policy/rrhf.py: rrhf_loss) on the K scored samples per prompt that rejection
     sampling also draws (`rejection_sampling.k`, `.temperature`): a ranking loss on
     length-normalised log-probabilities plus fine-tuning on the best, in one pass."""
 
