@@ -162,19 +162,22 @@ def test_scoring_follows_a_model_placed_by_its_caller(on, tiny_llama):
 def test_policy_updates_train_on_the_compute_device(on, tiny_llama, tmp_path, monkeypatch):
     """Rejection-sampling fine-tuning and RRHF load the policy onto compute_device() and feed it
     tensors there; the saved checkpoints load on the CPU (and, on CUDA, match a CPU run)."""
-    import flywheel.models
+    from flywheel.policy import finetune as finetune_module
+    from flywheel.policy import rrhf as rrhf_module
+    from flywheel.policy.finetune import finetune
+    from flywheel.policy.rrhf import rrhf_finetune
 
     device, asked = on
     seen: list[set] = []
 
     def loading(path, dtype="float32", device=None):
         model = load_causal_lm(path, dtype, device)
-        seen.append(_input_devices(model))
+        # the decoder: fine-tuning runs it through the model's forward, RRHF directly
+        seen.append(_input_devices(model.get_decoder()))
         return model
 
-    monkeypatch.setattr(flywheel.models, "load_causal_lm", loading)
-    from flywheel.policy.finetune import finetune
-    from flywheel.policy.rrhf import rrhf_finetune
+    for module in (finetune_module, rrhf_module):  # each loads the policy through its own name
+        monkeypatch.setattr(module, "load_causal_lm", loading)
 
     msgs = PAIRS[0].messages
     sft = RejectionSamplingConfig(learning_rate=3e-3, epochs=1, batch_size=2, micro_batch_size=1,
