@@ -38,7 +38,7 @@ models:
   # The sentence encoder of the simulated annotator's proxy judge.
   judge_embedder: {embedder}
 prompts:
-  # JSONL of {{"text", "criterion": helpfulness|safety, "split": train|test}} records;
+  # JSONL of {{"text", "criterion": helpfulness|safety, "split": train|heldout}} records;
   # null: the 452 prompts shipped with rlhf-flywheel.
   path: {prompts}
 sampling:
