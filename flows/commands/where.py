@@ -39,13 +39,7 @@ NO_LAKE = ("no lake named; pass --lake (a folder or s3://bucket/prefix), set FLY
 def packaged(name: str) -> Path:
     """A file of the repository's deployments/ folder (demo.yaml, prefect.yaml), which a wheel
     ships as package data of `flywheel.deployments`."""
-    try:
-        folder = resources.files("flywheel.deployments")
-    except ModuleNotFoundError:
-        # an editable install made before deployments/ was mapped as a package: the checkout's
-        # folder beside flows/
-        folder = Path(__file__).resolve().parents[2] / "deployments"
-    path = Path(str(folder / name))
+    path = Path(str(resources.files("flywheel.deployments") / name))
     if not path.is_file():
         raise FlywheelError(f"the packaged {name} is missing at {path}; reinstall rlhf-flywheel")
     return path
