@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from flywheel.devices import model_device
+from flywheel.distributed.ranks import all_sum, sum_gradients, world
 from flywheel.errors import ConfigError
 
 # Who hears of each optimizer step of the training loops (what, steps done, steps in all): the
@@ -76,26 +77,33 @@ _WEIGHT_TOL = 1e-6
 
 class Stepper:
     """AdamW (betas 0.9, 0.95, no weight decay) with `lr_lambda`'s schedule and the gradient norm
-    clipped to 1.0, fed one micro-batch at a time. Forward through `module`; for each micro-batch
-    call `backward(mean loss, weight)`, where the weights of one step's micro-batches are their
-    shares of the step's examples and sum to 1 (so the step's loss is the sum of weight * loss);
+    clipped to 1.0, fed one micro-batch at a time, on one rank or several. Forward through
+    `module`; for each micro-batch call `backward(mean loss, weight, last)`, where the weights of
+    one step's micro-batches, over all ranks, are their shares of the step's examples and sum
+    to 1 (so the step's loss is the sum of weight * loss), and `last` marks this rank's last
+    micro-batch of the step (`flywheel.distributed.ranks.rank_micro_batches` gives all three);
     then `step()`. The last step of an epoch may have fewer micro-batches than the others."""
 
-    module: torch.nn.Module
+    module: torch.nn.Module  # what to call forward on
+    model: torch.nn.Module  # the model it trains (a DeepSpeed engine's module)
+    partitioned = False  # the model holds shards of its weights only (ZeRO-3)
 
     def __init__(self) -> None:
-        self._weight = 0.0  # sum of the weights given since the last step
+        self.world = world()
+        self._weight = 0.0  # sum of this rank's weights since the last step
 
-    def backward(self, loss: torch.Tensor, weight: float) -> None:
+    def backward(self, loss: torch.Tensor, weight: float, last: bool) -> None:
         if self._weight + weight > 1 + _WEIGHT_TOL:
             raise ValueError(f"micro-batch weights of one step sum past 1 "
                              f"({self._weight} + {weight}); call step() after each step's last")
         self._weight += weight
-        self._backward(loss * weight, last=self._weight > 1 - _WEIGHT_TOL)
+        self._backward(loss * weight, last)
 
     def step(self) -> None:
-        if abs(self._weight - 1) > _WEIGHT_TOL:
-            raise ValueError(f"micro-batch weights of this step sum to {self._weight}, not 1")
+        (total,) = all_sum([self._weight], self.world)
+        if abs(total - 1) > _WEIGHT_TOL:
+            raise ValueError(f"micro-batch weights of this step sum to {total:.6g} over "
+                             f"{self.world.size} rank(s), not 1")
         self._weight = 0.0
         self._step()
 
@@ -123,13 +131,14 @@ class Stepper:
 class TorchStepper(Stepper):
     def __init__(self, model: torch.nn.Module, lr: float, steps: int, warmup: int):
         super().__init__()
-        self.module = model
+        self.module = self.model = model
         self.optimizer, self.scheduler = adamw_with_schedule(model, lr, steps, warmup)
 
     def _backward(self, loss, last):
         loss.backward()
 
     def _step(self):
+        sum_gradients(self.module.parameters(), self.world)  # every rank takes the same step
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
         self.optimizer.step()
         self.scheduler.step()
@@ -150,17 +159,21 @@ class TorchStepper(Stepper):
 class DeepSpeedStepper(Stepper):
     """The same step through a DeepSpeed engine. DeepSpeed counts micro-batches itself (it steps
     every `gradient_accumulation_steps` backwards and divides each loss by that number); here the
-    loss goes in unscaled and the accumulation boundary is set from the weights instead, so a
-    short last step reduces and updates like a full one."""
+    loss goes in unscaled and the accumulation boundary is set by the loop instead, so a short
+    last step reduces and updates like a full one. DeepSpeed averages the gradients over the
+    ranks; the loss is multiplied by the number of ranks so that they sum, as the weights
+    assume."""
 
     def __init__(self, engine):
         super().__init__()
         self.engine = self.module = engine
+        self.model = engine.module
+        self.partitioned = bool(engine.zero_optimization_partition_weights())
 
     def _backward(self, loss, last):
         # set before the backward: ZeRO reduces (or offloads) the gradients on the boundary one
         self.engine.set_gradient_accumulation_boundary(last)
-        self.engine.backward(loss, scale_wrt_gas=False)
+        self.engine.backward(loss * self.world.size, scale_wrt_gas=False)
 
     def _step(self):
         # on the boundary: clip, optimizer step, scheduler step, zero the gradients
@@ -180,16 +193,18 @@ class DeepSpeedStepper(Stepper):
         the other ranks; every rank must call this). Needs
         `stage3_gather_16bit_weights_on_model_save: true` in the config to be saved by
         DeepSpeed's own save_16bit_model, which this mirrors. Other stages hold full weights."""
-        if self.engine.zero_optimization_partition_weights():
+        if self.partitioned:
             return self.engine._zero3_consolidated_16bit_state_dict()
         return self.engine.module.state_dict()
 
 
 def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, micro_steps: int,
-                 deepspeed: str | None = None) -> Stepper:
+                 deepspeed: str | None = None, setting: str = "reward_model.deepspeed"
+                 ) -> Stepper:
     """A plain PyTorch stepper, or with `deepspeed` (a DeepSpeed JSON config: a path ending in
     .json, or a name in infra/deepspeed/) one through a DeepSpeed engine. `micro_steps` is the
-    number of micro-batches of a full step; `steps` and `warmup` drive `lr_lambda`.
+    number of micro-batches of a full step on one rank; `steps` and `warmup` drive `lr_lambda`;
+    `setting` names the config key that asked for DeepSpeed, for the error when it is missing.
 
     The plain stepper trains the model where the caller placed it (`compute_device()` for the
     training loops); a DeepSpeed engine moves it to its local rank's device. Either way
@@ -203,7 +218,7 @@ def make_stepper(model: torch.nn.Module, lr: float, steps: int, warmup: int, mic
     if deepspeed is None:
         return TorchStepper(model, lr, steps, warmup)
     engine = deepspeed_initialize(
-        model, deepspeed_config(deepspeed, lr, micro_steps), "reward_model.deepspeed",
+        model, deepspeed_config(deepspeed, lr, micro_steps), setting,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warmup)),
     )
     return DeepSpeedStepper(engine)
@@ -268,6 +283,12 @@ def deepspeed_config(name: str, lr: float, micro_steps: int) -> dict:
         "gradient_clipping": 1.0,
         "optimizer": {"type": "AdamW", "params": params},
     }
+
+
+def zero_stage(name: str) -> int:
+    """The ZeRO stage of the DeepSpeed config `name` (0 when it sets none)."""
+    config = deepspeed_config(name, 1.0, 1)
+    return int((config.get("zero_optimization") or {}).get("stage", 0))
 
 
 def _single_process_env() -> None:

@@ -43,7 +43,7 @@ def train(stepper):
         for m in range(0, len(idx), MICRO):
             sel = idx[m : m + MICRO]
             loss = torch.nn.functional.mse_loss(stepper.module(x[sel]), y[sel])
-            stepper.backward(loss, len(sel) / len(idx))
+            stepper.backward(loss, len(sel) / len(idx), m + MICRO >= len(idx))
             step_loss += loss.item() * len(sel) / len(idx)
             micro.append(len(sel))
         stepper.step()
@@ -144,7 +144,7 @@ def test_deepspeed_zero3_partitions_and_saves_full_weights(deepspeed_installed, 
 def test_weights_of_a_step_must_sum_to_one():
     stepper = make_stepper(tiny_model(), LR, STEPS, WARMUP, MICRO_STEPS)
     x, y = data()
-    stepper.backward(torch.nn.functional.mse_loss(stepper.module(x[:3]), y[:3]), 0.6)
+    stepper.backward(torch.nn.functional.mse_loss(stepper.module(x[:3]), y[:3]), 0.6, True)
     with pytest.raises(ValueError, match="sum to 0.6"):
         stepper.step()
 

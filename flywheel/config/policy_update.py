@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from flywheel.config.resources import RESOURCES_HELP, ResourcesConfig
 from flywheel.config.sections import SEED_HELP, _Section, _Seeded
 
 
@@ -58,6 +59,13 @@ class RejectionSamplingConfig(_Seeded):
     max_length: int = Field(512, ge=16)
     seed: int | None = Field(None, description="Seed of the fine-tuning's batch order and the "
                              "temperature search's draw of held-out prompts. " + SEED_HELP)
+    deepspeed: str | None = Field(
+        None,
+        description="Fine-tune through DeepSpeed with this config (a JSON file, or a name in "
+        "infra/deepspeed/: zero2-cpu, zero3, zero3-offload). Empty: plain PyTorch (with "
+        "several ranks, gradients averaged across them).",
+    )
+    resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
 
     @model_validator(mode="after")
     def _grid(self):
@@ -101,6 +109,7 @@ class PPOConfig(_Seeded):
         "or a name in infra/deepspeed/): ZeRO stage 0-2, which keep whole weights on each rank "
         "for rollouts and the weight sync (zero2-cpu runs on a CPU). Empty: plain PyTorch.",
     )
+    resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
 
     @model_validator(mode="after")
     def _minibatch_fits(self):
@@ -122,6 +131,13 @@ class RRHFConfig(_Seeded):
     ft_weight: float = Field(1.0, ge=0, description="Weight of the best sample's NLL.")
     max_length: int = Field(512, ge=16)
     seed: int | None = Field(None, description="Seed of the batch order. " + SEED_HELP)
+    deepspeed: str | None = Field(
+        None,
+        description="Train through DeepSpeed with this config (a JSON file, or a name in "
+        "infra/deepspeed/: zero2-cpu, zero3, zero3-offload). Empty: plain PyTorch (with "
+        "several ranks, gradients averaged across them).",
+    )
+    resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
 
 Method = Literal["rejection_sampling", "rrhf", "ppo"]
 

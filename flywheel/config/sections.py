@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from flywheel.config.base import _Section
+from flywheel.config.resources import RESOURCES_HELP, ResourcesConfig
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 
 DEFAULT_EMBEDDER = "builtin:all-minilm-l6-v2"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 DEFAULT_SEED = 0
@@ -264,6 +263,7 @@ class RewardModelConfig(_Seeded):
         "in infra/deepspeed/ (zero2-cpu runs on a CPU; zero3 for several GPUs). Empty: plain "
         "PyTorch.",
     )
+    resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
     mix: MixConfig = MixConfig()
     promotion_tolerance: float = Field(
         0.02,

@@ -11,10 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
-from flywheel.devices import compute_device, model_device
+from flywheel.devices import compute_device
+from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
+from flywheel.training import Stepper, epoch_batches, make_stepper, plan_steps, report_step
 
 
 @dataclass(frozen=True)
@@ -75,67 +76,95 @@ def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int
     return ids, labels
 
 
+def _response_tokens(labels: list[int]) -> int:
+    """The tokens a sequence's loss is on: its labels past the first position (the causal
+    shift), not -100."""
+    return sum(1 for x in labels[1:] if x != -100)
+
+
+def save_policy(stepper: Stepper, policy_path: str, tok, out_dir: str | Path) -> None:
+    """Rank 0 saves the trained policy to `out_dir` as safetensors, loadable by transformers
+    and vLLM; under ZeRO-3 the weights are first gathered from every rank's shard (every rank
+    must call this). float32 on purpose: an update of lr 1e-5 is far below bfloat16's
+    resolution (8 bits of mantissa), so a bfloat16 copy would round most of the training away."""
+    state = stepper.state_dict_for_save()
+    if not stepper.world.main:
+        return
+    model = stepper.model
+    if stepper.partitioned:  # the module holds empty shards: a whole copy takes the weights
+        model = load_causal_lm(policy_path, "float32", "cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        if unexpected or set(missing) - tied:
+            raise FlywheelError(f"the gathered weights do not fit {policy_path}'s model: "
+                                f"missing {sorted(set(missing) - tied)[:5]}, unexpected "
+                                f"{sorted(unexpected)[:5]}")
+    model.config.dtype = "float32"
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
 def finetune(
     policy_path: str, examples: list[tuple], cfg: RejectionSamplingConfig,
     out_dir: str | Path,
 ) -> dict:
     """Supervised fine-tuning on (messages, response) or (messages, response, end) tuples
     (`end` False: the token limit cut the response off; see `tokenize_sft`); saves the policy to
-    `out_dir`."""
+    `out_dir` (on several ranks: each trains on its share of every step, rank 0 saves)."""
 
     if not examples:
         raise FlywheelError("the rejection-sampling pool is empty: nothing to fine-tune on")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_path)
-    model = load_causal_lm(policy_path, "float32", compute_device())
+    model = load_causal_lm(policy_path, "float32", None if cfg.deepspeed else compute_device())
     model.train()
-    device = model_device(model)
     data = [tokenize_sft(tok, e[0], e[1], cfg.max_length, *e[2:]) for e in examples]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
-    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    full_step = range(min(cfg.batch_size, len(data)))
+    stepper = make_stepper(model, cfg.learning_rate, steps, warmup,
+                           len(rank_micro_batches(full_step, cfg.micro_batch_size, world())),
+                           cfg.deepspeed, "rejection_sampling.deepspeed")
+    device, w = stepper.device, stepper.world
     losses = []
-    bar = tqdm(total=steps, desc="policy fine-tune", unit="step")
+    bar = tqdm(total=steps, desc="policy fine-tune", unit="step", disable=not w.main)
     for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
         batch = [data[i] for i in idx]
-        n_tokens = sum(sum(1 for x in lab if x != -100) for _, lab in batch)
-        opt.zero_grad(set_to_none=True)
+        n_tokens = sum(_response_tokens(lab) for _, lab in batch)
         step_loss = 0.0
-        for m in range(0, len(batch), cfg.micro_batch_size):
-            micro = batch[m : m + cfg.micro_batch_size]
-            width = max(len(ids) for ids, _ in micro)
+        for micro in rank_micro_batches(batch, cfg.micro_batch_size, w):
+            width = max(len(ids) for ids, _ in micro.items)
             pad = tok.pad_token_id
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro], device=device)
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro],
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro.items],
+                               device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro.items],
                                   device=device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro],
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro.items],
                                 device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logits = stepper.module(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
-            # summed over the micro-batch, divided by the step's response tokens: every
-            # response token weighs the same whatever the micro-batch split
+            tokens = sum(_response_tokens(lab) for _, lab in micro.items)
+            # the micro-batch's mean over its response tokens, weighted by its share of the
+            # step's: every response token weighs the same whatever the micro-batch split
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                 ignore_index=-100, reduction="sum",
-            ) / max(1, n_tokens)
+            ) / max(1, tokens)
             if not torch.isfinite(loss):
                 raise FlywheelError(
                     f"policy fine-tuning loss became {loss.item()}; lower "
                     f"rejection_sampling.learning_rate (now {cfg.learning_rate})"
                 )
-            loss.backward()
-            step_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+            # (a step whose responses the token limit cut away entirely has loss 0: by items)
+            weight = (tokens / n_tokens if n_tokens else micro.weight) if micro.weight else 0.0
+            stepper.backward(loss, weight, micro.last)
+            step_loss += loss.item() * weight
+        stepper.step()
+        (step_loss,) = all_sum([step_loss], w)
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
         report_step("policy fine-tune", len(losses), steps)
     bar.close()
-    # float32 on purpose: an update of lr 1e-5 is far below bfloat16's resolution (8 bits of
-    # mantissa), so a bfloat16 copy would round most of the fine-tuning away
-    model.config.dtype = "float32"
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
+    save_policy(stepper, policy_path, tok, out_dir)
     return {"steps": steps, "examples": len(data), "loss_first": losses[0],
             "loss_last": losses[-1]}

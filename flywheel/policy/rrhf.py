@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flywheel.devices import compute_device, model_device
-from flywheel.errors import FlywheelError
+from flywheel.devices import compute_device
+from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
+from flywheel.errors import ConfigError, FlywheelError
 from flywheel.kernels.head_logprobs import head_logprobs
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy.finetune import tokenize_sft
-from flywheel.training import adamw_with_schedule, epoch_batches, plan_steps, report_step
+from flywheel.policy.finetune import save_policy, tokenize_sft
+from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step, zero_stage
 
 
 def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
@@ -28,7 +29,8 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
     log-probabilities plus the per-token NLL of the best one (`rrhf_loss`), averaged
     over the prompts of a step. A response whose flag is False (the token limit cut it off) is
     scored and learned without the end of its turn, as in `finetune`. Saves the policy to
-    `out_dir`. `cfg`: RRHFConfig."""
+    `out_dir` (on several ranks: each takes its share of every step's prompts, rank 0 saves).
+    `cfg`: RRHFConfig."""
 
     for g in groups:
         if not len(g[1]) == len(g[2]) == (len(g[3]) if len(g) > 3 else len(g[1])):
@@ -41,9 +43,8 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
                             "rejection_sampling.k")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy_path)
-    model = load_causal_lm(policy_path, "float32", compute_device())
+    model = load_causal_lm(policy_path, "float32", None if cfg.deepspeed else compute_device())
     model.train()
-    device = model_device(model)
     if getattr(model.get_output_embeddings(), "bias", None) is not None:
         raise FlywheelError("RRHF reads log-probs off the output head's weight and this "
                             "policy's head has a bias; use a policy whose head has none "
@@ -52,14 +53,21 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
               for r, end in zip(g[1], g[3] if len(g) > 3 else [True] * len(g[1]))], g[2])
             for g in groups]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
-    opt, sched = adamw_with_schedule(model, cfg.learning_rate, steps, warmup)
+    if cfg.deepspeed and zero_stage(cfg.deepspeed) > 2:
+        raise ConfigError(f"policy_update.rrhf.deepspeed {cfg.deepspeed!r} is ZeRO stage 3: RRHF "
+                          "reads the output head's weight whole (kernels.head_logprobs), so use "
+                          "stage 2 or lower (zero2-cpu), or clear it")
+    full_step = range(min(cfg.batch_size, len(data)))
+    stepper = make_stepper(model, cfg.learning_rate, steps, warmup,
+                           len(rank_micro_batches(full_step, 1, world())), cfg.deepspeed,
+                           "policy_update.rrhf.deepspeed")
+    device, w = stepper.device, stepper.world
     losses, ranks = [], []
-    bar = tqdm(total=steps, desc="rrhf", unit="step")
+    bar = tqdm(total=steps, desc="rrhf", unit="step", disable=not w.main)
     for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
-        opt.zero_grad(set_to_none=True)
         step_loss = step_rank = 0.0
-        for i in idx:
-            encoded, rewards = data[i]
+        for micro in rank_micro_batches(idx, 1, w):  # one prompt's K responses at a time
+            encoded, rewards = data[micro.items[0]]
             width = max(len(ids) for ids, _ in encoded)
             pad = tok.pad_token_id
             ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in encoded], device=device)
@@ -67,29 +75,25 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
                                   device=device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded],
                                 device=device)
-            sums = response_logprob_sums(model, ids, mask, labels)
+            sums = response_logprob_sums(stepper.model, ids, mask, labels)
             loss, st = rrhf_loss(sums, (labels[:, 1:] != -100).sum(-1),
                                  torch.tensor(rewards, dtype=torch.float32, device=device),
                                  cfg.ft_weight)
-            loss = loss / len(idx)
             if not torch.isfinite(loss):
                 raise FlywheelError(f"RRHF loss became {loss.item()}; lower "
                                     f"policy_update.rrhf.learning_rate (now {cfg.learning_rate})")
-            loss.backward()
-            step_loss += loss.item()
-            step_rank += st["rank_loss"] / len(idx)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+            stepper.backward(loss, micro.weight, micro.last)
+            step_loss += loss.item() * micro.weight
+            step_rank += st["rank_loss"] * micro.weight
+        stepper.step()
+        step_loss, step_rank = all_sum([step_loss, step_rank], w)
         losses.append(step_loss)
         ranks.append(step_rank)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
         report_step("rrhf", len(losses), steps)
     bar.close()
-    model.config.dtype = "float32"  # as finetune: bfloat16 would round small updates away
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
+    save_policy(stepper, policy_path, tok, out_dir)
     return {"steps": steps, "prompts": len(data), "loss_first": losses[0],
             "loss_last": losses[-1], "rank_loss_first": ranks[0], "rank_loss_last": ranks[-1]}
 

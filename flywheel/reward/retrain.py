@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from flywheel import models
 from flywheel.config import FlywheelConfig
+from flywheel.config.resources import identity
 from flywheel.errors import DataError
 from flywheel.lake.catalog import connect
 from flywheel.lake.schemas import content_id
@@ -155,7 +156,7 @@ def _train_one(cfg, lake, con, iteration, kind, mix: MixResult, sets, deliveries
     rm_cfg = cfg.reward_model
     record = mix_record(mix)
     rm_id = content_id("reward_model", kind, iteration, record["ids_sha256"],
-                       rm_cfg.model_dump(), cfg.models.reward_backbone, [s.ids for s in sets])
+                       identity(rm_cfg), cfg.models.reward_backbone, [s.ids for s in sets])
     done = {r["id"]: r for r in lake.rows("reward_models")}
     if rm_id in done and lake.has_artifact("reward_models", rm_id):  # a retry after a crash
         row = done[rm_id]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import RewardModelConfig
 from flywheel.devices import compute_device
+from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
 from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step
@@ -46,7 +46,9 @@ def _encode_distinct(model, groups: list[list[PreferencePair]], max_length: int)
 def train_reward_model(
     backbone_path: str, pairs: list[PreferencePair], cfg: RewardModelConfig, desc="reward model"
 ) -> tuple[RewardModel, dict]:
-    """One run of the margin ranking loss over `pairs`; returns the model and training metrics."""
+    """One run of the margin ranking loss over `pairs`; returns the model and training metrics.
+    On several ranks (a process group is up) each trains on its share of every step; the
+    model returned is whole on rank 0 (under ZeRO-3, only there)."""
     if not pairs:
         raise FlywheelError("no preference pairs to train the reward model on")
     torch.manual_seed(cfg.seed)
@@ -57,47 +59,52 @@ def train_reward_model(
     # a batch element: one pair, or with group_by_prompt all of one prompt's pairs
     elements = (group_pairs(pairs) if cfg.group_by_prompt else [[i] for i in range(len(pairs))])
     steps, warmup = plan_steps(len(elements), cfg.batch_size, cfg.epochs)
-    micro_steps = math.ceil(min(cfg.batch_size, len(elements)) / cfg.micro_batch_size)
+    full_step = range(min(cfg.batch_size, len(elements)))
+    micro_steps = len(rank_micro_batches(full_step, cfg.micro_batch_size, world()))
     stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
     device = stepper.device
+    w = stepper.world
     losses, correct, seen = [], 0, 0
-    bar = tqdm(total=steps, desc=desc, unit="step")
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not w.main)
     for idx in epoch_batches(len(elements), cfg.batch_size, cfg.epochs, cfg.seed):
-        batch = [[pairs[i] for i in elements[e]] for e in idx]
-        step_loss = 0.0
-        for m in range(0, len(batch), cfg.micro_batch_size):
-            micro_groups = batch[m : m + cfg.micro_batch_size]
-            micro = [p for group in micro_groups for p in group]
+        step_loss = step_correct = step_seen = 0.0
+        for micro in rank_micro_batches(idx, cfg.micro_batch_size, w):
+            micro_groups = [[pairs[i] for i in elements[e]] for e in micro.items]
+            flat = [p for group in micro_groups for p in group]
             enc, at_chosen, at_rejected, weight = _encode_distinct(model, micro_groups,
                                                                    cfg.max_length)
             rewards = stepper.module(enc["input_ids"].to(device),
                                      enc["attention_mask"].to(device)).float()
-            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in micro],
+            margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in flat],
                                   device=device)
             r_chosen, r_rejected = rewards[at_chosen.to(device)], rewards[at_rejected.to(device)]
             loss = ranking_loss(r_chosen, r_rejected, margin, cfg.center_coefficient,
                                 weight.to(device))
-            n = len(micro_groups)
             if not torch.isfinite(loss):
                 raise FlywheelError(
                     f"reward-model loss became {loss.item()} at step {len(losses) + 1}; "
                     f"lower reward_model.learning_rate (now {cfg.learning_rate}) or check "
                     "the data for empty responses"
                 )
-            stepper.backward(loss, n / len(batch))
-            step_loss += loss.item() * n / len(batch)
-            correct += int((r_chosen > r_rejected).sum())
-            seen += len(micro)
+            stepper.backward(loss, micro.weight, micro.last)
+            if micro.weight:  # not a stand-in
+                step_loss += loss.item() * micro.weight
+                step_correct += int((r_chosen > r_rejected).sum())
+                step_seen += len(flat)
         stepper.step()
+        step_loss, step_correct, step_seen = all_sum([step_loss, step_correct, step_seen], w)
+        correct, seen = correct + step_correct, seen + step_seen
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
         report_step(desc, len(losses), steps)
     bar.close()
     if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
-        model = RewardModel.from_state(backbone_path, stepper.state_dict_for_save())
+        state = stepper.state_dict_for_save()  # every rank takes part; None off rank 0
         del stepper
-        model.to(device)  # scored next, where it trained
+        if state is not None:
+            model = RewardModel.from_state(backbone_path, state)
+            model.to(device)  # scored next, where it trained
     return model.eval(), {
         "steps": steps,
         "warmup_steps": warmup,

@@ -9,6 +9,7 @@ import torch
 
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
+from flywheel.config.resources import identity
 from flywheel.devices import compute_device
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
@@ -79,7 +80,7 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
         finally:
             if rollouts is not None:
                 rollouts.sampler.close()
-    new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", pc.model_dump())
+    new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", identity(pc))
     with tempfile.TemporaryDirectory() as tmp:
         actor.config.dtype = "float32"
         actor.save_pretrained(tmp, safe_serialization=True)

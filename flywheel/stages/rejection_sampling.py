@@ -10,6 +10,7 @@ import tempfile
 from flywheel import models
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
+from flywheel.config.resources import identity
 from flywheel.errors import DataError
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
@@ -149,7 +150,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     cut = {i for i in pool_ids if cut_by_limit(samples[i])}
     examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"],
                  i not in cut) for i in pool_ids]
-    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, rs.model_dump(),
+    policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, identity(rs),
                            "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
         ft = finetune(policy_path(lake, latest), examples, rs, tmp)

@@ -8,6 +8,7 @@ import tempfile
 
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
+from flywheel.config.resources import identity
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.rrhf import rrhf_finetune
@@ -31,7 +32,7 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
         g[3].append(not cut_by_limit(r))  # a cut-off answer is learned without its end
     rc = cfg.policy_update.rrhf
     policy_id = content_id("policy", iteration, latest["id"], rm_ids, "rrhf",
-                           sorted(r["id"] for r in rows), rc.model_dump())
+                           sorted(r["id"] for r in rows), identity(rc))
     with tempfile.TemporaryDirectory() as tmp:
         ft = rrhf_finetune(policy_path(lake, latest), list(groups.values()), rc, tmp)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
