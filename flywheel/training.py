@@ -121,6 +121,15 @@ class Stepper:
         """The model's full state dict, gathered from every partition if need be."""
         raise NotImplementedError
 
+    def optimizer_state_bytes(self) -> int:
+        """Bytes of optimizer state (AdamW's two moments) this rank holds: all of it on plain
+        PyTorch, its partition under ZeRO."""
+        opt = getattr(self, "optimizer", None) or self.engine.optimizer
+        while not isinstance(opt, torch.optim.Optimizer) and hasattr(opt, "optimizer"):
+            opt = opt.optimizer  # DeepSpeed's ZeRO optimizers wrap torch's
+        return sum(v.numel() * v.element_size() for state in opt.state.values()
+                   for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+
     def _backward(self, loss: torch.Tensor, last: bool) -> None:
         raise NotImplementedError
 

@@ -4,6 +4,7 @@ fine-tune the policy on that pool with the loss on response tokens only."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.devices import compute_device
+from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.models import load_causal_lm, load_tokenizer
@@ -104,6 +106,18 @@ def save_policy(stepper: Stepper, policy_path: str, tok, out_dir: str | Path) ->
     tok.save_pretrained(out_dir)
 
 
+def finetune_on_ranks(policy_path: str, examples: list[tuple], cfg, out_dir: str | Path) -> dict:
+    """`finetune` on the ranks `cfg.resources` plans: in this process for one rank, else on ranks
+    torchrun starts (flywheel/distributed/launch.py), rank 0's saved policy copied to `out_dir`.
+    The metrics then carry each rank's peak memory and optimizer state."""
+    if cfg.resources.world_size() == 1:
+        return finetune(policy_path, examples, cfg, out_dir)
+    inputs = {"policy_path": policy_path, "examples": examples, "cfg": cfg}
+    with run_on_ranks("finetune", inputs, cfg.resources) as (result, out):
+        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
+    return {**result["metrics"], "ranks": result["ranks"]}
+
+
 def finetune(
     policy_path: str, examples: list[tuple], cfg: RejectionSamplingConfig,
     out_dir: str | Path,
@@ -166,5 +180,6 @@ def finetune(
         report_step("policy fine-tune", len(losses), steps)
     bar.close()
     save_policy(stepper, policy_path, tok, out_dir)
-    return {"steps": steps, "examples": len(data), "loss_first": losses[0],
+    return {"optimizer_state_bytes": stepper.optimizer_state_bytes(),  # this rank's
+            "steps": steps, "examples": len(data), "loss_first": losses[0],
             "loss_last": losses[-1]}

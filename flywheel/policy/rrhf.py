@@ -9,18 +9,33 @@ tokens come from the policy's last hidden states and its output head through
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from flywheel.devices import compute_device
+from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.kernels.head_logprobs import head_logprobs
 from flywheel.models import load_causal_lm, load_tokenizer
 from flywheel.policy.finetune import save_policy, tokenize_sft
 from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step, zero_stage
+
+
+def rrhf_finetune_on_ranks(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
+    """`rrhf_finetune` on the ranks `cfg.resources` plans: in this process for one rank, else
+    on ranks torchrun starts (flywheel/distributed/launch.py), rank 0's saved policy copied to
+    `out_dir`.
+    The metrics then carry each rank's peak memory and optimizer state."""
+    if cfg.resources.world_size() == 1:
+        return rrhf_finetune(policy_path, groups, cfg, out_dir)
+    inputs = {"policy_path": policy_path, "groups": groups, "cfg": cfg}
+    with run_on_ranks("rrhf", inputs, cfg.resources) as (result, out):
+        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
+    return {**result["metrics"], "ranks": result["ranks"]}
 
 
 def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
@@ -94,7 +109,8 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
         report_step("rrhf", len(losses), steps)
     bar.close()
     save_policy(stepper, policy_path, tok, out_dir)
-    return {"steps": steps, "prompts": len(data), "loss_first": losses[0],
+    return {"optimizer_state_bytes": stepper.optimizer_state_bytes(),  # this rank's
+            "steps": steps, "prompts": len(data), "loss_first": losses[0],
             "loss_last": losses[-1], "rank_loss_first": ranks[0], "rank_loss_last": ranks[-1]}
 
 

@@ -42,7 +42,7 @@ from flywheel.reward.evaluation import (
 )
 from flywheel.reward.mixes import IN_HOUSE, EmptyMixError, MixResult, mix_record, mixes_for
 from flywheel.reward.scoring import ScoringEngine
-from flywheel.reward.train import train_reward_model
+from flywheel.reward.train import fit_reward_model
 
 KINDS = ("helpfulness", "safety")
 
@@ -173,7 +173,7 @@ def _fit(cfg, lake, con, iteration, kind, mix, record, sets, deliveries, rm_id, 
     ids = mix.ids.to_pylist()
     pairs = load_pairs(con, ids)
     backbone = models.resolve(cfg.models.reward_backbone)
-    model, training = train_reward_model(backbone, [pairs[i] for i in ids], rm_cfg,
+    model, training = fit_reward_model(backbone, [pairs[i] for i in ids], rm_cfg,
                                          desc=f"{kind} reward model")
     engine = ScoringEngine.from_config(cfg.scoring, rm_cfg.max_length)
     per_set, hits, pairs = evaluate_sets(model, con, sets, rm_cfg.max_length, pairs, engine)

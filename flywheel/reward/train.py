@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RewardModelConfig
 from flywheel.devices import compute_device
+from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
@@ -41,6 +42,19 @@ def _encode_distinct(model, groups: list[list[PreferencePair]], max_length: int)
             weight.append(1 / (len(groups) * len(group)))
     return (model.encode(messages, responses, max_length), torch.tensor(chosen),
             torch.tensor(rejected), torch.tensor(weight))
+
+
+def fit_reward_model(backbone_path: str, pairs: list[PreferencePair], cfg: RewardModelConfig,
+                     desc="reward model") -> tuple[RewardModel, dict]:
+    """`train_reward_model` on the ranks `cfg.resources` plans: in this process for one rank,
+    else on ranks torchrun starts (flywheel/distributed/launch.py), the model read back from
+    what rank 0 saved. The metrics then carry each rank's peak memory and optimizer state."""
+    if cfg.resources.world_size() == 1:
+        return train_reward_model(backbone_path, pairs, cfg, desc)
+    inputs = {"backbone": backbone_path, "pairs": pairs, "cfg": cfg, "desc": desc}
+    with run_on_ranks("reward_model", inputs, cfg.resources) as (result, out):
+        model = RewardModel.load(str(out / "model"))
+    return model, {**result["metrics"], "ranks": result["ranks"]}
 
 
 def train_reward_model(
@@ -99,6 +113,7 @@ def train_reward_model(
         bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
         report_step(desc, len(losses), steps)
     bar.close()
+    opt_bytes = stepper.optimizer_state_bytes()
     if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
         state = stepper.state_dict_for_save()  # every rank takes part; None off rank 0
         del stepper
@@ -111,4 +126,5 @@ def train_reward_model(
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "train_accuracy_running": correct / seen,
+        "optimizer_state_bytes": opt_bytes,  # this rank's
     }

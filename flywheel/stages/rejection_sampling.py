@@ -14,7 +14,7 @@ from flywheel.config.resources import identity
 from flywheel.errors import DataError
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
-from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune
+from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune_on_ranks
 from flywheel.reward.combined import gated_rewards
 from flywheel.reward.scoring import ScoringEngine
 from flywheel.stages.common import (
@@ -153,7 +153,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, identity(rs),
                            "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
-        ft = finetune(policy_path(lake, latest), examples, rs, tmp)
+        ft = finetune_on_ranks(policy_path(lake, latest), examples, rs, tmp)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     best_rewards = [c.reward for c in best.values()]
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",

@@ -11,7 +11,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
-from flywheel.policy.rrhf import rrhf_finetune
+from flywheel.policy.rrhf import rrhf_finetune_on_ranks
 from flywheel.stages.common import by_id, policy_path, require_both
 from flywheel.stages.rejection_sampling import cut_by_limit, scored_samples
 
@@ -34,7 +34,7 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
     policy_id = content_id("policy", iteration, latest["id"], rm_ids, "rrhf",
                            sorted(r["id"] for r in rows), identity(rc))
     with tempfile.TemporaryDirectory() as tmp:
-        ft = rrhf_finetune(policy_path(lake, latest), list(groups.values()), rc, tmp)
+        ft = rrhf_finetune_on_ranks(policy_path(lake, latest), list(groups.values()), rc, tmp)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
                "scoring": vars(engine.stats), "reward_mean_all": statistics.fmean(rewards),
