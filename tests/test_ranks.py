@@ -100,6 +100,31 @@ def test_two_nodes_on_one_machine_train_a_reward_model(tiny_llama, one_rank_rm):
     assert max_diff(model.state_dict(), state) < 1e-5
 
 
+def test_external_agent_joins_through_the_shared_job_folder(tiny_llama, one_rank_rm, tmp_path):
+    """agents: external: the stage starts node 0's agent only; node 1's `rank-agent`
+    (serve_node, here in a thread of this process) finds the job in the shared folder and
+    joins the rendezvous."""
+    import threading
+
+    from flywheel.distributed.launch import _free_endpoint, serve_node
+
+    joined = []
+    agent = threading.Thread(target=lambda: joined.append(
+        serve_node(tmp_path / "jobs", 1, once=True, poll_s=0.2, idle_timeout_s=120)))
+    agent.start()
+    state, _ = one_rank_rm
+    model, got = fit_reward_model(tiny_llama, (PAIRS * 3)[:9], RewardModelConfig(
+        **RM, resources={"nodes": 2, "ranks_per_node": 1, "agents": "external",
+                         "job_root": str(tmp_path / "jobs"), "rdzv_endpoint": _free_endpoint()}))
+    agent.join(timeout=60)
+    assert joined == [1]
+    assert max_diff(model.state_dict(), state) < 1e-5
+    # under job_root the job folder stays: both nodes' logs and rank 0's result
+    (job,) = (tmp_path / "jobs").iterdir()
+    assert (job / "out" / "result.json").is_file()
+    assert {p.name for p in (job / "logs").glob("agent*.log")} == {"agent0.log", "agent1.log"}
+
+
 MSGS = [{"role": "user", "content": "How do I cook rice?"}]
 
 

@@ -64,6 +64,45 @@ class Job:
         ]
 
 
+def read_job(job_dir: Path) -> Job:
+    spec = json.loads((job_dir / "job.json").read_text())
+    return Job(job_dir, spec["kind"], spec["nodes"], spec["ranks_per_node"], spec["endpoint"])
+
+
+def serve_node(job_root: str | Path, node: int, once: bool = False, poll_s: float = 1.0,
+               idle_timeout_s: float | None = None) -> int:
+    """A node other than node 0 (`agents: external`): watch `job_root`, a folder every node
+    mounts, and join each training job that spans more than `node` nodes and that this node has
+    not joined yet, by running its launcher agent here (`flywheel rank-agent`; the infra/k8s
+    multi-node template runs it on every pod but the first). Returns the number of jobs joined:
+    after the first with `once`, or when no new job came for `idle_timeout_s` seconds (None:
+    serve until stopped). A failed job is reported by node 0's stage, not here: the agent
+    goes on to the next."""
+    if node < 1:
+        raise FlywheelError("node 0's agent is started by the stage itself; rank-agent serves "
+                            "nodes 1 and up")
+    root = Path(job_root)
+    joined, idle_since = 0, time.monotonic()
+    while True:
+        for job_dir in sorted(root.glob("*/job.json"), key=lambda p: p.stat().st_mtime):
+            job = read_job(job_dir.parent)
+            if job.nodes <= node or (job.dir / "logs" / f"agent{node}.log").exists():
+                continue
+            if (job.out / RESULT).exists():
+                continue  # finished without this node (it was not needed): nothing to join
+            (job.dir / "logs").mkdir(exist_ok=True)
+            print(f"rank-agent node {node}: joining {job.kind} ({job.dir})", file=sys.stderr,
+                  flush=True)
+            for _, p in start_agents(job, range(node, node + 1)):
+                p.wait()
+            joined, idle_since = joined + 1, time.monotonic()
+            if once:
+                return joined
+        if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+            return joined
+        time.sleep(poll_s)
+
+
 def _free_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +119,7 @@ def write_job(kind: str, inputs: dict, res: ResourcesConfig, root: Path,
                                 f"host:port, reachable from every node) or ${RDZV_ENV}")
         endpoint = _free_endpoint()
     job_dir = root / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    job_dir.mkdir(parents=True)
+    (job_dir / "logs").mkdir(parents=True)
     (job_dir / "inputs.pkl").write_bytes(pickle.dumps(inputs))
     spec = {"kind": kind, "nodes": nodes, "ranks_per_node": ranks, "endpoint": endpoint,
             "timeout_s": timeout_s}
@@ -175,7 +214,6 @@ def run_on_ranks(kind: str, inputs: dict, res: ResourcesConfig):
     unless it failed (its logs stay for a look) or lives under `res.job_root`."""
     root = Path(res.job_root) if res.job_root else Path(tempfile.mkdtemp(prefix="flywheel-job-"))
     job = write_job(kind, inputs, res, root)
-    (job.dir / "logs").mkdir()
     nodes = range(job.nodes) if res.agents == "local" else range(1)
     print(f"{kind}: {job.nodes * job.ranks_per_node} rank(s) on {job.nodes} node(s), "
           f"rendezvous {job.endpoint}, job {job.dir}", file=sys.stderr, flush=True)
