@@ -15,7 +15,7 @@ from cyclopts.exceptions import CycloptsError
 
 from flywheel import __version__
 from flywheel.errors import FlywheelError
-from flywheel.flows.commands import annotate, deployed, evaluate, lake, prepare, runs
+from flywheel.flows.commands import agent, annotate, deployed, evaluate, lake, prepare, runs
 from flywheel.revision import code_revision
 
 
@@ -38,7 +38,8 @@ COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", 
             ("demo", runs.demo), ("run", runs.run), ("status", runs.status),
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
             ("lineage", lake.lineage), ("evaluate-rm", evaluate.evaluate_rm),
-            ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger)]
+            ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger),
+            ("rank-agent", agent.rank_agent)]
 for order, (name, command) in enumerate(COMMANDS):
     if isinstance(command, App):  # a group of subcommands carries its own name
         command.sort_key = order
