@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,47 @@ def test_deploy_fills_the_config_and_the_lake_everywhere(spec, tiny_config):
     assert trigger["match"]["flywheel.lake"] == lake
     (requested,) = _deployment(out, "weekly-iteration/weekly")["triggers"]
     assert requested["match"]["flywheel.lake"] == lake
+
+
+def _readme_job_variables() -> list[dict]:
+    """The job-variable examples of deployments/README.md, "Ranks and nodes"."""
+    section = (ROOT / "deployments" / "README.md").read_text().split("## Ranks and nodes")[1]
+    section = section.split("\n## ")[0]
+    blocks = re.findall(r"\n\n((?:    .*\n)+)", section)
+    return [yaml.safe_load("\n".join(line[4:] for line in b.splitlines()))["job_variables"]
+            for b in blocks if b.startswith("    job_variables:")]
+
+
+def test_training_deployments_take_their_ranks_from_job_variables(spec, monkeypatch):
+    """The training deployments share job variables of their own (others keep one process), and
+    the README's examples set the variables flywheel/config/resources.py reads: as a process
+    worker applies them, a stage's empty `resources` plan 1 x 8 and 2 x 8 ranks; a config that
+    names its ranks keeps them."""
+    from flywheel.config.resources import NODES_ENV, RANKS_ENV, RDZV_ENV, ResourcesConfig
+
+    training = {f"{stages.REWARD_MODELS}/gpu", f"{stages.POLICY_UPDATE}/gpu",
+                "reward-model-retrain/on-batch-landed"}
+    for d in spec["deployments"]:
+        name = f"{_flow_of(d['entrypoint']).name}/{d['name']}"
+        heavy = d["work_pool"]["work_queue_name"] == "heavy"
+        assert heavy == (name in training), name
+        assert (d["work_pool"]["job_variables"] is
+                spec["definitions"]["training_job_variables"]) == heavy, name
+    one, two, k8s = _readme_job_variables()
+    assert set(one["env"]) - {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY"} == {RANKS_ENV}
+    assert set(two["env"]) - {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY"} == {NODES_ENV, RANKS_ENV,
+                                                                       RDZV_ENV}
+    for variables, planned in ((one, (1, 8)), (two, (2, 8))):
+        for key in (NODES_ENV, RANKS_ENV, RDZV_ENV):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in variables["env"].items():
+            monkeypatch.setenv(key, value)
+        assert ResourcesConfig().plan() == planned
+        assert ResourcesConfig(ranks_per_node=4).plan() == (planned[0], 4)
+    # the Kubernetes pool's variables are the train-nodes template's
+    template = json.loads((ROOT / "infra" / "k8s" / "train-nodes-job-template.json").read_text())
+    assert set(k8s) <= set(template["variables"]["properties"])
+    assert (k8s["nodes"], k8s["gpus_per_node"]) == (2, 8)
 
 
 def test_policy_update_methods_follow_the_schedule(tiny_config):

@@ -173,6 +173,126 @@ def test_k8s_template_renders_a_gpu_job():
     assert job["pod_watch_timeout_seconds"] == 900 and manifest["spec"]["backoffLimit"] == 0
 
 
+# the check the Prefect Kubernetes worker makes of a rendered job manifest before it creates the
+# Job (prefect-kubernetes `_get_base_job_manifest`, which the project does not install): every
+# path below must be present with this value. `parallelism` and `completions` sit in the pod spec
+# there, where Kubernetes ignores them; the Job's own (the number of pods) live in `spec`.
+WORKER_BASE_MANIFEST = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"labels": {}},
+                        "spec": {"template": {"spec": {
+                            "parallelism": 1, "completions": 1, "restartPolicy": "Never",
+                            "containers": [{"name": "prefect-job"}]}}}}
+
+
+def _worker_refusals(manifest: dict) -> list[str]:
+    import jsonpatch
+
+    patch = jsonpatch.make_patch(manifest, WORKER_BASE_MANIFEST)
+    return sorted(f"{op['op']} {op['path']}" for op in patch if op["op"] in ("add", "replace"))
+
+
+def _render(template: dict, **values) -> dict:
+    """The job configuration as a worker renders it: variables take their defaults unless
+    given; unset optional ones drop out."""
+    from prefect.utilities.templating import apply_values
+
+    props = template["variables"]["properties"]
+    return apply_values(template["job_configuration"],
+                        {**{k: p["default"] for k, p in props.items() if "default" in p},
+                         **values})
+
+
+def test_k8s_templates_pass_the_workers_manifest_check():
+    for name in ("gpu-job-template.json", "train-nodes-job-template.json"):
+        template = json.loads((INFRA / "k8s" / name).read_text())
+        manifest = _render(template, name="stage", labels={"a": "b"})["job_manifest"]
+        assert _worker_refusals(manifest) == [], name
+
+
+# --- k8s/train-nodes.yaml and k8s/train-nodes-job-template.json --------------------------------
+
+def _nodes_template() -> dict:
+    return json.loads((INFRA / "k8s" / "train-nodes-job-template.json").read_text())
+
+
+def test_train_nodes_manifests_give_pod_zero_a_name_and_every_pod_the_job_folder():
+    service, claim = yaml.safe_load_all((INFRA / "k8s" / "train-nodes.yaml").read_text())
+    props = _nodes_template()["variables"]["properties"]
+    assert (service["kind"], service["spec"]["clusterIP"]) == ("Service", "None")  # headless
+    assert service["metadata"]["name"] == props["service"]["default"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [props["rdzv_port"]["default"]]
+    pod = _nodes_template()["job_configuration"]["job_manifest"]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["metadata"]["name"] == props["jobs_claim"]["default"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert service["metadata"]["namespace"] == claim["metadata"]["namespace"] == (
+        props["namespace"]["default"])
+
+
+def test_train_nodes_template_is_an_indexed_job_of_nodes_pods():
+    template = _nodes_template()
+    job = template["job_configuration"]
+    used = set(PLACEHOLDER.findall(json.dumps(job)))
+    assert used - set(template["variables"]["properties"]) == set()
+    spec = job["job_manifest"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == "{{ nodes }}"
+    # pod 0 (the stage) succeeding ends the Job, and so the rank-agent pods
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+    (container,) = spec["template"]["spec"]["containers"]
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["nvidia.com/gpu"] == "{{ gpus_per_node }}"
+    assert spec["template"]["spec"]["subdomain"] == "{{ service }}"
+
+
+def _pod_env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_train_nodes_template_renders_the_stage_on_pod_0_and_rank_agents_on_the_rest(tmp_path):
+    """Rendered for two 8-GPU nodes, the pod's shell command run as Kubernetes runs it: index 0
+    runs the worker's flow-run command (here `env`, to see what the stage gets), index 1 the
+    real `flywheel rank-agent` on the job folder (here an empty one and a short idle timeout)."""
+    from flywheel.config.resources import NODES_ENV, RANKS_ENV, RDZV_ENV
+
+    job = _render(_nodes_template(), name="train-rm", nodes=2, gpus_per_node=8,
+                  job_root=str(tmp_path), agent_idle_timeout=1,
+                  env={"PREFECT_API_URL": "http://prefect:4200/api"})
+    assert job["env"] == {"PREFECT_API_URL": "http://prefect:4200/api"}  # prepended by the worker
+    manifest = job["job_manifest"]
+    assert (manifest["spec"]["completions"], manifest["spec"]["parallelism"]) == (2, 2)
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {"requests": {"nvidia.com/gpu": 8},
+                                      "limits": {"nvidia.com/gpu": 8}}
+    assert "args" not in container  # the worker puts its flow-run command there
+    env = _pod_env(container)
+    # <job>-0.<service>: pod 0's name in the headless Service; Kubernetes expands $(JOB_NAME)
+    assert env["JOB_NAME"] == {"fieldRef": {
+        "fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
+    assert env[RDZV_ENV] == "$(JOB_NAME)-0.flywheel-train-nodes:29400"
+    assert list(env).index("JOB_NAME") < list(env).index(RDZV_ENV)
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0"
+    (jobs_mount,) = [m for m in container["volumeMounts"] if m["name"] == "jobs"]
+    assert jobs_mount == {"name": "jobs", "mountPath": str(tmp_path), "subPathExpr": "$(JOB_NAME)"}
+    (jobs_volume,) = [v for v in pod["volumes"] if v["name"] == "jobs"]
+    assert jobs_volume["persistentVolumeClaim"] == {"claimName": "flywheel-jobs"}
+
+    shell, flag, script, name = container["command"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    base = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+            "PREFECT_HOME": str(tmp_path / "prefect")}
+    head = subprocess.run([shell, flag, script, name, "env"], capture_output=True, text=True,
+                          env={**base, "JOB_COMPLETION_INDEX": "0"}, timeout=60)
+    assert head.returncode == 0, head.stderr
+    seen = dict(line.split("=", 1) for line in head.stdout.splitlines() if "=" in line)
+    assert (seen[NODES_ENV], seen[RANKS_ENV]) == ("2", "8")
+    other = subprocess.run([shell, flag, script, name, "env"], capture_output=True, text=True,
+                           env={**base, "JOB_COMPLETION_INDEX": "1"}, timeout=120)
+    assert other.returncode == 0, other.stderr
+    assert f"rank-agent node 1: joined 0 job(s) from {tmp_path}" in other.stderr
+
+
 # --- bootstrap.py against a real server ------------------------------------------------------
 
 @pytest.fixture(scope="module")
