@@ -208,6 +208,16 @@ def test_k8s_templates_pass_the_workers_manifest_check():
         assert _worker_refusals(manifest) == [], name
 
 
+def test_deepspeed_gpu_configs_are_bf16_at_their_stage():
+    """zero2 (RRHF and PPO on several GPUs) and zero3 (reward models, fine-tuning) in bf16;
+    zero2-cpu in fp32 for this CPU."""
+    from flywheel.training import deepspeed_config, zero_stage
+
+    for name, stage, bf16 in (("zero2", 2, True), ("zero3", 3, True), ("zero2-cpu", 2, False)):
+        assert zero_stage(name) == stage, name
+        assert deepspeed_config(name, 1e-5, 1)["bf16"]["enabled"] is bf16, name
+
+
 # --- k8s/train-nodes.yaml and k8s/train-nodes-job-template.json --------------------------------
 
 def _nodes_template() -> dict:
