@@ -15,7 +15,16 @@ from cyclopts.exceptions import CycloptsError
 
 from flywheel import __version__
 from flywheel.errors import FlywheelError
-from flywheel.flows.commands import agent, annotate, deployed, evaluate, lake, prepare, runs
+from flywheel.flows.commands import (
+    agent,
+    annotate,
+    deployed,
+    evaluate,
+    lake,
+    prepare,
+    resources,
+    runs,
+)
 from flywheel.revision import code_revision
 
 
@@ -35,6 +44,7 @@ app = App(
 )
 # in the order a new user meets them
 COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", prepare.check),
+            ("plan-resources", resources.plan_resources),
             ("demo", runs.demo), ("run", runs.run), ("status", runs.status),
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
             ("lineage", lake.lineage), ("evaluate-rm", evaluate.evaluate_rm),

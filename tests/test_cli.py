@@ -312,13 +312,13 @@ def test_version_is_the_code_revision(capsys):
 
 def test_every_command_has_a_description_and_an_example(capsys):
     commands = _commands(_help(capsys))
-    assert commands == ["init", "bootstrap", "check", "demo", "run", "status", "ingest", "import",
-                        "annotate", "lineage", "evaluate-rm", "serve", "deploy", "trigger",
-                        "rank-agent"]
+    assert commands == ["init", "bootstrap", "check", "plan-resources", "demo", "run", "status",
+                        "ingest", "import", "annotate", "lineage", "evaluate-rm", "serve",
+                        "deploy", "trigger", "rank-agent"]
     pages = {c: _help(capsys, c) for c in commands}
     pages |= {f"annotate {c}": _help(capsys, "annotate", c)
               for c in _commands(pages["annotate"])}
-    assert len(pages) == 18
+    assert len(pages) == 19
     for name, text in pages.items():
         usage, description = text.split("\n\n")[:2]
         assert usage.startswith(f"Usage: flywheel {name}") and description.strip(), name
