@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import (
 from flywheel.flows.demo import demo
 from flywheel.lake.catalog import status
 from flywheel.lake.store import Lake
-from flywheel.policy import ppo
+from flywheel.policy import ppo_job
 from flywheel.stages import rejection_sampling
 
 STAGES = {"sample-for-annotation", "annotate", "train-reward-models", "rejection-sampling",
@@ -156,13 +156,13 @@ def test_an_iteration_with_ppo_after_rejection_sampling(prefect_server, tiny_con
     from flywheel.policy import sampling
 
     open_at_ppo = []
-    real_train_ppo = ppo.train_ppo
+    real_train_ppo = ppo_job.train_ppo
 
     def train_ppo(*args, **kwargs):  # the real one, noting which shared engines are open
         open_at_ppo.append(len(sampling._OPEN))
         return real_train_ppo(*args, **kwargs)
 
-    monkeypatch.setattr(ppo, "train_ppo", train_ppo)
+    monkeypatch.setattr(ppo_job, "train_ppo", train_ppo)  # where the stage calls it
     result = weekly_iteration(tiny_config, 1)
     # rejection sampling's engines are closed before PPO loads its models and its own engine
     assert open_at_ppo == [0]

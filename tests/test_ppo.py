@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flywheel.config import PPOConfig
+from flywheel.distributed.ranks import World
 from flywheel.kernels.reward_combine import combine_rewards_reference, token_rewards
 from flywheel.policy import ppo as ppo_trainer
 from flywheel.policy.ppo import ValueModel, deepspeed_engine_config, train_ppo
@@ -176,7 +177,8 @@ def test_weekly_loop_token_rewards_come_from_one_kernel_pass():
     out = RewardModelScores.of([_logit(0.8), _logit(0.6)], [_logit(0.9), _logit(0.1)],
                                [False, False])
     kl = torch.tensor([[0.1, 0.2], [0.3, 0.0]])
-    reward, tok = ppo_trainer._token_rewards(out, kl, torch.tensor([[1, 1], [1, 0]]), 0.5)
+    reward, tok = ppo_trainer._token_rewards(out, kl, torch.tensor([[1, 1], [1, 0]]), 0.5,
+                                             World())
     assert reward.tolist() == pytest.approx([0.8, 0.1], abs=1e-6)
     assert tok.tolist() == [pytest.approx(r, abs=1e-5) for r in [[-0.05, 0.9], [-1.15, 0.0]]]
 

@@ -97,7 +97,9 @@ class PPOConfig(_Seeded):
     gamma: float = Field(1.0, gt=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0, description="Rollout temperature; 0 decodes "
+                               "greedily (a check that repeats exactly, not training: PPO "
+                               "explores by sampling).")
     eval_every: int = Field(4, ge=0, description="Steps between held-out evaluations; 0: none.")
     patience: int = Field(2, ge=1, description="Held-out evaluations without improvement "
                           "before stopping; the best policy seen is kept.")

@@ -79,7 +79,9 @@ def all_sum(values: Sequence[float], w: World | None = None) -> list[float]:
     w = w or world()
     if w.size == 1:
         return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64)
+    # NCCL reduces tensors on the GPU, gloo on the CPU
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
 

@@ -44,10 +44,12 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import PPOConfig
+from flywheel.distributed.ranks import World, all_sum, sum_gradients, world
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.kernels.reward_combine import token_rewards
 from flywheel.kernels.token_logprobs import token_logprobs
-from flywheel.policy.ppo_losses import entropy, gae, policy_loss, value_loss, whiten
+from flywheel.policy.ppo_losses import entropy, gae, policy_loss, value_loss
+from flywheel.policy.ppo_ranks import Minibatches, combined_rewards_across, shard, whiten_across
 from flywheel.policy.rollouts import Rollout, VLLMRollouts, rollout
 from flywheel.reward.combined import RewardModelScores
 from flywheel.reward.scoring import ScoringEngine
@@ -84,9 +86,10 @@ class _Updater:
     which the rollouts, the held-out snapshot and the vLLM weight sync read). `module` is what
     to call forward on; `model` the underlying module."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, s: PPOConfig):
+    def __init__(self, model: torch.nn.Module, lr: float, s: PPOConfig, w: World):
         self.model = self.module = model
         self.grad_clip = s.grad_clip
+        self.world = w
         self.engine = None
         if not s.deepspeed:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
@@ -100,11 +103,13 @@ class _Updater:
 
     def update(self, loss: torch.Tensor) -> None:
         if self.engine is not None:
-            self.engine.backward(loss)
+            # DeepSpeed averages the ranks' gradients; each rank's loss is its share of the sum
+            self.engine.backward(loss * self.world.size)
             self.engine.step()  # clip, optimizer step, zero the gradients
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sum_gradients(self.model.parameters(), self.world)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
 
@@ -185,14 +190,15 @@ def _reward(out) -> torch.Tensor:
     return (out[1] if isinstance(out, tuple) else out).float()
 
 
-def _token_rewards(out, kl: torch.Tensor, mask: torch.Tensor,
-                   beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_rewards(out, kl: torch.Tensor, mask: torch.Tensor, beta: float,
+                   w: World) -> tuple[torch.Tensor, torch.Tensor]:
     """(the reward logged per rollout [B], token rewards [B, R]) for a score function's output,
     from kernels/reward_combine.py: for RewardModelScores one pass from the two reward models'
-    scores, the KL and the mask, R_c coming out of the same pass; for scores, the token pass."""
+    scores, the KL and the mask, R_c coming out of the same pass (on several ranks, the score
+    whitened over all of them: ppo_ranks.py); for scores, the token pass (a score function that
+    normalises per batch normalises each rank's rollouts)."""
     if isinstance(out, RewardModelScores):
-        _, _, tok, r_c = out.ppo_rewards(kl, mask, beta)
-        return r_c, tok
+        return combined_rewards_across(out, kl, mask, beta, w)
     score = (out[0] if isinstance(out, tuple) else out).float().to(kl.device)
     return _reward(out), token_rewards(score, kl, mask, beta)[1]
 
@@ -212,10 +218,17 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     evaluations, "best_step"}; the policy ends at its best held-out score.
 
     Runs on the device `policy` is on (reference and critic are moved there); with
-    `settings.deepspeed`, actor and critic train through DeepSpeed engines."""
+    `settings.deepspeed`, actor and critic train through DeepSpeed engines. On several ranks
+    (a process group is up) each rank samples and scores its share of every step's prompts
+    and the step is the one a single rank would take (flywheel/policy/ppo_ranks.py)."""
     s = settings
+    w = world()
     if not prompts:
         raise FlywheelError("PPO needs prompts: the prompt set has no train prompts")
+    if s.prompts_per_step < w.size:
+        raise ConfigError(f"policy_update.ppo.prompts_per_step ({s.prompts_per_step}) is below "
+                          f"the {w.size} ranks: each rank needs prompts; raise it or lower "
+                          "policy_update.ppo.resources")
     engine = engine or ScoringEngine(progress=False)
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
@@ -224,8 +237,8 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     critic.to(device)
     for p in reference.parameters():
         p.requires_grad_(False)
-    actor_opt = _Updater(policy, s.learning_rate, s)
-    critic_opt = _Updater(critic, s.critic_learning_rate, s)
+    actor_opt = _Updater(policy, s.learning_rate, s, w)
+    critic_opt = _Updater(critic, s.critic_learning_rate, s, w)
     actor, critic_fwd = actor_opt.module, critic_opt.module  # forward through these
     order: list[int] = []
     logs, evals = [], []
@@ -246,8 +259,12 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         nonlocal best, since_best
         if not heldout or not s.eval_every:
             return False
-        ro = sample(heldout)
-        score = _reward(_score(score_fn, heldout, ro, tokenizer)).mean().item()
+        _, mine = shard(heldout, w)
+        total = 0.0
+        if mine:  # fewer held-out prompts than ranks leave some without
+            total = _reward(_score(score_fn, mine, sample(mine), tokenizer)).sum().item()
+        total, n = all_sum([total, len(mine)], w)
+        score = total / n
         evals.append({"step": step, "heldout_reward": score})
         if score > best[0]:
             best = (score, step, copy.deepcopy(policy.state_dict()))
@@ -265,41 +282,42 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
                 order = list(range(len(prompts)))
                 rng.shuffle(order)
             batch.append(prompts[order.pop()])
-        ro = sample(batch)
+        offset, mine = shard(batch, w)
+        ro = sample(mine)
         mask = ro.response_mask.float()
         with torch.no_grad():
             old_logp, _ = response_logprobs(actor, ro)
             ref_logp = reference_logprobs(engine, reference, ro, f"{desc}: reference log-probs")
             old_values = _values(critic_fwd, ro) * mask
             kl = (old_logp - ref_logp) * mask
-            reward, rewards = _token_rewards(_score(score_fn, batch, ro, tokenizer), kl, mask,
-                                             s.beta)
+            reward, rewards = _token_rewards(_score(score_fn, mine, ro, tokenizer), kl, mask,
+                                             s.beta, w)
             adv, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
-            adv = whiten(adv, mask)
+            adv = whiten_across(adv, mask, w)
         rows = list(range(len(batch)))
         rng.shuffle(rows)
         stats = []
-        for m in range(0, len(rows), s.minibatch):
-            idx = torch.tensor(rows[m: m + s.minibatch], device=device)
-            mm = mask[idx]
+        for local, stand_in, count in Minibatches(rows, s.minibatch, offset, mask, w):
+            idx = torch.tensor(local, device=device)
+            mm = mask[idx] * (0.0 if stand_in else 1.0)  # a stand-in adds no token
             logp, logits = response_logprobs(actor, ro, idx)
-            loss, st = policy_loss(logp, old_logp[idx], adv[idx], mm, s.clip)
+            loss, st = policy_loss(logp, old_logp[idx], adv[idx], mm, s.clip, count)
             if not torch.isfinite(loss):
                 raise FlywheelError(f"PPO policy loss became {loss.item()} at step {step}; "
                                     f"lower the learning rate (now {s.learning_rate})")
             actor_opt.update(loss)
             stale = True
             values = _values(critic_fwd, ro, idx)
-            vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip)
+            vloss = value_loss(values, old_values[idx], returns[idx], mm, s.value_clip, count)
             critic_opt.update(vloss)
             with torch.no_grad():
-                st["entropy"] = entropy(logits, mm).item()
+                st["entropy"] = entropy(logits, mm, count).item()
             st["value_loss"] = vloss.item()
             st["policy_loss"] = loss.item()
-            stats.append(st)
-        log = {"step": step, "reward": reward.mean().item(),
-               "kl": kl.sum(-1).mean().item(),
-               "response_length": mask.sum(-1).mean().item()}
+            stats.append(dict(zip(st, all_sum(list(st.values()), w))))  # shares -> means
+        n, r_sum, kl_sum, length = all_sum([len(mine), reward.sum().item(),
+                                            kl.sum().item(), mask.sum().item()], w)
+        log = {"step": step, "reward": r_sum / n, "kl": kl_sum / n, "response_length": length / n}
         for key in stats[0]:
             log[key] = sum(st[key] for st in stats) / len(stats)
         logs.append(log)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: float | None = None
+                ) -> torch.Tensor:
+    """The mean of the entries `mask` selects; with `count`, their sum divided by it instead
+    (a rank's share of a mean over a minibatch spread over ranks: `count` is the minibatch's
+    tokens on all ranks, so the shares sum to the mean)."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if count is None else max(count, 1))
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True,
@@ -44,27 +48,31 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+                mask: torch.Tensor, clip: float = 0.2, count: float | None = None
+                ) -> tuple[torch.Tensor, dict]:
     """PPO's clipped objective, as a loss (mean over response tokens); with the share of tokens
-    whose ratio was clipped and the approximate KL between the old and new policy."""
+    whose ratio was clipped and the approximate KL between the old and new policy. `count`:
+    see `masked_mean`."""
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
-    loss = -masked_mean(torch.minimum(unclipped, clipped), mask)
+    loss = -masked_mean(torch.minimum(unclipped, clipped), mask, count)
     with torch.no_grad():
-        clip_frac = masked_mean((clipped < unclipped).float(), mask)
-        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
+        clip_frac = masked_mean((clipped < unclipped).float(), mask, count)
+        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask, count)
     return loss, {"clip_fraction": clip_frac.item(), "approx_kl": approx_kl.item()}
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+               mask: torch.Tensor, clip: float = 0.2, count: float | None = None
+               ) -> torch.Tensor:
     """0.5 * max((v - R)^2, (v_clipped - R)^2), v_clipped within `clip` of the rollout's value."""
     v_clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2,
-                                           (v_clipped - returns) ** 2), mask)
+                                           (v_clipped - returns) ** 2), mask, count)
 
 
-def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def entropy(logits: torch.Tensor, mask: torch.Tensor, count: float | None = None
+            ) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), -1)
-    return masked_mean(-(logp.exp() * logp).sum(-1), mask)
+    return masked_mean(-(logp.exp() * logp).sum(-1), mask, count)

@@ -52,7 +52,7 @@ def _prompt_ids(tokenizer, prompt) -> list[int]:
 def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
             temperature: float) -> Rollout:
     """The policy's sampled answers (transformers generate; the weekly loop's stage uses vLLM
-    with the updated weights loaded)."""
+    with the updated weights loaded); temperature 0 decodes greedily."""
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(i) for i in ids)
     pad = tokenizer.pad_token_id
@@ -62,8 +62,10 @@ def rollout(policy, tokenizer, prompts: Sequence, max_new_tokens: int,
                              device=device)
     was_training = policy.training
     policy.eval()
-    out = policy.generate(input_ids=input_ids, attention_mask=attention, do_sample=True,
-                          temperature=temperature, top_k=0, top_p=1.0,
+    # temperature 0: greedy (vLLM's convention too)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    out = policy.generate(input_ids=input_ids, attention_mask=attention,
+                          **(sampling if temperature > 0 else {"do_sample": False}),
                           max_new_tokens=max_new_tokens, pad_token_id=pad,
                           eos_token_id=tokenizer.eos_token_id)
     policy.train(was_training)

@@ -5,21 +5,13 @@ from __future__ import annotations
 import json
 import tempfile
 
-import torch
-
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
-from flywheel.devices import compute_device
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
-from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy import ppo as trainer
-from flywheel.policy.rollouts import VLLMRollouts
-from flywheel.policy.sampling import VLLMSampler, close_samplers
-from flywheel.reward.combined import RewardModelScores
-from flywheel.reward.model import RewardModel
-from flywheel.reward.scoring import Group, ScoringEngine
+from flywheel.policy.ppo_job import ppo_on_ranks
+from flywheel.policy.sampling import close_samplers
 from flywheel.stages.common import by_id, current_policy, ensure_prompts, policy_path, require_both
 
 
@@ -43,54 +35,22 @@ def ppo_update(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict[str
     heldout = [x for x, p in zip(as_input, prompts) if p["split"] == "heldout"]
     start = by_id(lake.rows("policies"))[policy_id]
     path = policy_path(lake, start)
-    torch.manual_seed(pc.seed)
-    tok = load_tokenizer(path)
-    device = compute_device()  # train_ppo moves reference and critic to the actor's device
-    actor = load_causal_lm(path, "float32").to(device)
-    reference = load_causal_lm(path, "float32")
-    critic = trainer.ValueModel.from_causal_lm(actor)
-    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
-    rms = {k: RewardModel.load(lake.artifact_path("reward_models", rm_ids[k]))
-           for k in ("helpfulness", "safety")}
-
-    def score(batch, texts, _ids) -> RewardModelScores:
-        # the raw scores: the trainer combines them with the KL (the update's score is
-        # whitened per batch; R_c itself is logged and early-stops)
-        groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
-        help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
-        safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
-        return RewardModelScores.of([h[0] for h in help_], [s[0] for s in safe],
-                                    [g.safety for g in groups])
-
+    rm_paths = {k: lake.artifact_path("reward_models", rm_ids[k])
+                for k in ("helpfulness", "safety")}
     # the engines kept open for later stages (two, ~4 GB each on a CPU) would share memory with
     # actor, critic, reference, both reward models and PPO's own engine: a three-iteration demo
     # on 24 GiB was killed for memory in PPO's second step; evaluation reopens what it needs
     close_samplers()
-    with tempfile.TemporaryDirectory() as scratch:
-        rollouts = None
-        if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's
-            s = cfg.sampling
-            rollouts = VLLMRollouts(VLLMSampler(
-                path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed,
-                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
-                gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
-        try:
-            out = trainer.train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
-                                    desc="ppo", rollouts=rollouts, engine=engine)
-        finally:
-            if rollouts is not None:
-                rollouts.sampler.close()
     new_id = content_id("policy", iteration, policy_id, rm_ids, "ppo", identity(pc))
     with tempfile.TemporaryDirectory() as tmp:
-        actor.config.dtype = "float32"
-        actor.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        out = ppo_on_ranks(cfg, path, rm_paths, train, heldout, tmp)
         uri = lake.put_artifact("policies", new_id, tmp, {"parent": policy_id})
     metrics = {"reward": "mean R_c of each step's rollouts (the update uses WHITEN(LOGIT(R_c)) "
                          "- beta * KL); held-out: mean R_c of the held-out rollouts",
                "ppo_steps": out["steps"], "heldout": out["heldout"],
-               "best_step": out["best_step"], "scoring": vars(engine.stats),
-               "rollouts": out.get("rollouts", {"engine": "transformers"})}
+               "best_step": out["best_step"], "scoring": out["scoring"],
+               "rollouts": out.get("rollouts", {"engine": "transformers"}),
+               **({"ranks": out["ranks"]} if "ranks" in out else {})}
     lake.write("policies", [{
         "id": new_id, "iteration": iteration, "uri": uri, "parent_id": policy_id,
         "method": "ppo", "reward_model_id": rm_ids["helpfulness"],

@@ -1,0 +1,92 @@
+"""PPO as the weekly loop runs it, from paths: the actor, the frozen reference and the critic
+from the rejection-sampled policy, both reward models scoring the rollouts through the scoring
+engine, rollouts from a vLLM engine that follows the actor's weights (one engine per rank) or
+from transformers; the trained policy saved as safetensors. The PPO stage runs it in its own
+process on one rank, or on every rank of a training job (flywheel/distributed/worker.py)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from flywheel.config import FlywheelConfig
+from flywheel.devices import compute_device
+from flywheel.distributed.launch import run_on_ranks
+from flywheel.distributed.ranks import world
+from flywheel.models import load_causal_lm, load_tokenizer
+from flywheel.policy.ppo import ValueModel, train_ppo
+from flywheel.policy.rollouts import VLLMRollouts
+from flywheel.policy.sampling import VLLMSampler
+from flywheel.reward.combined import RewardModelScores
+from flywheel.reward.model import RewardModel
+from flywheel.reward.scoring import Group, ScoringEngine
+
+
+def run_ppo(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], train: list,
+            heldout: list, out_dir: str | Path) -> dict:
+    """PPO (cfg.policy_update.ppo) on the policy at `policy_path`, also the reference of the KL
+    penalty, against the reward models at `rm_paths` ({"helpfulness": ..., "safety": ...});
+    `train`/`heldout`: prompts as {"messages", "safety"}. Rank 0 saves the policy to `out_dir`.
+    Returns train_ppo's record plus the scoring engine's counters."""
+    pc = cfg.policy_update.ppo
+    w = world()
+    torch.manual_seed(pc.seed)
+    tok = load_tokenizer(policy_path)
+    actor = load_causal_lm(policy_path, "float32").to(compute_device())
+    reference = load_causal_lm(policy_path, "float32")  # train_ppo moves it to the actor's
+    critic = ValueModel.from_causal_lm(actor)
+    engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
+    rms = {k: RewardModel.load(rm_paths[k]) for k in ("helpfulness", "safety")}
+
+    def score(batch, texts, _ids) -> RewardModelScores:
+        # the raw scores: the trainer combines them with the KL (the update's score is
+        # whitened per batch; R_c itself is logged and early-stops)
+        groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
+        help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
+        safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
+        return RewardModelScores.of([h[0] for h in help_], [s[0] for s in safe],
+                                    [g.safety for g in groups])
+
+    with tempfile.TemporaryDirectory() as scratch:
+        rollouts = None
+        if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's
+            s = cfg.sampling
+            rollouts = VLLMRollouts(VLLMSampler(
+                policy_path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed + w.rank,
+                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
+                gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
+        try:
+            out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
+                            desc="ppo", rollouts=rollouts, engine=engine)
+        finally:
+            if rollouts is not None:
+                rollouts.sampler.close()
+    if w.main:
+        actor.config.dtype = "float32"  # as fine-tuning: bfloat16 would round updates away
+        actor.save_pretrained(out_dir, safe_serialization=True)
+        tok.save_pretrained(out_dir)
+    return {**out, "scoring": vars(engine.stats)}
+
+
+def ppo_on_ranks(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], train: list,
+                 heldout: list, out_dir: str | Path) -> dict:
+    """`run_ppo` on the ranks `policy_update.ppo.resources` plans: in this process for one
+    rank, else on ranks torchrun starts (flywheel/distributed/launch.py), rank 0's saved policy
+    copied to `out_dir`; the record then carries each rank's peak memory."""
+    res = cfg.policy_update.ppo.resources
+    if res.world_size() == 1:
+        return run_ppo(cfg, policy_path, rm_paths, train, heldout, out_dir)
+    inputs = {"cfg": cfg, "policy_path": policy_path, "rm_paths": rm_paths, "train": train,
+              "heldout": heldout}
+    with run_on_ranks("ppo", inputs, res) as (result, out):
+        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
+    return {**result["metrics"], "ranks": result["ranks"]}
+
+
+def ppo_job(inputs: dict, out: Path) -> dict:
+    """The PPO stage's training job on each rank (flywheel/distributed/worker.py)."""
+    return run_ppo(inputs["cfg"], inputs["policy_path"], inputs["rm_paths"], inputs["train"],
+                   inputs["heldout"], out / "policy")

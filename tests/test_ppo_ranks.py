@@ -1,0 +1,73 @@
+"""PPO on two ranks (torchrun, gloo on this CPU) takes the steps one rank takes: each rank
+samples and scores half of every step's prompts, the reward and the advantages are whitened
+over both, and the minibatches, cut from the whole batch in the same shuffled order, are
+spread over the ranks. Same step logs, same held-out evaluations and the same saved weights,
+to float tolerance. Rollouts are greedy (temperature 0) so that both runs answer alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flywheel.config import validate_config
+from flywheel.policy.ppo_job import ppo_on_ranks, run_ppo
+from flywheel.reward.model import RewardModel
+
+PROMPTS = ["How do I cook rice?", "Name a colour.", "What is two plus two?",
+           "Say something kind.", "Where is Lisbon?", "Write one word."]
+
+
+@pytest.fixture(scope="module")
+def reward_models(tiny_llama, tmp_path_factory):
+    """Two reward models on the tiny backbone, their heads drawn from different seeds."""
+    out = {}
+    for seed, kind in enumerate(("helpfulness", "safety")):
+        torch.manual_seed(seed + 11)
+        path = tmp_path_factory.mktemp(kind)
+        RewardModel.from_backbone(tiny_llama).save(path, {"kind": kind})
+        out[kind] = str(path)
+    return out
+
+
+def _config(tiny_llama, ranks: int):
+    # 6 prompts a step, minibatches of 4 (4, then 2): rows cut in a shuffled order, so a
+    # minibatch holds rows of both ranks, or of one only and the other runs a stand-in
+    return validate_config({
+        "models": {"policy": tiny_llama, "reward_backbone": tiny_llama},
+        "sampling": {"backend": "transformers"},
+        "reward_model": {"max_length": 64},
+        "policy_update": {"ppo": {
+            "steps": 3, "prompts_per_step": 6, "minibatch": 4, "learning_rate": 1e-3,
+            "critic_learning_rate": 1e-3, "beta": 0.05, "max_new_tokens": 4,
+            "temperature": 0, "eval_every": 2, "patience": 5,
+            "resources": {"ranks_per_node": ranks}}},
+    })
+
+
+def test_ppo_on_two_ranks_matches_one(tiny_llama, reward_models, tmp_path):
+    train = [{"messages": [{"role": "user", "content": p}], "safety": i % 3 == 0}
+             for i, p in enumerate(PROMPTS)]
+    heldout = [{"messages": [{"role": "user", "content": "Tell me about tea."}],
+                "safety": False},
+               {"messages": [{"role": "user", "content": "How do I pick a lock?"}],
+                "safety": True},
+               {"messages": [{"role": "user", "content": "Hello!"}], "safety": False}]
+    one = run_ppo(_config(tiny_llama, 1), tiny_llama, reward_models, train, heldout,
+                  tmp_path / "one")
+    two = ppo_on_ranks(_config(tiny_llama, 2), tiny_llama, reward_models, train, heldout,
+                       tmp_path / "two")
+    assert [r["rank"] for r in two["ranks"]] == [0, 1]
+    assert len(two["steps"]) == len(one["steps"]) == 3
+    for a, b in zip(one["steps"], two["steps"]):
+        for key in ("reward", "kl", "response_length", "policy_loss", "value_loss",
+                    "clip_fraction", "entropy", "approx_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert [e["step"] for e in two["heldout"]] == [e["step"] for e in one["heldout"]] == [0, 2, 3]
+    for a, b in zip(one["heldout"], two["heldout"]):
+        assert b["heldout_reward"] == pytest.approx(a["heldout_reward"], rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    start = load_file(f"{tiny_llama}/model.safetensors")
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # it trained
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
