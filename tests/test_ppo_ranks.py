@@ -71,3 +71,26 @@ def test_ppo_on_two_ranks_matches_one(tiny_llama, reward_models, tmp_path):
     start = load_file(f"{tiny_llama}/model.safetensors")
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # it trained
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.slow
+def test_ppo_on_two_ranks_samples_from_a_vllm_engine_per_rank(tiny_llama, reward_models,
+                                                              tmp_path):
+    """sampling.backend vllm on two ranks: each rank runs its own engine (data parallel), and
+    after every update each engine reloads the actor's weights in place, written by its own
+    rank (transformers' save_pretrained would write on rank 0 only)."""
+    pytest.importorskip("vllm")
+    cfg = _config(tiny_llama, 2)
+    cfg.sampling.backend = "vllm"
+    cfg.sampling.max_model_len = 256
+    cfg.sampling.dtype = "float32"
+    cfg.policy_update.ppo.temperature = 1.0
+    cfg.policy_update.ppo.eval_every = 0
+    train = [{"messages": [{"role": "user", "content": p}], "safety": False} for p in PROMPTS]
+    out = ppo_on_ranks(cfg, tiny_llama, reward_models, train, [], tmp_path / "out")
+    assert out["rollouts"]["engine"] == "vllm"
+    assert out["rollouts"]["reloads"] == 2  # before steps 2 and 3, on rank 0's engine
+    assert len(out["ranks"]) == 2 and len(out["steps"]) == 3
+    start = load_file(f"{tiny_llama}/model.safetensors")
+    trained = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -110,8 +111,19 @@ class VLLMRollouts:
     def sync(self, policy) -> None:
         import time
 
+        from safetensors.torch import save_file
+
         t0 = time.perf_counter()
-        policy.save_pretrained(self.scratch, safe_serialization=True)
+        # the state dict as safetensors (not save_pretrained, which writes on rank 0 only, when
+        # each rank's engine needs its own copy); a tied head shares the embedding's tensor and
+        # is left out: the reload ties it again (vllm_worker.py)
+        state, seen = {}, set()
+        for name, tensor in policy.state_dict().items():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                state[name] = tensor.detach().contiguous()
+        Path(self.scratch).mkdir(parents=True, exist_ok=True)
+        save_file(state, f"{self.scratch}/model.safetensors", metadata={"format": "pt"})
         llm = self.sampler.llm
         llm.collective_rpc("flywheel_reload_weights", args=(self.scratch,))
         llm.reset_prefix_cache()
