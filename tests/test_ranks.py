@@ -144,6 +144,29 @@ def test_finetune_on_two_ranks_matches_one(tiny_llama, tmp_path):
     assert max_diff(a, b) < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:`torch.distributed.\\w+` is deprecated:FutureWarning")
+def test_finetune_under_zero3_on_two_ranks_saves_the_gathered_policy(tiny_llama, tmp_path):
+    """ZeRO-3 partitions the policy over the two ranks; rank 0 gathers the shards into one
+    safetensors folder that transformers loads, with the weights one plain rank trains."""
+    from transformers import AutoModelForCausalLM
+
+    from flywheel.training import DEEPSPEED_CONFIGS
+
+    config = json.loads((DEEPSPEED_CONFIGS / "zero3.json").read_text())
+    config["bf16"]["enabled"] = False
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3-fp32.json").write_text(json.dumps(config))
+    examples = [(MSGS, "Rinse it, boil it." * k) for k in range(1, 6)]
+    cfg = dict(learning_rate=3e-3, epochs=1, batch_size=4, micro_batch_size=1, max_length=64)
+    one = finetune(tiny_llama, examples, RejectionSamplingConfig(**cfg), tmp_path / "one")
+    two = finetune_on_ranks(tiny_llama, examples, RejectionSamplingConfig(
+        **cfg, resources=TWO, deepspeed=str(tmp_path / "zero3-fp32.json")), tmp_path / "two")
+    assert two["loss_last"] == pytest.approx(one["loss_last"], rel=1e-4)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict()
+    assert max_diff(loaded, plain) < 1e-4
+
+
 def test_rrhf_on_two_ranks_matches_one(tiny_llama, tmp_path):
     groups = [(MSGS, ["No.", "Rinse it and boil it.", "Rice."], [0.1, 0.9, 0.5]),
               (MSGS, ["Boil.", "I can't."], [0.7, 0.2]),
