@@ -69,6 +69,8 @@ def main():
     hf = rollout(policy, tok, prompts, args.tokens, 1.0)
     hf_seconds = time.perf_counter() - t0
     reload = statistics.median(ro.reload_seconds)
+    n_params = sum(p.numel() for p in policy.parameters())
+    written = sum(p.numel() * p.element_size() for p in policy.parameters())
     vllm_gen = statistics.median(ro.generate_seconds[1:])
     tokens = int(batch.response_mask.sum())
     lines = [
@@ -83,6 +85,11 @@ def main():
         f"{args.reloads} | {reload:.2f} | 1.0 |",
         f"| new engine on a saved checkpoint | {restart:.1f} | {restart / reload:.0f}x |",
         f"| (first engine start, for reference) | {start:.1f} | {start / reload:.0f}x |",
+        "",
+        f"Per update per billion parameters: {reload / (n_params / 1e9):.1f} s on this machine "
+        f"({n_params / 1e6:.1f}M parameters, {written / 1e9:.2f} GB of float32 safetensors "
+        "written and read back per update; each rank's engine reloads its own copy). A GPU "
+        "node's figure is for benchmarks/gpu_check.py to record: none was lent.",
         "",
         "| one rollout batch | seconds | response tokens |",
         "|---|---|---|",
