@@ -52,18 +52,22 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = [server.log]
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
         self.logs.append(log)
         with open(log, "ab") as f:
-            proc = subprocess.Popen(argv, env=self.env, stdout=f, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, env={**self.env, **(env or {})}, stdout=f,
+                                    stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=Path(__file__).parents[1])
         self.procs.append(proc)
         return proc
 
-    def workers(self, n: int) -> list[subprocess.Popen]:
+    def workers(self, n: int, gpu_env: dict | None = None) -> list[subprocess.Popen]:
+        """A process worker on each pool; `gpu_env` added to the gpu pool's environment (what
+        its flow runs inherit, as a GPU machine's worker sets FLYWHEEL_RANKS_PER_NODE)."""
         return [self.start(f"worker-{pool}-{n}", [str(BIN / "prefect"), "worker", "start",
-                                                   "--pool", pool, "--type", "process"])
+                                                   "--pool", pool, "--type", "process"],
+                           env=gpu_env if pool == "gpu" else None)
                 for pool in ("cpu", "gpu")]
 
     def wait(self, predicate, seconds: float, what: str):
@@ -163,8 +167,15 @@ def _no_duplicate_ids(lake: Lake) -> dict[str, int]:
 
 def test_weekly_deployment_runs_on_event_through_workers_on_postgres(cluster, tiny_config,
                                                                      tmp_path):
+    """... and every training stage on two ranks: the gpu pool's worker sets
+    FLYWHEEL_RANKS_PER_NODE=2, as a machine with two GPUs would, and the reward models, the
+    rejection-sampling fine-tune and PPO after it each launch two ranks (gloo on this CPU)."""
+    tiny_config.policy_update.schedule = {1: ["rejection_sampling", "ppo"]}
+    tiny_config.policy_update.ppo = tiny_config.policy_update.ppo.model_copy(update={
+        "steps": 2, "prompts_per_step": 4, "minibatch": 2, "max_new_tokens": 8,
+        "learning_rate": 1e-4, "eval_every": 0})
     config_file = _deploy(cluster, tiny_config, tmp_path)
-    cluster.workers(1)
+    cluster.workers(1, gpu_env={"FLYWHEEL_RANKS_PER_NODE": "2"})
     out = cluster.run("trigger", "--config", str(config_file), "--note", "test")
     assert "event flywheel.iteration.requested sent" in out
 
@@ -180,6 +191,11 @@ def test_weekly_deployment_runs_on_event_through_workers_on_postgres(cluster, ti
     (iteration,) = lake.rows("iterations")
     assert iteration["iteration"] == 1
     assert lake.exists("reports/iteration-0001.md")
+    ranks = [len(json.loads(r["metrics"])["training"]["ranks"]) for r in lake.rows("reward_models")]
+    assert ranks == [2, 2]
+    policies = {p["method"]: json.loads(p["metrics"]) for p in lake.rows("policies")}
+    assert len(policies["rejection_sampling"]["finetune"]["ranks"]) == 2
+    assert len(policies["ppo"]["ranks"]) == 2
     # the server kept it all in PostgreSQL: the iteration and each stage as its own flow run
     names = cluster.sql("select name from flow_run where state_type = 'COMPLETED' "
                         "and name like 'iteration-%' order by name").splitlines()
