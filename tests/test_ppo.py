@@ -217,7 +217,7 @@ def test_the_kernel_pass_equals_the_old_reward_arithmetic():
     assert any(t for t in tags) and any(
         not t and 1 / (1 + math.exp(-s)) < 0.15 for s, t in zip(safe, tags))
     reward, tok = ppo_trainer._token_rewards(RewardModelScores.of(help_, safe, tags),
-                                             kl * mask, mask, 0.01)
+                                             kl * mask, mask, 0.01, World())
     rc, want = _old_token_rewards(help_, safe, tags, kl, mask, 0.01)
     diff = max((tok.double() - want).abs().max().item(),
                (reward.double() - torch.tensor(rc)).abs().max().item())

@@ -94,3 +94,31 @@ def test_ppo_on_two_ranks_samples_from_a_vllm_engine_per_rank(tiny_llama, reward
     start = load_file(f"{tiny_llama}/model.safetensors")
     trained = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-4
+
+
+@pytest.mark.slow
+def test_ppo_with_one_vllm_engine_per_node_matches_one_rank(tiny_llama, reward_models,
+                                                            tmp_path):
+    """rollout_engines per_node: the node's first rank hosts the engine and samples both ranks'
+    prompts in one batch, as the one-rank run samples them all: greedy answers, and so the
+    steps and the saved weights, are those of one rank with its own engine."""
+    pytest.importorskip("vllm")
+    runs = {}
+    for ranks in (1, 2):
+        cfg = _config(tiny_llama, ranks)
+        cfg.sampling.backend = "vllm"
+        cfg.sampling.max_model_len = 256
+        cfg.sampling.dtype = "float32"
+        cfg.policy_update.ppo.rollout_engines = "per_node"
+        cfg.policy_update.ppo.eval_every = 0
+        train = [{"messages": [{"role": "user", "content": p}], "safety": False}
+                 for p in PROMPTS]
+        runs[ranks] = ppo_on_ranks(cfg, tiny_llama, reward_models, train, [],
+                                   tmp_path / str(ranks))
+    assert runs[2]["rollouts"]["reloads"] == 2
+    for a, b in zip(runs[1]["steps"], runs[2]["steps"]):
+        for key in ("reward", "kl", "response_length", "policy_loss", "value_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    a = load_file(str(tmp_path / "1" / "model.safetensors"))
+    b = load_file(str(tmp_path / "2" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

@@ -112,6 +112,13 @@ class PPOConfig(_Seeded):
         "for rollouts and the weight sync (zero2-cpu runs on a CPU). Empty: plain PyTorch.",
     )
     resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
+    rollout_engines: Literal["per_rank", "per_node"] = Field(
+        "per_rank",
+        description="With sampling.backend vllm on several ranks: per_rank, each rank samples "
+        "its prompts from its own engine on its own GPU (data parallel); per_node, one engine "
+        "per node on its first rank, across sampling.tensor_parallel_size of the node's GPUs, "
+        "serves all the node's ranks (for a policy too large for one GPU's spare memory).",
+    )
 
     @model_validator(mode="after")
     def _minibatch_fits(self):

@@ -50,7 +50,7 @@ from flywheel.kernels.reward_combine import token_rewards
 from flywheel.kernels.token_logprobs import token_logprobs
 from flywheel.policy.ppo_losses import entropy, gae, policy_loss, value_loss
 from flywheel.policy.ppo_ranks import Minibatches, combined_rewards_across, shard, whiten_across
-from flywheel.policy.rollouts import Rollout, VLLMRollouts, rollout
+from flywheel.policy.rollouts import NodeRollouts, Rollout, VLLMRollouts, rollout
 from flywheel.reward.combined import RewardModelScores
 from flywheel.reward.scoring import ScoringEngine
 from flywheel.training import deepspeed_config, deepspeed_initialize, report_step
@@ -205,7 +205,7 @@ def _token_rewards(out, kl: torch.Tensor, mask: torch.Tensor, beta: float,
 
 def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
               score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
-              desc: str = "ppo", rollouts: VLLMRollouts | None = None,
+              desc: str = "ppo", rollouts: VLLMRollouts | NodeRollouts | None = None,
               engine: ScoringEngine | None = None) -> dict:
     """PPO steps on `policy` (trained in place) against the frozen `reference`. `score_fn`:
     (prompts, response texts, response token ids) -> [B] sequence scores, or (scores, rewards)
@@ -246,23 +246,26 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     since_best = 0
     stale = False  # the engine's weights lag the policy's
 
-    def sample(batch) -> Rollout:
+    def sample(batch) -> Rollout | None:
         nonlocal stale
+        if not batch and not getattr(rollouts, "collective", False):
+            return None  # nothing to sample (a node's shared engine is asked even so)
         if rollouts is None:
             return rollout(policy, tokenizer, batch, s.max_new_tokens, s.temperature)
         if stale:
             rollouts.sync(policy)
             stale = False
-        return rollouts(batch, s.max_new_tokens, s.temperature).to(device)
+        ro = rollouts(batch, s.max_new_tokens, s.temperature)
+        return ro and ro.to(device)
 
     def evaluate(step: int) -> bool:
         nonlocal best, since_best
         if not heldout or not s.eval_every:
             return False
         _, mine = shard(heldout, w)
-        total = 0.0
+        total, ro = 0.0, sample(mine)
         if mine:  # fewer held-out prompts than ranks leave some without
-            total = _reward(_score(score_fn, mine, sample(mine), tokenizer)).sum().item()
+            total = _reward(_score(score_fn, mine, ro, tokenizer)).sum().item()
         total, n = all_sum([total, len(mine)], w)
         score = total / n
         evals.append({"step": step, "heldout_reward": score})

@@ -6,6 +6,7 @@ process on one rank, or on every rank of a training job (flywheel/distributed/wo
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import world
 from flywheel.models import load_causal_lm, load_tokenizer
 from flywheel.policy.ppo import ValueModel, train_ppo
-from flywheel.policy.rollouts import VLLMRollouts
+from flywheel.policy.rollouts import NodeRollouts, VLLMRollouts
 from flywheel.policy.sampling import VLLMSampler
 from flywheel.reward.combined import RewardModelScores
 from flywheel.reward.model import RewardModel
@@ -53,22 +54,37 @@ def run_ppo(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], tra
     with tempfile.TemporaryDirectory() as scratch:
         rollouts = None
         if cfg.sampling.backend == "vllm":  # its own engine: its weights follow the actor's
-            s = cfg.sampling
-            rollouts = VLLMRollouts(VLLMSampler(
-                policy_path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed + w.rank,
-                tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
-                gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
+            rollouts = _vllm_rollouts(cfg, policy_path, tok, scratch)
         try:
             out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
                             desc="ppo", rollouts=rollouts, engine=engine)
         finally:
-            if rollouts is not None:
-                rollouts.sampler.close()
+            if getattr(rollouts, "engine", rollouts) is not None:
+                getattr(rollouts, "engine", rollouts).sampler.close()
     if w.main:
         actor.config.dtype = "float32"  # as fine-tuning: bfloat16 would round updates away
         actor.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
     return {**out, "scoring": vars(engine.stats)}
+
+
+def _vllm_rollouts(cfg: FlywheelConfig, policy_path: str, tok, scratch: str):
+    """PPO's vLLM rollouts on this rank: its own engine (`rollout_engines: per_rank`, or one
+    rank), or its node's engine on the node's first rank (`per_node`)."""
+    s, pc, w = cfg.sampling, cfg.policy_update.ppo, world()
+
+    def engine() -> VLLMRollouts:
+        return VLLMRollouts(VLLMSampler(
+            policy_path, dtype=s.dtype, max_model_len=s.max_model_len, seed=pc.seed + w.rank,
+            tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
+            gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
+
+    if pc.rollout_engines == "per_rank" or w.size == 1:
+        return engine()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
+    group, _ = torch.distributed.new_subgroups(group_size=local)  # this node's ranks
+    leader = w.rank - w.local_rank
+    return NodeRollouts(engine() if w.local_rank == 0 else None, tok, group, leader)
 
 
 def ppo_on_ranks(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], train: list,

@@ -24,9 +24,10 @@ from flywheel.reward.combined import RewardModelScores
 
 
 def shard(items: Sequence, w: World) -> tuple[int, list]:
-    """(offset, this rank's contiguous shard of `items`): shards of ceil(n / size)."""
-    size = math.ceil(len(items) / w.size)
-    return w.rank * size, list(items[w.rank * size : (w.rank + 1) * size])
+    """(offset, this rank's contiguous shard of `items`): sizes differ by one at most, so with
+    at least as many items as ranks every rank has some."""
+    lo, hi = w.rank * len(items) // w.size, (w.rank + 1) * len(items) // w.size
+    return lo, list(items[lo:hi])
 
 
 def whiten_across(x: torch.Tensor, mask: torch.Tensor, w: World,

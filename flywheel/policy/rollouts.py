@@ -149,6 +149,50 @@ class VLLMRollouts:
         return ro
 
 
+class NodeRollouts:
+    """PPO's rollouts on several ranks from one vLLM engine per node (`policy_update.ppo.
+    rollout_engines: per_node`): the engine lives on the node's first rank, across
+    `sampling.tensor_parallel_size` of its GPUs; every rank of the node sends it its prompts
+    (torch.distributed gather over the node's group), it samples them in one batch and sends
+    each rank its answers back. After an update the first rank writes the actor's weights and
+    its engine reloads them (the actor's weights are whole on every rank: ZeRO stage 2 or
+    lower). Every rank of the node must call both methods together, with or without prompts."""
+
+    collective = True
+
+    def __init__(self, engine: VLLMRollouts | None, tokenizer, group, leader: int):
+        self.engine, self.tokenizer, self.group, self.leader = engine, tokenizer, group, leader
+        self.reload_seconds = engine.reload_seconds if engine else []
+        self.generate_seconds = engine.generate_seconds if engine else []
+
+    def sync(self, policy) -> None:
+        if self.engine is not None:
+            self.engine.sync(policy)
+
+    def __call__(self, prompts: Sequence, max_new_tokens: int,
+                 temperature: float) -> Rollout | None:
+        dist = torch.distributed
+        size = dist.get_world_size(self.group)
+        asked = [None] * size if self.engine is not None else None
+        dist.gather_object(list(prompts), asked, dst=self.leader, group=self.group)
+        answers = None
+        if self.engine is not None:
+            flat = [p for part in asked for p in part]
+            ro = self.engine(flat, max_new_tokens, temperature) if flat else None
+            pairs = list(zip(ro.prompt_ids(), ro.response_ids())) if ro else []
+            answers, start = [], 0
+            for part in asked:
+                answers.append(pairs[start : start + len(part)])
+                start += len(part)
+        mine = [None]
+        dist.scatter_object_list(mine, answers, src=self.leader, group=self.group)
+        if not prompts:
+            return None
+        tok = self.tokenizer
+        return _rollout_of(prompts, [p for p, _ in mine[0]], [r for _, r in mine[0]],
+                           tok.pad_token_id, tok.eos_token_id)
+
+
 def _messages(prompt) -> list[dict]:
     if isinstance(prompt, dict):
         prompt = prompt["messages"]
