@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.devices import compute_device
 from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import world
+from flywheel.errors import ConfigError
 from flywheel.models import load_causal_lm, load_tokenizer
 from flywheel.policy.ppo import ValueModel, train_ppo
 from flywheel.policy.rollouts import NodeRollouts, VLLMRollouts
@@ -68,6 +70,30 @@ def run_ppo(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], tra
     return {**out, "scoring": vars(engine.stats)}
 
 
+@contextmanager
+def _only_gpus(first: int, count: int):
+    """While an engine starts, its processes see only this rank's GPUs (`count` from the
+    `first` of the node's): vLLM places an engine on the first GPUs it sees, so every rank's
+    engine would land on the node's GPU 0. Nothing to do without CUDA."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = before.split(",") if before else [str(i) for i in range(torch.cuda.device_count())]
+    if first + count > len(ids):
+        raise ConfigError(f"a vLLM engine per rank with sampling.tensor_parallel_size {count} "
+                          f"needs {first + count} GPUs on this node, it has {len(ids)}; use "
+                          "policy_update.ppo.rollout_engines: per_node")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[first : first + count])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES")
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 def _vllm_rollouts(cfg: FlywheelConfig, policy_path: str, tok, scratch: str):
     """PPO's vLLM rollouts on this rank: its own engine (`rollout_engines: per_rank`, or one
     rank), or its node's engine on the node's first rank (`per_node`)."""
@@ -79,8 +105,11 @@ def _vllm_rollouts(cfg: FlywheelConfig, policy_path: str, tok, scratch: str):
             tensor_parallel_size=s.tensor_parallel_size, weight_sync=True,
             gpu_memory_utilization=s.gpu_memory_utilization), tok, scratch)
 
-    if pc.rollout_engines == "per_rank" or w.size == 1:
+    if w.size == 1:
         return engine()
+    if pc.rollout_engines == "per_rank":
+        with _only_gpus(w.local_rank * s.tensor_parallel_size, s.tensor_parallel_size):
+            return engine()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
     group, _ = torch.distributed.new_subgroups(group_size=local)  # this node's ranks
     leader = w.rank - w.local_rank
