@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -97,6 +98,17 @@ def test_grouped_training_steps_by_prompt_and_learns(tiny_llama):
     assert metrics["steps"] == 12
     assert metrics["loss_last"] < metrics["loss_first"]
     assert accuracy(model, pairs, 64)["accuracy"] == 1.0
+
+
+def test_training_reports_its_mean_step_time(tiny_llama):
+    """4 pairs, 2 a step, one epoch: 2 steps. Their mean time is positive and the 2 steps take
+    less than the whole call, which also loads the backbone."""
+    cfg = RewardModelConfig(learning_rate=1e-3, batch_size=2, micro_batch_size=1, max_length=64)
+    start = time.perf_counter()
+    _, metrics = train_reward_model(tiny_llama, PAIRS, cfg)
+    wall = time.perf_counter() - start
+    assert metrics["steps"] == 2
+    assert 0 < metrics["seconds_per_step"] * 2 < wall
 
 
 def test_last_token_index_left_and_right_padding():

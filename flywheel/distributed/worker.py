@@ -75,7 +75,8 @@ def run(job_dir: Path) -> None:
             out.mkdir(exist_ok=True)
         metrics = JOBS[spec["kind"]](inputs, out)
         mine = {"rank": world().rank, "peak_memory_bytes": peak_memory_bytes(),
-                "optimizer_state_bytes": metrics.pop("optimizer_state_bytes", None)}
+                "optimizer_state_bytes": metrics.pop("optimizer_state_bytes", None),
+                "seconds_per_step": metrics.pop("seconds_per_step", None)}
         ranks = all_gather(mine)
         if world().main:
             tmp = out / f"{RESULT}.tmp"

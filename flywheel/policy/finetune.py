@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def finetune(
     device, w = stepper.device, stepper.world
     losses = []
     bar = tqdm(total=steps, desc="policy fine-tune", unit="step", disable=not w.main)
+    start = time.perf_counter()
     for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
         batch = [data[i] for i in idx]
         n_tokens = sum(_response_tokens(lab) for _, lab in batch)
@@ -179,7 +181,9 @@ def finetune(
         bar.set_postfix(loss=f"{step_loss:.3f}")
         report_step("policy fine-tune", len(losses), steps)
     bar.close()
+    seconds_per_step = (time.perf_counter() - start) / steps  # before saving
     save_policy(stepper, policy_path, tok, out_dir)
     return {"optimizer_state_bytes": stepper.optimizer_state_bytes(),  # this rank's
+            "seconds_per_step": seconds_per_step,  # this rank's, the step loop only
             "steps": steps, "examples": len(data), "loss_first": losses[0],
             "loss_last": losses[-1]}

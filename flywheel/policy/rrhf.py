@@ -10,6 +10,7 @@ tokens come from the policy's last hidden states and its output head through
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -79,6 +80,7 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
     device, w = stepper.device, stepper.world
     losses, ranks = [], []
     bar = tqdm(total=steps, desc="rrhf", unit="step", disable=not w.main)
+    start = time.perf_counter()
     for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
         step_loss = step_rank = 0.0
         for micro in rank_micro_batches(idx, 1, w):  # one prompt's K responses at a time
@@ -108,8 +110,10 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
         bar.set_postfix(loss=f"{step_loss:.3f}")
         report_step("rrhf", len(losses), steps)
     bar.close()
+    seconds_per_step = (time.perf_counter() - start) / steps  # before saving
     save_policy(stepper, policy_path, tok, out_dir)
     return {"optimizer_state_bytes": stepper.optimizer_state_bytes(),  # this rank's
+            "seconds_per_step": seconds_per_step,  # this rank's, the step loop only
             "steps": steps, "prompts": len(data), "loss_first": losses[0],
             "loss_last": losses[-1], "rank_loss_first": ranks[0], "rank_loss_last": ranks[-1]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -80,6 +81,7 @@ def train_reward_model(
     w = stepper.world
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not w.main)
+    start = time.perf_counter()
     for idx in epoch_batches(len(elements), cfg.batch_size, cfg.epochs, cfg.seed):
         step_loss = step_correct = step_seen = 0.0
         for micro in rank_micro_batches(idx, cfg.micro_batch_size, w):
@@ -113,6 +115,7 @@ def train_reward_model(
         bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{correct / seen:.2f}")
         report_step(desc, len(losses), steps)
     bar.close()
+    seconds_per_step = (time.perf_counter() - start) / steps
     opt_bytes = stepper.optimizer_state_bytes()
     if cfg.deepspeed:  # ZeRO-3 holds shards: gather the full weights into the model
         state = stepper.state_dict_for_save()  # every rank takes part; None off rank 0
@@ -127,4 +130,5 @@ def train_reward_model(
         "loss_last": losses[-1],
         "train_accuracy_running": correct / seen,
         "optimizer_state_bytes": opt_bytes,  # this rank's
+        "seconds_per_step": seconds_per_step,  # this rank's, the step loop only
     }
