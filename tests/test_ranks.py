@@ -59,6 +59,7 @@ def test_reward_model_on_two_ranks_matches_one(tiny_llama, one_rank_rm):
     model, got = fit_reward_model(tiny_llama, (PAIRS * 3)[:9],
                                   RewardModelConfig(**RM, resources=TWO))
     assert [r["rank"] for r in got["ranks"]] == [0, 1]
+    assert all(r["seconds_per_step"] > 0 and r["peak_memory_bytes"] > 0 for r in got["ranks"])
     for key in ("loss_first", "loss_last", "train_accuracy_running"):
         assert got[key] == pytest.approx(metrics[key], rel=1e-5)
     start = RewardModel.from_backbone(tiny_llama).state_dict()  # the head aside, trained from
