@@ -55,9 +55,17 @@ def one_rank_rm(tiny_llama):
 
 
 def test_reward_model_on_two_ranks_matches_one(tiny_llama, one_rank_rm):
+    from flywheel.training import on_step
+
     state, metrics = one_rank_rm
-    model, got = fit_reward_model(tiny_llama, (PAIRS * 3)[:9],
-                                  RewardModelConfig(**RM, resources=TWO))
+    heard = []  # rank 0's steps, relayed to this process's listener (the Prefect artifact's)
+    token = on_step.set(lambda *step: heard.append(step))
+    try:
+        model, got = fit_reward_model(tiny_llama, (PAIRS * 3)[:9],
+                                      RewardModelConfig(**RM, resources=TWO), desc="rm")
+    finally:
+        on_step.reset(token)
+    assert heard and heard[-1] == ("rm", 3, 3)
     assert [r["rank"] for r in got["ranks"]] == [0, 1]
     assert all(r["seconds_per_step"] > 0 and r["peak_memory_bytes"] > 0 for r in got["ranks"])
     for key in ("loss_first", "loss_last", "train_accuracy_running"):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from flywheel.config.resources import RDZV_ENV, ResourcesConfig
 from flywheel.errors import FlywheelError
+from flywheel.training import report_step
 
 RESULT = "result.json"  # rank 0's record in out/, written last (worker.py)
 TAIL_LINES = 40
@@ -138,9 +139,26 @@ def start_agents(job: Job, nodes: range) -> list[tuple[int, subprocess.Popen]]:
     return procs
 
 
-def wait(job: Job, procs: list[tuple[int, subprocess.Popen]]) -> dict:
-    """Wait for every agent; rank 0's result, or RankFailed naming the failed rank."""
-    codes = {node: p.wait() for node, p in procs}
+PROGRESS = "progress.json"  # rank 0's last optimizer step (worker.py), relayed by `wait`
+
+
+def wait(job: Job, procs: list[tuple[int, subprocess.Popen]], poll_s: float = 0.5) -> dict:
+    """Wait for every agent, passing rank 0's progress on to this process's `report_step`
+    listener (the stage's Prefect progress artifact); rank 0's result, or RankFailed naming
+    the failed rank."""
+    seen = None
+    while True:
+        try:
+            progress = (job.dir / PROGRESS).read_text()
+        except OSError:
+            progress = None
+        if progress and progress != seen:
+            seen = progress
+            report_step(*json.loads(progress))
+        if all(p.poll() is not None for _, p in procs):
+            break
+        time.sleep(poll_s)
+    codes = {node: p.returncode for node, p in procs}
     if all(c == 0 for c in codes.values()) and (job.out / RESULT).is_file():
         return json.loads((job.out / RESULT).read_text())
     raise RankFailed(failure_report(job, codes))

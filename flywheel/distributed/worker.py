@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from flywheel.distributed.launch import PROGRESS, RESULT
 from flywheel.distributed.ranks import all_gather, world
-
-RESULT = "result.json"
+from flywheel.training import on_step
 
 
 def _reward_model(inputs: dict, out: Path) -> dict:
@@ -60,6 +60,12 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def _write_progress(job_dir: Path, what: str, done: int, total: int) -> None:
+    tmp = job_dir / f"{PROGRESS}.tmp"
+    tmp.write_text(json.dumps([what, done, total]))
+    tmp.replace(job_dir / PROGRESS)
+
+
 def run(job_dir: Path) -> None:
     spec = json.loads((job_dir / "job.json").read_text())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -73,6 +79,8 @@ def run(job_dir: Path) -> None:
         out = job_dir / "out"
         if world().main:
             out.mkdir(exist_ok=True)
+        if world().main:  # the stage's process relays it (launch.wait)
+            on_step.set(lambda what, done, total: _write_progress(job_dir, what, done, total))
         metrics = JOBS[spec["kind"]](inputs, out)
         mine = {"rank": world().rank, "peak_memory_bytes": peak_memory_bytes(),
                 "optimizer_state_bytes": metrics.pop("optimizer_state_bytes", None),
