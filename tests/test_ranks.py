@@ -128,10 +128,8 @@ def test_external_agent_joins_through_the_shared_job_folder(tiny_llama, one_rank
     agent.join(timeout=60)
     assert joined == [1]
     assert max_diff(model.state_dict(), state) < 1e-5
-    # under job_root the job folder stays: both nodes' logs and rank 0's result
-    (job,) = (tmp_path / "jobs").iterdir()
-    assert (job / "out" / "result.json").is_file()
-    assert {p.name for p in (job / "logs").glob("agent*.log")} == {"agent0.log", "agent1.log"}
+    # the finished job's folder is gone from the shared folder (its weights with it)
+    assert list((tmp_path / "jobs").iterdir()) == []
 
 
 MSGS = [{"role": "user", "content": "How do I cook rice?"}]

@@ -228,8 +228,9 @@ def _read(path: Path) -> str:
 @contextmanager
 def run_on_ranks(kind: str, inputs: dict, res: ResourcesConfig):
     """Run the training job `kind` (worker.JOBS) with `inputs` on the ranks `res` plans; yields
-    (rank 0's result, the folder holding what it saved). The job folder is removed afterwards,
-    unless it failed (its logs stay for a look) or lives under `res.job_root`."""
+    (rank 0's result, the folder holding what it saved). A finished job's folder is removed
+    once the caller is done with it (under `res.job_root` too, which would otherwise fill with
+    weights); a failed job's stays, its logs named in the error."""
     root = Path(res.job_root) if res.job_root else Path(tempfile.mkdtemp(prefix="flywheel-job-"))
     job = write_job(kind, inputs, res, root)
     nodes = range(job.nodes) if res.agents == "local" else range(1)
@@ -246,5 +247,4 @@ def run_on_ranks(kind: str, inputs: dict, res: ResourcesConfig):
     try:
         yield result, job.out
     finally:
-        if not res.job_root:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(job.dir if res.job_root else root, ignore_errors=True)
