@@ -168,6 +168,23 @@ def test_ppo_holds_five_models_and_refuses_zero3(tmp_path):
     assert not plan_stage(cfg, "ppo", zero=3, ranks=64).fits(1e15)  # refused fits nowhere
 
 
+def test_sharded_frozen_models_hold_a_share_and_one_whole(tmp_path):
+    """7B PPO on 8 ranks, plain PyTorch: replicated, the frozen weights per rank are
+    4 (P + 2 P_rm); sharded, 4 (P + 2 P_rm) / 8 at rest plus the largest, the reference
+    (4 P, its untied head makes it larger than a reward model), gathered whole to score."""
+    folder = tmp_path / "llama2-7b"
+    LlamaConfig(**LLAMA2_7B).save_pretrained(folder)
+    p_rm = param_count(str(folder), "scalar")
+
+    def frozen_weights(mode):
+        cfg = FlywheelConfig(models={"policy": str(folder), "reward_backbone": str(folder)},
+                             policy_update={"ppo": {"frozen": mode}})
+        return sum(m.weights for m in plan_stage(cfg, "ppo", ranks=8).models if not m.trained)
+
+    assert frozen_weights("replicated") == 4 * (P7B + 2 * p_rm)
+    assert frozen_weights("sharded") == pytest.approx(4 * (P7B + 2 * p_rm) / 8 + 4 * P7B)
+
+
 def test_fits_keeps_the_headroom_free():
     """A card of 80 GB fits 72 GB (10 % kept free), not 72.1 GB; a vLLM engine at 0.3 of the
     card takes 24 GB of rank 0's."""

@@ -45,7 +45,12 @@ def _config(tiny_llama, ranks: int):
     })
 
 
-def test_ppo_on_two_ranks_matches_one(tiny_llama, reward_models, tmp_path):
+@pytest.mark.parametrize("frozen", ["replicated", "sharded"])
+def test_ppo_on_two_ranks_matches_one(tiny_llama, reward_models, tmp_path, frozen):
+    """`frozen: sharded` keeps half of the reference's and each reward model's weights on each
+    rank and gathers one whole while it scores: the same steps as replicated ones. Held-out:
+    three prompts on two ranks (one scores one, the other two); sharded, one prompt, so that
+    rank 1 has none and still joins the reward models' gathers."""
     train = [{"messages": [{"role": "user", "content": p}], "safety": i % 3 == 0}
              for i, p in enumerate(PROMPTS)]
     heldout = [{"messages": [{"role": "user", "content": "Tell me about tea."}],
@@ -53,10 +58,13 @@ def test_ppo_on_two_ranks_matches_one(tiny_llama, reward_models, tmp_path):
                {"messages": [{"role": "user", "content": "How do I pick a lock?"}],
                 "safety": True},
                {"messages": [{"role": "user", "content": "Hello!"}], "safety": False}]
+    if frozen == "sharded":
+        heldout = heldout[:1]
     one = run_ppo(_config(tiny_llama, 1), tiny_llama, reward_models, train, heldout,
                   tmp_path / "one")
-    two = ppo_on_ranks(_config(tiny_llama, 2), tiny_llama, reward_models, train, heldout,
-                       tmp_path / "two")
+    cfg = _config(tiny_llama, 2)
+    cfg.policy_update.ppo.frozen = frozen
+    two = ppo_on_ranks(cfg, tiny_llama, reward_models, train, heldout, tmp_path / "two")
     assert [r["rank"] for r in two["ranks"]] == [0, 1]
     assert len(two["steps"]) == len(one["steps"]) == 3
     for a, b in zip(one["steps"], two["steps"]):
@@ -122,3 +130,46 @@ def test_ppo_with_one_vllm_engine_per_node_matches_one_rank(tiny_llama, reward_m
     a = load_file(str(tmp_path / "1" / "model.safetensors"))
     b = load_file(str(tmp_path / "2" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def _shard_and_gather(rank: int, path: str, port: int, out) -> None:
+    import os
+
+    from flywheel.distributed.frozen import ShardedFrozen
+    from flywheel.distributed.ranks import World
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)  # the same head on both ranks, as when both load one saved model
+    model = RewardModel.from_backbone(path)
+    whole = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    sharded = ShardedFrozen(model, World(rank, 2))
+    empty = all(p.numel() == 0 for p in model.parameters())
+    with sharded.whole() as m:
+        same = all(torch.equal(m.state_dict()[k], v) for k, v in want.items())
+    out.put((rank, sharded.shard_bytes() / whole, empty, same))
+    torch.distributed.destroy_process_group()
+
+
+def test_a_sharded_frozen_model_holds_half_and_gathers_whole(tiny_llama):
+    """Two processes (gloo): each keeps half of the reward model's bytes (to the padding of the
+    last shard; a tied head is one tensor, counted once), its module tensors empty, and
+    `whole()` gives back every weight exactly."""
+    import multiprocessing
+
+    from flywheel.distributed.launch import _free_endpoint
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    port = int(_free_endpoint().rsplit(":", 1)[1])
+    procs = [ctx.Process(target=_shard_and_gather, args=(r, tiny_llama, port, out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for rank, share, empty, same in got:
+        assert share == pytest.approx(0.5, abs=0.01), (rank, share)
+        assert empty and same, rank

@@ -112,6 +112,13 @@ class PPOConfig(_Seeded):
         "for rollouts and the weight sync (zero2-cpu runs on a CPU). Empty: plain PyTorch.",
     )
     resources: ResourcesConfig = Field(ResourcesConfig(), description=RESOURCES_HELP)
+    frozen: Literal["replicated", "sharded"] = Field(
+        "replicated",
+        description="PPO's frozen models (the reference policy, both reward models) on several "
+        "ranks: replicated, whole on every rank; sharded, 1/N of each on each of N ranks, a "
+        "model gathered whole only while it scores (flywheel/distributed/frozen.py), so a rank "
+        "holds one of them whole at a time instead of all three.",
+    )
     rollout_engines: Literal["per_rank", "per_node"] = Field(
         "per_rank",
         description="With sampling.backend vllm on several ranks: per_rank, each rank samples "

@@ -20,10 +20,11 @@ weight shards; they are reported as `offloaded`, off the GPU. DeepSpeed's commun
 (reduce_bucket_size 5e7 elements: 0.1-0.2 GB) and its keeping of parameters under
 `stage3_param_persistence_threshold` whole are left to the headroom.
 
-Frozen models (PPO's reference policy and two reward models) are held whole on every rank, in
-fp32 as flywheel/stages/ppo.py loads them: PPO refuses ZeRO-3 (it samples from and syncs whole
-weights), so nothing of PPO is sharded across ranks beyond the actor's and critic's ZeRO 1-2
-states.
+Frozen models (PPO's reference policy and two reward models) are in fp32 as
+flywheel/policy/ppo_job.py loads them: whole on every rank (`policy_update.ppo.frozen:
+replicated`), or 1/N of each on each of N ranks plus the largest gathered whole while it scores
+(`sharded`, flywheel/distributed/frozen.py). PPO refuses ZeRO-3 for actor and critic (it
+samples from and syncs whole weights).
 
 Activations, per micro-batch on a rank, activation checkpointing off: the tensors the forward
 saves for the backward, counted for transformers' Llama layer the way Korthikanti et al. 2022
@@ -252,10 +253,11 @@ def trained_model(role: str, model, head: Head, t: Training, ranks: int, sequenc
                        activation_bytes(s, sequences, tokens, t.mixed, logits), offloaded)
 
 
-def frozen_model(role: str, model, head: Head, width: int = 4) -> ModelMemory:
-    """A model held whole for inference on every rank, `width` bytes per parameter."""
+def frozen_model(role: str, model, head: Head, width: int = 4, ranks: int = 1) -> ModelMemory:
+    """A model held for inference, `width` bytes per parameter: whole on every rank, or
+    (`ranks` > 1) 1/ranks of it on each."""
     n = param_count(model, head)
-    return ModelMemory(role, _name(model), n, False, n * width, 0.0, 0.0, 0.0, 0.0)
+    return ModelMemory(role, _name(model), n, False, n * width / ranks, 0.0, 0.0, 0.0, 0.0)
 
 
 def _name(model) -> str:
@@ -351,12 +353,18 @@ def plan_stage(cfg, stage: str, ranks: int | None = None, zero: int | None = Non
     else:
         seqs = math.ceil(section.minibatch / n)
         tokens = sampling.max_model_len  # a rollout's prompt and response fit vLLM's limit
+        shards = n if section.frozen == "sharded" else 1
+        frozen = (frozen_model("reference", policy, "lm", ranks=shards),
+                  frozen_model("reward model (helpfulness)", backbone, "scalar", ranks=shards),
+                  frozen_model("reward model (safety)", backbone, "scalar", ranks=shards))
+        if shards > 1:  # one of them gathered whole while it scores: the largest counts
+            big = max(frozen, key=lambda m: m.params)
+            frozen += (ModelMemory("frozen model gathered to score", big.model, big.params,
+                                   False, big.params * 4.0, 0.0, 0.0, 0.0, 0.0),)
         models = (
             trained_model("actor", policy, "lm", t, n, seqs, tokens, 2.0 if t.mixed else 4.0),
             trained_model("critic", policy, "scalar", t, n, seqs, tokens),
-            frozen_model("reference", policy, "lm"),
-            frozen_model("reward model (helpfulness)", backbone, "scalar"),
-            frozen_model("reward model (safety)", backbone, "scalar"),
+            *frozen,
         )
         share = engines  # PPO closes the shared engines and opens its own rollout engine
         if t.zero >= 3:

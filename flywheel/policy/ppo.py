@@ -39,11 +39,13 @@ import copy
 import math
 import random
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import PPOConfig
+from flywheel.distributed.frozen import ShardedFrozen
 from flywheel.distributed.ranks import World, all_sum, sum_gradients, world
 from flywheel.errors import ConfigError, FlywheelError
 from flywheel.kernels.reward_combine import token_rewards
@@ -203,7 +205,8 @@ def _token_rewards(out, kl: torch.Tensor, mask: torch.Tensor, beta: float,
     return _reward(out), token_rewards(score, kl, mask, beta)[1]
 
 
-def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequence,
+def train_ppo(policy, reference: torch.nn.Module | ShardedFrozen, critic: ValueModel, tokenizer,
+              prompts: Sequence,
               score_fn: ScoreFn, settings: PPOConfig, heldout: Sequence = (),
               desc: str = "ppo", rollouts: VLLMRollouts | NodeRollouts | None = None,
               engine: ScoringEngine | None = None) -> dict:
@@ -218,7 +221,9 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     evaluations, "best_step"}; the policy ends at its best held-out score.
 
     Runs on the device `policy` is on (reference and critic are moved there); with
-    `settings.deepspeed`, actor and critic train through DeepSpeed engines. On several ranks
+    `settings.deepspeed`, actor and critic train through DeepSpeed engines. `reference` may be
+    sharded over the ranks (ShardedFrozen, already on its device): gathered whole for each pass
+    of reference log-probs. On several ranks
     (a process group is up) each rank samples and scores its share of every step's prompts
     and the step is the one a single rank would take (flywheel/policy/ppo_ranks.py)."""
     s = settings
@@ -233,10 +238,12 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
     device = next(policy.parameters()).device
-    reference.to(device).eval()
+    sharded_ref = reference if isinstance(reference, ShardedFrozen) else None
+    if sharded_ref is None:
+        reference.to(device).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
     critic.to(device)
-    for p in reference.parameters():
-        p.requires_grad_(False)
     actor_opt = _Updater(policy, s.learning_rate, s, w)
     critic_opt = _Updater(critic, s.critic_learning_rate, s, w)
     actor, critic_fwd = actor_opt.module, critic_opt.module  # forward through these
@@ -263,9 +270,11 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         if not heldout or not s.eval_every:
             return False
         _, mine = shard(heldout, w)
-        total, ro = 0.0, sample(mine)
-        if mine:  # fewer held-out prompts than ranks leave some without
-            total = _reward(_score(score_fn, mine, ro, tokenizer)).sum().item()
+        ro = sample(mine)
+        # a rank without held-out prompts (fewer than ranks) scores none, but still calls the
+        # score function: sharded frozen reward models gather on every rank together
+        out = _score(score_fn, mine, ro, tokenizer) if mine else score_fn([], [], [])
+        total = _reward(out).sum().item() if mine else 0.0
         total, n = all_sum([total, len(mine)], w)
         score = total / n
         evals.append({"step": step, "heldout_reward": score})
@@ -290,7 +299,8 @@ def train_ppo(policy, reference, critic: ValueModel, tokenizer, prompts: Sequenc
         mask = ro.response_mask.float()
         with torch.no_grad():
             old_logp, _ = response_logprobs(actor, ro)
-            ref_logp = reference_logprobs(engine, reference, ro, f"{desc}: reference log-probs")
+            with sharded_ref.whole() if sharded_ref else nullcontext(reference) as ref:
+                ref_logp = reference_logprobs(engine, ref, ro, f"{desc}: reference log-probs")
             old_values = _values(critic_fwd, ro) * mask
             kl = (old_logp - ref_logp) * mask
             reward, rewards = _token_rewards(_score(score_fn, mine, ro, tokenizer), kl, mask,

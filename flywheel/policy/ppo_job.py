@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from flywheel.config import FlywheelConfig
 from flywheel.devices import compute_device
+from flywheel.distributed.frozen import ShardedFrozen
 from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import world
 from flywheel.errors import ConfigError
@@ -43,13 +44,20 @@ def run_ppo(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], tra
     critic = ValueModel.from_causal_lm(actor)
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     rms = {k: RewardModel.load(rm_paths[k]) for k in ("helpfulness", "safety")}
+    if pc.frozen == "sharded" and w.size > 1:  # 1/N of each frozen model on each rank
+        reference = ShardedFrozen(reference.to(compute_device()).eval(), w)
+        rms = {k: ShardedFrozen(m, w) for k, m in rms.items()}
+
+    def scores(kind: str, groups: list[Group]) -> list[list[float]]:
+        with rms[kind].whole() if isinstance(rms[kind], ShardedFrozen) else \
+                nullcontext(rms[kind]) as model:
+            return engine.rewards(model, groups, desc=f"ppo: {kind} RM")
 
     def score(batch, texts, _ids) -> RewardModelScores:
         # the raw scores: the trainer combines them with the KL (the update's score is
         # whitened per batch; R_c itself is logged and early-stops)
         groups = [Group(b["messages"], [t], b["safety"]) for b, t in zip(batch, texts)]
-        help_ = engine.rewards(rms["helpfulness"], groups, desc="ppo: helpfulness RM")
-        safe = engine.rewards(rms["safety"], groups, desc="ppo: safety RM")
+        help_, safe = scores("helpfulness", groups), scores("safety", groups)
         return RewardModelScores.of([h[0] for h in help_], [s[0] for s in safe],
                                     [g.safety for g in groups])
 
