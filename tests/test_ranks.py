@@ -174,19 +174,32 @@ def test_finetune_under_zero3_on_two_ranks_saves_the_gathered_policy(tiny_llama,
     assert max_diff(loaded, plain) < 1e-4
 
 
-def test_rrhf_on_two_ranks_matches_one(tiny_llama, tmp_path):
+@pytest.mark.parametrize("zero3", [False, True])
+@pytest.mark.filterwarnings("ignore:`torch.distributed.\\w+` is deprecated:FutureWarning")
+def test_rrhf_on_two_ranks_matches_one(tiny_llama, tmp_path, zero3):
+    """Plain, and under ZeRO-3 (fp32, every parameter partitioned), where the log-probs come
+    from the model's whole forward, since the output head is a shard outside it."""
     groups = [(MSGS, ["No.", "Rinse it and boil it.", "Rice."], [0.1, 0.9, 0.5]),
               (MSGS, ["Boil.", "I can't."], [0.7, 0.2]),
               (MSGS, ["Water, then heat.", "Cook.", "Hm."], [0.6, 0.3, 0.1])]
     cfg = dict(learning_rate=3e-3, epochs=2, batch_size=2, max_length=64)
     one = rrhf_finetune(tiny_llama, groups, RRHFConfig(**cfg), tmp_path / "one")
-    two = rrhf_finetune_on_ranks(tiny_llama, groups, RRHFConfig(**cfg, resources=TWO),
+    ds = {}
+    if zero3:
+        from flywheel.training import DEEPSPEED_CONFIGS
+
+        config = json.loads((DEEPSPEED_CONFIGS / "zero3.json").read_text())
+        config["bf16"]["enabled"] = False
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        (tmp_path / "zero3-fp32.json").write_text(json.dumps(config))
+        ds = {"deepspeed": str(tmp_path / "zero3-fp32.json")}
+    two = rrhf_finetune_on_ranks(tiny_llama, groups, RRHFConfig(**cfg, **ds, resources=TWO),
                                  tmp_path / "two")
     for key in ("loss_first", "loss_last", "rank_loss_last"):
-        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7)
+        assert two[key] == pytest.approx(one[key], rel=1e-4 if zero3 else 1e-5, abs=1e-7)
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert max_diff(a, b) < 1e-5
+    assert max_diff(a, b) < (1e-4 if zero3 else 1e-5)
 
 
 def test_an_error_on_the_ranks_names_the_rank_and_its_message(tmp_path):

@@ -45,7 +45,8 @@ against the tensors autograd saves for the tiny Llama, in both precisions.
 The output head adds 8 bytes x tokens x vocab where the loss reads full fp32 logits (rejection
 sampling's cross-entropy: the fp32 logits and their log-softmax), the model's bytes per element
 x tokens x vocab for PPO's actor (its logits stay for the entropy), and nothing where
-`kernels.head_logprobs` reads log-probs off the hidden states (RRHF) or a scalar head scores.
+`kernels.head_logprobs` reads log-probs off the hidden states (RRHF, below ZeRO-3; under it, the
+full logits as in rejection sampling) or a scalar head scores.
 Trained models run their forward and backward one after another (PPO: actor, then critic), so
 a stage's activations are the largest model's.
 
@@ -346,10 +347,10 @@ def plan_stage(cfg, stage: str, ranks: int | None = None, zero: int | None = Non
         tokens, share = section.max_length, engines
     elif stage == "rrhf":
         seqs = cfg.rejection_sampling.k  # one prompt's K responses in one forward
-        models = (trained_model("policy", policy, "lm", t, n, seqs, section.max_length),)
+        # under ZeRO-3 the log-probs come from the full logits (policy/rrhf.py), as in SFT
+        models = (trained_model("policy", policy, "lm", t, n, seqs, section.max_length,
+                                8.0 if t.zero >= 3 else 0.0),)
         tokens, share = section.max_length, engines
-        if t.zero >= 3:
-            refused = "RRHF reads the output head's weight whole"
     else:
         seqs = math.ceil(section.minibatch / n)
         tokens = sampling.max_model_len  # a rollout's prompt and response fit vLLM's limit

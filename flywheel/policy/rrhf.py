@@ -4,7 +4,9 @@ RRHF (Yuan et al. 2023): for K scored responses to a prompt, length-normalised l
 p_i = (1/|y_i|) sum_t log pi(y_i,t); loss = sum over pairs with r_i < r_j of max(0, p_i - p_j),
 plus the negative log-likelihood of the best response per token. The log-probs of the response
 tokens come from the policy's last hidden states and its output head through
-`kernels.head_logprobs`, forward and backward, so no [tokens, vocab] logits are made.
+`kernels.head_logprobs`, forward and backward, so no [tokens, vocab] logits are made; under
+ZeRO-3, whose output head is a shard outside the model's forward, from the full logits through
+`kernels.token_logprobs` instead.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from tqdm.auto import tqdm
 from flywheel.devices import compute_device
 from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
-from flywheel.errors import ConfigError, FlywheelError
+from flywheel.errors import FlywheelError
 from flywheel.kernels.head_logprobs import head_logprobs
+from flywheel.kernels.token_logprobs import token_logprobs
 from flywheel.models import load_causal_lm, load_tokenizer
 from flywheel.policy.finetune import save_policy, tokenize_sft
-from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step, zero_stage
+from flywheel.training import epoch_batches, make_stepper, plan_steps, report_step
 
 
 def rrhf_finetune_on_ranks(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
@@ -69,10 +72,6 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
               for r, end in zip(g[1], g[3] if len(g) > 3 else [True] * len(g[1]))], g[2])
             for g in groups]
     steps, warmup = plan_steps(len(data), cfg.batch_size, cfg.epochs)
-    if cfg.deepspeed and zero_stage(cfg.deepspeed) > 2:
-        raise ConfigError(f"policy_update.rrhf.deepspeed {cfg.deepspeed!r} is ZeRO stage 3: RRHF "
-                          "reads the output head's weight whole (kernels.head_logprobs), so use "
-                          "stage 2 or lower (zero2-cpu), or clear it")
     full_step = range(min(cfg.batch_size, len(data)))
     stepper = make_stepper(model, cfg.learning_rate, steps, warmup,
                            len(rank_micro_batches(full_step, 1, world())), cfg.deepspeed,
@@ -92,7 +91,8 @@ def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Pat
                                   device=device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in encoded],
                                 device=device)
-            sums = response_logprob_sums(stepper.model, ids, mask, labels)
+            sums = (logits_logprob_sums if stepper.partitioned else response_logprob_sums)(
+                stepper.module if stepper.partitioned else stepper.model, ids, mask, labels)
             loss, st = rrhf_loss(sums, (labels[:, 1:] != -100).sum(-1),
                                  torch.tensor(rewards, dtype=torch.float32, device=device),
                                  cfg.ft_weight)
@@ -127,6 +127,19 @@ def response_logprob_sums(model, ids: torch.Tensor, mask: torch.Tensor,
     target = labels[:, 1:]
     keep = target != -100
     lp = head_logprobs(hidden[keep], model.get_output_embeddings().weight, target[keep])
+    return torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(
+        0, keep.nonzero()[:, 0], lp)
+
+
+def logits_logprob_sums(model, ids: torch.Tensor, mask: torch.Tensor,
+                        labels: torch.Tensor) -> torch.Tensor:
+    """`response_logprob_sums` through the model's whole forward and its [tokens, vocab]
+    logits (kernels.token_logprobs): under ZeRO-3 the output head's weight is a shard outside
+    the module's own forward, so `head_logprobs` cannot read it; the forward gathers it."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    lp = token_logprobs(logits[keep], target[keep])
     return torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(
         0, keep.nonzero()[:, 0], lp)
 
