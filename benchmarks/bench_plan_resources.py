@@ -36,9 +36,10 @@ SETTINGS = {
     "rejection_sampling": {"deepspeed": "zero3", "batch_size": 64, "micro_batch_size": 1,
                            "max_length": 1024, "k": 4},
     "policy_update": {"rrhf": {"deepspeed": "zero3", "max_length": 1024},
-                      "ppo": {"deepspeed": "zero3", "minibatch": 64, "prompts_per_step": 512}},
+                      "ppo": {"deepspeed": "zero3", "minibatch": 64, "prompts_per_step": 512,
+                              "frozen": "sharded"}},
 }
-ZERO = {"reward_model": 3, "rejection_sampling": 3, "rrhf": 2, "ppo": 2}
+ZERO = {"reward_model": 3, "rejection_sampling": 3, "rrhf": 3, "ppo": 2}
 RANKS = {8: "1 x 8", 16: "2 x 8", 64: "8 x 8"}
 
 
@@ -66,9 +67,9 @@ def main() -> None:
         "1024-token sequence per micro-batch (a pair: two; RRHF: a prompt's K = 4 responses; "
         "PPO: its minibatch of 64 rollouts split over the ranks), vLLM engines not counted "
         "(each takes `sampling.gpu_memory_utilization` of rank 0's card on top). ZeRO: 0 and "
-        "the highest stage each stage accepts (RRHF and PPO refuse 3). PPO holds the frozen "
-        "reference and both reward models whole on every rank in fp32, as "
-        "flywheel/stages/ppo.py loads them.",
+        "the highest stage each stage accepts (PPO refuses 3). PPO's frozen reference and "
+        "reward models in fp32 (flywheel/policy/ppo_job.py), sharded over the ranks "
+        "(`frozen: sharded`) with the largest gathered whole while it scores.",
         "",
         "| model | stage | ZeRO | nodes x GPUs | seqs/micro | params | grads | optimizer | "
         "activations | total | fits 80 GB |",
@@ -108,19 +109,18 @@ def main() -> None:
         "one gradient step per minibatch (PPOConfig's docstring) | the rows above plan PPO's "
         "minibatch of 64 |",
         "",
-        "What the plan says about this code. 7B: the reward model and rejection sampling fit "
-        "one node of 8 at ZeRO-3 (26.3 and 20.7 GB per GPU), RRHF at ZeRO-2 (49.8 GB: the "
-        "bf16 weights whole, 13.5 GB, and a prompt's 4 responses of activations, 24.5 GB); "
-        "PPO fits at no scale: flywheel/stages/ppo.py holds the reference and both reward "
-        "models whole in fp32 on every rank, 80 GB before the actor. 70B: rejection sampling "
-        "fits 8 nodes at ZeRO-3 (53.5 GB); the reward model does not (85.8 GB, of which 65 GB "
-        "are one pair's activations at 1024 tokens with no activation checkpointing, which "
-        "the training loops do not turn on); RRHF and PPO fit at no scale, ZeRO-2 leaving "
-        "138 GB of bf16 weights on every rank. 70B RRHF and PPO need ZeRO-3 (or FSDP) for "
-        "the trained models and bf16, sharded frozen models, which the head-reading RRHF "
-        "loss and PPO's rollout and weight-sync path do not allow today. Llama 2's own memory "
-        "set-up for reward models and PPO could not be checked against the paper's text "
-        "here, so it is left out.",
+        "What the plan says about this code. 7B: the reward model, rejection sampling and "
+        "RRHF fit one node of 8 at ZeRO-3 (26.3, 20.7 and 39.9 GB per GPU); PPO fits 8 nodes "
+        "of 8 (64.0 GB) with its frozen models sharded, not one (136.6 GB): actor and critic "
+        "stay whole on every rank at ZeRO-2 (PPO samples from and syncs whole weights), and "
+        "the reference gathered whole in fp32 to score is 27 GB. 70B: rejection sampling "
+        "fits 8 nodes at ZeRO-3 (53.5 GB); the reward model does not (206.0 GB on one node, "
+        "65 GB of it one pair's activations at 1024 tokens with no activation checkpointing, "
+        "which the training loops do not turn on), nor RRHF (a prompt's 4 responses of "
+        "activations alone are 131 GB) or PPO (its whole actor and critic). 70B needs "
+        "activation checkpointing, and PPO ZeRO-3 for actor and critic with rollouts from "
+        "gathered weights. Llama 2's own memory set-up for reward models and PPO could not be "
+        "checked against the paper's text here, so it is left out.",
     ]
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
