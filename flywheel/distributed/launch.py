@@ -248,3 +248,12 @@ def run_on_ranks(kind: str, inputs: dict, res: ResourcesConfig):
         yield result, job.out
     finally:
         shutil.rmtree(job.dir if res.job_root else root, ignore_errors=True)
+
+
+def policy_on_ranks(kind: str, inputs: dict, res: ResourcesConfig, out_dir: str | Path) -> dict:
+    """A policy-training job (`kind`: finetune, rrhf, ppo) on the ranks `res` plans: rank 0's
+    saved policy (its out/policy) copied to `out_dir`; returns its metrics, each rank's record
+    (peak memory, optimizer state, step time) under "ranks"."""
+    with run_on_ranks(kind, inputs, res) as (result, out):
+        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
+    return {**result["metrics"], "ranks": result["ranks"]}

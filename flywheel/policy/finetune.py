@@ -4,7 +4,6 @@ fine-tune the policy on that pool with the loss on response tokens only."""
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.devices import compute_device
-from flywheel.distributed.launch import run_on_ranks
+from flywheel.distributed.launch import policy_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.models import load_causal_lm, load_tokenizer
@@ -114,9 +113,7 @@ def finetune_on_ranks(policy_path: str, examples: list[tuple], cfg, out_dir: str
     if cfg.resources.world_size() == 1:
         return finetune(policy_path, examples, cfg, out_dir)
     inputs = {"policy_path": policy_path, "examples": examples, "cfg": cfg}
-    with run_on_ranks("finetune", inputs, cfg.resources) as (result, out):
-        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
-    return {**result["metrics"], "ranks": result["ranks"]}
+    return policy_on_ranks("finetune", inputs, cfg.resources, out_dir)
 
 
 def finetune(

@@ -7,7 +7,6 @@ process on one rank, or on every rank of a training job (flywheel/distributed/wo
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from flywheel.config import FlywheelConfig
 from flywheel.devices import compute_device
 from flywheel.distributed.frozen import ShardedFrozen
-from flywheel.distributed.launch import run_on_ranks
+from flywheel.distributed.launch import policy_on_ranks
 from flywheel.distributed.ranks import world
 from flywheel.errors import ConfigError
 from flywheel.models import load_causal_lm, load_tokenizer
@@ -69,8 +68,8 @@ def run_ppo(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str], tra
             out = train_ppo(actor, reference, critic, tok, train, score, pc, heldout,
                             desc="ppo", rollouts=rollouts, engine=engine)
         finally:
-            if getattr(rollouts, "engine", rollouts) is not None:
-                getattr(rollouts, "engine", rollouts).sampler.close()
+            if rollouts is not None:
+                rollouts.close()
     if w.main:
         actor.config.dtype = "float32"  # as fine-tuning: bfloat16 would round updates away
         actor.save_pretrained(out_dir, safe_serialization=True)
@@ -134,9 +133,7 @@ def ppo_on_ranks(cfg: FlywheelConfig, policy_path: str, rm_paths: dict[str, str]
         return run_ppo(cfg, policy_path, rm_paths, train, heldout, out_dir)
     inputs = {"cfg": cfg, "policy_path": policy_path, "rm_paths": rm_paths, "train": train,
               "heldout": heldout}
-    with run_on_ranks("ppo", inputs, res) as (result, out):
-        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
-    return {**result["metrics"], "ranks": result["ranks"]}
+    return policy_on_ranks("ppo", inputs, res, out_dir)
 
 
 def ppo_job(inputs: dict, out: Path) -> dict:

@@ -129,6 +129,9 @@ class VLLMRollouts:
         llm.reset_prefix_cache()
         self.reload_seconds.append(time.perf_counter() - t0)
 
+    def close(self) -> None:
+        self.sampler.close()
+
     def __call__(self, prompts: Sequence, max_new_tokens: int, temperature: float) -> Rollout:
         import time
 
@@ -168,6 +171,10 @@ class NodeRollouts:
     def sync(self, policy) -> None:
         if self.engine is not None:
             self.engine.sync(policy)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
 
     def __call__(self, prompts: Sequence, max_new_tokens: int,
                  temperature: float) -> Rollout | None:

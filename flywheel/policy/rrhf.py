@@ -11,7 +11,6 @@ ZeRO-3, whose output head is a shard outside the model's forward, from the full 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.devices import compute_device
-from flywheel.distributed.launch import run_on_ranks
+from flywheel.distributed.launch import policy_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
 from flywheel.kernels.head_logprobs import head_logprobs
@@ -37,9 +36,7 @@ def rrhf_finetune_on_ranks(policy_path: str, groups: list[tuple], cfg, out_dir: 
     if cfg.resources.world_size() == 1:
         return rrhf_finetune(policy_path, groups, cfg, out_dir)
     inputs = {"policy_path": policy_path, "groups": groups, "cfg": cfg}
-    with run_on_ranks("rrhf", inputs, cfg.resources) as (result, out):
-        shutil.copytree(out / "policy", out_dir, dirs_exist_ok=True)
-    return {**result["metrics"], "ranks": result["ranks"]}
+    return policy_on_ranks("rrhf", inputs, cfg.resources, out_dir)
 
 
 def rrhf_finetune(policy_path: str, groups: list[tuple], cfg, out_dir: str | Path) -> dict:
