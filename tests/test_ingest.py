@@ -107,10 +107,10 @@ def test_same_file_again_is_a_no_op_and_a_corrected_one_adds_only_the_new(tmp_pa
     lake = _lake(tmp_path / "lake")
     first = _jsonl(GOOD + [BAD["identical_responses"], BAD["invalid_strength"]])
     r1 = ingest_bytes(lake, first, "week-47.jsonl", cfg=CFG)
-    parts = {t: len(lake.manifests(t)) for t in ("comparisons", "quarantine", "batches")}
+    versions = lake.versions(["comparisons", "quarantine", "batches"])
     again = ingest_bytes(lake, first, "renamed.jsonl", cfg=CFG)
     assert again.already_ingested and again.batch_id == "week-47" and again.new == 3
-    assert {t: len(lake.manifests(t)) for t in parts} == parts
+    assert lake.versions(list(versions)) == versions  # not one commit
     fixed = dict(BAD["invalid_strength"], strength="better")
     second = _jsonl(GOOD + [dict(BAD["identical_responses"], response_b="Hi there"), fixed])
     r2 = ingest_bytes(lake, second, "week-47.jsonl", cfg=CFG)
@@ -219,29 +219,29 @@ KILL = textwrap.dedent("""
             die()
         Lake.write_bytes = write_bytes
     else:
+        from flywheel.lake import delta
         table, when = point.split(":")
-        orig = Lake._write_json if when == "before-manifest" else Lake.write_table
-        def hooked(self, *args, **kw):
-            name = args[0]
-            if when == "before-manifest" and f"/manifests/{table}/" in name:
+        orig = delta.merge_new
+        def hooked(uri, *args, **kw):
+            if when == "before-commit" and uri.endswith("/" + table):
                 die()
-            out = orig(self, *args, **kw)
-            if when == "after" and name == table:
+            out = orig(uri, *args, **kw)
+            if when == "after" and uri.endswith("/" + table):
                 die()
             return out
-        setattr(Lake, "_write_json" if when == "before-manifest" else "write_table", hooked)
+        delta.merge_new = hooked
     ingest_bytes(lake, open(path, "rb").read(), "week-47.jsonl",
                  cfg=AnnotationConfig(max_text_chars=100, heldout_fraction=0.25))
 """)
 
 
-@pytest.mark.parametrize("point", ["raw", "comparisons:before-manifest", "comparisons:after",
-                                   "quarantine:after"])
+@pytest.mark.parametrize("point", ["raw", "comparisons:before-commit", "comparisons:after",
+                                   "quarantine:after", "batches:before-commit"])
 def test_killed_ingest_run_again_leaves_no_duplicate_and_no_gap(tmp_path, point):
     _kill_and_resume(_lake(tmp_path / "lake"), tmp_path, point)
 
 
-@pytest.mark.parametrize("point", ["comparisons:before-manifest", "quarantine:after"])
+@pytest.mark.parametrize("point", ["comparisons:before-commit", "quarantine:after"])
 def test_killed_ingest_on_s3_leaves_no_duplicate_and_no_gap(tmp_path, point):
     import uuid
 

@@ -1,8 +1,14 @@
 """DuckDB over the lake: one view per table, and the `flywheel status` report.
 
-DuckDB is the query engine, not a second source of truth: every view reads the complete Parquet
-parts the manifests list. On S3 the lake's fsspec filesystem is registered with DuckDB, so no
-`httpfs` extension is needed.
+DuckDB is the query engine, not a second source of truth: every view scans the data files of
+one Delta snapshot of its table, taken when the connection is made (`lake_versions` lists
+them), so a query sees each table as of one commit. On S3 the lake's fsspec filesystem is
+registered with DuckDB, so no extension is needed.
+
+A delivery is visible all at once or not at all: `comparisons` and `quarantine` show the rows of
+deliveries whose `batches` row is committed with status `complete` (a delivery cut short before
+its batches row, or a retracted one, shows nothing); `all_comparisons` and `all_quarantine` are
+every row written.
 """
 
 from __future__ import annotations
@@ -10,57 +16,57 @@ from __future__ import annotations
 import json
 
 import duckdb
+import pyarrow as pa
 
 from flywheel.lake.schemas import SCHEMAS
 from flywheel.lake.store import Lake
 
+# the tables whose rows belong to a delivery, shown once the delivery is complete
+DELIVERED = ("comparisons", "quarantine")
+VISIBLE_DELIVERIES = "SELECT id FROM batches WHERE status = 'complete'"
 
-def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
+
+def connect(lake: Lake, versions: dict[str, int | None] | None = None
+            ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a view per table (at `versions`, default the latest)."""
     con = duckdb.connect()
     if not lake.local:
         con.register_filesystem(lake.fs)
+    taken = []
     for table in SCHEMAS:
-        manifests = lake.manifests(table)
-        if manifests:
-            rows = sum(m.get("rows") or 0 for m in manifests)
-            sql = _view_sql(lake.files(table, manifests), rows)
-            con.execute(f"CREATE VIEW _{table}_parts AS {sql}")
-            have = {r[0] for r in con.execute(f"DESCRIBE _{table}_parts").fetchall()}
-            # columns added to a table after its parts were written read as NULL
+        name = f"all_{table}" if table in DELIVERED else table
+        files, version = lake.files(table, (versions or {}).get(table))
+        taken.append((table, version))
+        if files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW _{table}_files AS SELECT * FROM "
+                        f"read_parquet([{listing}], union_by_name=true)")
+            have = {r[0] for r in con.execute(f"DESCRIBE _{table}_files").fetchall()}
+            # columns added to a table after its files were written read as NULL
             cols = ", ".join(
                 f.name if f.name in have else f"NULL::{_DUCK_TYPES[str(f.type)]} AS {f.name}"
                 for f in SCHEMAS[table])
-            con.execute(f"CREATE VIEW {table} AS SELECT {cols} FROM _{table}_parts")
+            con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM _{table}_files")
         else:
             con.register(f"_{table}_empty", SCHEMAS[table].empty_table())
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{table}_empty")
+    for table in DELIVERED:
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM all_{table} "
+                    f"WHERE delivery_id IN ({VISIBLE_DELIVERIES})")
+    con.register("_lake_versions", pa.table({
+        "table_name": [t for t, _ in taken],
+        "version": pa.array([v for _, v in taken], pa.int64())}))
+    con.execute("CREATE VIEW lake_versions AS SELECT * FROM _lake_versions")
     return con
+
+
+def versions_of(con: duckdb.DuckDBPyConnection) -> dict[str, int | None]:
+    """The table versions a connection reads: what a model trained on its rows records."""
+    return dict(con.execute("SELECT table_name, version FROM lake_versions").fetchall())
 
 
 _DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool": "BOOLEAN",
                "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
-
-# Below this many rows DISTINCT ON over every column is cheap (at most 0.3 s, even with
-# 900-character texts) and reads each part once, the cheapest on S3 (a part read is a few
-# requests); above it, reading the ids apart first pays.
-SMALL_TABLE_ROWS = 50_000
-
-
-def _view_sql(files: list[str], rows: int) -> str:
-    """One row per id over a table's parts. A part never repeats an id (Lake.write_table), so
-    one part is read as it is; across parts, two writers racing may both have written a row.
-    In a large table only the ids seen twice go through DISTINCT ON: carrying every column of
-    every row through it costs 1.3 s per 200k rows of 900-character texts."""
-    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    scan = f"read_parquet([{listing}], union_by_name=true)"
-    if len(files) == 1:
-        return f"SELECT * FROM {scan}"
-    if rows < SMALL_TABLE_ROWS:
-        return f"SELECT DISTINCT ON (id) * FROM {scan}"
-    return f"""WITH parts AS NOT MATERIALIZED (SELECT * FROM {scan}),
-      twice AS (SELECT id FROM parts GROUP BY id HAVING count(*) > 1)
-    SELECT * FROM parts ANTI JOIN twice USING (id)
-    UNION ALL SELECT DISTINCT ON (id) * FROM (SELECT * FROM parts SEMI JOIN twice USING (id))"""
 
 
 def _records(con, sql: str) -> list[dict]:
