@@ -1,10 +1,10 @@
-"""The text checks of ingest's validation query match Python's str.strip() (every whitespace
+"""The text checks of the validation query match Python's str.strip() (every whitespace
 character, newlines and tabs included) on the strings where they could differ."""
 
 import duckdb
 import pytest
 
-from flywheel.annotation.ingest import _blank, _longer, _trimmed
+from flywheel.annotation.validation import _blank, _longer, _trimmed
 
 CASES = ["", " ", "   ", "a", " a", "a ", " a b ", "\u00a0a\u3000", "\u2003", "\ta\n", "\t",
          "\n", "a\u202f", "é ", " ü", "  a  b  ", "a \u00a0 \u3000", "\u3000\u3000a",

@@ -24,7 +24,9 @@ marks the delivery complete, so an interrupted ingest is simply run again; rows 
 content hash and parts named by their ids, so that leaves no duplicate and no gap. The same bytes
 delivered twice are a no-op; a corrected re-delivery adds only its new rows.
 
-Validation runs as one DuckDB query over the Arrow table (about a million rows in seconds).
+Validation runs as one DuckDB query over the Arrow table (about a million rows in seconds;
+flywheel/annotation/validation.py). docs/ingest-reasons.md lists every reason a row or a file is
+refused for, and the fix.
 """
 
 from __future__ import annotations
@@ -48,26 +50,15 @@ from flywheel.annotation.delivery import (
     normalised_labels,
     read_delivery,
 )
+from flywheel.annotation.validation import IN_HOUSE, REASONS  # noqa: F401 (re-exported)
+from flywheel.annotation.validation import validation_sql as _validation_sql
 from flywheel.config import AnnotationConfig
 from flywheel.errors import DataError
 from flywheel.lake.catalog import connect
-from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, SCHEMAS, STRENGTHS, content_id
+from flywheel.lake.schemas import SCHEMAS, content_id
 from flywheel.lake.store import Lake
 
-EXCLUDED_LABEL = "chosen_unsafe_other_safe"
-IN_HOUSE = "in-house"
 _BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-# Every reason a row can be rejected for, in the order they are checked (the first one wins);
-# an importer may also name its own (`reject_reason`, e.g. import_prompt_mismatch).
-REASONS = (
-    "malformed_row", "missing_prompt", "missing_response", "missing_chosen",
-    "missing_criterion", "missing_annotator", "missing_strength", "missing_safety_label",
-    "invalid_chosen", "invalid_strength", "invalid_criterion", "invalid_safety_label",
-    "invalid_split", "invalid_prompt", "excluded_chosen_unsafe_other_safe", "unknown_prompt_id",
-    "unknown_sample_id", "sample_prompt_mismatch", "empty_prompt", "empty_response",
-    "oversize_text", "identical_responses", "duplicate_row",
-)
 
 
 @dataclass
@@ -107,104 +98,6 @@ class IngestResult:
             lines.append(f"ignored columns: {', '.join(self.ignored_columns)}")
         lines.append(f"delivered file kept at {self.raw_uri}")
         return "\n".join(lines)
-
-
-# validation ----------------------------------------------------------------------------------
-def _sql_list(values) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
-
-
-# whitespace as Python's str.strip() sees it: RE2's \s is only [\t\n\f\r ]
-_WS = r"[\s\x0b\x1c-\x1f\x85\p{Z}]"
-
-
-def _blank(x: str) -> str:
-    """SQL for `x.strip() == ""`. DuckDB's trim strips only spaces (category Zs) and walks the
-    whole string code point by code point (8 us for 900 characters); a regex anchored at the
-    start stops at the first other character."""
-    return f"regexp_matches({x}, '^{_WS}*$')"
-
-
-def _trimmed(x: str) -> str:
-    """SQL for `x.strip()`, paid for only by the texts that start or end with whitespace."""
-    return (f"CASE WHEN regexp_matches({x}, '^{_WS}') OR regexp_matches({x}, '{_WS}$') "
-            f"THEN regexp_replace(regexp_replace({x}, '^{_WS}+', ''), '{_WS}+$', '') "
-            f"ELSE {x} END")
-
-
-def _longer(x: str, n: int) -> str:
-    """`length(x) > n`, counting code points only when the bytes (strlen, at least as many)
-    are over n: length walks the string."""
-    return f"(CASE WHEN strlen({x}) > {n} THEN length({x}) > {n} ELSE false END)"
-
-
-def _validation_sql(max_chars: int) -> str:
-    text_a = "coalesce(d.response_a, sa.text)"
-    text_b = "coalesce(d.response_b, sb.text)"
-    return f"""
-    CREATE TEMP TABLE checked AS
-    WITH n AS (
-      SELECT d.*,
-        nullif(trim(d.prompt_id), '') AS pid_in, nullif(trim(d.sample_id_a), '') AS sa_id,
-        nullif(trim(d.sample_id_b), '') AS sb_id, d.safety_label_n AS safety_n
-      FROM delivery d
-    ), j AS (
-      SELECT d.*, sa.id AS sa_found, sb.id AS sb_found, sa.prompt_id AS sa_prompt,
-        sb.prompt_id AS sb_prompt, {text_a} AS text_a, {text_b} AS text_b,
-        coalesce(d.pid_in, nullif(d.prompt_key, ''), sa.prompt_id) AS prompt_ref,
-        p.id AS pid_found
-      FROM n d
-      LEFT JOIN samples sa ON sa.id = d.sa_id
-      LEFT JOIN samples sb ON sb.id = d.sb_id
-      LEFT JOIN prompts p ON p.id = d.pid_in
-    ), r AS (
-      SELECT *, CASE
-        WHEN nullif(trim(reject_reason), '') IS NOT NULL THEN trim(reject_reason)
-        WHEN pid_in IS NULL AND prompt IS NULL AND sa_id IS NULL THEN 'missing_prompt'
-        WHEN (response_a IS NULL AND sa_id IS NULL) OR (response_b IS NULL AND sb_id IS NULL)
-          THEN 'missing_response'
-        WHEN chosen IS NULL THEN 'missing_chosen'
-        WHEN criterion IS NULL THEN 'missing_criterion'
-        WHEN annotator_n IS NULL THEN 'missing_annotator'
-        WHEN source_n = '{IN_HOUSE}' AND strength IS NULL THEN 'missing_strength'
-        WHEN source_n = '{IN_HOUSE}' AND criterion_n = 'safety' AND safety_label IS NULL
-          THEN 'missing_safety_label'
-        WHEN chosen_n NOT IN ('a', 'b') THEN 'invalid_chosen'
-        WHEN strength IS NOT NULL AND strength_n NOT IN {_sql_list(STRENGTHS)}
-          THEN 'invalid_strength'
-        WHEN criterion_n NOT IN {_sql_list(CRITERIA)} THEN 'invalid_criterion'
-        WHEN safety_label IS NOT NULL AND safety_n NOT IN
-          {_sql_list(SAFETY_LABELS + (EXCLUDED_LABEL,))} THEN 'invalid_safety_label'
-        WHEN split IS NOT NULL AND split_n NOT IN ('train', 'test') THEN 'invalid_split'
-        WHEN prompt_key = '' THEN 'invalid_prompt'
-        WHEN safety_n = '{EXCLUDED_LABEL}' THEN 'excluded_chosen_unsafe_other_safe'
-        WHEN pid_in IS NOT NULL AND pid_found IS NULL THEN 'unknown_prompt_id'
-        WHEN (sa_id IS NOT NULL AND sa_found IS NULL) OR (sb_id IS NOT NULL AND sb_found IS NULL)
-          THEN 'unknown_sample_id'
-        WHEN coalesce(sa_prompt, prompt_ref) <> prompt_ref
-          OR coalesce(sb_prompt, prompt_ref) <> prompt_ref THEN 'sample_prompt_mismatch'
-        WHEN prompt IS NOT NULL AND {_blank('prompt')} THEN 'empty_prompt'
-        WHEN {_blank('text_a')} OR {_blank('text_b')} THEN 'empty_response'
-        WHEN {_longer('text_a', max_chars)} OR {_longer('text_b', max_chars)}
-          OR {_longer('prompt', max_chars)} THEN 'oversize_text'
-        WHEN {_trimmed('text_a')} = {_trimmed('text_b')} THEN 'identical_responses'
-      END AS reason_1
-      FROM j
-    ), c AS (
-      SELECT *,
-        CASE WHEN chosen_n = 'a' THEN sa_id ELSE sb_id END AS chosen_sample_id,
-        CASE WHEN chosen_n = 'a' THEN sb_id ELSE sa_id END AS rejected_sample_id,
-        CASE WHEN chosen_n = 'a' THEN text_a ELSE text_b END AS chosen_text,
-        CASE WHEN chosen_n = 'a' THEN text_b ELSE text_a END AS rejected_text
-      FROM r
-    ), k AS (
-      SELECT *, CASE WHEN reason_1 IS NULL THEN substr(md5(concat_ws(chr(31), 'comparison',
-          prompt_ref, chosen_text, rejected_text, coalesce(strength_n, ''), criterion_n,
-          coalesce(safety_n, ''), annotator_n, source_n)), 1, 16) END AS cid
-      FROM c
-    )
-    SELECT * EXCLUDE (text_a, text_b), reason_1 AS reason FROM k
-    """
 
 
 # ingest --------------------------------------------------------------------------------------
