@@ -4,10 +4,12 @@ must equal the line-by-line reading, row for row, with the same malformed lines 
 
 import pytest
 
-from flywheel.annotation.delivery import _jsonl_bad_lines, _normalise, _read_slow, read_delivery
+from flywheel.annotation.delivery import _jsonl_bad_lines, _normalise, read_delivery
+from flywheel.annotation.lines import read_lines
 
 MIXED = (
-    b'{"prompt": "Hi", "response_a": "x", "response_b": "y", "chosen": "a"}\n'
+    b'{"prompt": "Hi", "response_a": "x", "response_b": "y", "chosen": "a", "criterion": "safety", '
+    b'"annotator": "ann"}\n'
     b'{"prompt": "Hi", "response_a": \n'  # cut off: row 1
     b"\n  \n"  # blank lines are not rows
     b"[1, 2]\n"  # not an object: row 2
@@ -22,7 +24,7 @@ MALFORMED = {1: '{"prompt": "Hi", "response_a": ', 2: "[1, 2]", 3: '"just a stri
 
 def _both(data: bytes):
     fast = _jsonl_bad_lines(data)
-    slow = _read_slow(data, "x.jsonl", "jsonl")
+    slow = read_lines(data, "x.jsonl", "jsonl")
     return fast, slow
 
 

@@ -1,12 +1,15 @@
 """The delivery format: a batch file (JSONL, optionally .gz, CSV or Parquet) read into one
-Arrow table of text columns, whatever the file's own types; rows that cannot be parsed at all are
-returned apart, as delivered, so ingest can quarantine them. The columns are described in
-`flywheel/annotation/ingest.py`."""
+Arrow table of text columns; rows that cannot be parsed at all are returned apart, as delivered,
+so ingest can quarantine them. The columns are described in `flywheel/annotation/ingest.py` and
+docs/ingest-reasons.md.
+
+A file is first checked whole (formats.py: its bytes against its name, its columns), then read
+columnar (Arrow, DuckDB) when every value is what its column holds; otherwise line by line
+(lines.py), which gives each row whose values are not usable its reason."""
 
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -20,109 +23,40 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from flywheel.annotation.formats import (
+    COLUMNS,
+    IDS,
+    JSON_WS,
+    SUFFIXES,
+    check_required,
+    check_unique,
+    format_of,
+    unwrap,
+)
+from flywheel.annotation.lines import SURROGATE, read_lines
 from flywheel.errors import DataError
 from flywheel.lake.schemas import content_id
 
-COLUMNS = (
-    "prompt_id", "prompt", "response_a", "response_b", "sample_id_a", "sample_id_b", "chosen",
-    "strength", "criterion", "safety_label", "annotator", "source", "split", "reject_reason",
-)
-SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
-
-
-def _format_of(filename: str) -> tuple[str, bool]:
-    name = filename.lower()
-    gz = name.endswith(".gz")
-    name = name.removesuffix(".gz")
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return ("jsonl" if suffix in (".jsonl", ".ndjson", ".json") else suffix[1:]), gz
-    raise DataError(
-        f"{filename}: cannot tell the file format; name the file with one of "
-        f"{', '.join(SUFFIXES)} (optionally + .gz)"
-    )
-
-
-def _as_text_column(col: pa.ChunkedArray) -> pa.Array:
-    """Strings stay; nested values (a prompt as a message list) become JSON; scalars text."""
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return col.cast(pa.string())
-    if pa.types.is_null(col.type):
-        return pa.nulls(len(col), pa.string())
-    if pa.types.is_nested(col.type):
-        return pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()],
-                        pa.string())
-    return col.cast(pa.string())
-
-
-def _normalise(t: pa.Table) -> tuple[pa.Table, list[str]]:
-    ignored = sorted(c for c in t.column_names if c not in COLUMNS)
-    cols = {c: (_as_text_column(t.column(c)) if c in t.column_names
-                else pa.nulls(t.num_rows, pa.string())) for c in COLUMNS}
-    return pa.table(cols), ignored
-
-
-def _jsonl_slow(text: str) -> tuple[list[dict | None], list[str]]:
-    rows, raw = [], []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        raw.append(line)
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            value = None
-        rows.append(value if isinstance(value, dict) else None)
-    return rows, raw
-
-
-def _csv_slow(text: str) -> tuple[list[dict | None], list[str]]:
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None) or []
-    rows, raw = [], []
-    for record in reader:
-        if not any(cell.strip() for cell in record):
-            continue
-        raw.append(",".join(record))
-        if len(record) != len(header):
-            rows.append(None)
-        else:
-            rows.append({k: (v if v != "" else None) for k, v in zip(header, record)})
-    return rows, raw
+__all__ = ["COLUMNS", "SUFFIXES", "inline_prompts", "normalised_labels", "read_delivery"]
 
 
 def read_delivery(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
     """The delivered rows as a table of text columns (COLUMNS, plus `row_index`), and the rows
     that could not be parsed at all, by index, as delivered. Columns outside COLUMNS are listed
-    in the table's metadata under b"ignored"."""
-    fmt, gz = _format_of(filename)
-    if gz:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{filename}: not a readable gzip file ({err})") from None
-    malformed: dict[int, str] = {}
-    try:
-        if fmt == "parquet":
-            t = pq.read_table(io.BytesIO(data))
-        elif fmt == "csv":
-            bad = []
-            t = pacsv.read_csv(
-                io.BytesIO(data),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda r: bad.append(r)
-                                                 or "skip"),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in COLUMNS}, strings_can_be_null=True),
-            )
-            if bad:
-                raise pa.ArrowInvalid("invalid rows")
-        else:
-            t = pajson.read_json(io.BytesIO(data)) if data.strip() else pa.table({})
-    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
-        if fmt == "parquet":
-            raise DataError(f"{filename}: not a readable Parquet file") from None
-        found = _jsonl_bad_lines(data) if fmt == "jsonl" else None
-        t, malformed = found if found is not None else _read_slow(data, filename, fmt)
+    in the table's metadata under b"ignored". Raises DataError for a file that cannot be read
+    as a delivery (named as another format, not UTF-8, a column named twice, a column every row
+    needs missing), before anything is written."""
+    fmt, gz = format_of(filename)
+    data = unwrap(data, filename, fmt, gz)
+    if fmt == "parquet":
+        t, malformed = _read_parquet(data, filename), {}
+    elif fmt == "csv":
+        t, malformed = _read_csv(data, filename)
+    else:
+        t, malformed = _read_jsonl(data, filename)
+    check_unique(t.column_names, filename)
+    if t.num_rows > len(malformed):  # some row was read: its columns can be judged
+        check_required(t.column_names, filename, fmt)
     n = t.num_rows
     t, ignored = _normalise(t)
     t = t.append_column("row_index", pa.array(range(n), pa.int64()))
@@ -130,11 +64,190 @@ def read_delivery(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]
     return t, malformed
 
 
-def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
-    """A JSONL file some of whose lines are not JSON objects, read without parsing every line
-    in Python: DuckDB's JSON validator finds those lines and Arrow parses the others. None when
-    that is not enough (not UTF-8, or values Arrow cannot type): the caller then reads line by
-    line."""
+# columns as text -----------------------------------------------------------------------------
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _as_text(name: str, col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array | None]:
+    """(the column as text, each row's reason where its value is not what the column holds:
+    invalid_encoding or invalid_type, "<reason>: <column>"). Text is text; a whole number is
+    text in an id column; a prompt may be a list of messages (as JSON, checked later)."""
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if _is_text(col.type):
+        return col.cast(pa.string()), None
+    if pa.types.is_null(col.type):
+        return pa.chunked_array([pa.nulls(len(col), pa.string())]), None
+    if pa.types.is_integer(col.type) and name in IDS:
+        return col.cast(pa.string()), None
+    if name == "prompt" and _is_list(col.type):
+        return pa.chunked_array([pa.array([None if v is None else json.dumps(v)
+                                           for v in col.to_pylist()], pa.string())]), None
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        try:
+            return col.cast(pa.string()), None  # checks UTF-8
+        except pa.ArrowInvalid:
+            return _decoded(name, col.to_pylist())
+    try:
+        text = col.cast(pa.string()) if not pa.types.is_nested(col.type) else None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        text = None
+    if text is None:
+        text = pa.chunked_array([pa.array([None if v is None else json.dumps(v, default=str)
+                                           for v in col.to_pylist()], pa.string())])
+    return text, pc.if_else(pc.is_valid(col), pa.scalar(f"invalid_type: {name}"),
+                            pa.scalar(None, pa.string()))
+
+
+def _decoded(name: str, values: list) -> tuple[pa.ChunkedArray, pa.Array]:
+    """Bytes as text, each value that is not UTF-8 with the reason invalid_encoding."""
+    text, bad = [], []
+    for v in values:
+        try:
+            text.append(None if v is None else v.decode("utf-8"))
+            bad.append(False)
+        except UnicodeDecodeError:
+            text.append(v.decode("utf-8", "replace"))
+            bad.append(True)
+    return pa.chunked_array([pa.array(text, pa.string())]), pc.if_else(
+        pa.array(bad), pa.scalar(f"invalid_encoding: {name}"), pa.scalar(None, pa.string()))
+
+
+def _normalise(t: pa.Table) -> tuple[pa.Table, list[str]]:
+    """COLUMNS as text (absent ones all null); a value that is not what its column holds puts
+    its reason in `reject_reason`. Also the names of the columns outside COLUMNS."""
+    ignored = sorted(c for c in t.column_names if c not in COLUMNS)
+    cols, reasons = {}, []
+    for c in COLUMNS:
+        if c in t.column_names:
+            cols[c], reason = _as_text(c, t.column(c))
+            if reason is not None:
+                reasons.append(reason)
+        else:
+            cols[c] = pa.nulls(t.num_rows, pa.string())
+    if reasons:  # the first column's reason, before any the delivery gave itself
+        cols["reject_reason"] = pc.coalesce(*map(_flat, reasons), _flat(cols["reject_reason"]))
+    return pa.table(cols), ignored
+
+
+def _flat(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _empty_rows(n: int) -> pa.Table:
+    return pa.table({c: pa.nulls(n, pa.string()) for c in COLUMNS})
+
+
+# the formats ---------------------------------------------------------------------------------
+def _read_parquet(data: bytes, filename: str) -> pa.Table:
+    try:
+        t = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DataError(f"{filename}: a damaged Parquet file ({err}); export it again") from None
+    for i, name in enumerate(t.column_names):  # Parquet readers do not check UTF-8
+        if name in COLUMNS and _is_text(t.schema.field(i).type):
+            try:
+                t.column(i).validate(full=True)
+            except pa.ArrowInvalid:
+                t = t.set_column(i, name, t.column(i).cast(pa.large_binary()))
+    return t
+
+
+def _read_csv(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
+    header = _csv_header(data)
+    check_unique(header, filename)
+    bad = []
+    try:
+        t = pacsv.read_csv(
+            io.BytesIO(data),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda r: bad.append(r)
+                                             or "skip"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header}, strings_can_be_null=True,
+                null_values=[""]),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return read_lines(data, filename, "csv")
+    return (t, {}) if not bad and t.column_names == header else read_lines(data, filename, "csv")
+
+
+def _csv_header(data: bytes) -> list[str]:
+    """The header record, as the line-by-line reader reads it."""
+    text = data[:1 << 20].decode("utf-8", "surrogateescape")
+    try:
+        return next((r for r in csv.reader(io.StringIO(text, newline="")) if r), [])
+    except csv.Error:
+        return []
+
+
+def _read_jsonl(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
+    if not data.strip(JSON_WS.encode()):
+        return _empty_rows(0), {}
+    deep = _deep_lines(data)
+    if not deep:
+        try:
+            t = pajson.read_json(io.BytesIO(data))
+            if _columnar(t):
+                return t, {}
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+            pass
+    found = _jsonl_bad_lines(data, deep)
+    return found if found is not None else read_lines(data, filename, "jsonl")
+
+
+def _columnar(t: pa.Table) -> bool:
+    """Whether Arrow read every delivery column as the delivery gave it: text (not a text
+    Arrow took for a timestamp), a whole number in an id column, a list as the prompt. Else
+    the file is read line by line, which tells each value apart."""
+    for f in t.schema:
+        if f.name in COLUMNS and not (
+                _is_text(f.type) or pa.types.is_null(f.type)
+                or (f.name in IDS and pa.types.is_integer(f.type))
+                or (f.name == "prompt" and _is_list(f.type))):
+            return False
+    return True
+
+
+# Arrow's JSON parser recurses into nested values: some 20,000 levels overflow its stack (a
+# crash, not an error). A line that deep has that many opening brackets; the few lines with
+# MAX_DEPTH or more are parsed by Python's json first, which stops at its recursion limit.
+MAX_DEPTH = 512
+_NOT_OPENERS = bytes(c for c in range(256) if c not in b"[{\n")
+
+
+def _deep_lines(data: bytes) -> list[int]:
+    """The lines (by position, blank ones counted) nested too deep to give to Arrow."""
+    marks = np.frombuffer(data.translate(None, _NOT_OPENERS), np.uint8)
+    if len(marks) < MAX_DEPTH:
+        return []
+    newlines = np.flatnonzero(marks == 10)
+    openers = np.diff(np.concatenate([[-1], newlines, [len(marks)]])) - 1
+    suspects = np.flatnonzero(openers >= MAX_DEPTH)
+    if not len(suspects):
+        return []
+    ends = np.concatenate([np.flatnonzero(np.frombuffer(data, np.uint8) == 10), [len(data)]])
+    deep = []
+    for i in suspects.tolist():
+        start = int(ends[i - 1]) + 1 if i else 0
+        try:
+            json.loads(data[start:int(ends[i])].decode("utf-8", "replace"))
+        except RecursionError:
+            deep.append(i)
+        except ValueError:
+            pass
+    return deep
+
+
+def _jsonl_bad_lines(data: bytes, deep: list[int] = ()) -> tuple[pa.Table, dict[int, str]] | None:
+    """A JSONL file some of whose lines are not JSON objects (or are nested too deep: `deep`),
+    read without parsing every line in Python: DuckDB's JSON validator finds those lines and
+    Arrow parses the others. None when that is not enough (not UTF-8, or values Arrow cannot
+    read as the delivery gave them): the caller then reads line by line."""
     # the lines as one Arrow array over the delivered bytes (each keeps its newline): no copy
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10) + 1
     if not len(ends) or ends[-1] != len(data):
@@ -150,11 +263,12 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
     try:
         con.register("lines", pa.table({"line": text}))
         # a valid JSON text that opens with "{" is an object (json_type would parse it again)
-        found = con.sql(r"SELECT regexp_matches(line, '^\s*$') AS blank, json_valid(line) "
-                        r"AND regexp_matches(line, '^\s*\{') AS ok FROM lines").fetchnumpy()
+        found = con.sql(r"SELECT regexp_matches(line, '^[ \t\r\n]*$') AS blank, json_valid(line) "
+                        r"AND regexp_matches(line, '^[ \t\r\n]*\{') AS ok FROM lines").fetchnumpy()
     finally:
         con.close()
     blank, ok = found["blank"].astype(bool), found["ok"].astype(bool)
+    ok[list(deep)] = False
     rows = np.flatnonzero(~blank)  # blank lines are not rows
     ok_rows = ok[rows]
     good = np.flatnonzero(ok_rows)
@@ -168,7 +282,7 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
         t = pajson.read_json(pa.BufferReader(kept.buffers()[2].slice(start, stop - start)))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    if t.num_rows != len(good):
+    if t.num_rows != len(good) or not _columnar(t):
         return None
     # each malformed line a row of nulls, in its place; slices, not a take (3x slower)
     null_row = pa.table({f.name: pa.nulls(1, f.type) for f in t.schema})
@@ -179,25 +293,6 @@ def _jsonl_bad_lines(data: bytes) -> tuple[pa.Table, dict[int, str]] | None:
     return pa.concat_tables([*pieces, t.slice(done)]), malformed
 
 
-def _read_slow(data: bytes, filename: str, fmt: str) -> tuple[pa.Table, dict[int, str]]:
-    """Line by line in Python: every row that parses, and the others as delivered."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{filename}: not UTF-8 text ({err}); re-export it as UTF-8") from None
-    rows, raw = (_csv_slow if fmt == "csv" else _jsonl_slow)(text)
-    malformed = {i: raw[i] for i, r in enumerate(rows) if r is None}
-    names = sorted({k for r in rows if r for k in r})
-    t = pa.table({k: pa.array([None if r is None or r.get(k) is None else
-                               r[k] if isinstance(r[k], str) else json.dumps(r[k])
-                               for r in rows], pa.string()) for k in names})
-    return (t if names else _empty_rows(len(rows))), malformed
-
-
-def _empty_rows(n: int) -> pa.Table:
-    return pa.table({c: pa.nulls(n, pa.string()) for c in COLUMNS})
-
-
 # prompts given inline ------------------------------------------------------------------------
 def _messages(prompt: str) -> list[dict] | None:
     """A delivered prompt as chat messages, or None when it is a malformed message list."""
@@ -205,11 +300,12 @@ def _messages(prompt: str) -> list[dict] | None:
     if text.startswith("["):
         try:
             msgs = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
         ok = (isinstance(msgs, list) and msgs and all(
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str) for m in msgs) and msgs[-1]["role"] == "user")
+            and isinstance(m.get("content"), str) and not SURROGATE.search(m["content"])
+            for m in msgs) and msgs[-1]["role"] == "user")
         return [{"role": m["role"], "content": m["content"]} for m in msgs] if ok else None
     return [{"role": "user", "content": text}]
 
