@@ -159,7 +159,7 @@ def _read_parquet(data: bytes, filename: str) -> pa.Table:
 
 
 def _read_csv(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
-    header = _csv_header(data)
+    header = _csv_header(data, filename)
     check_unique(header, filename)
     bad = []
     try:
@@ -176,18 +176,23 @@ def _read_csv(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
     return (t, {}) if not bad and t.column_names == header else read_lines(data, filename, "csv")
 
 
-def _csv_header(data: bytes) -> list[str]:
+def _csv_header(data: bytes, filename: str) -> list[str]:
     """The header record, as the line-by-line reader reads it."""
     text = data[:1 << 20].decode("utf-8", "surrogateescape")
     try:
-        return next((r for r in csv.reader(io.StringIO(text, newline="")) if r), [])
+        header = next((r for r in csv.reader(io.StringIO(text, newline="")) if r), [])
     except csv.Error:
         return []
+    if any(SURROGATE.search(h) for h in header):
+        raise DataError(f"{filename}: the header is not UTF-8 text; re-export the file as UTF-8")
+    return header
 
 
 def _read_jsonl(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
     if not data.strip(JSON_WS.encode()):
         return _empty_rows(0), {}
+    if not _utf8(data):  # Arrow's JSON reader does not check: the lines tell which are not
+        return read_lines(data, filename, "jsonl")
     deep = _deep_lines(data)
     if not deep:
         try:
@@ -198,6 +203,18 @@ def _read_jsonl(data: bytes, filename: str) -> tuple[pa.Table, dict[int, str]]:
             pass
     found = _jsonl_bad_lines(data, deep)
     return found if found is not None else read_lines(data, filename, "jsonl")
+
+
+def _utf8(data: bytes) -> bool:
+    if data.isascii():  # ten times faster than checking UTF-8
+        return True
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [
+        None, pa.py_buffer(np.array([0, len(data)], np.int64)), pa.py_buffer(data)])
+    try:
+        whole.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _columnar(t: pa.Table) -> bool:
@@ -211,6 +228,13 @@ def _columnar(t: pa.Table) -> bool:
                 or (f.name == "prompt" and _is_list(f.type))):
             return False
     return True
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 # Arrow's JSON parser recurses into nested values: some 20,000 levels overflow its stack (a
@@ -274,6 +298,8 @@ def _jsonl_bad_lines(data: bytes, deep: list[int] = ()) -> tuple[pa.Table, dict[
     good = np.flatnonzero(ok_rows)
     malformed = {int(r): text[int(rows[r])].as_py().rstrip("\r\n")
                  for r in np.flatnonzero(~ok_rows)}
+    if any(_json_object(line) for line in malformed.values()):
+        return None  # a line Python reads (e.g. a lone surrogate escape): its row needs a reason
     if not len(good):
         return _empty_rows(len(rows)), malformed
     kept = pc.filter(lines, pa.array(ok & ~blank))  # the good lines, back to back

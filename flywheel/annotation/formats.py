@@ -64,7 +64,7 @@ def unwrap(data: bytes, filename: str, fmt: str, gz: bool) -> bytes:
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM):]
     kind = sniff(data)
-    if kind == fmt or kind is None:
+    if kind == fmt or (kind is None and fmt != "parquet"):
         return data
     if kind == "gzip":
         raise DataError(f"{filename}: compressed twice with gzip; decompress it once")
