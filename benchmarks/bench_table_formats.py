@@ -32,6 +32,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from _machine import describe
 from _synthetic import corpus, ids, texts
 from _table_formats import SCHEMA, counts, open_format
@@ -162,6 +163,8 @@ def ingest_and_query(fmt, place, rows, seed) -> dict:
         answers.append(con.execute(QUERY).fetchall())
         out[how] = time.perf_counter() - t0
     out["ok"] = out["ok"] and answers[0] == answers[1] and sum(r[3] for r in answers[0]) > 0
+    out["mb"] = sum(os.path.getsize(f) for f in files) / 1e6
+    out["codec"] = pq.ParquetFile(files[0]).metadata.row_group(0).column(4).compression.lower()
     return out
 
 
@@ -258,6 +261,9 @@ def report(args, res: dict, load: tuple[float, float]) -> str:
               row("... rows", "rows", ok("time_travel"), "time_travel"),
               row(f"ingest {n(args.rows)} rows in 10 commits", "ingest", s, "ingest"),
               row("... rows/s", "rows_per_s", "{:,.0f}".format, "ingest"),
+              row("... Parquet files, MB (texts' codec: " + ", ".join(
+                  f"{f} {res['ingest'][f]['codec']}" for f in FORMATS) + ")", "mb",
+                  "{:,.0f}".format, "ingest"),
               row(f"DuckDB GROUP BY over the {n(args.rows)} rows, through Arrow", "arrow", s,
                   "ingest"),
               row("... over the table's Parquet files (read_parquet)", "parquet", s, "ingest")]
