@@ -18,6 +18,7 @@ from flywheel.errors import FlywheelError
 from flywheel.flows.commands import (
     agent,
     annotate,
+    batch,
     deployed,
     evaluate,
     lake,
@@ -47,6 +48,7 @@ COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", 
             ("plan-resources", resources.plan_resources),
             ("demo", runs.demo), ("run", runs.run), ("status", runs.status),
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
+            ("batch", batch.app), ("quarantine", batch.quarantine),
             ("lineage", lake.lineage), ("evaluate-rm", evaluate.evaluate_rm),
             ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger),
             ("rank-agent", agent.rank_agent)]

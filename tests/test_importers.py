@@ -86,8 +86,9 @@ def test_harmless_base_file():
     assert len(rows) == 2062
     assert _reasons(rows) == {"import_prompt_mismatch": 5}
     assert [i for i, r in enumerate(rows) if r["reject_reason"]] == [1124, 1520, 1745, 1746, 1820]
+    # a test file by its name (..._test_dev.jsonl.gz): its rows are test rows
     assert {(r["criterion"], r["source"], r["annotator"], r["split"]) for r in rows} == {
-        ("safety", "anthropic-hh-rlhf/harmless-base", "anthropic-hh-rlhf", "train")}
+        ("safety", "anthropic-hh-rlhf/harmless-base", "anthropic-hh-rlhf", "test")}
     for row in rows:
         if not row["reject_reason"]:
             prompt = json.loads(row["prompt"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -51,24 +52,28 @@ def import_(source: Annotated[str, Parameter(
                 help="default: guessed from the name")] = None,
             criterion: Annotated[Literal["helpfulness", "safety"] | None, Parameter(
                 help="HH-RLHF: default from the name (harmless -> safety)")] = None,
-            split: Annotated[Literal["train", "test"], Parameter(
-                help="split of the imported rows (records that carry one keep it)")] = "train",
+            split: Annotated[Literal["train", "test"] | None, Parameter(
+                help="split of the imported rows (default: a train or test in the file "
+                "name, else train; records that carry one keep it)")] = None,
             limit: Annotated[int | None, Parameter(help="only the first N records")] = None,
             source_name: Annotated[str | None, Parameter(
                 help="the set's name in the `source` column")] = None,
             batch_id: BatchOpt = None, json: JsonOpt = False) -> int:
     """Import an open-source preference set as a batch.
 
-    Anthropic HH-RLHF or UltraFeedback, from a local file or the Hugging Face hub.
+    Anthropic HH-RLHF or UltraFeedback, from a local file or the Hugging Face hub. It prints
+    the split it used and why: the records' own, --split, the file name's, or train.
 
-    Example: flywheel import hh_rlhf_harmless_base_test.jsonl.gz --split test --limit 1000
+    Example: flywheel import hh_rlhf_harmless_base_test.jsonl.gz --limit 1000
     """
-    from flywheel.annotation.importers import convert, write_delivery
+    from flywheel.annotation.importers import convert, describe_split, import_split, write_delivery
     from flywheel.annotation.ingest import ingest_file
 
     cfg = load(config, lake)
     target = existing_lake(cfg.lake, create=True)
+    split, why = import_split(source, split)
     rows = convert(source, format, criterion, split, limit, source_name)
+    print(describe_split(rows, split, why), file=sys.stderr if json else sys.stdout)
     name = Path(source.rstrip("/")).name.split(".")[0] or "import"
     with tempfile.TemporaryDirectory() as tmp:
         path = write_delivery(rows, Path(tmp) / f"{name}-{split}.jsonl")

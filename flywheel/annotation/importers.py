@@ -12,6 +12,10 @@ Every input record gives exactly one delivery row, so delivered counts reconcile
 A record that cannot be converted still gives its row, with `reject_reason` set (import_*) and its
 original texts kept, so ingest quarantines it with that reason instead of it going missing.
 Texts are stripped of surrounding whitespace; the chosen response is always `response_a`.
+
+Every row names its split: the record's own when it carries one, else `--split`, else the one the
+file name says (a `train` or `test` token: hh_rlhf_harmless_base_test.jsonl.gz), else train, so
+a test set is never filed as training data for want of a flag (`import_split`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _ROLES = ("system", "user", "assistant")
 # the split a record names itself (the UltraFeedback sample says "eval" for its test rows)
 _RECORD_SPLITS = {"train": "train", "test": "test", "eval": "test", "validation": "test"}
+# a split named in a file name: a whole token (week-3-test.jsonl, test.jsonl, x_test_dev.json)
+_NAME_SPLIT = re.compile(r"(?<![a-z0-9])(train|test)(?![a-z0-9])")
 
 
 # loading -------------------------------------------------------------------------------------
@@ -161,6 +167,41 @@ def hh_source(spec: str) -> str:
     return f"anthropic-hh-rlhf/{subset}" if subset else "anthropic-hh-rlhf"
 
 
+def name_split(spec: str) -> str | None:
+    """The split a file or dataset name says, from the last part of it; None when it names
+    neither train nor test, or both."""
+    found = set(_NAME_SPLIT.findall(Path(spec.rstrip("/")).name.lower()))
+    return found.pop() if len(found) == 1 else None
+
+
+def import_split(spec: str, flag: str | None = None) -> tuple[str, str]:
+    """The split of the imported records that carry none, and why: `flag` (--split) when given,
+    even against the file name (the reason says so), else the file name's, else train."""
+    named = name_split(spec)
+    if flag is not None:
+        if flag not in SPLITS:
+            raise DataError(f"split {flag!r} is not one of {SPLITS}")
+        if named not in (None, flag):
+            return flag, f"from --split, over the file name, which says {named}"
+        return flag, "from --split"
+    if named is not None:
+        return named, "from the file name"
+    return "train", "the default: no --split, and no train or test in the file name"
+
+
+def describe_split(rows: list[dict], split: str, why: str) -> str:
+    """One line on the split the rows were filed under, and the records that named their own."""
+    line = f"split: {split} ({why})"
+    own = {}
+    for row in rows:
+        if row["split"] != split:
+            own[row["split"]] = own.get(row["split"], 0) + 1
+    if own:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(own.items()))
+        line += f"; records that name their own split keep it: {counts}"
+    return line
+
+
 # rows ----------------------------------------------------------------------------------------
 def _row(prompt: list[dict], chosen: str, rejected: str, meta: dict, split: str) -> dict:
     return {"prompt": json.dumps(prompt), "response_a": chosen, "response_b": rejected,
@@ -221,10 +262,21 @@ def _final_reply(messages: list[dict]) -> tuple[list[dict], str]:
     return messages[:-1], messages[-1]["content"]
 
 
+def _own_split(record, split: str) -> str | None:
+    """The record's own split (train; test, eval or validation -> test) over `split`; None for
+    a value that is none of these."""
+    value = record.get("split") if isinstance(record, dict) else None
+    return split if value is None else _RECORD_SPLITS.get(str(value).lower())
+
+
 def _hh_row(record, meta: dict, split: str) -> dict:
     texts = [record.get(k) if isinstance(record, dict) else None for k in ("chosen", "rejected")]
     if not all(isinstance(t, str) for t in texts):
         return _reject("import_missing_field", record, meta, split)
+    own = _own_split(record, split)
+    if own is None:
+        return _reject("import_unknown_split", record, meta, split)
+    split = own
     try:
         (prompt, chosen), (other, rejected) = (_final_reply(parse_dialogue(t)) for t in texts)
     except ValueError:
@@ -239,12 +291,13 @@ def _hh_row(record, meta: dict, split: str) -> dict:
 def hh_rlhf_rows(records: Iterable[dict], source: str, criterion: str,
                  split: str = "train") -> Iterator[dict]:
     """One delivery row per HH-RLHF record, made as records are read (arguments are checked at
-    the call). Rejected rows: import_missing_field (chosen or rejected is not text),
-    import_unparseable_dialogue (no turn markers, text before the first one, a dialogue that
-    does not end with an assistant reply, or a prompt that does not end with a user turn) and
-    import_prompt_mismatch (the turns before the two final replies differ). In the Anthropic
-    test files every mismatch is a reply that itself contains "\n\nAssistant:", so it reads as
-    two assistant turns, and every unparseable dialogue a reply that goes on with a
+    the call); a record's own `split` wins over `split`. Rejected rows: import_missing_field
+    (chosen or rejected is not text), import_unparseable_dialogue (no turn markers, text before
+    the first one, a dialogue that does not end with an assistant reply, or a prompt that does
+    not end with a user turn), import_prompt_mismatch (the turns before the two final replies
+    differ) and import_unknown_split (a record's own split is not train or test). In the
+    Anthropic test files every mismatch is a reply that itself contains "\n\nAssistant:", so it
+    reads as two assistant turns, and every unparseable dialogue a reply that goes on with a
     "\n\nHuman:" turn: replies with made-up turns, quarantined rather than guessed at."""
     meta = _meta(criterion, HH_ANNOTATOR, source, split)
     return (_hh_row(record, meta, split) for record in records)
@@ -270,10 +323,10 @@ def _uf_prompt(value) -> list[dict]:
 def _uf_row(record, meta: dict, split: str) -> dict:
     if not isinstance(record, dict) or any(record.get(k) is None for k in ("chosen", "rejected")):
         return _reject("import_missing_field", record, meta, split)
-    if record.get("split") is not None:
-        if str(record["split"]).lower() not in _RECORD_SPLITS:
-            return _reject("import_unknown_split", record, meta, split)
-        split = _RECORD_SPLITS[str(record["split"]).lower()]
+    own = _own_split(record, split)
+    if own is None:
+        return _reject("import_unknown_split", record, meta, split)
+    split = own
     try:
         prompt = _uf_prompt(record.get("prompt"))
         (before, chosen), (other, rejected) = (_uf_response(record[k])
@@ -305,10 +358,12 @@ def ultrafeedback_rows(records: Iterable[dict], source: str = UF_SOURCE,
 
 # whole files ---------------------------------------------------------------------------------
 def convert(spec: str, fmt: str | None = None, criterion: str | None = None,
-            split: str = "train", limit: int | None = None,
+            split: str | None = None, limit: int | None = None,
             source: str | None = None) -> list[dict]:
     """Delivery rows of a file or Hugging Face dataset: the first `limit` records, if given.
-    `split` is the rows' split (and the dataset split loaded by name)."""
+    `split` is the split of records that carry none (and the dataset split loaded by name);
+    None: the one `import_split` finds."""
+    split, _ = import_split(spec, split)
     fmt = fmt or detect_format(spec)
     if fmt not in FORMATS:
         raise DataError(f"format {fmt!r} is not one of {FORMATS}; pass --format")

@@ -15,7 +15,9 @@ protocol:
                                 in-house safety rows); chosen unsafe other safe is excluded
     annotator                   who labelled it (required)
     source                      in-house (default) or the name of an open-source set
-    split                       train | test (optional: in-house rows get a held-out split)
+    split                       train | test (optional: in-house rows get a held-out split;
+                                a row already in the lake keeps its split, and a file naming
+                                another for it is refused: `flywheel batch resplit` moves rows)
 
 Every delivered row ends up in exactly one place: `comparisons` (accepted, new or already there)
 or `quarantine` (rejected, with the first reason it failed), so accepted + rejected = delivered.
@@ -109,10 +111,10 @@ def default_batch_id(filename: str) -> str:
     return name[:128]
 
 
-def _previous_delivery(lake: Lake, checksum: str) -> dict | None:
+def _previous_delivery(lake: Lake, checksum: str, status: str = "complete") -> dict | None:
     batches = lake.read("batches")
     hit = batches.filter(pc.and_(pc.equal(batches["checksum"], checksum),
-                                 pc.equal(batches["status"], "complete")))
+                                 pc.equal(batches["status"], status)))
     return hit.slice(0, 1).to_pylist()[0] if hit.num_rows else None
 
 
@@ -151,26 +153,29 @@ def ingest_bytes(lake: Lake, data: bytes, filename: str, batch_id: str | None = 
     previous = _previous_delivery(lake, checksum)
     if previous is not None:
         return _result_of(previous, already=True)
+    retracted = _previous_delivery(lake, checksum, "retracted")
+    if retracted is not None:
+        raise DataError(
+            f"{filename} was delivered before as batch {retracted['batch_id']}, which was "
+            f"retracted; to bring it back: flywheel batch restore {retracted['batch_id']} "
+            "(or deliver a corrected file)")
     delivery_id = content_id("delivery", batch_id, checksum)
     table, malformed = read_delivery(data, filename)
     ignored = json.loads(table.schema.metadata[b"ignored"])
     table, new_prompts = inline_prompts(table)
     table = normalised_labels(table)
 
-    # 1. the delivered file, byte for byte
-    raw_uri = lake.write_bytes(f"raw/{checksum}/{PurePosixPath(filename).name}", data)
-
-    # 2. validate against the lake
     con = connect(lake)
     try:
         return _land(lake, con, table, malformed, new_prompts, ignored, cfg, batch_id,
-                     delivery_id, checksum, filename, raw_uri, iteration, source)
+                     delivery_id, checksum, filename, data, iteration, source)
     finally:
         con.close()
 
 
 def _land(lake, con, table, malformed, new_prompts, ignored, cfg, batch_id, delivery_id,
-          checksum, filename, raw_uri, iteration, source) -> IngestResult:
+          checksum, filename, data, iteration, source) -> IngestResult:
+    # 1. validate against the lake; a file refused as a whole leaves nothing behind
     con.register("delivery", table)
     con.execute(_validation_sql(cfg.max_text_chars)).fetchall()
     con.execute("""
@@ -189,6 +194,9 @@ def _land(lake, con, table, malformed, new_prompts, ignored, cfg, batch_id, deli
     delivered = table.num_rows
     if good["rows"].num_rows + quarantined.num_rows != delivered:
         raise AssertionError("ingest lost rows: accepted + rejected != delivered")
+
+    # 2. the delivered file, byte for byte
+    raw_uri = lake.write_bytes(f"raw/{checksum}/{PurePosixPath(filename).name}", data)
 
     # 3. rows: prompts first (comparisons refer to them), then comparisons, then quarantine
     lineage = {"batch": batch_id, "delivery": delivery_id, "checksum": checksum,
@@ -228,10 +236,12 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
       CREATE TEMP TABLE ok AS
       SELECT c.row_index, c.cid, c.split_n, c.prompt_ref, c.criterion_n,
         e.id IS NULL OR e.delivery_id = $delivery AS is_new, e.split AS old_split,
+        e.batch_id AS old_batch,
         e.id IS NULL AND c.source_n = '{IN_HOUSE}' AND c.split_n IS NULL AS to_split
       FROM checked c LEFT JOIN comparisons e ON e.id = c.cid
       WHERE c.reason IS NULL
     """, {"delivery": delivery_id}).fetchall()
+    _refuse_moves(con)
     # in-house rows without a split: held out up to the budget of each criterion (Llama 2
     # tests each batch per criterion), whole prompts in the order of their hash (a prompt's
     # comparisons share responses, so a test pair whose prompt is also trained on would
@@ -282,6 +292,24 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
     heldout = con.execute(
         "SELECT count(*) FROM ok WHERE coalesce(old_split, split_n) = 'test'").fetchall()[0][0]
     return {"rows": _cast(rows, "comparisons"), "new": new, "heldout": heldout + budget}
+
+
+def _refuse_moves(con) -> None:
+    """Rows already in the lake keep their split: a delivery naming another one for them is
+    refused whole, with the command that moves them on purpose (a test row quietly filed as
+    train, or the reverse, would leak into a mix or out of the evaluation)."""
+    moves = con.execute("""
+      SELECT count(*), old_split, old_batch, split_n FROM ok
+      WHERE old_split IS NOT NULL AND split_n IS NOT NULL AND old_split <> split_n
+      GROUP BY ALL ORDER BY 1 DESC, 3
+    """).fetchall()
+    if moves:
+        what = "; ".join(
+            f"{n} {'row' if n == 1 else 'rows'} of this file {'is' if n == 1 else 'are'} "
+            f"already in the lake as {old} (batch {batch}); to move them: flywheel batch "
+            f"resplit {batch} --split {new}" for n, old, batch, new in moves)
+        raise DataError(f"{what}. Nothing was written; or deliver those rows with the split "
+                        "they have, or none")
 
 
 def _quarantine(con, batch_id: str, delivery_id: str, malformed: dict[int, str]) -> pa.Table:

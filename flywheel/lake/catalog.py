@@ -160,6 +160,8 @@ def format_status(report: dict) -> str:
             f"  {b['batch_id']} ({b['filename']}, {when}, {b['source']}): {b['accepted']} "
             f"accepted ({b['new']} new, {b['heldout']} held out), {b['rejected']} rejected of "
             f"{b['delivered']}"
+            + ("" if b["status"] == "complete" else
+               f"; {b['status']}: its rows are in no mix or test set")
         )
     lines.append("reward models (* in use):")
     for r in report["reward_models"]:
