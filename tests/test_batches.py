@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -230,9 +231,15 @@ def test_quarantine_shows_line_field_value_and_fix(capsys, lake):
 
 def test_every_reason_has_help():
     importers = (ROOT / "flywheel" / "annotation" / "importers.py").read_text()
-    import re
-
     own = set(re.findall(r'_reject\("(import_[a-z_]+)"', importers))
     assert own == {"import_missing_field", "import_unparseable_dialogue",
                    "import_prompt_mismatch", "import_unknown_split"}
     assert set(REASON_HELP) == set(REASONS) | own
+
+
+def test_every_reason_with_help_is_in_the_reasons_doc():
+    doc = ROOT / "docs" / "ingest-reasons.md"
+    if not doc.exists():
+        pytest.skip("docs/ingest-reasons.md is not written yet")
+    text = doc.read_text(encoding="utf-8")
+    assert sorted(r for r in REASON_HELP if r not in text) == []
