@@ -290,9 +290,14 @@ def _help(capsys, *argv) -> str:
 
 def _commands(help_text: str) -> list[str]:
     """The command names in a help page's Commands panel."""
-    return [line.split()[1] for line in help_text.splitlines()
-            if line.startswith("│ ") and not line.split()[1].startswith("-")
-            and line[2] != " "]
+    names, inside = [], False
+    for line in help_text.splitlines():
+        if line.startswith("╭"):
+            inside = " Commands " in line
+        elif inside and line.startswith("│ ") and line[2] != " ":
+            if not line.split()[1].startswith("-"):
+                names.append(line.split()[1])
+    return names
 
 
 def test_bare_flywheel_prints_the_help(capsys):
@@ -310,15 +315,26 @@ def test_version_is_the_code_revision(capsys):
                                                f"(code revision {code_revision()})")
 
 
+def _pages(capsys) -> dict[str, str]:
+    """The help page of every command, a group's subcommands as "group sub"."""
+    pages = {}
+    for command in _commands(_help(capsys)):
+        text = _help(capsys, command)
+        subcommands = _commands(text)
+        if subcommands:  # a group: its subcommands are the commands
+            pages |= {f"{command} {c}": _help(capsys, command, c) for c in subcommands}
+        else:
+            pages[command] = text
+    return pages
+
+
 def test_every_command_has_a_description_and_an_example(capsys):
     commands = _commands(_help(capsys))
-    assert commands == ["init", "bootstrap", "check", "plan-resources", "demo", "run", "status",
-                        "ingest", "import", "annotate", "lineage", "evaluate-rm", "serve",
-                        "deploy", "trigger", "rank-agent"]
-    pages = {c: _help(capsys, c) for c in commands}
-    pages |= {f"annotate {c}": _help(capsys, "annotate", c)
-              for c in _commands(pages["annotate"])}
-    assert len(pages) == 19
+    assert commands[:7] == ["init", "bootstrap", "check", "plan-resources", "demo", "run",
+                            "status"]
+    pages = _pages(capsys)
+    assert {"annotate export", "annotate import", "annotate serve", "lake migrate", "ingest",
+            "lineage", "rank-agent"} <= set(pages)
     for name, text in pages.items():
         usage, description = text.split("\n\n")[:2]
         assert usage.startswith(f"Usage: flywheel {name}") and description.strip(), name
@@ -327,15 +343,14 @@ def test_every_command_has_a_description_and_an_example(capsys):
 
 def test_readme_command_table_matches_the_help(capsys):
     """README's "Command line" section lists every command of `flywheel --help`, and only
-    those (annotate with its three subcommands)."""
+    those (a group's subcommands each on its own line)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Command line")[1].split("\n## ")[0]
-    listed = {" ".join(line.split()[1:3]) if line.split()[1] == "annotate" else line.split()[1]
+    pages = _pages(capsys)
+    groups = {name.split()[0] for name in pages if " " in name}
+    listed = {" ".join(line.split()[1:3]) if line.split()[1] in groups else line.split()[1]
               for line in section.splitlines() if line.startswith("    flywheel ")}
-    commands = _commands(_help(capsys))
-    expected = {c for c in commands if c != "annotate"}
-    expected |= {f"annotate {c}" for c in _commands(_help(capsys, "annotate"))}
-    assert listed == expected
+    assert listed == set(pages)
 
 
 def test_a_usage_error_is_one_line_and_status_2(capsys):

@@ -22,36 +22,43 @@ def test_write_read_and_rewrite_is_a_no_op(tmp_path):
     first = lake.write("prompts", [_prompt(1), _prompt(2), _prompt(2)], {"why": "test"})
     assert (first.written, first.skipped) == (2, 1)
     again = lake.write("prompts", [_prompt(1), _prompt(2)])
-    assert (again.part, again.written, again.skipped) == (None, 0, 2)
+    assert (again.version, again.written, again.skipped) == (None, 0, 2)
     more = lake.write("prompts", [_prompt(2), _prompt(3)])
-    assert (more.written, more.skipped) == (1, 1)
+    assert (more.version, more.written, more.skipped) == (first.version + 1, 1, 1)
     assert sorted(lake.ids("prompts")) == ["p1", "p2", "p3"]
-    manifest = lake.manifests("prompts")[0]
-    assert manifest["lineage"] == {"why": "test"} and manifest["rows"] == 2
+    (first_commit,) = [c for c in lake.history("prompts") if c["version"] == first.version]
+    assert first_commit["lineage"] == {"why": "test"}
+    assert first_commit["operationMetrics"]["num_target_rows_inserted"] == 2
+    # time travel: the table as the first write left it
+    assert sorted(lake.read("prompts", ["id"], version=first.version).column("id").to_pylist()
+                  ) == ["p1", "p2"]
 
 
-def test_a_manifest_records_the_code_revision_that_wrote_it(tmp_path):
+def test_a_commit_records_the_code_revision_that_wrote_it(tmp_path):
     """In this checkout: the version, then the commit the tests run at (and `.dirty` when
     tracked files differ from it), not the bare package version."""
     lake = Lake.open(str(tmp_path / "lake"))
     lake.write("prompts", [_prompt(1)])
-    (manifest,) = lake.manifests("prompts")
+    written = lake.history("prompts")[0]
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                           capture_output=True, text=True)
     if head.returncode:
         pytest.skip("not a git checkout: the revision is the installed source's hash")
     commit = head.stdout.strip()
-    assert manifest["code_version"].removesuffix(".dirty") == f"{__version__}+g{commit}"
+    assert written["code_version"].removesuffix(".dirty") == f"{__version__}+g{commit}"
 
 
-def test_a_part_without_manifest_is_invisible(tmp_path):
+def test_a_write_killed_before_its_commit_is_invisible(tmp_path):
     lake = Lake.open(str(tmp_path / "lake"))
-    res = lake.write("prompts", [_prompt(1)])
-    # simulate a crash between the Parquet file and its manifest: remove the manifest
-    (tmp_path / "lake" / "manifests" / "prompts" / f"{res.part}.json").unlink()
-    assert lake.rows("prompts") == []
-    assert connect(lake).execute("select count(*) from prompts").fetchone()[0] == 0
+    lake.write("prompts", [_prompt(1)])
+    # what a writer killed between its data file and its commit leaves: a file no commit names
+    folder = tmp_path / "lake" / "delta" / "prompts"
+    (orphan,) = [p for p in folder.glob("*.parquet")]
+    (folder / "part-orphan.parquet").write_bytes(orphan.read_bytes())
+    lake.write("prompts", [_prompt(2)])
+    assert sorted(lake.ids("prompts")) == ["p1", "p2"]
+    assert connect(lake).execute("select count(*) from prompts").fetchone()[0] == 2
 
 
 def test_duckdb_views_and_status(tmp_path):

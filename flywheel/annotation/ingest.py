@@ -56,7 +56,7 @@ from flywheel.annotation.validation import IN_HOUSE, REASONS  # noqa: F401 (re-e
 from flywheel.annotation.validation import validation_sql as _validation_sql
 from flywheel.config import AnnotationConfig
 from flywheel.errors import DataError
-from flywheel.lake.catalog import connect
+from flywheel.lake.catalog import VISIBLE_DELIVERIES, connect
 from flywheel.lake.schemas import SCHEMAS, content_id
 from flywheel.lake.store import Lake
 
@@ -118,11 +118,13 @@ def _previous_delivery(lake: Lake, checksum: str, status: str = "complete") -> d
     return hit.slice(0, 1).to_pylist()[0] if hit.num_rows else None
 
 
-def _result_of(row: dict, already: bool) -> IngestResult:
+def _result_of(lake: Lake, row: dict, already: bool) -> IngestResult:
+    """The result of a delivery from its `batches` row (whose raw_uri is lake-relative; the
+    result names the full URI)."""
     summary = json.loads(row["summary"] or "{}")
     return IngestResult(
         batch_id=row["batch_id"], delivery_id=row["id"], checksum=row["checksum"],
-        filename=row["filename"], raw_uri=row["raw_uri"], delivered=row["delivered"],
+        filename=row["filename"], raw_uri=lake.url(row["raw_uri"]), delivered=row["delivered"],
         accepted=row["accepted"], new=row["new"], rejected=row["rejected"],
         heldout=row["heldout"], reasons=summary.get("reasons", {}),
         ignored_columns=summary.get("ignored_columns", []), already_ingested=already,
@@ -152,7 +154,7 @@ def ingest_bytes(lake: Lake, data: bytes, filename: str, batch_id: str | None = 
     checksum = hashlib.sha256(data).hexdigest()
     previous = _previous_delivery(lake, checksum)
     if previous is not None:
-        return _result_of(previous, already=True)
+        return _result_of(lake, previous, already=True)
     retracted = _previous_delivery(lake, checksum, "retracted")
     if retracted is not None:
         raise DataError(
@@ -204,7 +206,9 @@ def _land(lake, con, table, malformed, new_prompts, ignored, cfg, batch_id, deli
     prompt_rows = _prompt_rows(con, new_prompts)
     if prompt_rows.num_rows:
         lake.write_table("prompts", prompt_rows, lineage)
-    lake.write_table("comparisons", good["rows"], lineage)
+    # a row an unfinished delivery wrote (and nobody can see) becomes this delivery's
+    lake.write_table("comparisons", good["rows"], lineage,
+                     replace_where=f"t.delivery_id NOT IN ({_visible_deliveries(con)})")
     lake.write_table("quarantine", quarantined, lineage)
 
     reasons = dict(sorted(con.execute(
@@ -224,9 +228,17 @@ def _land(lake, con, table, malformed, new_prompts, ignored, cfg, batch_id, deli
                                                                  "max_text_chars"})}),
         "status": "complete",
     }
-    # 4. the batches row: written last, it marks the delivery complete
-    lake.write("batches", [row], lineage)
-    return _result_of(row, already=False)
+    # 4. the batches row: written last, it makes the delivery visible; of two ingests of the
+    # same file racing, the one whose row lands reports it, the other finds it there
+    if not lake.write("batches", [row], lineage).written:
+        return _result_of(lake, _previous_delivery(lake, checksum) or row, already=True)
+    return _result_of(lake, row, already=False)
+
+
+def _visible_deliveries(con) -> str:
+    """The complete deliveries as an SQL list ('' when none), for a merge predicate."""
+    ids = [i for (i,) in con.execute(VISIBLE_DELIVERIES).fetchall()]
+    return ", ".join("'" + i.replace("'", "''") + "'" for i in ids) or "''"
 
 
 def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, delivery_id: str,
@@ -235,10 +247,15 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
     con.execute(f"""
       CREATE TEMP TABLE ok AS
       SELECT c.row_index, c.cid, c.split_n, c.prompt_ref, c.criterion_n,
-        e.id IS NULL OR e.delivery_id = $delivery AS is_new, e.split AS old_split,
-        e.batch_id AS old_batch,
-        e.id IS NULL AND c.source_n = '{IN_HOUSE}' AND c.split_n IS NULL AS to_split
-      FROM checked c LEFT JOIN comparisons e ON e.id = c.cid
+        e.id IS NULL OR e.delivery_id = $delivery OR NOT e.visible AS is_new,
+        CASE WHEN e.visible THEN e.split END AS old_split,
+        CASE WHEN e.visible THEN e.batch_id END AS old_batch,
+        (e.id IS NULL OR NOT e.visible) AND c.source_n = '{IN_HOUSE}' AND c.split_n IS NULL
+          AS to_split
+      FROM checked c LEFT JOIN (
+        SELECT id, delivery_id, batch_id, split,
+          delivery_id IN ({VISIBLE_DELIVERIES}) AS visible
+        FROM all_comparisons) e ON e.id = c.cid
       WHERE c.reason IS NULL
     """, {"delivery": delivery_id}).fetchall()
     _refuse_moves(con)

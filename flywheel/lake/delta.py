@@ -75,17 +75,19 @@ def merge_new(uri: str, data: pa.Table, metadata: Mapping[str, str],
               replace_where: str | None = None) -> int:
     """Insert the rows of `data` whose id the table lacks, and replace those whose row in the
     table matches the SQL predicate `replace_where` (on `t.`); returns how many rows were
-    inserted or replaced. The table is created by the first write; a commit that raced
-    another is re-run."""
+    inserted or replaced. The first write creates the table; a merge that raced another
+    commit is re-run on the new version."""
     props = CommitProperties(custom_metadata=dict(metadata))
     opts = storage_options(uri)
     for attempt in range(COMMIT_TRIES):
         try:
             table = open_table(uri)
             if table is None:
-                write_deltalake(uri, data, mode="error", storage_options=opts,
-                                commit_properties=props)
-                return data.num_rows
+                # created empty, then merged into: a write of rows into a new table is a blind
+                # append, which delta-rs would let two racing creators both commit
+                write_deltalake(uri, data.schema.empty_table(), mode="ignore",
+                                storage_options=opts)
+                table = open_table(uri)
             merger = table.merge(data, predicate="t.id = s.id", source_alias="s",
                                  target_alias="t", merge_schema=True, commit_properties=props)
             if replace_where:
