@@ -151,3 +151,15 @@ def test_status_stars_the_models_in_use(tmp_path):
     assert "  h1 iteration 1" in text and "  s2 iteration 2" in text
     assert " *p1 iteration 1" in text and "  base iteration 0" in text
     assert "  p2 iteration 2" in text
+
+
+def test_many_processes_opening_one_lake_at_once_all_succeed(tmp_path):
+    """Each opening proves the lake writable with a probe file of its own: openers never
+    delete each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = str(tmp_path / "lake")
+    with ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: Lake.open(uri), range(32)))
+    assert {lake.uri for lake in opened} == {uri}
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["lake.json"]
