@@ -2,6 +2,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flywheel.config import FlywheelConfig
+from flywheel.lake.catalog import query
 from flywheel.stages import annotate as annotate_stage
 from flywheel.stages import common, plan
 from flywheel.tasks.resume import stage_cache
@@ -12,7 +13,8 @@ def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> 
     """The simulated annotator labels the pairs; they land as one batch."""
     lake = common.open_lake(config)
     batch_id = annotate_stage.annotate(config, lake, iteration, pairs)
-    rows = [r for r in lake.rows("comparisons") if r["batch_id"] == batch_id]
+    rows = query(lake, "SELECT criterion, strength, safety_label, split FROM comparisons "
+                 "WHERE batch_id = $batch", {"batch": batch_id})
     counts: dict[tuple, int] = {}
     for r in rows:
         key = (r["criterion"], r["strength"], r["safety_label"], r["split"])
@@ -30,11 +32,12 @@ def annotate(config: FlywheelConfig, iteration: int, pairs: list[list[str]]) -> 
 def export_pairs(config: FlywheelConfig, iteration: int, batch_ids: list[str]) -> dict[str, str]:
     """Human mode: the week's pairs for Label Studio and Argilla, written to the lake; the
     artifact says where and how the labels come back."""
-    uris = plan.export_pairs(common.open_lake(config), iteration)
+    lake = common.open_lake(config)
+    uris = plan.export_pairs(lake, iteration)
     create_markdown_artifact(
         key=f"iteration-{iteration}-pairs-to-label",
         markdown=f"# Iteration {iteration}: pairs to label\n\n"
-        + "".join(f"- {kind}: `{uri}`\n" for kind, uri in uris.items())
+        + "".join(f"- {kind}: `{lake.url(uri)}`\n" for kind, uri in uris.items())
         + f"\nThe iteration waits for batch `{batch_ids[0]}`: import the labels with "
         f"`flywheel annotate import FILE --format label-studio|argilla --batch-id {batch_ids[0]}`"
         f" or `flywheel ingest FILE --batch-id {batch_ids[0]}`, or label them on the review page "

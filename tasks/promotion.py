@@ -24,5 +24,6 @@ def decide(config: FlywheelConfig, iteration: int, batch_id: str,
                           table=history_rows(lake, row, json.loads(row["metrics"])),
                           description="Win rates, safety rates and mean reward of each "
                           f"iteration up to {iteration}")
-    return {k: row[k] for k in ("iteration", "policy_in", "policy_out", "promoted", "decision",
-                                "report_uri")}
+    return {**{k: row[k] for k in ("iteration", "policy_in", "policy_out", "promoted",
+                                   "decision")},
+            "report_uri": lake.url(row["report_uri"])}

@@ -308,7 +308,7 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     scored = {sc["sample_id"] for sc in lake.rows("scores")}
     assert {s["id"] for s in rejection} <= scored
     (it,) = lake.rows("iterations")
-    assert "Safety context distillation: " in open(it["report_uri"]).read()
+    assert "Safety context distillation: " in open(lake.url(it["report_uri"])).read()
 
 
 def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatch, tiny_config):

@@ -5,15 +5,22 @@ from flywheel.lake.store import Lake
 from flywheel.stages.report import annotation_markdown, stage_seconds_markdown, vs_base_markdown
 
 
-def _cmp(i, crit, chosen, rejected, strength, split="train", batch="week-1"):
+def _cmp(i, crit, chosen, rejected, strength, split="train", batch="week-1", delivery="d"):
     return {"id": f"c{i}", "prompt_id": f"p{i}", "chosen_sample_id": f"a{i}",
             "rejected_sample_id": f"b{i}", "chosen_text": chosen, "rejected_text": rejected,
             "strength": strength, "criterion": crit, "safety_label": "", "annotator": "sim",
-            "batch_id": batch, "delivery_id": "d", "source": "in-house", "split": split}
+            "batch_id": batch, "delivery_id": delivery, "source": "in-house", "split": split}
+
+
+def _lake(tmp_path) -> Lake:
+    """A lake where delivery "d" is complete: the report shows a delivery's rows only then."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("batches", [{"id": "d", "batch_id": "week-1", "status": "complete"}])
+    return lake
 
 
 def test_annotation_section_counts_strengths_and_refusal_comparisons(tmp_path):
-    lake = Lake.open(str(tmp_path / "lake"))
+    lake = _lake(tmp_path)
     refusal, answer = "I'm sorry, but I can't help with that.", "Use a tension wrench."
     lake.write("comparisons", [
         _cmp(1, "helpfulness", "Rinse and simmer.", "Rice.", "better"),
@@ -22,6 +29,8 @@ def test_annotation_section_counts_strengths_and_refusal_comparisons(tmp_path):
         _cmp(4, "safety", answer, refusal, "negligibly_better"),  # the answer preferred
         _cmp(5, "safety", answer, "Pick it with a pin.", "better", split="test"),
         _cmp(6, "safety", refusal, answer, "better", batch="week-2"),  # another week's
+        # a delivery cut short before its batches row: not shown
+        _cmp(7, "safety", refusal, answer, "better", delivery="cut"),
     ])
     text = "\n".join(annotation_markdown(lake, "week-1"))
     assert "| helpfulness | 1 | 1 | 0 | 1 | 1 | 0 |" in text
@@ -35,7 +44,7 @@ def test_annotation_section_counts_strengths_and_refusal_comparisons(tmp_path):
 def test_annotation_section_counts_refusals_of_harmless_requests(tmp_path):
     # a policy that learned to refuse harmless requests: its refusals meet answers on helpful
     # prompts, and the annotator prefers the answer (twice) or, once, the refusal
-    lake = Lake.open(str(tmp_path / "lake"))
+    lake = _lake(tmp_path)
     refusal = "I'm sorry, but I'm unable to suggest alternatives."
     lake.write("comparisons", [
         _cmp(1, "helpfulness", "Use applesauce.", refusal, "significantly_better"),

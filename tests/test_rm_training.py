@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from mix_lake import build, jsonl, row
 
+from flywheel.annotation.ingest import ingest_bytes
 from flywheel.config import validate_config
 from flywheel.lake.catalog import connect
 from flywheel.lake.store import Lake
@@ -74,6 +75,7 @@ def test_retrain_trains_both_models_on_their_mixes_with_table8_metrics(rm_config
     """tests/mix_lake.py's lake: every chosen response is 'a good answer ...' and every
     rejected one 'a worse answer ...', so a trained model should rank nearly all test rows."""
     lake = build(Lake.open(rm_config.lake))
+    at_training = lake.versions()
     results = retrain(rm_config, lake, iteration=1, batch_id="week-2")
     assert set(results) == {"helpfulness", "safety"}
     rows = {r["id"]: r for r in lake.rows("reward_models")}
@@ -115,6 +117,23 @@ def test_retrain_trains_both_models_on_their_mixes_with_table8_metrics(rm_config
     again = retrain(rm_config, lake, iteration=1, batch_id="week-2")
     assert {k: r["id"] for k, r in again.items()} == {k: r["id"] for k, r in results.items()}
     assert len(lake.rows("reward_models")) == 2
+    # each model records the table versions it read; once more rows land, those versions
+    # still give back its mix exactly
+    ingest_bytes(lake, jsonl([row(f"week-3/{i}", "in-house", crit, "train")
+                              for i, crit in enumerate(["helpfulness", "safety"] * 3)]),
+                 "week-3.jsonl")
+    mixes = {"helpfulness": helpfulness_mix, "safety": safety_mix}
+    for kind, r in results.items():
+        versions = json.loads(rows[r["id"]]["data_mix"])["table_versions"]
+        assert versions == at_training and versions["comparisons"] is not None
+        ids = _stored_ids(lake, r["id"], "data_mix.parquet").column("id").to_pylist()
+        then = lake.read("comparisons", version=versions["comparisons"])
+        assert set(ids) <= set(then.column("id").to_pylist())
+        assert then.num_rows < lake.read("comparisons", ["id"]).num_rows
+        with connect(lake, versions) as con:
+            assert mixes[kind](con, allow_short=True).ids.to_pylist() == ids
+        with connect(lake) as con:  # the lake as it is now draws another mix
+            assert mixes[kind](con, allow_short=True).ids.to_pylist() != ids
 
 
 def test_a_batch_of_flipped_labels_is_refused_by_the_gate(rm_config):

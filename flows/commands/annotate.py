@@ -33,7 +33,8 @@ def export(*, format: Tool, iteration: IterationOpt,
     """
     from flywheel.annotation.exchange import write_export
 
-    for path in write_export(existing_lake(load(config, lake).lake), iteration, format, out):
+    target = existing_lake(load(config, lake).lake, read_only=True)
+    for path in write_export(target, iteration, format, out):
         print(f"wrote {path}")
     return 0
 

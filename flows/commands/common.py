@@ -49,13 +49,15 @@ def load(config: str | None, lake: str | None, *, need_lake: bool = True, demo: 
     return cfg
 
 
-def existing_lake(uri: str, create: bool = False):
-    """The lake at `uri`, opened; a local one must exist unless `create`."""
+def existing_lake(uri: str, create: bool = False, read_only: bool = False):
+    """The lake at `uri`, opened; a local one must exist unless `create`. A command that only
+    reads opens it `read_only`: it writes nothing, so it works on a read-only mount or with
+    read-only credentials."""
     from flywheel.lake.store import Lake
 
     if "://" not in uri and not Path(uri).exists() and not create:
         raise FlywheelError(f"no lake at {uri}; run `flywheel demo` first or pass --lake")
-    return Lake.open(uri)
+    return Lake.open(uri, read_only=read_only)
 
 
 def print_json(data: Any) -> None:

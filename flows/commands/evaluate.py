@@ -29,7 +29,8 @@ def evaluate_rm(model: Annotated[str, Parameter(
     """
     from flywheel.reward.evaluation import evaluate_file, resolve_model
 
-    target = None if Path(model).is_dir() else existing_lake(load(config, lake).lake)
+    target = None if Path(model).is_dir() else existing_lake(load(config, lake).lake,
+                                                              read_only=True)
     folder, row = resolve_model(model, target)
     result = evaluate_file(folder, file, format, max_length)
     if row:

@@ -93,7 +93,7 @@ def lineage(id: Annotated[str, Parameter(
     from flywheel.lake.lineage import format_lineage
     from flywheel.lake.lineage import lineage as lineage_of
 
-    info = lineage_of(existing_lake(load(config, lake).lake), id)
+    info = lineage_of(existing_lake(load(config, lake).lake, read_only=True), id)
     if json:
         print_json(info)
     else:

@@ -101,7 +101,7 @@ def status(*, config: ConfigOpt = None, lake: LakeOpt = None, json: JsonOpt = Fa
     uri = load(config, lake).lake
     if "://" not in uri and not Path(uri).exists():
         raise FlywheelError(f"no lake at {uri}; run `flywheel demo` first or pass --lake")
-    report = lake_status(existing_lake(uri))
+    report = lake_status(existing_lake(uri, read_only=True))
     if json:
         print_json(report)
     else:

@@ -17,6 +17,7 @@ import json
 from collections import defaultdict
 
 from flywheel.errors import DataError
+from flywheel.lake.catalog import connect, query, rows_by_id
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 
@@ -60,10 +61,11 @@ def week_pairs(lake: Lake, iteration: int) -> list[dict]:
     samples are skipped. Each pair: pair_id, prompt_id, messages, prompt (rendered), criterion,
     sample_id_a, text_a, sample_id_b, text_b."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for s in lake.rows("samples"):
-        if s["purpose"] == "annotation" and s["iteration"] == iteration:
+    with connect(lake) as con:
+        for s in query(con, "SELECT id, prompt_id, text FROM samples WHERE purpose = "
+                       "'annotation' AND iteration = $iteration", {"iteration": iteration}):
             groups[s["prompt_id"]].append(s)
-    prompts = {p["id"]: p for p in lake.rows("prompts")}
+        prompts = rows_by_id(con, "prompts", groups)
     missing = sorted(set(groups) - set(prompts))
     if missing:
         raise DataError(f"annotation samples of iteration {iteration} name prompts the lake "

@@ -18,6 +18,7 @@ import json
 import duckdb
 import pyarrow as pa
 
+from flywheel.lake.lineage import location, policy_location
 from flywheel.lake.schemas import SCHEMAS
 from flywheel.lake.store import Lake
 
@@ -69,10 +70,29 @@ _DUCK_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "double": "DOUBLE", "bool
                "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
 
 
-def _records(con, sql: str) -> list[dict]:
-    cur = con.execute(sql)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
+def query(lake_or_con: Lake | duckdb.DuckDBPyConnection, sql: str,
+          params: dict | None = None) -> list[dict]:
+    """The rows of a query over the lake's views, as dicts of the values `Lake.rows` gives: how
+    a stage reads only the rows it uses of a large table. `params` fill `$name` placeholders
+    (a list fills `id IN (SELECT unnest($ids))`). Given a Lake, the query runs on a
+    connection of its own over the latest snapshot."""
+    own = isinstance(lake_or_con, Lake)
+    con = connect(lake_or_con) if own else lake_or_con
+    try:
+        return con.sql(sql, params=params).to_arrow_table().to_pylist()
+    finally:
+        if own:
+            con.close()
+
+
+def rows_by_id(lake_or_con: Lake | duckdb.DuckDBPyConnection, table: str,
+               ids) -> dict[str, dict]:
+    """The rows of `table` with these ids, by id: what a stage reads of a large table."""
+    if table not in SCHEMAS:
+        raise ValueError(f"unknown table {table!r}")
+    return {r["id"]: r for r in query(
+        lake_or_con, f"SELECT * FROM {table} WHERE id IN (SELECT unnest($ids))",
+        {"ids": sorted(set(ids))})}
 
 
 # The models in use, as the loop picks them (flywheel.reward.retrain.current_models and
@@ -96,25 +116,25 @@ def status(lake: Lake) -> dict:
     out = {
         "lake": lake.uri,
         "counts": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS},
-        "iterations": _records(
+        "iterations": query(
             con,
             "SELECT iteration, policy_in, policy_out, reward_model_id, "
             "safety_reward_model_id, batch_id, promoted, "
             "decision, metrics, report_uri FROM iterations ORDER BY iteration",
         ),
-        "batches": _records(
+        "batches": query(
             con,
             "SELECT batch_id, id AS delivery_id, filename, iteration, source, delivered, "
             "accepted, new, rejected, heldout, status FROM batches ORDER BY created_at",
         ),
-        "reward_models": _records(
+        "reward_models": query(
             con,
             "SELECT id, iteration, criterion, backbone, uri, parents, "
             "json_extract(data_mix, '$.counts') AS mix_counts, metrics, promoted, decision, "
             f"id IN ({IN_USE_REWARD_MODELS}) AS in_use "
             "FROM reward_models ORDER BY iteration, criterion",
         ),
-        "policies": _records(
+        "policies": query(
             con,
             "SELECT p.id, p.iteration, p.method, p.parent_id, p.reward_model_id, "
             "p.safety_reward_model_id, p.uri, "
@@ -129,6 +149,13 @@ def status(lake: Lake) -> dict:
             for key in ("metrics", "parents", "mix_counts"):
                 if isinstance(row.get(key), str):
                     row[key] = json.loads(row[key])
+    # stored locations are relative to the lake: shown as URIs of the lake read
+    for it in out["iterations"]:
+        it["report_uri"] = location(lake, it["report_uri"])
+    for rm in out["reward_models"]:
+        rm["uri"] = location(lake, rm["uri"])
+    for p in out["policies"]:
+        p["uri"] = policy_location(lake, p)
     return out
 
 

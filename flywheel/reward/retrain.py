@@ -30,7 +30,7 @@ from flywheel import models
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.errors import DataError
-from flywheel.lake.catalog import connect
+from flywheel.lake.catalog import connect, versions_of
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.reward.evaluation import (
@@ -45,9 +45,6 @@ from flywheel.reward.scoring import ScoringEngine
 from flywheel.reward.train import fit_reward_model
 
 KINDS = ("helpfulness", "safety")
-
-
-
 
 MIX_FILE = "data_mix.parquet"  # id of every comparison the model trained on
 
@@ -137,7 +134,8 @@ def retrain(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str | Non
         if not mixes:
             raise DataError("no reward model can be trained: " + "; ".join(empty.values()))
         sets = find_test_sets(con)
-        deliveries = sorted(b["id"] for b in lake.rows("batches"))  # all a mix could draw on
+        # all a mix could draw on, in the snapshot the mix was drawn from
+        deliveries = [d for (d,) in con.execute("SELECT id FROM batches ORDER BY id").fetchall()]
         out = {}
         for kind in kinds:
             if kind in empty:  # e.g. no safety comparisons yet: the current model stays
@@ -199,8 +197,11 @@ def _fit(cfg, lake, con, iteration, kind, mix, record, sets, deliveries, rm_id, 
         "gate": {"promoted": promoted, "decision": why, "compared": compared,
                  "tolerance": rm_cfg.promotion_tolerance},
     }
+    # the table versions the mix and the test sets were read at: `Lake.read(table,
+    # version=...)` gives back the rows exactly as the model saw them
     data_mix = {**record, "ids_file": MIX_FILE, "test_file": TEST_FILE, "batches": batches,
-                "deliveries": deliveries, "config": rm_cfg.mix.model_dump()}
+                "deliveries": deliveries, "table_versions": versions_of(con),
+                "config": rm_cfg.mix.model_dump()}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, {"id": rm_id, "kind": kind, "backbone": cfg.models.reward_backbone,
                          "margin": rm_cfg.margin, "max_length": rm_cfg.max_length})

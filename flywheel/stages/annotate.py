@@ -10,15 +10,16 @@ from flywheel.annotation.simulated import Pair
 from flywheel.annotation.simulated import annotate as label_pairs
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.judge import ProxyJudge
+from flywheel.lake.catalog import connect, rows_by_id
 from flywheel.lake.store import Lake
-from flywheel.stages.common import by_id
 
 
 def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[str]]) -> str:
     """Label the pairs with the simulated annotator and ingest them as one batch, through the
     same validation as any delivered batch. Returns the batch id."""
-    samples = by_id(lake.rows("samples"))
-    prompts = by_id(lake.rows("prompts"))
+    with connect(lake) as con:
+        samples = rows_by_id(con, "samples", [i for pair in pairs for i in pair])
+        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
     todo = []
     for a_id, b_id in pairs:
         a, b = samples[a_id], samples[b_id]

@@ -8,6 +8,7 @@ from flywheel import models
 from flywheel.annotation.prompts import load_prompts, messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
+from flywheel.lake.lineage import NAMED_MODELS
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.sampling import shared_sampler
@@ -59,7 +60,7 @@ def previous_policy(lake: Lake, policy: dict) -> dict:
 
 
 def policy_path(lake: Lake, policy: dict) -> str:
-    if policy["method"] in ("base", "teacher"):
+    if policy["method"] in NAMED_MODELS:
         return models.resolve(policy["uri"])
     return lake.artifact_path("policies", policy["id"])
 

@@ -10,6 +10,7 @@ from flywheel.annotation.prompts import user_text
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.gate import head_to_head
 from flywheel.evaluation.judge import ProxyJudge
+from flywheel.lake.catalog import query, rows_by_id
 from flywheel.lake.store import Lake
 from flywheel.reward.combined import gated_rewards
 from flywheel.reward.scoring import ScoringEngine
@@ -67,11 +68,11 @@ def _earlier_answers(cfg: FlywheelConfig, lake: Lake, policy: dict,
     want = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
             "n": 1, "backend": s.backend}
     found = {}
-    for r in lake.rows("samples"):
-        if r["policy_id"] == policy["id"] and r["purpose"] == "evaluation":
-            params = json.loads(r["params"])
-            if all(params.get(k) == v for k, v in want.items()):
-                found.setdefault(r["prompt_id"], r)
+    for r in query(lake, "SELECT * FROM samples WHERE policy_id = $policy AND purpose = "
+                   "'evaluation' ORDER BY created_at, id", {"policy": policy["id"]}):
+        params = json.loads(r["params"])
+        if all(params.get(k) == v for k, v in want.items()):
+            found.setdefault(r["prompt_id"], r)
     if not all(p["id"] in found for p in prompts):
         return None
     return [found[p["id"]] for p in prompts]
@@ -87,7 +88,7 @@ def _reward_of_answers(cfg: FlywheelConfig, lake: Lake, candidate: dict, baselin
     if not all(rm_ids.values()):
         return {}
     new, old = rows_of[candidate["id"]], rows_of[baseline["id"]]
-    prompts = by_id(lake.rows("prompts"))
+    prompts = rows_by_id(lake, "prompts", [r["prompt_id"] for r in new + old])
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     raw = score_samples(lake, new + old, prompts, rm_ids, engine)
     rc = gated_rewards(raw["helpfulness"], raw["safety"],

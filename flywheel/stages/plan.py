@@ -36,7 +36,7 @@ def landed_batch(lake: Lake, batch_ids: list[str]) -> str | None:
 def export_pairs(lake: Lake, iteration: int) -> dict[str, str]:
     """The week's pairs as Label Studio tasks (with the labeling config) and Argilla records
     (with the settings) under annotation/exports/iteration-NNNN/ in the lake. Returns
-    {file kind: URI}."""
+    {file kind: its location, relative to the lake}."""
 
     pairs = require_pairs(lake, iteration)
     folder = f"annotation/exports/iteration-{iteration:04d}"

@@ -27,13 +27,12 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
         "safety_reward_model_id": rm_ids["safety"], "batch_id": batch_id,
         "promoted": promoted, "decision": why, "metrics": json.dumps(metrics),
     }
-    relpath = f"reports/iteration-{iteration:04d}.md"
-    row["report_uri"] = lake.url(relpath)
+    row["report_uri"] = f"reports/iteration-{iteration:04d}.md"  # relative to the lake
     plots = iteration_plots(lake, row, metrics, used_reward_models(lake, row))
     for name, svg in plots.items():  # next to the report, which links them by relative path
         lake.write_text(plot_path(iteration, name), svg)
     report = iteration_report(lake, row, metrics, {
         name: plot_path(iteration, name).removeprefix("reports/") for name in plots})
-    lake.write_text(relpath, report)
+    lake.write_text(row["report_uri"], report)
     lake.write("iterations", [row], {"stage": "decide"})
     return {**row, "report": report}

@@ -12,6 +12,7 @@ from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.errors import DataError
+from flywheel.lake.catalog import connect, rows_by_id
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune_on_ranks
@@ -135,8 +136,9 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
                if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
     pool = {i for ids in earlier for i in ids} | {c.sample_id for c in best.values()}
-    samples = by_id(lake.rows("samples"))
-    all_prompts = by_id(lake.rows("prompts"))
+    with connect(lake) as con:  # the pool's samples and their prompts, not the whole tables
+        samples = rows_by_id(con, "samples", pool)
+        all_prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
     # the safety share cap keeps the newest answers first: this week's by reward, then each
     # earlier week's, newest first
     reward_of = {c.sample_id: c.reward for c in best.values()}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 from flywheel.evaluation.judge import is_refusal
+from flywheel.lake.catalog import query
+from flywheel.lake.lineage import location, policy_location
 from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 from flywheel.lake.store import Lake
 from flywheel.stages.charts import bars_svg, data_uri, histogram_svg, lines_svg
@@ -234,10 +236,12 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         "## Lineage",
         "",
         f"- batch `{row['batch_id']}`",
-        *[f"- {r['criterion']} reward model `{r['id']}`: {r.get('uri', 'n/a')}" for r in used],
-        f"- candidate policy `{row['policy_out']}`: {pols.get(row['policy_out'], {}).get('uri')}",
+        *[f"- {r['criterion']} reward model `{r['id']}`: {location(lake, r.get('uri'))}"
+          for r in used],
+        f"- candidate policy `{row['policy_out']}`: "
+        f"{policy_location(lake, pols.get(row['policy_out'], {}))}",
         f"- previous policy `{row['policy_in']}`",
-        f"- this report: {row.get('report_uri', 'n/a')}",
+        f"- this report: {location(lake, row.get('report_uri')) or 'n/a'}",
         *[f"- plot {name}: {lake.url(plot_path(it, name))}" for name in (images or {})],
         f"- lake: {lake.uri}",
     ]
@@ -250,7 +254,8 @@ def annotation_markdown(lake: Lake, batch_id: str | None) -> list[str]:
     reward model needs to rank refusals first); on helpful prompts, the same for refusals of
     harmless requests (the signal that teaches the helpfulness model false refusals lose)."""
 
-    rows = [c for c in lake.rows("comparisons") if batch_id and c["batch_id"] == batch_id]
+    rows = query(lake, "SELECT criterion, split, strength, chosen_text, rejected_text FROM "
+                 "comparisons WHERE batch_id = $batch", {"batch": batch_id}) if batch_id else []
     if not rows:
         return []
     lines = ["## Annotation batch", "",

@@ -9,10 +9,11 @@ import tempfile
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
+from flywheel.lake.catalog import rows_by_id
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.rrhf import rrhf_finetune_on_ranks
-from flywheel.stages.common import by_id, policy_path, require_both
+from flywheel.stages.common import policy_path, require_both
 from flywheel.stages.rejection_sampling import cut_by_limit, scored_samples
 
 
@@ -23,7 +24,7 @@ def rrhf_update(cfg: FlywheelConfig, lake: Lake, iteration: int,
     fine-tuning on its best. Returns the policy id."""
     require_both(rm_ids, "RRHF")
     latest, rows, rewards, engine, info = scored_samples(cfg, lake, iteration, rm_ids, "rrhf")
-    prompts = by_id(lake.rows("prompts"))
+    prompts = rows_by_id(lake, "prompts", [r["prompt_id"] for r in rows])
     groups: dict[str, tuple[list[dict], list[str], list[float], list[bool]]] = {}
     for r, reward in zip(rows, rewards):
         g = groups.setdefault(r["prompt_id"], (messages_of(prompts[r["prompt_id"]]), [], [], []))
