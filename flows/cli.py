@@ -49,7 +49,7 @@ COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", 
             ("demo", runs.demo), ("run", runs.run), ("status", runs.status),
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
             ("batch", batch.app), ("quarantine", batch.quarantine),
-            ("lineage", lake.lineage), ("evaluate-rm", evaluate.evaluate_rm),
+            ("lineage", lake.lineage), ("lake", lake.app), ("evaluate-rm", evaluate.evaluate_rm),
             ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger),
             ("rank-agent", agent.rank_agent)]
 for order, (name, command) in enumerate(COMMANDS):

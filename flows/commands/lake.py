@@ -1,5 +1,5 @@
 """Data into the lake and questions about it: `flywheel ingest`, `flywheel import`,
-`flywheel lineage`."""
+`flywheel lineage`, and the lake itself: `flywheel lake migrate`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from cyclopts import Parameter
+from cyclopts import App, Parameter
 
 from flywheel.flows.commands.common import (
     ConfigOpt,
@@ -98,4 +98,22 @@ def lineage(id: Annotated[str, Parameter(
         print_json(info)
     else:
         print(format_lineage(info))
+    return 0
+
+
+app = App(name="lake", help="The lake itself: convert a lake of the earlier format.")
+
+
+@app.command
+def migrate(*, config: ConfigOpt = None, lake: LakeOpt = None) -> int:
+    """Convert a lake of the earlier format (Parquet parts and manifests) to Delta Lake tables.
+
+    In place and resumable: each part becomes one commit with its lineage, stored locations
+    become relative to the lake, and the earlier files are kept.
+
+    Example: flywheel lake migrate --lake ./flywheel-demo/lake
+    """
+    from flywheel.lake.migrate import migrate as convert
+
+    convert(load(config, lake).lake)
     return 0

@@ -115,7 +115,7 @@ def status(lake: Lake) -> dict:
     con = connect(lake)
     out = {
         "lake": lake.uri,
-        "counts": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in SCHEMAS},
+        "counts": {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in SCHEMAS},
         "iterations": query(
             con,
             "SELECT iteration, policy_in, policy_out, reward_model_id, "
