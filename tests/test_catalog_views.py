@@ -1,103 +1,72 @@
-"""The catalog's views give one row per id, however the parts overlap: a part never repeats an
-id, but two writers racing (each checks the ids already in the lake before the other's manifest
-lands) can both write the same row."""
+"""The catalog's views: one snapshot of each table per connection, deliveries visible whole or
+not at all, texts of sample-id comparisons read from `samples`, and tables written before a
+column existed still answering."""
 
-import json
+import pyarrow as pa
+from deltalake import write_deltalake
 
-import pytest
-
-import flywheel.lake.catalog
-from flywheel.lake.catalog import connect
+from flywheel.lake.catalog import connect, query, status, versions_of
 from flywheel.lake.schemas import SCHEMAS
 from flywheel.lake.store import Lake
 
 
-def _prompt(i, source="t"):
-    return {"id": f"p{i}", "messages": json.dumps([{"role": "user", "content": f"q{i}"}]),
-            "source": source, "criterion": "helpfulness", "split": "train"}
+def _comparison(i, delivery, **kw):
+    return {"id": f"c{i}", "prompt_id": "p", "chosen_text": f"good {i}",
+            "rejected_text": f"bad {i}", "strength": "better", "criterion": "helpfulness",
+            "annotator": "a", "batch_id": "week-1", "delivery_id": delivery, "source": "in-house",
+            "split": "train", **kw}
 
 
-def _racer(path) -> Lake:
-    """A writer that checked the lake before anyone else's manifest landed: sees no ids."""
-    racer = Lake.open(path)
-    racer.read = lambda table, columns=None: SCHEMAS[table].empty_table()
-    return racer
-
-
-def _rows(lake):
-    cur = connect(lake).execute("SELECT id, source FROM prompts ORDER BY id, source")
-    return cur.fetchall()
-
-
-def _view_text(lake) -> str:
-    return connect(lake).execute(
-        "SELECT sql FROM duckdb_views() WHERE view_name = '_prompts_parts'").fetchone()[0]
-
-
-@pytest.fixture(params=["small", "large"])
-def size(request, monkeypatch):
-    """Run as a small table (DISTINCT ON) and as a large one (ids seen twice read apart)."""
-    if request.param == "large":
-        monkeypatch.setattr(flywheel.lake.catalog, "SMALL_TABLE_ROWS", 0)
-    return request.param
-
-
-def test_one_part_is_read_as_it_is(tmp_path):
+def test_a_connection_reads_one_snapshot_and_earlier_versions_on_request(tmp_path):
     lake = Lake.open(str(tmp_path / "lake"))
-    lake.write("prompts", [_prompt(1), _prompt(2), _prompt(2)])
-    assert _rows(lake) == [("p1", "t"), ("p2", "t")]
-    assert "DISTINCT" not in _view_text(lake).upper()
-
-
-def test_rows_written_twice_by_racing_writers_appear_once(tmp_path, size):
-    """Parts: A = p1 p2 p3 (source a), B = p2 p3 p4 (b), C = p3 p5 (c). p2 is in two parts, p3 in
-    three: 5 ids, each once; p1, p4 and p5 as written; p2 and p3 from one of their parts."""
-    path = str(tmp_path / "lake")
-    lake = Lake.open(path)
-    lake.write("prompts", [_prompt(i, "a") for i in (1, 2, 3)])
-    _racer(path).write("prompts", [_prompt(i, "b") for i in (2, 3, 4)])
-    _racer(path).write("prompts", [_prompt(i, "c") for i in (3, 5)])
-    assert len(lake.files("prompts")) == 3
-    rows = _rows(lake)
-    assert [r[0] for r in rows] == ["p1", "p2", "p3", "p4", "p5"]
-    got = dict(rows)
-    assert (got["p1"], got["p4"], got["p5"]) == ("a", "b", "c")
-    assert got["p2"] in ("a", "b") and got["p3"] in ("a", "b", "c")
+    first = lake.write("prompts", [{"id": "p1", "messages": "[]"}])
     con = connect(lake)
-    assert con.execute("SELECT count(*), count(DISTINCT id) FROM prompts").fetchone() == (5, 5)
-    # every column comes through, in the schema's order
-    cols = [d[0] for d in con.execute("SELECT * FROM prompts LIMIT 0").description]
-    assert cols == SCHEMAS["prompts"].names
-    assert sorted(lake.ids("prompts")) == [r[0] for r in rows]
-    assert "DISTINCT ON" in _view_text(lake).upper()
+    lake.write("prompts", [{"id": "p2", "messages": "[]"}])
+    # the connection keeps the version it was made at; a new one sees the write
+    assert con.execute("SELECT count(*) FROM prompts").fetchall() == [(1,)]
+    assert versions_of(con)["prompts"] == first.version
+    assert connect(lake).execute("SELECT count(*) FROM prompts").fetchall() == [(2,)]
+    old = connect(lake, {"prompts": first.version})
+    assert old.execute("SELECT id FROM prompts").fetchall() == [("p1",)]
 
 
-def test_parts_without_overlap(tmp_path, size):
-    """Only a large table reads the ids apart first (the anti join on the ids seen twice)."""
+def test_comparisons_show_only_complete_deliveries(tmp_path):
     lake = Lake.open(str(tmp_path / "lake"))
-    for i in range(3):
-        lake.write("prompts", [_prompt(2 * i), _prompt(2 * i + 1)])
-    assert [r[0] for r in _rows(lake)] == [f"p{i}" for i in range(6)]
-    assert ("ANTI JOIN" in _view_text(lake).upper()) == (size == "large")
+    lake.write("comparisons", [_comparison(1, "d1"), _comparison(2, "d2"),
+                               _comparison(3, "d3")])
+    lake.write("batches", [{"id": "d1", "batch_id": "week-1", "status": "complete"},
+                           {"id": "d3", "batch_id": "week-1", "status": "retracted"}])
+    # d2 never got its batches row (cut short); d3 was retracted
+    assert [r["id"] for r in query(lake, "SELECT id FROM comparisons")] == ["c1"]
+    assert len(query(lake, "SELECT id FROM all_comparisons")) == 3
 
 
-def test_columns_added_after_a_part_was_written_read_as_null(tmp_path):
+def test_a_side_given_by_sample_id_reads_its_text_from_samples(tmp_path):
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("samples", [{"id": "s1", "prompt_id": "p", "text": "from the sample"}])
+    lake.write("comparisons", [_comparison(1, "d1", chosen_text=None, chosen_sample_id="s1")])
+    lake.write("batches", [{"id": "d1", "batch_id": "week-1", "status": "complete"}])
+    (row,) = query(lake, "SELECT chosen_text, rejected_text FROM comparison_texts")
+    assert row == {"chosen_text": "from the sample", "rejected_text": "bad 1"}
+
+
+def test_columns_added_after_a_table_was_written_read_as_null(tmp_path):
     """A lake written before `reward_models` had `promoted` and `decision`: the views and the
     status report still answer, with NULL for the missing columns."""
-    import pyarrow.parquet as pq
-
-    from flywheel.lake.catalog import connect, status
-    from flywheel.lake.store import Lake
-
     lake = Lake.open(str(tmp_path / "lake"))
-    lake.write("reward_models", [{"id": "r1", "iteration": 1, "criterion": "combined",
-                                  "uri": "x", "backbone": "b", "parents": "[]",
-                                  "data_mix": "{}", "metrics": "{}"}])
-    (part,) = lake.files("reward_models")
-    pq.write_table(pq.read_table(part).drop_columns(["promoted", "decision"]), part)
+    older = pa.schema([f for f in SCHEMAS["reward_models"]
+                       if f.name not in ("promoted", "decision")])
+    write_deltalake(lake.table_uri("reward_models"), pa.Table.from_pylist(
+        [{"id": "r1", "iteration": 1, "criterion": "combined", "uri": "x", "backbone": "b",
+          "parents": "[]", "data_mix": "{}", "metrics": "{}"}], schema=older))
     con = connect(lake)
     assert con.sql("SELECT id, promoted, decision FROM reward_models").fetchall() == [
         ("r1", None, None)]
     con.close()
     (row,) = status(lake)["reward_models"]
     assert (row["id"], row["promoted"], row["decision"]) == ("r1", None, None)
+    # and the next write adds the columns to the table
+    lake.write("reward_models", [{"id": "r2", "iteration": 2, "promoted": True}])
+    assert sorted(lake.read("reward_models", ["id", "promoted"]).to_pylist(),
+                  key=lambda r: r["id"]) == [{"id": "r1", "promoted": None},
+                                             {"id": "r2", "promoted": True}]

@@ -16,6 +16,7 @@ import pytest
 from flywheel.annotation.ingest import ingest_bytes, ingest_file
 from flywheel.config import AnnotationConfig
 from flywheel.errors import DataError
+from flywheel.lake.catalog import query
 from flywheel.lake.store import Lake
 
 BASE = {"criterion": "helpfulness", "annotator": "ann-1", "strength": "better", "chosen": "a"}
@@ -79,12 +80,15 @@ def test_mixed_batch_counts_every_row_by_reason(tmp_path):
     r = ingest_bytes(lake, data, "week-47.jsonl", cfg=CFG)
     assert (r.batch_id, r.delivered, r.accepted, r.new, r.rejected) == ("week-47", 18, 3, 3, 15)
     assert r.reasons == {reason: 1 for reason in BAD}
-    comparisons = {c["chosen_text"]: c for c in lake.rows("comparisons")}
+    comparisons = {c["chosen_text"]: c for c in query(lake, "SELECT * FROM comparison_texts")}
     assert set(comparisons) == {"Rinse, boil, simmer.", "Boil it 8 minutes.",
                                 "I can't help with that."}
     by_samples = comparisons["Rinse, boil, simmer."]  # texts read from `samples`
     assert (by_samples["chosen_sample_id"], by_samples["rejected_sample_id"],
             by_samples["rejected_text"]) == ("s1", "s2", "No idea.")
+    # ...and stored as the ids alone: the texts stay in `samples`
+    stored = {r["id"]: r for r in lake.rows("comparisons")}[by_samples["id"]]
+    assert (stored["chosen_text"], stored["rejected_text"]) == (None, None)
     assert comparisons["Boil it 8 minutes."]["strength"] == "significantly_better"
     safety = comparisons["I can't help with that."]
     assert (safety["criterion"], safety["safety_label"]) == ("safety", "chosen_safe_other_unsafe")

@@ -8,7 +8,8 @@ registered with DuckDB, so no extension is needed.
 A delivery is visible all at once or not at all: `comparisons` and `quarantine` show the rows of
 deliveries whose `batches` row is committed with status `complete` (a delivery cut short before
 its batches row, or a retracted one, shows nothing); `all_comparisons` and `all_quarantine` are
-every row written.
+every row written. A comparison side delivered by its sample id stores the id alone;
+`comparison_texts` is `comparisons` with those texts read from `samples`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def connect(lake: Lake, versions: dict[str, int | None] | None = None
     for table in DELIVERED:
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM all_{table} "
                     f"WHERE delivery_id IN ({VISIBLE_DELIVERIES})")
+    # a side delivered by its sample id is stored as the id: its text is the sample's
+    con.execute("""CREATE VIEW comparison_texts AS
+        SELECT c.* REPLACE (coalesce(c.chosen_text, sc.text) AS chosen_text,
+                            coalesce(c.rejected_text, sr.text) AS rejected_text)
+        FROM comparisons c
+        LEFT JOIN samples sc ON c.chosen_text IS NULL AND sc.id = c.chosen_sample_id
+        LEFT JOIN samples sr ON c.rejected_text IS NULL AND sr.id = c.rejected_sample_id""")
     con.register("_lake_versions", pa.table({
         "table_name": [t for t, _ in taken],
         "version": pa.array([v for _, v in taken], pa.int64())}))

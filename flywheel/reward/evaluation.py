@@ -96,7 +96,7 @@ def load_pairs(con: duckdb.DuckDBPyConnection, ids) -> dict[str, PreferencePair]
     try:
         rows = con.sql("""
             SELECT c.id, p.messages, c.chosen_text, c.rejected_text, c.strength, c.safety_label
-            FROM comparisons c LEFT JOIN prompts p ON p.id = c.prompt_id
+            FROM comparison_texts c LEFT JOIN prompts p ON p.id = c.prompt_id
             WHERE c.id IN (SELECT id FROM _wanted_ids)""").fetchall()
     finally:
         con.unregister("_wanted_ids")
