@@ -46,7 +46,8 @@ def test_parts_written_by_another_process_are_seen(s3_bucket):
     another worker wrote after its first look."""
     uri = f"s3://{s3_bucket}/two-writers"
     reader = Lake.open(uri)
-    other = Lake.open(uri, storage_options={"skip_instance_cache": True})  # its own client, as in a process
+    # its own client, as in another process
+    other = Lake.open(uri, storage_options={"skip_instance_cache": True})
     assert reader.fs is not other.fs
     for i in range(3):
         other.write("prompts", [{"id": f"p{i}", "messages": "[]", "source": "t",

@@ -255,7 +255,8 @@ def annotation_markdown(lake: Lake, batch_id: str | None) -> list[str]:
     harmless requests (the signal that teaches the helpfulness model false refusals lose)."""
 
     rows = query(lake, "SELECT criterion, split, strength, chosen_text, rejected_text FROM "
-                 "comparison_texts WHERE batch_id = $batch", {"batch": batch_id}) if batch_id else []
+                 "comparison_texts WHERE batch_id = $batch",
+                 {"batch": batch_id}) if batch_id else []
     if not rows:
         return []
     lines = ["## Annotation batch", "",
