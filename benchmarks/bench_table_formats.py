@@ -14,8 +14,10 @@ the lake's own work, in one run, so the lake's table format is chosen by measure
 Rows have the comparisons table's schema (flywheel/lake/schemas.py), texts of about 300
 characters. Sizes scale with --rows: merges of rows/10, appends of rows/100, concurrent merges of
 rows/50 ids each. Every step checks its row count and that no id is there twice, and the script
-exits non-zero when one differs. Conflicting commits are retried by reopening the table; the
-table counts the retries the caller had to make. Writes benchmarks/results/table_formats.md.
+exits non-zero when one differs. Conflicting commits are redone by reopening the table; the
+table counts them with those pyiceberg redoes itself. Iceberg's concurrent merges run twice: with
+its own commit retries off (the checked row) and at pyiceberg's default, whose duplicate ids are
+reported. Writes benchmarks/results/table_formats.md.
 """
 
 from __future__ import annotations
