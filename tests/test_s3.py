@@ -36,8 +36,8 @@ def test_the_uri_alone_selects_s3(s3_bucket):
     prompt = {"id": "p1", "messages": "[]", "source": "t", "criterion": "safety", "split": "train"}
     assert lake.write("prompts", [prompt]).written == 1
     assert lake.rows("prompts") == [prompt]
-    [part], version = lake.files("prompts")
-    assert version == 0 and part.startswith(f"s3://{s3_bucket}/plain/delta/prompts/")
+    [part], version = lake.files("prompts")  # version 0 created the table, empty
+    assert version == 1 and part.startswith(f"s3://{s3_bucket}/plain/delta/prompts/")
     assert fresh_client().exists(part)
 
 
