@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import os
 import pstats
 import sys
@@ -181,7 +182,7 @@ PHASES = [  # (name in flywheel.annotation.ingest, label), in the order ingest r
     ("_accepted", "accepted rows, held-out split"),
     ("_quarantine", "quarantine rows"),
     ("_prompt_rows", "new prompt rows"),
-    ("write_table", "Parquet parts and manifests (Lake.write_table)"),
+    ("write_table", "Delta Lake commits (Lake.write_table)"),
 ]
 
 
@@ -231,10 +232,13 @@ def check(lake: Lake, result, n: int, expected: dict[str, int]) -> None:
     n_bad = sum(expected.values())
     eligible = n - n_bad
     cfg = AnnotationConfig()
-    heldout = min(cfg.heldout_rows, round(cfg.heldout_fraction * eligible))
     con = connect(lake)
+    # each criterion's rows are held out up to the budget (half up, one row trains)
+    heldout = sum(min(cfg.heldout_rows, math.floor(cfg.heldout_fraction * k + 0.5), k - 1)
+                  for (k,) in con.execute("SELECT count(*) FROM comparisons "
+                                          "GROUP BY criterion").fetchall())
     in_lake = con.execute("SELECT (SELECT count(*) FROM comparisons), "
-                          "(SELECT count(*) FROM quarantine)").fetchone()
+                          "(SELECT count(*) FROM quarantine)").fetchall()[0]
     got = {"delivered": result.delivered, "accepted": result.accepted,
            "rejected": result.rejected, "heldout": result.heldout, "reasons": result.reasons,
            "in lake": in_lake}
