@@ -22,6 +22,7 @@ from flywheel.reward.evaluation import find_test_sets
 from flywheel.reward.mixes import mixes_for
 from flywheel.stages.common import by_id, iteration_start, lineage_root
 from flywheel.stages.evaluate import _earlier_answers
+from flywheel.stages.rejection_sampling import POOL_PROMPT_COLUMNS, POOL_SAMPLE_COLUMNS
 
 
 def read_week_pairs(uri: str, arg):
@@ -31,8 +32,9 @@ def read_week_pairs(uri: str, arg):
 def read_annotate(uri: str, arg):
     """annotate's reads: the samples of the week's pairs and their prompts."""
     with connect(Lake.open(uri, read_only=True)) as con:
-        samples = rows_by_id(con, "samples", arg)
-        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
+        samples = rows_by_id(con, "samples", arg, ["prompt_id", "text"])
+        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
+                             ["criterion", "messages"])
     return len(samples), len(prompts)
 
 
@@ -43,8 +45,9 @@ def read_rs_pool(uri: str, arg):
                if p["method"] == "rejection_sampling" and p["iteration"] < ITERATIONS]
     pool = {i for ids in earlier for i in ids} | set(arg)
     with connect(lake) as con:
-        samples = rows_by_id(con, "samples", pool)
-        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
+        samples = rows_by_id(con, "samples", pool, POOL_SAMPLE_COLUMNS)
+        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
+                             POOL_PROMPT_COLUMNS)
     return len(samples), len(prompts)
 
 

@@ -1,11 +1,12 @@
 """The catalog's views: one snapshot of each table per connection, deliveries visible whole or
-not at all, texts of sample-id comparisons read from `samples`, and tables written before a
-column existed still answering."""
+not at all, texts of sample-id comparisons read from `samples`, tables written before a
+column existed still answering, and rows read by id."""
 
 import pyarrow as pa
+import pytest
 from deltalake import write_deltalake
 
-from flywheel.lake.catalog import connect, query, status, versions_of
+from flywheel.lake.catalog import connect, query, rows_by_id, status, versions_of
 from flywheel.lake.schemas import SCHEMAS
 from flywheel.lake.store import Lake
 
@@ -70,3 +71,21 @@ def test_columns_added_after_a_table_was_written_read_as_null(tmp_path):
     assert sorted(lake.read("reward_models", ["id", "promoted"]).to_pylist(),
                   key=lambda r: r["id"]) == [{"id": "r1", "promoted": None},
                                              {"id": "r2", "promoted": True}]
+
+
+def test_rows_by_id_reads_the_named_rows_and_columns(tmp_path):
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("samples", [{"id": f"s{i}", "prompt_id": f"p{i}", "iteration": i,
+                            "text": f"text {i}", "params": "{}"} for i in range(5)])
+    con = connect(lake)
+    whole = rows_by_id(con, "samples", ["s3", "s1", "s1", "absent"])
+    assert sorted(whole) == ["s1", "s3"] and set(whole["s1"]) == set(SCHEMAS["samples"].names)
+    # only the columns asked for (and the id), with the values the whole rows hold
+    some = rows_by_id(con, "samples", ["s1", "s3"], ["text", "iteration"])
+    assert some == {i: {"id": i, "text": whole[i]["text"], "iteration": whole[i]["iteration"]}
+                    for i in ("s1", "s3")}
+    assert rows_by_id(lake, "samples", [], ["text"]) == {}
+    # the ids' table is gone afterwards: the connection takes the next lookup
+    assert rows_by_id(con, "samples", ["s4"], ["id"]) == {"s4": {"id": "s4"}}
+    with pytest.raises(ValueError, match="no columns"):
+        rows_by_id(con, "samples", ["s1"], ["txet"])

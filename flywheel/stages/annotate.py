@@ -18,8 +18,10 @@ def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[s
     """Label the pairs with the simulated annotator and ingest them as one batch, through the
     same validation as any delivered batch. Returns the batch id."""
     with connect(lake) as con:
-        samples = rows_by_id(con, "samples", [i for pair in pairs for i in pair])
-        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
+        samples = rows_by_id(con, "samples", [i for pair in pairs for i in pair],
+                             ["prompt_id", "text"])
+        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
+                             ["criterion", "messages"])
     todo = []
     for a_id, b_id in pairs:
         a, b = samples[a_id], samples[b_id]

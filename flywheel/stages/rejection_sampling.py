@@ -43,6 +43,11 @@ def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
     return row
 
 
+# what rejection_sample uses of the pool's samples and prompts (cut_by_limit: the last two)
+POOL_SAMPLE_COLUMNS = ["prompt_id", "iteration", "text", "token_count", "params"]
+POOL_PROMPT_COLUMNS = ["criterion", "messages"]
+
+
 def cut_by_limit(sample: dict) -> bool:
     """Whether a sample ran to its `max_new_tokens` (cut off rather than ended)."""
     return sample["token_count"] >= json.loads(sample["params"])["max_new_tokens"]
@@ -137,8 +142,9 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
     pool = {i for ids in earlier for i in ids} | {c.sample_id for c in best.values()}
     with connect(lake) as con:  # the pool's samples and their prompts, not the whole tables
-        samples = rows_by_id(con, "samples", pool)
-        all_prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()])
+        samples = rows_by_id(con, "samples", pool, POOL_SAMPLE_COLUMNS)
+        all_prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
+                                 POOL_PROMPT_COLUMNS)
     # the safety share cap keeps the newest answers first: this week's by reward, then each
     # earlier week's, newest first
     reward_of = {c.sample_id: c.reward for c in best.values()}
