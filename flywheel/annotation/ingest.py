@@ -297,12 +297,7 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
       )
       SELECT c.cid AS id, c.prompt_ref AS prompt_id, c.chosen_sample_id, c.rejected_sample_id,
         -- a side given by its sample id keeps the id, not a copy of the sample's text
-        CASE WHEN c.chosen_sample_id IS NOT NULL AND (CASE WHEN c.chosen_n = 'a'
-             THEN c.response_a ELSE c.response_b END) IS NULL THEN NULL
-             ELSE c.chosen_text END AS chosen_text,
-        CASE WHEN c.rejected_sample_id IS NOT NULL AND (CASE WHEN c.chosen_n = 'a'
-             THEN c.response_b ELSE c.response_a END) IS NULL THEN NULL
-             ELSE c.rejected_text END AS rejected_text,
+        c.chosen_text, c.rejected_text,
         c.strength_n AS strength, c.criterion_n AS criterion,
         c.safety_n AS safety_label, c.annotator_n AS annotator, $batch AS batch_id,
         $delivery AS delivery_id, c.source_n AS source,

@@ -64,7 +64,9 @@ def _longer(x: str, n: int) -> str:
 
 def validation_sql(max_chars: int) -> str:
     """The query creating the temporary table `checked`: each delivered row with its `reason`
-    (NULL when accepted), its texts and sample ids by side, and the comparison id `cid`."""
+    (NULL when accepted), its sample ids and delivered texts by side (a side given by its
+    sample id keeps the id, not a copy of the sample's text: NULL), and the comparison id
+    `cid` (of the texts, wherever they came from)."""
     text_a = "coalesce(d.response_a, sa.text)"
     text_b = "coalesce(d.response_b, sb.text)"
     return f"""
@@ -75,14 +77,19 @@ def validation_sql(max_chars: int) -> str:
         {_present('d.sample_id_b')} AS sb_id, d.safety_label_n AS safety_n,
         {_present('d.reject_reason')} AS reject_given
       FROM delivery d
+    ), s AS MATERIALIZED (
+      -- the samples the delivery names, read once: joining `samples` itself twice would hash
+      -- every sample's text twice
+      SELECT id, prompt_id, text FROM samples
+      WHERE id IN (SELECT sa_id FROM n UNION ALL SELECT sb_id FROM n)
     ), j AS (
       SELECT d.*, sa.id AS sa_found, sb.id AS sb_found, sa.prompt_id AS sa_prompt,
         sb.prompt_id AS sb_prompt, {text_a} AS text_a, {text_b} AS text_b,
         coalesce(d.pid_in, nullif(d.prompt_key, ''), sa.prompt_id) AS prompt_ref,
         p.id AS pid_found
       FROM n d
-      LEFT JOIN samples sa ON sa.id = d.sa_id
-      LEFT JOIN samples sb ON sb.id = d.sb_id
+      LEFT JOIN s sa ON sa.id = d.sa_id
+      LEFT JOIN s sb ON sb.id = d.sb_id
       LEFT JOIN prompts p ON p.id = d.pid_in
     ), r AS (
       SELECT *, CASE
@@ -129,5 +136,9 @@ def validation_sql(max_chars: int) -> str:
           coalesce(safety_n, ''), annotator_n, source_n)), 1, 16) END AS cid
       FROM c
     )
-    SELECT * EXCLUDE (text_a, text_b, reject_given), reason_1 AS reason FROM k
+    SELECT * EXCLUDE (text_a, text_b, reject_given, chosen_text, rejected_text),
+      CASE WHEN chosen_n = 'a' THEN response_a ELSE response_b END AS chosen_text,
+      CASE WHEN chosen_n = 'a' THEN response_b ELSE response_a END AS rejected_text,
+      reason_1 AS reason
+    FROM k
     """
