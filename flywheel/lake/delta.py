@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -58,12 +59,20 @@ def open_table(uri: str, version: int | None = None) -> DeltaTable | None:
 
 
 def read(uri: str, schema: pa.Schema, columns: list[str] | None = None,
-         version: int | None = None) -> pa.Table:
+         version: int | None = None, filesystem=None) -> pa.Table:
+    """The table's rows as of `version`, read from its data files with pyarrow (local files
+    directly, others through `filesystem`, the lake's fsspec one). Not through delta-rs'
+    `to_pyarrow_table`: its dataset reads through a filesystem handler whose threads can
+    outlive the interpreter and abort the process as it exits."""
     want = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    table = open_table(uri, version)
-    if table is None:
-        return want.empty_table()
-    return conform(table.to_pyarrow_table(columns=want.names), want)
+    files, _ = file_uris(uri, version)
+    parts = []
+    for f in files:
+        path = f.removeprefix("file://") if filesystem is None else f.split("://", 1)[-1]
+        meta = pq.read_schema(path, filesystem=filesystem)
+        have = [c for c in want.names if c in meta.names]  # columns added since are null
+        parts.append(conform(pq.read_table(path, columns=have, filesystem=filesystem), want))
+    return pa.concat_tables(parts) if parts else want.empty_table()
 
 
 def version(uri: str) -> int | None:

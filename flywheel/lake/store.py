@@ -135,7 +135,8 @@ class Lake:
     def read(self, table: str, columns: list[str] | None = None,
              version: int | None = None) -> pa.Table:
         """A table's rows (its `columns`), as of `version` (default: the latest)."""
-        return delta.read(self.table_uri(table), SCHEMAS[table], columns, version)
+        return delta.read(self.table_uri(table), SCHEMAS[table], columns, version,
+                          None if self.local else self.fs)
 
     def rows(self, table: str) -> list[dict]:
         """Every row of a small table (models, policies, iterations, batches) as dicts; large
