@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tempfile
 
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,9 @@ from flywheel.errors import DataError
 from flywheel.lake.store import Lake
 
 CFG = AnnotationConfig(heldout_fraction=0.0, max_text_chars=200)
-SETTINGS = settings(max_examples=40, deadline=None,
+# FLYWHEEL_PROPERTY_EXAMPLES raises the count for a thorough run (e.g. 1000)
+SETTINGS = settings(max_examples=int(os.environ.get("FLYWHEEL_PROPERTY_EXAMPLES", "40")),
+                    deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 WS = st.sampled_from(["", " ", "\t", "\u00a0", "\u3000", "\n", " \r\n "])
 LABELS = {"chosen": ["a", "b", "A", " b "],
@@ -150,8 +153,11 @@ def _ok(row: dict) -> bool:
                                             "negligibly_better")
             and _label(row["criterion"]) in ("helpfulness", "safety")
             and _label(row["split"] or "") in ("train", "test", "")
-            and (_label(row["criterion"]) != "safety" or _label(row["safety_label"] or "")
-                 in ("both_safe", "chosen_safe_other_unsafe", "both_unsafe")))
+            # a safety label, when given, must be one of the three kept, whatever the
+            # criterion; a safety row needs one
+            and _label(row["safety_label"] or "") in (
+                "both_safe", "chosen_safe_other_unsafe", "both_unsafe",
+                *(("",) if _label(row["criterion"]) != "safety" else ())))
 
 
 def _normalised(row: dict) -> tuple:
