@@ -158,9 +158,8 @@ class Lake:
         out = []
         for commit in delta.history(self.table_uri(table), limit):
             entry = dict(commit)
-            for key in ("lineage",):
-                if isinstance(entry.get(key), str):
-                    entry[key] = json.loads(entry[key])
+            if isinstance(entry.get("lineage"), str):
+                entry["lineage"] = json.loads(entry["lineage"])
             out.append(entry)
         return out
 
