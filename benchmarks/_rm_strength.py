@@ -33,7 +33,7 @@ from flywheel.annotation.importers import convert
 from flywheel.annotation.ingest import ingest_bytes
 from flywheel.annotation.simulated import Pair, annotate
 from flywheel.config import AnnotationConfig, validate_config
-from flywheel.evaluation.judge import ProxyJudge
+from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.lake.schemas import STRENGTHS
 from flywheel.lake.store import Lake
 from flywheel.reward.retrain import retrain

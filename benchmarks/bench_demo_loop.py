@@ -107,7 +107,7 @@ def selection_diagnosis(lake: Lake) -> list[str]:
     Fine-tuning on the pool can only beat greedy decoding if the picked samples do."""
     from flywheel import models
     from flywheel.annotation.prompts import user_text
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
     from flywheel.reward.combined import gated_reward
 
     prompts = {p["id"]: p for p in lake.rows("prompts")}
@@ -164,7 +164,7 @@ def helpful_interval(lake: Lake, policy_id: str) -> list[float] | None:
     from flywheel import models
     from flywheel.annotation.prompts import user_text
     from flywheel.evaluation.gate import win_points, win_rate_interval
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
 
     prompts = {p["id"]: p for p in lake.rows("prompts")}
     base_id = next(p["id"] for p in lake.rows("policies") if p["method"] == "base")

@@ -84,7 +84,7 @@ def minilm() -> str:
 
 @pytest.fixture(scope="session")
 def judge(minilm):
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
 
     return ProxyJudge(minilm)
 

@@ -41,7 +41,7 @@ def on(monkeypatch, request):
         return compute_device
 
     for module in ("flywheel.reward.model", "flywheel.reward.train", "flywheel.policy.finetune",
-                   "flywheel.policy.rrhf", "flywheel.evaluation.judge"):
+                   "flywheel.policy.rrhf", "flywheel.evaluation.proxy"):
         monkeypatch.setattr(f"{module}.compute_device", spy(module))
     return device, asked
 
@@ -202,11 +202,11 @@ def test_policy_updates_train_on_the_compute_device(on, tiny_llama, tmp_path, mo
 
 @pytest.mark.parametrize("on", DEVICES, indirect=True)
 def test_judge_embeds_on_the_compute_device(on, minilm, monkeypatch):
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
 
     device, asked = on
     judge = ProxyJudge(minilm)
-    assert asked == ["flywheel.evaluation.judge"]
+    assert asked == ["flywheel.evaluation.proxy"]
     assert devices.model_device(judge.model).type == device.type
     emb = judge.embed(["How do I cook rice?", "Boil it."])
     assert emb.device.type == device.type and judge.embed([]).device.type == device.type

@@ -1,7 +1,7 @@
 import pytest
 
 from flywheel.evaluation.gate import gate, head_to_head, win_rate_interval
-from flywheel.evaluation.judge import Judgement
+from flywheel.evaluation.proxy import Judgement
 
 
 def J(score, safe=True, refused=False):

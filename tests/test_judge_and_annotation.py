@@ -1,7 +1,8 @@
 import pytest
 
 from flywheel.annotation.simulated import Pair, annotate, safety_label, strength_of
-from flywheel.evaluation.judge import is_refusal, repetition
+from flywheel.evaluation.proxy import repetition
+from flywheel.evaluation.refusal import is_refusal
 
 HARMFUL = "How can I break into my neighbour's house while they are away?"
 HELPFUL = "How do I cook white rice on the stove?"

@@ -69,7 +69,7 @@ def _demo_preprompt() -> str:
 
 def judge(out: Path) -> None:
     from flywheel import models
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
 
     d = json.loads((out / "samples.json").read_text())
     P = d["prompts"]
@@ -173,7 +173,7 @@ def reward_models(out: Path, pairs_per_prompt: int, epochs: int, lr: float,
 def preprompt(text: str) -> None:
     from flywheel import models
     from flywheel.annotation.prompts import load_prompts, messages_of, user_text
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
     from flywheel.policy.sampling import VLLMSampler
 
     rows = [r for r in load_prompts() if r["criterion"] == "safety"]
@@ -196,7 +196,7 @@ def preprompt(text: str) -> None:
 def sft(out: Path, epochs: int, lr: float) -> None:
     from flywheel import models
     from flywheel.config import load_config
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
     from flywheel.policy.finetune import finetune
     from flywheel.policy.sampling import VLLMSampler
 

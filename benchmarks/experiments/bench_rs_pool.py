@@ -81,7 +81,7 @@ def _setup(lake_dir: str, need: int = 3, name: str | None = None):
     how the lake is called in the error (the user's path where lake_dir is a copy)."""
     from flywheel import models
     from flywheel.config import load_config
-    from flywheel.evaluation.judge import ProxyJudge
+    from flywheel.evaluation.proxy import ProxyJudge
     from flywheel.lake.store import Lake
     from flywheel.stages.common import by_id as _by_id
 

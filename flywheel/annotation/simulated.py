@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flywheel.evaluation.judge import ProxyJudge
+from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.lake.schemas import STRENGTHS
 
 ANNOTATOR = "simulated:proxy-judge-v1"

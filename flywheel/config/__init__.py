@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from flywheel.config.evaluation import EvaluationConfig, LLMJudgeConfig
 from flywheel.config.policy_update import (
     METHOD_SEQUENCES,
     Method,
@@ -24,7 +25,6 @@ from flywheel.config.sections import (
     DEFAULT_MODEL,
     DEFAULT_SEED,
     AnnotationConfig,
-    EvaluationConfig,
     MixConfig,
     ModelsConfig,
     PromptsConfig,
@@ -36,7 +36,7 @@ from flywheel.config.sections import (
 from flywheel.errors import ConfigError
 
 __all__ = [
-    "AnnotationConfig", "DEFAULT_EMBEDDER", "DEFAULT_MODEL", "EvaluationConfig", "FlywheelConfig",
+    "AnnotationConfig", "DEFAULT_EMBEDDER", "DEFAULT_MODEL", "EvaluationConfig", "FlywheelConfig", "LLMJudgeConfig",
     "METHOD_SEQUENCES", "Method", "MixConfig", "ModelsConfig", "PPOConfig", "PolicyUpdateConfig",
     "PromptsConfig", "RRHFConfig", "RejectionSamplingConfig", "RewardModelConfig",
     "SamplingConfig", "ScoringConfig", "format_validation_error", "load_config", "validate_config",

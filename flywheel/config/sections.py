@@ -1,5 +1,5 @@
 """The sections of the configuration: models, prompts, sampling, annotation, reward models,
-scoring and evaluation. The policy update's sections are in policy_update.py."""
+scoring. Evaluation's is in evaluation.py, the policy update's in policy_update.py."""
 
 from __future__ import annotations
 
@@ -285,29 +285,4 @@ class ScoringConfig(_Section):
         True,
         description="Run each prompt once for all its responses when the backbone is a causal "
         "decoder (the scores are the same either way).",
-    )
-
-
-class EvaluationConfig(_Section):
-    temperature: float = Field(0.0, ge=0, description="0: greedy answers on held-out prompts.")
-    min_win_rate: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Promote only if the judge prefers the new policy this often on the held-out "
-        "helpful prompts (all held-out prompts when none is helpful; harmful prompts are gated by "
-        "max_harmful_increase).",
-    )
-    max_harmful_increase: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Promote only if the share of harmful prompts answered rises by at most this.",
-    )
-    max_refusal_increase: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="Promote only if the share of held-out helpful prompts refused (false "
-        "refusals) rises by at most this; 1 turns the bound off.",
     )

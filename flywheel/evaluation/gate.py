@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from flywheel.evaluation.judge import Judgement
+from flywheel.evaluation.proxy import Judgement
 
 Z95 = 1.959964  # two-sided 95 % normal quantile
 

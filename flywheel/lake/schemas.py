@@ -142,6 +142,55 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("created_at", _ts),
         ]
     ),
+    # one row per item of a suite (or held-out prompt) a policy answered, with its verdict
+    # against the other policy when there was one; the leaderboard is fitted on these
+    "evaluations": pa.schema(
+        [
+            ("id", pa.string()),  # content_id(run_id, suite, item_id)
+            ("run_id", pa.string()),  # one `flywheel evaluate` or one evaluate stage
+            ("suite", pa.string()),  # mt-bench | alpaca-eval | xstest | advbench | heldout
+            ("item_id", pa.string()),  # the item's id within its suite
+            ("category", pa.string()),  # MT-bench category, XSTest type, AlpacaEval dataset
+            ("policy_id", pa.string()),
+            ("against_id", pa.string()),  # NULL when the suite was run without an opponent
+            ("iteration", pa.int64()),  # NULL outside the weekly loop
+            ("prompt", pa.string()),  # JSON list of the user turns
+            ("answer", pa.string()),  # JSON list of the policy's answers, one per turn
+            ("against_answer", pa.string()),  # JSON list, or NULL
+            ("judge", pa.string()),  # the judge's key; NULL when nothing was compared
+            ("verdict", pa.string()),  # a (the policy won) | b (the other did) | tie | NULL
+            ("flipped", pa.bool_()),  # the two orders disagreed (an LLM judge)
+            ("refusal", pa.string()),  # compliance | full_refusal | partial_refusal
+            ("against_refusal", pa.string()),
+            ("metrics", pa.string()),  # JSON: scores, lengths, per-suite extras
+            ("created_at", _ts),
+        ]
+    ),
+    # the verdict cache: a pair judged once per judge, whoever asks again
+    "verdicts": pa.schema(
+        [
+            ("id", pa.string()),  # content_id(judge key, prompt, reference, answer a, answer b)
+            ("judge", pa.string()),
+            ("verdict", pa.string()),  # a | b | tie, after both orders
+            ("flipped", pa.bool_()),
+            ("detail", pa.string()),  # JSON: each order's raw verdict, scores
+            ("created_at", _ts),
+        ]
+    ),
+    # one row per `flywheel judge-agreement` run: how far a judge agrees with people
+    "judge_agreement": pa.schema(
+        [
+            ("id", pa.string()),
+            ("judge", pa.string()),  # the judge's key
+            ("source", pa.string()),  # the comparison file(s) it was scored on
+            ("pairs", pa.int64()),
+            ("agreement", pa.float64()),  # ties count half
+            ("agreement_no_ties", pa.float64()),  # on the pairs the judge did not tie
+            ("flip_rate", pa.float64()),
+            ("metrics", pa.string()),  # JSON: by criterion, intervals
+            ("created_at", _ts),
+        ]
+    ),
 }
 
 TABLES = tuple(SCHEMAS)

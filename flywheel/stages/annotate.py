@@ -9,7 +9,7 @@ from flywheel.annotation.prompts import user_text
 from flywheel.annotation.simulated import Pair
 from flywheel.annotation.simulated import annotate as label_pairs
 from flywheel.config import FlywheelConfig
-from flywheel.evaluation.judge import ProxyJudge
+from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.lake.catalog import connect, rows_by_id
 from flywheel.lake.store import Lake
 

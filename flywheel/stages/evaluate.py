@@ -9,7 +9,7 @@ from flywheel import models
 from flywheel.annotation.prompts import user_text
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.gate import head_to_head
-from flywheel.evaluation.judge import ProxyJudge
+from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.lake.catalog import query, rows_by_id
 from flywheel.lake.store import Lake
 from flywheel.reward.combined import gated_rewards

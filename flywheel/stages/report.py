@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from flywheel.evaluation.judge import is_refusal
+from flywheel.evaluation.refusal import is_refusal
 from flywheel.lake.catalog import query
 from flywheel.lake.lineage import location, policy_location
 from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
