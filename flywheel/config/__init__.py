@@ -36,7 +36,8 @@ from flywheel.config.sections import (
 from flywheel.errors import ConfigError
 
 __all__ = [
-    "AnnotationConfig", "DEFAULT_EMBEDDER", "DEFAULT_MODEL", "EvaluationConfig", "FlywheelConfig", "LLMJudgeConfig",
+    "AnnotationConfig", "DEFAULT_EMBEDDER", "DEFAULT_MODEL", "EvaluationConfig", "FlywheelConfig",
+    "LLMJudgeConfig",
     "METHOD_SEQUENCES", "Method", "MixConfig", "ModelsConfig", "PPOConfig", "PolicyUpdateConfig",
     "PromptsConfig", "RRHFConfig", "RejectionSamplingConfig", "RewardModelConfig",
     "SamplingConfig", "ScoringConfig", "format_validation_error", "load_config", "validate_config",

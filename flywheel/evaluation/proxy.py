@@ -24,6 +24,7 @@ from flywheel.devices import compute_device, model_device
 from flywheel.evaluation.refusal import is_refusal
 from flywheel.evaluation.verdicts import Pair, Verdict, by_score
 
+
 @dataclass(frozen=True)
 class Judgement:
     score: float
