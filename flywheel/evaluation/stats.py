@@ -102,10 +102,10 @@ def length_controlled_win_rate(points: Sequence[float], len_a: Sequence[float],
     every point is 1 (or every one 0), where theta has no finite maximum. None when empty.
     """
     y = np.asarray(points, dtype=float)
+    if not (len(y) == len(len_a) == len(len_b)):
+        raise ValueError(f"one length per point on each side; got {len(y)} points and "
+                         f"{len(len_a)} and {len(len_b)} lengths")
     delta = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
-    if not (y.size == delta.size):
-        raise ValueError(f"one length per point on each side; got {y.size} points and "
-                         f"{delta.size} length differences")
     if y.size == 0:
         return None
     raw = float(y.mean())
