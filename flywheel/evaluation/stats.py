@@ -151,18 +151,52 @@ def bradley_terry(games: Sequence[tuple[str, str, float]], prior: float = BT_PRI
     player both scored against and conceded to the rest, through some chain of games (the
     comparison graph is strongly connected, Hunter 2004); otherwise this raises ValueError.
     """
-    players = sorted({p for a, b, _ in games for p in (a, b)})
-    if not players:
-        return {}
-    index = {p: i for i, p in enumerate(players)}
-    k = len(players)
-    ia = np.array([index[a] for a, _, _ in games], dtype=int)
-    ib = np.array([index[b] for _, b, _ in games], dtype=int)
-    pts = np.array([float(s) for _, _, s in games])
+    players, ia, ib, pts = _encode(games)
     if np.any(ia == ib):
         raise ValueError("a game needs two different players")
     if np.any((pts < 0) | (pts > 1)):
         raise ValueError("points_a is 1 (a won), 0.5 (a tie) or 0 (b won)")
+    if anchor is not None and anchor[0] not in players:
+        raise ValueError(f"the anchor {anchor[0]!r} played no game")
+    return _ratings(players, ia, ib, pts, prior, anchor)
+
+
+def bradley_terry_intervals(games: Sequence[tuple[str, str, float]], n: int = 1000,
+                            seed: int = 0, level: float = 0.95, prior: float = BT_PRIOR,
+                            anchor: tuple[str, float] | None = None
+                            ) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of `bradley_terry`'s ratings, resampling games. A player
+    is rated over the resamples it played in; a resample with no finite fit (prior 0) or
+    without the anchor is skipped. Empty under 2 games."""
+    players, ia, ib, pts = _encode(games)
+
+    def ratings(idx):
+        used, inverse = np.unique(np.concatenate([ia[idx], ib[idx]]), return_inverse=True)
+        names = [players[u] for u in used]
+        if anchor is not None and anchor[0] not in names:
+            return None
+        if prior <= 0 and not _strongly_connected(len(used), inverse[:len(idx)],
+                                                  inverse[len(idx):], pts[idx]):
+            return None
+        return _ratings(names, inverse[:len(idx)], inverse[len(idx):], pts[idx], prior, anchor)
+
+    return bootstrap(ratings, np.arange(len(pts)), n=n, seed=seed, level=level) or {}
+
+
+def _encode(games) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The players, sorted, and each game as (index of a, index of b, a's points)."""
+    players = sorted({p for a, b, _ in games for p in (a, b)})
+    index = {p: i for i, p in enumerate(players)}
+    ia = np.array([index[a] for a, _, _ in games], dtype=int)
+    ib = np.array([index[b] for _, b, _ in games], dtype=int)
+    return players, ia, ib, np.array([float(s) for _, _, s in games])
+
+
+def _ratings(players: list[str], ia: np.ndarray, ib: np.ndarray, pts: np.ndarray,
+             prior: float, anchor: tuple[str, float] | None) -> dict[str, float]:
+    k = len(players)
+    if k == 0:
+        return {}
     if prior <= 0 and k > 1 and not _strongly_connected(k, ia, ib, pts):
         raise ValueError("no finite Bradley-Terry fit: some player never lost (or never won) "
                          "against the rest; pass prior > 0")
@@ -170,13 +204,9 @@ def bradley_terry(games: Sequence[tuple[str, str, float]], prior: float = BT_PRI
     np.add.at(games_ij, (ia, ib), 1.0)
     games_ij = games_ij + games_ij.T
     points = np.bincount(ia, pts, k) + np.bincount(ib, 1.0 - pts, k) + 0.5 * prior
-    beta = _fit_log_strengths(games_ij, points, prior)
-    ratings = ELO_SCALE / math.log(10.0) * beta
+    ratings = ELO_SCALE / math.log(10.0) * _fit_log_strengths(games_ij, points, prior)
     if anchor is not None:
-        who, rating = anchor
-        if who not in index:
-            raise ValueError(f"the anchor {who!r} played no game")
-        ratings += rating - ratings[index[who]]
+        ratings += anchor[1] - ratings[players.index(anchor[0])]
     else:
         ratings += ELO_MEAN - ratings.mean()
     return {p: float(r) for p, r in zip(players, ratings)}

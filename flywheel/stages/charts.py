@@ -126,5 +126,34 @@ def lines_svg(title: str, xs: list[int], series: dict[str, list[float | None]],
     return _svg(parts, title)
 
 
+def intervals_svg(title: str, labels: list[str], values: list[float],
+                  lows: list[float | None], highs: list[float | None]) -> str:
+    """A point per label with its interval as a vertical bar (none where a bound is None), on
+    an axis fitted to the intervals: e.g. each policy's rating with its bootstrap interval."""
+    ends = [v for v in [*values, *lows, *highs] if v is not None] or [0.0]
+    pad = (max(ends) - min(ends)) * 0.05 or 1.0
+    bottom, top = min(ends) - pad, max(ends) + pad
+    slot = PLOT_W / max(1, len(labels))
+
+    def y(v: float) -> float:
+        return TOP + PLOT_H * (top - v) / (top - bottom)
+
+    parts = _frame(title, [], [], 1.0, [(LEFT + slot * (i + 0.5), label)
+                                       for i, label in enumerate(labels)])
+    for t in (bottom + pad, (bottom + top) / 2, top - pad):
+        parts.append(f'<text x="{LEFT - 4}" y="{y(t) + 3:.1f}" font-size="10" '
+                     f'text-anchor="end">{t:.0f}</text>')
+    for i, (label, v, lo, hi) in enumerate(zip(labels, values, lows, highs)):
+        x = LEFT + slot * (i + 0.5)
+        if lo is not None and hi is not None:
+            parts.append(f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{y(lo):.1f}" '
+                         f'y2="{y(hi):.1f}" stroke="{COLORS[0]}" stroke-width="2"/>')
+        span = f" ({lo:.0f} to {hi:.0f})" if lo is not None and hi is not None else ""
+        parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y(v):.1f}" r="4" '
+                     f'fill="{COLORS[1]}"><title>{escape(label)}: {v:.0f}{span}</title>'
+                     '</circle>')
+    return _svg(parts, title)
+
+
 def data_uri(svg: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
