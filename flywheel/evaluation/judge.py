@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flywheel import models
 from flywheel.config import FlywheelConfig
+from flywheel.evaluation.llm_judge import LLMJudge
 from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.evaluation.verdicts import Pair, Verdict
 
@@ -24,5 +25,7 @@ def make_judge(spec: str, cfg: FlywheelConfig, lake=None):
     kind, _, arg = spec.partition(":")
     if kind == "proxy":
         return ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    if kind == "llm":
+        return LLMJudge.from_env(cfg, lake)
     raise ValueError(f"unknown judge {spec!r}; choose one of {', '.join(JUDGES)} "
                      f"(reward-model takes an optional ':ID' or ':FOLDER')")
