@@ -14,6 +14,7 @@ from flywheel import models
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.llm_judge import LLMJudge
 from flywheel.evaluation.proxy import ProxyJudge
+from flywheel.evaluation.reward_judge import RewardModelJudge
 from flywheel.evaluation.verdicts import Pair, Verdict
 
 __all__ = ["JUDGES", "Pair", "Verdict", "make_judge"]
@@ -25,6 +26,8 @@ def make_judge(spec: str, cfg: FlywheelConfig, lake=None):
     kind, _, arg = spec.partition(":")
     if kind == "proxy":
         return ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    if kind == "reward-model":
+        return RewardModelJudge.from_spec(arg, cfg, lake)
     if kind == "llm":
         return LLMJudge.from_env(cfg, lake)
     raise ValueError(f"unknown judge {spec!r}; choose one of {', '.join(JUDGES)} "
