@@ -184,6 +184,21 @@ def models_tables(size: Sizes, pols: list[str]) -> dict[str, pa.Table]:
                                ("iterations", iterations))}
 
 
+def write_pool_file(delta: Lake, size: Sizes) -> None:
+    """The pool file of iteration ITERATIONS - 1's policy, as its rejection-sampling stage
+    writes it: the best of every iteration before ITERATIONS, all fine-tuned on."""
+    import tempfile
+
+    from flywheel.lake.catalog import rows_by_id
+    from flywheel.stages.pool import POOL_SAMPLE_COLUMNS, write_pool
+
+    best = [i for it in range(1, ITERATIONS) for i in best_of_iteration(it, size)]
+    rows = rows_by_id(delta, "samples", best, POOL_SAMPLE_COLUMNS)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pool(tmp, rows, set(rows))
+        delta.put_artifact("policies", policy_ids()[ITERATIONS - 1], tmp, {"bench": True})
+
+
 def build(delta: Lake, old: Lake, size: Sizes, seed: int, commits: int = 10,
           progress=print) -> tuple[Both, pa.Table]:
     """Writes prompts, samples (in `commits` commits), policies, reward models and iterations
@@ -205,6 +220,7 @@ def build(delta: Lake, old: Lake, size: Sizes, seed: int, commits: int = 10,
                  "so far")
     for name, table in models_tables(size, pols).items():
         both.write(name, table, {"stage": "bench"})
+    write_pool_file(delta, size)
     return both, prompts
 
 

@@ -4,7 +4,6 @@ samples or trains), with its wall time and peak memory."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -22,7 +21,7 @@ from flywheel.reward.evaluation import find_test_sets
 from flywheel.reward.mixes import mixes_for
 from flywheel.stages.common import by_id, iteration_start, lineage_root
 from flywheel.stages.evaluate import _earlier_answers
-from flywheel.stages.rejection_sampling import POOL_PROMPT_COLUMNS, POOL_SAMPLE_COLUMNS
+from flywheel.stages.pool import POOL_PROMPT_COLUMNS, pool_samples
 
 
 def read_week_pairs(uri: str, arg):
@@ -39,13 +38,11 @@ def read_annotate(uri: str, arg):
 
 
 def read_rs_pool(uri: str, arg):
-    """rejection_sample's reads: every earlier iteration's best, this one's, and their prompts."""
+    """rejection_sample's reads: the pool (the newest earlier pool file, every earlier
+    iteration's best; this one's best are in memory, `arg`) and the pool's prompts."""
     lake = Lake.open(uri, read_only=True)
-    earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
-               if p["method"] == "rejection_sampling" and p["iteration"] < ITERATIONS]
-    pool = {i for ids in earlier for i in ids} | set(arg)
     with connect(lake) as con:
-        samples = rows_by_id(con, "samples", pool, POOL_SAMPLE_COLUMNS)
+        samples = pool_samples(lake, con, ITERATIONS, arg)
         prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
                              POOL_PROMPT_COLUMNS)
     return len(samples), len(prompts)

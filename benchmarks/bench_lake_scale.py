@@ -61,9 +61,10 @@ from bench_mixes import expected as expected_mixes
 
 from flywheel.annotation.ingest import ingest_bytes
 from flywheel.lake import legacy
-from flywheel.lake.catalog import VISIBLE_DELIVERIES, connect
+from flywheel.lake.catalog import VISIBLE_DELIVERIES, connect, rows_by_id
 from flywheel.lake.store import Lake
 from flywheel.reward.mixes import helpfulness_mix, safety_mix
+from flywheel.stages.pool import POOL_SAMPLE_COLUMNS
 
 OUT = Path(__file__).parent / "results" / "lake_scale.md"
 MIX_RUNS = 3
@@ -199,7 +200,8 @@ def stage_reads(delta: Lake, old: Lake, size: Sizes, prompts: pa.Table, mixes: l
         ("annotate: the week's pairs' samples and prompts (`rows_by_id`)", read_annotate,
          last[pair_rows].to_pylist(), (2 * size.pairs, size.pairs)),
         ("rejection sampling: the pool of 50 iterations' best and their prompts",
-         read_rs_pool, best_of_iteration(ITERATIONS, size),
+         read_rs_pool, rows_by_id(delta, "samples", best_of_iteration(ITERATIONS, size),
+                                  POOL_SAMPLE_COLUMNS),
          (ITERATIONS * size.rs_prompts, min(train, ITERATIONS * size.rs_prompts))),
         ("evaluation: earlier greedy answers of candidate, baseline and base",
          read_evaluation, {"candidate": pols[-1], "prompts": heldout}, 3 * size.heldout),

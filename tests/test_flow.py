@@ -18,6 +18,7 @@ from flywheel.lake.catalog import status
 from flywheel.lake.store import Lake
 from flywheel.policy import ppo_job
 from flywheel.stages import rejection_sampling
+from flywheel.stages.pool import read_pool
 
 STAGES = {"sample-for-annotation", "annotate", "train-reward-models", "rejection-sampling",
           "evaluate", "promote-or-roll-back"}
@@ -55,12 +56,16 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert (m2["pool_size"], m2["pool_safety"], m2["pool_safety_left_out"]) == (5, 1, 3)
     samples = {s["id"]: s for s in lake.rows("samples")}
     prompts = {p["id"]: p for p in lake.rows("prompts")}
-    data = json.loads([p for p in lake.rows("policies") if p["id"] == it2["id"]][0][
-        "training_data"])
-    pool = data["pool"]
+    policy2 = [p for p in lake.rows("policies") if p["id"] == it2["id"]][0]
+    data = json.loads(policy2["training_data"])
+    # the pool file beside the weights: every pool answer, and which were fine-tuned on
+    pool_file = read_pool(lake, policy2).to_pylist()
+    assert len(pool_file) == 4 * 2  # each train prompt's best, twice
+    assert all(r["text"] == samples[r["id"]]["text"] for r in pool_file)
+    pool = [r["id"] for r in pool_file if r["kept"]]
+    assert len(pool) == m2["pool_size"]
     (kept,) = [i for i in pool if prompts[samples[i]["prompt_id"]]["criterion"] == "safety"]
     assert samples[kept]["iteration"] == 2 and kept in data["best"]
-    assert len(set(pool) | set(data["left_out"])) == 4 * 2  # each train prompt's best, twice
     # pool answers that ran to the token limit are counted (and learned without an end)
     limit = tiny_config.sampling.max_new_tokens
     assert it2["metrics"]["pool_cut_by_limit"] == sum(

@@ -27,6 +27,12 @@ from flywheel.stages.common import (
     sample_rows,
     sampler_for,
 )
+from flywheel.stages.pool import (
+    POOL_FILE,
+    POOL_PROMPT_COLUMNS,
+    pool_samples,
+    write_pool,
+)
 from flywheel.stages.scores import score_samples
 
 
@@ -41,11 +47,6 @@ def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
            "training_data": "{}", "metrics": "{}"}
     lake.write("policies", [row], {"reason": "distillation teacher"})
     return row
-
-
-# what rejection_sample uses of the pool's samples and prompts (cut_by_limit: the last two)
-POOL_SAMPLE_COLUMNS = ["prompt_id", "iteration", "text", "token_count", "params"]
-POOL_PROMPT_COLUMNS = ["criterion", "messages"]
 
 
 def cut_by_limit(sample: dict) -> bool:
@@ -138,11 +139,11 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     rm_id = rm_ids["helpfulness"]
     best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
                     for r, s in zip(rows, rewards)])
-    earlier = [json.loads(p["training_data"]).get("best", []) for p in lake.rows("policies")
-               if p["method"] == "rejection_sampling" and p["iteration"] < iteration]
-    pool = {i for ids in earlier for i in ids} | {c.sample_id for c in best.values()}
+    this_week = {r["id"]: r for r in rows}
     with connect(lake) as con:  # the pool's samples and their prompts, not the whole tables
-        samples = rows_by_id(con, "samples", pool, POOL_SAMPLE_COLUMNS)
+        samples = pool_samples(lake, con, iteration,
+                               {c.sample_id: this_week[c.sample_id] for c in best.values()})
+        pool = set(samples)
         all_prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
                                  POOL_PROMPT_COLUMNS)
     # the safety share cap keeps the newest answers first: this week's by reward, then each
@@ -162,6 +163,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                            "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
         ft = finetune_on_ranks(policy_path(lake, latest), examples, rs, tmp)
+        write_pool(tmp, samples, set(pool_ids))
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     best_rewards = [c.reward for c in best.values()]
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
@@ -180,7 +182,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
         "method": "rejection_sampling", "reward_model_id": rm_id,
         "safety_reward_model_id": rm_ids["safety"],
         "training_data": json.dumps({"best": sorted(c.sample_id for c in best.values()),
-                                     "pool": pool_ids, "left_out": sorted(left_out), **info}),
+                                     "pool_file": POOL_FILE, **info}),
         "metrics": json.dumps(metrics),
     }], {"reward_models": rm_ids})
     return policy_id

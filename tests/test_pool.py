@@ -1,0 +1,71 @@
+"""Rejection sampling's pool read: the newest earlier pool file, `samples` for what it lacks."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from flywheel.lake.catalog import connect
+from flywheel.lake.store import Lake
+from flywheel.stages.pool import POOL_FILE, pool_samples, read_pool, write_pool
+
+
+def _sample(i: int, iteration: int) -> dict:
+    return {"id": f"s{i}", "prompt_id": f"p{i % 3}", "policy_id": "pol", "iteration": iteration,
+            "purpose": "rejection", "params": json.dumps({"max_new_tokens": 8}),
+            "text": f"answer {i}", "token_count": i, "logprob_sum": -1.0}
+
+
+def _policy(lake: Lake, pid: str, iteration: int, best: list[str], method="rejection_sampling"):
+    row = {"id": pid, "iteration": iteration, "uri": lake.artifact_uri("policies", pid),
+           "method": method, "training_data": json.dumps({"best": best}), "metrics": "{}"}
+    lake.write("policies", [row])
+    return row
+
+
+def test_the_pool_comes_from_the_newest_file_and_samples_fill_the_rest(tmp_path):
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("samples", [_sample(i, 1 + i // 4) for i in range(12)])
+    samples = {r["id"]: r for r in lake.rows("samples")}
+    _policy(lake, "it1", 1, ["s0", "s1"])
+    p2 = _policy(lake, "it2", 2, ["s4", "s5"])
+    _policy(lake, "ppo3", 3, ["s8"], method="ppo")  # not a rejection-sampling pool
+    # iteration 2's pool file holds iterations 1 and 2's best, with a text the lake does not
+    # have, so a row read from the file is told from one read from `samples`
+    folder = tmp_path / "it2"
+    folder.mkdir()
+    from_file = {i: {**samples[i], "text": f"file {i}"} for i in ("s0", "s1", "s4", "s5")}
+    write_pool(str(folder), from_file, kept={"s0", "s4"})
+    lake.put_artifact("policies", "it2", folder, {})
+    assert [r["kept"] for r in read_pool(lake, p2).to_pylist()] == [True, False, True, False]
+
+    current = {"s9": samples["s9"]}
+    with connect(lake) as con:
+        pool = pool_samples(lake, con, 4, current)
+    assert sorted(pool) == ["s0", "s1", "s4", "s5", "s9"]
+    assert {i: pool[i]["text"] for i in pool} == {
+        "s0": "file s0", "s1": "file s1", "s4": "file s4", "s5": "file s5", "s9": "answer 9"}
+    assert pool["s5"]["iteration"] == 2 and pool["s5"]["token_count"] == 5
+
+    # a rerun of iteration 2 whose best the file lacks: fetched from samples
+    _policy(lake, "it2b", 2, ["s6"])
+    with connect(lake) as con:
+        pool = pool_samples(lake, con, 4, {})
+    assert pool["s6"]["text"] == "answer 6" and pool["s0"]["text"] == "file s0"
+
+    # no file at all (policies from before pool files): everything from samples
+    lake.fs.rm(lake._p(lake.artifact_uri("policies", "it2"), POOL_FILE))
+    with connect(lake) as con:
+        pool = pool_samples(lake, con, 3, {})
+    assert sorted(pool) == ["s0", "s1", "s4", "s5", "s6"]
+    assert all(pool[i]["text"] == samples[i]["text"] for i in pool)
+
+
+def test_the_pool_file_is_sorted_and_typed(tmp_path):
+    rows = {f"s{i}": _sample(i, 1) for i in (3, 1, 2)}
+    write_pool(str(tmp_path), rows, kept={"s1"})
+    table = pq.read_table(tmp_path / POOL_FILE)
+    assert table["id"].to_pylist() == ["s1", "s2", "s3"]
+    assert table["kept"].to_pylist() == [True, False, False]
+    assert table.schema.field("iteration").type == "int64"
