@@ -21,6 +21,7 @@ from flywheel.flows.commands import (
     batch,
     deployed,
     evaluate,
+    judges,
     lake,
     prepare,
     resources,
@@ -50,6 +51,7 @@ COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", 
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
             ("batch", batch.app), ("quarantine", batch.quarantine),
             ("lineage", lake.lineage), ("lake", lake.app), ("evaluate-rm", evaluate.evaluate_rm),
+            ("judge-agreement", judges.judge_agreement),
             ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger),
             ("rank-agent", agent.rank_agent)]
 for order, (name, command) in enumerate(COMMANDS):
