@@ -10,7 +10,7 @@ different judges measure different things: pass `judge` to keep one judge's.
 
 from __future__ import annotations
 
-from flywheel.evaluation.stats import bradley_terry, bradley_terry_intervals
+from flywheel.evaluation.stats import BT_PRIOR, bradley_terry, bradley_terry_intervals
 from flywheel.lake import catalog
 from flywheel.lake.store import Lake
 from flywheel.stages.charts import intervals_svg
@@ -36,16 +36,16 @@ def games(lake: Lake, judge: str | None = None, suite: str | None = None
 
 
 def leaderboard(lake: Lake, judge: str | None = None, suite: str | None = None,
-                n: int = 1000, seed: int = 0) -> list[dict]:
+                n: int = 1000, seed: int = 0, prior: float = BT_PRIOR) -> list[dict]:
     """One row per policy that played, best first: rank, policy, iteration (None for a policy
     the lake does not list), rating, lo and hi (the 95 % percentile-bootstrap interval over
     resampled games; None when there was only one game), games, wins, ties, losses and
-    win_rate (ties half)."""
+    win_rate (ties half). `prior`: `bradley_terry`'s virtual tied games per policy."""
     played = games(lake, judge, suite)
     if not played:
         return []
-    ratings = bradley_terry(played)
-    intervals = bradley_terry_intervals(played, n=n, seed=seed)
+    ratings = bradley_terry(played, prior=prior)
+    intervals = bradley_terry_intervals(played, n=n, seed=seed, prior=prior)
     record: dict[str, list[int]] = {p: [0, 0, 0] for p in ratings}  # wins, ties, losses
     for a, b, points in played:
         slot = {1.0: 0, 0.5: 1, 0.0: 2}[points]
