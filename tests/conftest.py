@@ -145,3 +145,16 @@ def live_server(tmp_path_factory):
     fast_scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
     with servers.prefect_server(tmp_path_factory.mktemp("prefect-live"), env=fast_scheduler) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def vllm_judge_server(tmp_path_factory):
+    """One vLLM server of the packaged SmolLM2-135M-Instruct for the session, behind an API key,
+    for the tests of the llm judge (`judge_env()` points the judge at it). Start-up took about
+    110 s on 2 cores busy with other work."""
+    from flywheel.models import resolve
+
+    with servers.vllm_server(resolve("builtin:smollm2-135m-instruct"),
+                             tmp_path_factory.mktemp("vllm-judge"), name="smollm2-135m-instruct",
+                             api_key="judge-test-key-7f3a") as server:
+        yield server

