@@ -304,8 +304,8 @@ class LLMJudge:
                     f"({response.text[:120]!r}); check that {ENV_URL} is an OpenAI-compatible "
                     f"base URL (ending in /v1)")) from None
         raise JudgeEndpointError(self._scrub(
-            f"the judge endpoint {self.url} did not answer {method} /{path} after {tries} tries "
-            f"(last error: {last}); {START_HINT}"))
+            f"the judge endpoint {self.url} did not answer {method} /{path} after {tries} "
+            f"{'try' if tries == 1 else 'tries'} (last error: {last}); {START_HINT}"))
 
     def _scrub(self, text: str) -> str:
         """An error message without the API key, whatever the endpoint echoed."""
