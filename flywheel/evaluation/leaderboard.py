@@ -11,11 +11,10 @@ different judges measure different things: pass `judge` to keep one judge's.
 from __future__ import annotations
 
 from flywheel.evaluation.stats import BT_PRIOR, bradley_terry, bradley_terry_intervals
+from flywheel.evaluation.verdicts import Verdict
 from flywheel.lake import catalog
 from flywheel.lake.store import Lake
 from flywheel.stages.charts import intervals_svg
-
-POINTS = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
 
 def games(lake: Lake, judge: str | None = None, suite: str | None = None
@@ -32,7 +31,7 @@ def games(lake: Lake, judge: str | None = None, suite: str | None = None
         params["suite"] = suite
     rows = catalog.query(lake, "SELECT policy_id, against_id, verdict FROM evaluations WHERE "
                          + " AND ".join(where) + " ORDER BY id", params or None)
-    return [(r["policy_id"], r["against_id"], POINTS[r["verdict"]]) for r in rows]
+    return [(r["policy_id"], r["against_id"], Verdict(r["verdict"]).points_a) for r in rows]
 
 
 def leaderboard(lake: Lake, judge: str | None = None, suite: str | None = None,
