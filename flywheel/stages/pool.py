@@ -20,7 +20,6 @@ import json
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.lake.catalog import rows_by_id
@@ -55,9 +54,8 @@ def pool_samples(lake: Lake, con: duckdb.DuckDBPyConnection, iteration: int,
     for policy in policies:
         table = read_pool(lake, policy)
         if table is not None:
-            ids = pa.array(sorted(wanted), pa.string())
-            rows = table.filter(pc.is_in(table["id"], value_set=ids)).drop_columns(["kept"])
-            found.update((r["id"], r) for r in rows.to_pylist())
+            found.update((r["id"], r) for r in table.drop_columns(["kept"]).to_pylist()
+                         if r["id"] in wanted)
             break
     missing = wanted - found.keys()
     if missing:  # a policy from before pool files, or one whose file is gone
