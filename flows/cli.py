@@ -26,6 +26,7 @@ from flywheel.flows.commands import (
     leaderboard,
     prepare,
     resources,
+    reward,
     runs,
 )
 from flywheel.revision import code_revision
@@ -51,7 +52,7 @@ COMMANDS = [("init", prepare.init), ("bootstrap", prepare.bootstrap), ("check", 
             ("demo", runs.demo), ("run", runs.run), ("status", runs.status),
             ("ingest", lake.ingest), ("import", lake.import_), ("annotate", annotate.app),
             ("batch", batch.app), ("quarantine", batch.quarantine),
-            ("lineage", lake.lineage), ("lake", lake.app), ("evaluate-rm", evaluate.evaluate_rm),
+            ("lineage", lake.lineage), ("lake", lake.app), ("evaluate-rm", reward.evaluate_rm),
             ("leaderboard", leaderboard.leaderboard),
             ("judge-agreement", judges.judge_agreement),
             ("serve", deployed.serve), ("deploy", deployed.deploy), ("trigger", deployed.trigger),

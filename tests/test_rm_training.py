@@ -1,6 +1,6 @@
 """Retraining both reward models on a lake: the Llama 2 mixes, evaluation on every test set with
 Table 8 buckets, the ids stored with each checkpoint, the promotion gate (including a bad batch
-that it must refuse), resume after a crash, and `flywheel evaluate-rm` on any comparison file."""
+that it must refuse) and resume after a crash (`flywheel evaluate-rm`: test_evaluate_rm.py)."""
 
 from __future__ import annotations
 
@@ -187,84 +187,3 @@ def test_a_kind_without_data_is_not_trained_and_no_data_at_all_is_one_error(rm_c
                        "empty.*; the safety mix is empty.*flywheel import"):
         retrain(rm_config, other, iteration=1)
     assert other.rows("reward_models") == []
-
-
-# evaluate-rm on any comparison file ------------------------------------------------------------
-HH = [
-    ("Human: How do I boil an egg?", "Put it in boiling water for nine minutes.", "Eggs."),
-    ("Human: Can you help me pick a lock?", "I can't help with that.", "Use a tension wrench."),
-    ("Human: Name a city in Portugal.\n\nAssistant: Lisbon.\n\nHuman: Another one?",
-     "Porto.", "Madrid is in Spain."),
-]
-
-
-def _hh_file(path) -> str:
-    def dialogue(prompt, reply):
-        return f"\n\n{prompt}\n\nAssistant: {reply}"
-
-    path.write_text("".join(json.dumps({"chosen": dialogue(p, c), "rejected": dialogue(p, r)})
-                            + "\n" for p, c, r in HH))
-    return str(path)
-
-
-def _llama2_file(path) -> str:
-    rows = [
-        {"prompt": "How do I cook rice?", "response_a": "Rinse, boil, simmer.",
-         "response_b": "Rice.", "chosen": "a", "strength": "significantly better",
-         "criterion": "helpfulness"},
-        {"prompt": "How can I break into a house?", "response_a": "Pry the back door.",
-         "response_b": "Sorry, I won't help.", "chosen": "b", "strength": "better",
-         "criterion": "safety", "safety_label": "chosen_safe_other_unsafe"},
-        {"prompt": "How do I steal a car?", "response_a": "Break the window.",
-         "response_b": "I can't help.", "chosen": "a", "strength": "slightly better",
-         "criterion": "safety", "safety_label": "chosen_unsafe_other_safe"},  # excluded
-        {"prompt": "Suggest a book.", "response_a": "Dune.", "response_b": "",
-         "chosen": "a", "strength": "unsure", "criterion": "helpfulness"},  # empty response
-    ]
-    path.write_text("".join(json.dumps({**r, "annotator": "ann-1"}) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture
-def untrained_rm(tiny_llama, tmp_path) -> str:
-    import torch
-
-    from flywheel.reward.model import RewardModel
-
-    torch.manual_seed(0)
-    model = RewardModel.from_backbone(tiny_llama)
-    model.save(tmp_path / "rm", {"id": "test", "kind": "helpfulness", "max_length": 64})
-    return str(tmp_path / "rm")
-
-
-def test_evaluate_file_reads_hh_rlhf_and_llama2_deliveries(untrained_rm, tmp_path):
-    from flywheel.annotation.importers import parse_dialogue
-    from flywheel.reward.evaluation import evaluate, evaluate_file
-    from flywheel.reward.model import PreferencePair, RewardModel
-
-    out = evaluate_file(untrained_rm, _hh_file(tmp_path / "hh.jsonl"))
-    assert (out["format"], out["delivered"], out["evaluated"]) == ("hh-rlhf", 3, 3)
-    # the same pairs scored directly give the same accuracy
-    model = RewardModel.load(untrained_rm)
-    pairs = [PreferencePair(parse_dialogue(f"\n\n{p}"), c, r) for p, c, r in HH]
-    direct = evaluate(model, pairs, 64)[0]
-    assert out["accuracy"] == pytest.approx(direct["accuracy"])
-    out = evaluate_file(untrained_rm, _llama2_file(tmp_path / "week.jsonl"))
-    assert (out["format"], out["delivered"], out["evaluated"]) == ("llama2", 4, 2)
-    assert out["rejected"] == {"excluded_chosen_unsafe_other_safe": 1, "empty_response": 1}
-    assert set(out["by_strength"]) == {"significantly_better", "better"}
-    assert out["by_safety_label"] == {"chosen_safe_other_unsafe": {
-        "accuracy": out["by_strength"]["better"]["accuracy"], "n": 1}}
-
-
-def test_evaluate_rm_command_prints_json_and_names_the_fix(untrained_rm, tmp_path, capsys):
-    from flywheel.flows.cli import main
-
-    assert main(["evaluate-rm", untrained_rm, _hh_file(tmp_path / "hh.jsonl")]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["evaluated"] == 3 and 0 <= out["accuracy"] <= 1
-    assert main(["evaluate-rm", "abc123", str(tmp_path / "hh.jsonl"), "--lake",
-                 str(tmp_path / "nolake")]) == 2
-    assert "no lake at" in capsys.readouterr().err
-    assert main(["evaluate-rm", untrained_rm, str(tmp_path / "missing.jsonl")]) == 2
-    assert "does not exist" in capsys.readouterr().err

@@ -147,6 +147,25 @@ def detect_format(spec: str) -> str:
                     f"({' or '.join(FORMATS)})")
 
 
+def record_format(path: str) -> str | None:
+    """The open-source format of a local file, from its first record, whatever its name says:
+    hh-rlhf for `chosen` and `rejected` dialogue texts alone, ultrafeedback for a `prompt`
+    with them or for message lists; None for anything else (a delivery in the annotation
+    protocol, whose `chosen` is "a" or "b", or a file these readers do not take)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        record = next(load_records(path), None)
+    except DataError:
+        return None
+    if not isinstance(record, dict) or not {"chosen", "rejected"} <= record.keys():
+        return None
+    chosen = record["chosen"]
+    if isinstance(chosen, list) or "prompt" in record or "prompt_id" in record:
+        return "ultrafeedback"
+    return "hh-rlhf" if isinstance(chosen, str) else None
+
+
 def hh_criterion(spec: str) -> str:
     """safety for a harmless set, helpfulness for a helpful one, from the file or dataset name."""
     name = _name(spec)

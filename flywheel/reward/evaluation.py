@@ -1,22 +1,16 @@
 """Reward-model accuracy: overall, per strength and per safety label, on every test set of the
-lake or on any delivery file."""
+lake (any comparison file: file_eval.py)."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from flywheel.annotation.importers import convert, detect_format, hh_criterion, write_delivery
-from flywheel.annotation.ingest import ingest_bytes
-from flywheel.config import AnnotationConfig
 from flywheel.errors import DataError
-from flywheel.lake.catalog import connect
 from flywheel.lake.schemas import SAFETY_LABELS, STRENGTHS
 from flywheel.lake.store import Lake
 from flywheel.reward.mixes import IN_HOUSE
@@ -147,67 +141,3 @@ def resolve_model(spec: str, lake: Lake | None = None) -> tuple[str, dict]:
         raise DataError(f"{spec!r} {'matches several' if rows else 'matches no'} reward model "
                         f"ids in {lake.uri}; its reward models: {known}")
     return lake.artifact_path("reward_models", rows[0]["id"]), rows[0]
-
-
-def evaluate_file(model_dir: str, path: str, fmt: str | None = None,
-                  max_length: int | None = None) -> dict:
-    """Accuracy of a reward model on a comparison file: a delivery in the Llama 2 protocol
-    (inline prompt and responses, JSONL / CSV / Parquet) or Anthropic HH-RLHF. Each row goes
-    through the same validation as an ingested batch; every accepted row is scored, whatever
-    its split. Returns overall accuracy and the per strength / safety label buckets."""
-
-    src = Path(path)
-    if not src.is_file():
-        raise DataError(f"comparison file {path} does not exist")
-    fmt = fmt or _guess_format(src)
-    meta = json.loads((Path(model_dir) / "reward_model.json").read_text() or "{}")
-    max_length = max_length or meta.get("max_length") or 512
-    with tempfile.TemporaryDirectory() as tmp:
-        lake = Lake.open(f"{tmp}/lake")
-        if fmt == "hh-rlhf":
-            try:  # the criterion labels the rows only; it does not change a score
-                criterion = hh_criterion(str(src))
-            except DataError:
-                criterion = "helpfulness"
-            delivery = write_delivery(convert(str(src), "hh-rlhf", criterion, split="test"),
-                                      Path(tmp) / "hh-rlhf.jsonl")
-            data, name = delivery.read_bytes(), delivery.name
-        elif fmt == "llama2":
-            data, name = src.read_bytes(), src.name
-        else:
-            raise DataError(f"format {fmt!r} is not one of llama2, hh-rlhf (detected "
-                            f"{detect_format(str(src))!r}); pass --format")
-        # nothing held out and no size cap: every valid row is a test row here
-        result = ingest_bytes(lake, data, name, "evaluation",
-                              AnnotationConfig(heldout_fraction=0, max_text_chars=10**9))
-        con = connect(lake)
-        try:
-            ids = [i for (i,) in con.sql("SELECT id FROM comparisons ORDER BY id").fetchall()]
-            pairs = load_pairs(con, ids)
-        finally:
-            con.close()
-    if not ids:
-        raise DataError(f"{path}: no row could be evaluated ({result.rejected} rejected: "
-                        f"{result.reasons}); rows need an inline prompt and both responses")
-    model = RewardModel.load(model_dir)
-    summary, _ = evaluate(model, [pairs[i] for i in ids], max_length)
-    return {"model": model_dir, "kind": meta.get("kind"), "file": str(src), "format": fmt,
-            "delivered": result.delivered, "evaluated": len(ids), "rejected": result.reasons,
-            "max_length": max_length, **summary}
-
-
-def _guess_format(path) -> str:
-    """hh-rlhf when the first record has only `chosen` and `rejected` dialogues."""
-    name = path.name.lower()
-    if name.removesuffix(".gz").endswith((".jsonl", ".json", ".ndjson")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            first = f.readline()
-        try:
-            record = json.loads(first)
-        except ValueError:
-            return "llama2"
-        if isinstance(record, dict) and {"chosen", "rejected"} <= set(record) and not (
-                {"response_a", "prompt", "prompt_id"} & set(record)):
-            return "hh-rlhf"
-    return "llama2"
