@@ -1,39 +1,55 @@
-"""`flywheel evaluate-rm`: a trained reward model's accuracy on any comparison file."""
+"""`flywheel evaluate`: a policy on the standard suites (`flywheel evaluate-rm`, a reward
+model on a comparison file, is in reward.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from cyclopts import Parameter
 
-from flywheel.flows.commands.common import ConfigOpt, LakeOpt, existing_lake, load, print_json
+from flywheel.flows.commands.common import (
+    ConfigOpt,
+    JsonOpt,
+    LakeOpt,
+    existing_lake,
+    load,
+    print_json,
+)
 
 
-def evaluate_rm(model: Annotated[str, Parameter(
-                    help="a reward-model checkpoint folder, or a reward model id in the lake "
-                    "(a unique prefix is enough)")],
-                file: Annotated[str, Parameter(
-                    help="comparisons: a delivery in the Llama 2 protocol with inline prompts "
-                    "and responses (.jsonl[.gz], .csv, .parquet) or Anthropic HH-RLHF")], /, *,
-                config: ConfigOpt = None, lake: LakeOpt = None,
-                format: Annotated[Literal["llama2", "hh-rlhf"] | None, Parameter(
-                    help="default: guessed from the first record")] = None,
-                max_length: Annotated[int | None, Parameter(
-                    help="tokens per pair (default: as trained)")] = None) -> int:
-    """A reward model's accuracy on a comparison file, as JSON.
+def evaluate(policy: Annotated[str, Parameter(
+                 help="a policy id in the lake (a unique prefix is enough), or base (the "
+                 "lineage root)")], /, *,
+             against: Annotated[str | None, Parameter(
+                 help="a second policy to judge it against, or base; without one only "
+                 "AlpacaEval is judged, against gpt-3.5-turbo-0301's reference outputs")] = None,
+             suite: Annotated[str, Parameter(
+                 help="comma-separated suites: mt-bench, alpaca-eval, xstest, advbench")] =
+             "mt-bench,alpaca-eval,xstest,advbench",
+             limit: Annotated[int | None, Parameter(
+                 help="the first N items of each suite (XSTest: safe and unsafe in "
+                 "proportion)")] = None,
+             judge: Annotated[str | None, Parameter(
+                 help="proxy, reward-model[:ID] or llm (default: the config's "
+                 "evaluation.judge)")] = None,
+             config: ConfigOpt = None, lake: LakeOpt = None, json: JsonOpt = False) -> int:
+    """A policy on the standard suites: win rates, refusal and compliance rates with 95 %
+    intervals.
 
-    Overall, per preference strength and per safety label.
+    Answers are greedy and recorded in the lake's `evaluations` table, one row per item; a
+    policy's earlier answers under the same sampling settings are reused.
 
-    Example: flywheel evaluate-rm 7c1e0a hh_rlhf_helpful_base_test.jsonl.gz
+    Example: flywheel evaluate 7c1e0a --against base --suite mt-bench,xstest --limit 20
     """
-    from flywheel.reward.evaluation import evaluate_file, resolve_model
+    from flywheel.evaluation.run import evaluate_policy
+    from flywheel.evaluation.summary import format_table
 
-    target = None if Path(model).is_dir() else existing_lake(load(config, lake).lake,
-                                                              read_only=True)
-    folder, row = resolve_model(model, target)
-    result = evaluate_file(folder, file, format, max_length)
-    if row:
-        result.update(model=row["id"], kind=row["criterion"])
-    print_json(result)
+    cfg = load(config, lake)
+    result = evaluate_policy(cfg, existing_lake(cfg.lake), policy, against,
+                             [s.strip() for s in suite.split(",") if s.strip()], limit,
+                             judge)
+    if json:
+        print_json(result)
+    else:
+        print(format_table(result))
     return 0
