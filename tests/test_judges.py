@@ -203,6 +203,12 @@ def test_agreement_of_the_proxy_judge_on_a_hand_made_file(judge, hh_files, tmp_p
     assert latest_agreement(lake, "reward-model:x") is None
 
 
+def test_pairs_with_more_turns_than_a_judge_covers_are_left_out(hh_files):
+    helpful = read_comparisons(hh_files[0], max_turns=1)
+    assert [p.prompt for p in helpful.pairs] == [("Suggest three things to see in Lisbon.",)]
+    assert helpful.skipped == {"identical answers": 1, "more than 1 user turns": 1}
+
+
 def test_a_llama2_delivery_reads_as_its_source_does(hh_files, tmp_path):
     """The same comparisons as a Llama 2 protocol delivery (through ingest) give the same
     pairs as the HH-RLHF file they were converted from."""

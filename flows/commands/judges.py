@@ -36,6 +36,10 @@ def judge_agreement(*files: Annotated[str, Parameter(
                     criterion: Annotated[Literal["helpfulness", "safety"] | None, Parameter(
                         help="of HH-RLHF files whose name says neither helpful nor "
                         "harmless")] = None,
+                    max_turns: Annotated[int | None, Parameter(
+                        validator=validators.Number(gte=1),
+                        help="leave out pairs with more user turns (default: 2 for the llm "
+                        "judge, whose MT-bench prompts cover one or two; else none)")] = None,
                     seed: Annotated[int, Parameter(
                         help="which pairs show the preferred answer first")] = 0,
                     config: ConfigOpt = None, lake: LakeOpt = None,
@@ -58,8 +62,10 @@ def judge_agreement(*files: Annotated[str, Parameter(
                       cfg.lake if "lake" in cfg.model_fields_set else None)
     target = existing_lake(named.value) if named else None
     paths = list(files) or [str(data_dir(cfg) / name) for name in HH_TEST_FILES]
-    comparisons = [read_comparisons(p, format, criterion, limit) for p in paths]
     spec = judge or cfg.evaluation.judge
+    if max_turns is None and spec.partition(":")[0] == "llm":
+        max_turns = 2
+    comparisons = [read_comparisons(p, format, criterion, limit, max_turns) for p in paths]
     result = measure(make_judge(spec, cfg, target), comparisons, seed, cfg.evaluation.bootstrap)
     if target is not None:
         result["recorded"] = record(target, result)["id"]

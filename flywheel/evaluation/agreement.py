@@ -81,10 +81,11 @@ def pair_of(messages: list[dict], chosen: str, rejected: str, criterion: str) ->
 
 
 def read_comparisons(path: str, fmt: str | None = None, criterion: str | None = None,
-                     limit: int | None = None) -> Comparisons:
+                     limit: int | None = None, max_turns: int | None = None) -> Comparisons:
     """The usable comparisons of a file (the first `limit`; a delivery's in id order). `fmt`:
     one of FORMATS, default what the name says (HH-RLHF, UltraFeedback), else llama2.
-    `criterion`: of an HH-RLHF file whose name does not say."""
+    `criterion`: of an HH-RLHF file whose name does not say. `max_turns`: leave out pairs with
+    more user turns (a judge's prompts may cover only so many: MT-bench's one or two)."""
     src = Path(path)
     if not src.is_file():
         raise DataError(f"comparison file {path} does not exist")
@@ -112,6 +113,8 @@ def read_comparisons(path: str, fmt: str | None = None, criterion: str | None = 
         reason = ("empty answer" if not chosen.strip() or not rejected.strip()
                   else "identical answers" if chosen.strip() == rejected.strip() else None)
         pair = None if reason else pair_of(messages, chosen, rejected, crit)
+        if pair is not None and max_turns is not None and len(pair.prompt) > max_turns:
+            pair, reason = None, f"more than {max_turns} user turns"
         if pair is None:
             reason = reason or "turns that do not alternate"
             skipped[reason] = skipped.get(reason, 0) + 1
