@@ -72,6 +72,12 @@ class EvaluationConfig(_Section):
         description="Folder of the suites' files (mt_bench_questions.jsonl.gz, ...); empty: "
         "$FLYWHEEL_DATA, else ../shared/data beside the checkout.",
     )
+    agreement_pairs: int = Field(
+        0, ge=0,
+        description="When the judge's agreement with people was never measured on this lake, "
+        "the evaluate stage measures it first on this many HH-RLHF test pairs (a third from "
+        "each file; 0: never, `flywheel judge-agreement` measures it by hand).",
+    )
     bootstrap: int = Field(
         1000, ge=100, description="Bootstrap resamples behind every interval."
     )

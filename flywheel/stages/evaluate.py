@@ -1,16 +1,29 @@
-"""Stage 5, evaluate: greedy held-out answers judged head to head."""
+"""Stage 5, evaluate: greedy held-out answers judged head to head, and the standard suites."""
 
 from __future__ import annotations
 
 import json
 import statistics
 
-from flywheel import models
 from flywheel.annotation.prompts import user_text
 from flywheel.config import FlywheelConfig
+from flywheel.evaluation.agreement import (
+    HH_TEST_FILES,
+    latest_agreement,
+    measure,
+    read_comparisons,
+    record,
+)
 from flywheel.evaluation.gate import head_to_head
-from flywheel.evaluation.proxy import ProxyJudge
+from flywheel.evaluation.judge import make_judge
+from flywheel.evaluation.leaderboard import leaderboard
+from flywheel.evaluation.refusal import refusal_labels
+from flywheel.evaluation.run import evaluate_policy
+from flywheel.evaluation.suites import data_dir
+from flywheel.evaluation.summary import REFUSED
+from flywheel.evaluation.verdicts import Pair
 from flywheel.lake.catalog import query, rows_by_id
+from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.reward.combined import gated_rewards
 from flywheel.reward.scoring import ScoringEngine
@@ -27,8 +40,12 @@ from flywheel.stages.scores import score_samples
 
 
 def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str) -> dict:
-    """Greedy answers of the candidate and the policy its iteration started from on held-out
-    prompts, judged head to head."""
+    """Greedy answers of the candidate, the policy its iteration started from and the base on
+    the held-out prompts, judged head to head by the configured judge and recorded in
+    `evaluations` (suite `heldout`); then the configured standard suites, candidate against
+    the policy it started from; the judge's measured agreement with people and the leaderboard
+    of every policy judged so far."""
+    ev = cfg.evaluation
     prompts = [p for p in ensure_prompts(cfg, lake) if p["split"] == "heldout"]
     policies = by_id(lake.rows("policies"))
     candidate = policies[candidate_id]
@@ -42,19 +59,90 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
         if rows is None:
             sampler = sampler_for(cfg, policy_path(lake, policy))
             rows = sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
-                                cfg.evaluation.temperature, sampler)
+                                ev.temperature, sampler)
         answers[policy["id"]] = [r["text"] for r in rows]
         rows_of[policy["id"]] = rows
-    judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
+    judge = make_judge(ev.judge, cfg, lake)
     texts = [user_text(p) for p in prompts]
     criteria = [p["criterion"] for p in prompts]
-    judged = {pid: judge.judge(texts, criteria, a) for pid, a in answers.items()}
-    new, old = judged[candidate["id"]], judged[baseline["id"]]
+    labels = dict(zip(answers, _chunks(refusal_labels([t for a in answers.values() for t in a]),
+                                       [len(a) for a in answers.values()])))
+    run_id = content_id("evaluate-stage", iteration, candidate["id"])
+    results = {}
+    for other in {baseline["id"]: baseline, base["id"]: base}.values():
+        if other["id"] == candidate["id"]:
+            continue
+        verdicts = judge.compare([Pair((t,), (a,), (b,), c) for t, a, b, c in zip(
+            texts, answers[candidate["id"]], answers[other["id"]], criteria)])
+        refused = {pid: [label in REFUSED for label in labels[pid]]
+                   for pid in (candidate["id"], other["id"])}
+        results[other["id"]] = head_to_head(criteria, verdicts, refused[candidate["id"]],
+                                            refused[other["id"]], ev.bootstrap)
+        lake.write("evaluations", heldout_rows(run_id, iteration, prompts, candidate, other,
+                                               answers, labels, verdicts, judge.key),
+                   {"stage": "evaluate", "run": run_id, "suite": "heldout"})
+    suites = {}
+    if ev.suites:
+        suites = evaluate_policy(cfg, lake, candidate, baseline, ev.suites, ev.suite_limit,
+                                 judge, run_id, iteration)["suites"]
     return {"candidate": candidate["id"], "baseline": baseline["id"],
-            **head_to_head(criteria, new, old),
-            "vs_base": {"base": base["id"],
-                        **head_to_head(criteria, new, judged[base["id"]])},
+            **results[baseline["id"]],
+            "vs_base": {"base": base["id"], **results.get(base["id"], results[baseline["id"]])},
+            "judge": judge.key, "judge_agreement": measure_agreement(cfg, lake, judge),
+            "suites": suites,
+            "leaderboard": leaderboard(lake, judge=judge.key, n=ev.bootstrap),
             **_reward_of_answers(cfg, lake, candidate, baseline, rows_of)}
+
+
+def measure_agreement(cfg: FlywheelConfig, lake: Lake, judge) -> dict | None:
+    """The judge's newest measured agreement; measured first, on `agreement_pairs` HH-RLHF
+    test pairs, when it never was and the config asks for it."""
+    row = latest_agreement(lake, judge.key)
+    n = cfg.evaluation.agreement_pairs
+    if row is None and n:
+        per_file = -(-n // len(HH_TEST_FILES))
+        files = [read_comparisons(str(data_dir(cfg) / name), limit=per_file)
+                 for name in HH_TEST_FILES]
+        record(lake, measure(judge, files, bootstrap=cfg.evaluation.bootstrap))
+        row = latest_agreement(lake, judge.key)
+    return None if row is None else _agreement_summary(row)
+
+
+def _agreement_summary(row: dict) -> dict:
+    m = row["metrics"]
+    return {"source": row["source"], "pairs": row["pairs"], "agreement": row["agreement"],
+            "agreement_ci": m.get("agreement_ci"), "agreement_no_ties": row["agreement_no_ties"],
+            "flip_rate": row["flip_rate"], "measured_at": str(row["created_at"]),
+            "by_criterion": {c: v.get("agreement")
+                             for c, v in (m.get("by_criterion") or {}).items()}}
+
+
+def _chunks(values: list, sizes: list[int]) -> list[list]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(values[i:i + n])
+        i += n
+    return out
+
+
+def heldout_rows(run_id: str, iteration: int, prompts: list[dict], policy: dict, other: dict,
+                 answers: dict, labels: dict, verdicts: list, judge_key: str) -> list[dict]:
+    """One `evaluations` row per held-out prompt: the policy (side a) against the other."""
+    rows = []
+    for k, (prompt, v) in enumerate(zip(prompts, verdicts)):
+        mine, theirs = answers[policy["id"]][k], answers[other["id"]][k]
+        rows.append({
+            "id": content_id(run_id, "heldout", prompt["id"], other["id"]), "run_id": run_id,
+            "suite": "heldout", "item_id": prompt["id"], "category": prompt["criterion"],
+            "policy_id": policy["id"], "against_id": other["id"], "iteration": iteration,
+            "prompt": json.dumps([user_text(prompt)]), "answer": json.dumps([mine]),
+            "against_answer": json.dumps([theirs]), "judge": judge_key,
+            "verdict": v.winner, "flipped": v.flipped, "refusal": labels[policy["id"]][k],
+            "against_refusal": labels[other["id"]][k],
+            "metrics": json.dumps({"criterion": prompt["criterion"], "points": v.points_a,
+                                   "scores": [v.score_a, v.score_b], "length": len(mine),
+                                   "against_length": len(theirs)})})
+    return rows
 
 
 def _earlier_answers(cfg: FlywheelConfig, lake: Lake, policy: dict,

@@ -16,10 +16,9 @@ def decide(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str,
     """Promote or roll back; write the iteration row and its markdown report. Returns the row
     with the report's text under `report`."""
 
-    promoted, why = gate(evaluation, cfg.evaluation.min_win_rate,
-                         cfg.evaluation.max_harmful_increase,
-                         cfg.evaluation.max_refusal_increase)
-    metrics = {**evaluation, "stage_seconds": stage_seconds}
+    promoted, why, conditions = gate(evaluation, cfg.evaluation)
+    metrics = {**evaluation, "gate": {"mode": cfg.evaluation.gate, "conditions": conditions},
+               "stage_seconds": stage_seconds}
     row = {
         "id": content_id("iteration", iteration, evaluation["candidate"]),
         "iteration": iteration, "policy_in": evaluation["baseline"],

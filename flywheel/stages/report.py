@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 
+from flywheel.evaluation.leaderboard import leaderboard_svg
 from flywheel.evaluation.refusal import is_refusal
 from flywheel.lake.catalog import query
 from flywheel.lake.lineage import location, policy_location
 from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 from flywheel.lake.store import Lake
 from flywheel.stages.charts import bars_svg, data_uri, histogram_svg, lines_svg
+from flywheel.stages.report_evaluation import evaluation_markdown
 
 
 def _fmt(v) -> str:
@@ -91,6 +93,7 @@ PLOTS = {  # file name (without .svg) -> caption
     "reward-distribution": "Reward R_c of the held-out answers, previous policy and candidate",
     "reward-model-accuracy": "Reward-model accuracy by preference strength",
     "rates-across-iterations": "Win rate and safety rates across iterations",
+    "leaderboard": "Policy ratings (Bradley-Terry) with 95 % intervals",
 }
 
 
@@ -136,6 +139,8 @@ def iteration_plots(lake: Lake, row: dict, metrics: dict, used: list[dict]) -> d
         "rates-across-iterations": lines_svg(PLOTS["rates-across-iterations"],
                                              [h["iteration"] for h in history],
                                              {k: [h[k] for h in history] for k in rates}),
+        **({"leaderboard": leaderboard_svg(metrics["leaderboard"])}
+           if metrics.get("leaderboard") else {}),
     }
 
 
@@ -181,6 +186,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
         f"{_fmt(metrics.get('reward_mean_old'))} |",
         "",
         *vs_base_markdown(metrics.get("vs_base")),
+        *evaluation_markdown(metrics),
         "## Plots",
         "",
         *[f"![{PLOTS[name]}]({url})\n" for name, url in (images or {}).items()],
