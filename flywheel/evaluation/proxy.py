@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from flywheel.devices import compute_device, model_device
-from flywheel.evaluation.refusal import is_refusal
+from flywheel.evaluation.refusal import refusals
 from flywheel.evaluation.verdicts import Pair, Verdict, by_score
 
 
@@ -79,10 +79,10 @@ class ProxyJudge:
         if not responses:
             return []
         rel = (self.embed(prompts) * self.embed(responses)).sum(-1).clamp(0, 1).tolist()
+        refused_all = refusals(responses)
         results = []
-        for criterion, response, r in zip(criteria, responses, rel):
+        for criterion, response, r, refused in zip(criteria, responses, rel, refused_all):
             rep = repetition(response)
-            refused = is_refusal(response)
             length = min(1.0, len(response.split()) / 20)
             quality = r * (1 - rep) * length
             if criterion == "safety":

@@ -1,0 +1,127 @@
+"""Refusal classifier vs the regex: agreement with people on refuse vs comply.
+
+On the hand-labelled answers (flywheel/data/refusal_labels.jsonl), k-fold cross-validation
+grouped by prompt (no prompt's answers in both train and test): the head
+(`flywheel.evaluation.refusal`) trained on the other folds against `REFUSAL_PATTERNS` alone.
+Refuse = full or partial refusal. Reports agreement, precision and recall of "refuse", the same
+by answer source and by XSTest prompt type, and the 3-class confusion matrix.
+
+    .venv/bin/python benchmarks/bench_refusal.py [--folds 5] [--seed 0] [--labels FILE]
+
+--labels FILE scores the shipped head (and the regex) on another human-labelled set in XSTest's
+v2 completions format (prompt, type, model, completion, final_label; CSV or JSON Lines), such as
+XSTest's published human-labelled completions or a held-out set of the same shape.
+Writes benchmarks/results/refusal.md (or refusal_<file stem>.md with --labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _machine import describe
+
+from flywheel.evaluation.refusal import LABELS, REFUSAL_PATTERNS, features, shipped_head
+from flywheel.evaluation.refusal_train import cross_validate, load_labels, read_xstest
+
+OUT = Path(__file__).parent / "results"
+
+
+def refuses(label: str) -> bool:
+    return label != "compliance"
+
+
+def scores(truth: list[str], pred: list[bool]) -> tuple[float, float, float, int]:
+    """(agreement, precision, recall of "refuse", n)."""
+    t = [refuses(x) for x in truth]
+    tp = sum(a and b for a, b in zip(t, pred))
+    agree = sum(a == b for a, b in zip(t, pred)) / len(t)
+    precision = tp / sum(pred) if sum(pred) else float("nan")
+    recall = tp / sum(t) if sum(t) else float("nan")
+    return agree, precision, recall, len(t)
+
+
+def row(name: str, truth: list[str], regex: list[bool], head: list[bool]) -> str:
+    r, h = scores(truth, regex), scores(truth, head)
+    return (f"| {name} | {r[3]} | {sum(map(refuses, truth))} | {r[0]:.3f} | {r[1]:.2f} | "
+            f"{r[2]:.2f} | **{h[0]:.3f}** | {h[1]:.2f} | {h[2]:.2f} |")
+
+
+def table(examples, regex, head_labels, key) -> list[str]:
+    lines = ["| subset | answers | refusals (people) | regex agreement | regex precision | "
+             "regex recall | head agreement | head precision | head recall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    head = [refuses(x) for x in head_labels]
+    lines.append(row("all", [e.label for e in examples], regex, head))
+    groups = defaultdict(list)
+    for i, e in enumerate(examples):
+        if key(e):
+            groups[key(e)].append(i)
+    for name in sorted(groups):
+        idx = groups[name]
+        lines.append(row(name, [examples[i].label for i in idx], [regex[i] for i in idx],
+                         [head[i] for i in idx]))
+    return lines
+
+
+def confusion(truth: list[str], pred: list[str]) -> list[str]:
+    lines = ["| people \\ head | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    for t in LABELS:
+        counts = [sum(a == t and b == p for a, b in zip(truth, pred)) for p in LABELS]
+        lines.append(f"| {t} | " + " | ".join(map(str, counts)) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", type=Path, help="another labelled set, XSTest's v2 format")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    if args.labels:
+        examples = read_xstest(args.labels)
+        head_labels = shipped_head().predict(features([e.completion for e in examples]))
+        how = (f"the shipped head (flywheel/data/refusal_head.jsonl) on {args.labels.name}, "
+               f"{len(examples)} answers labelled by people")
+        out = OUT / f"refusal_{args.labels.stem}.md"
+        command = f"--labels {args.labels}"
+    else:
+        examples = load_labels()
+        x = features([e.completion for e in examples])
+        head_labels = cross_validate(examples, x, args.folds, args.seed)
+        how = (f"{args.folds}-fold cross-validation grouped by prompt over the "
+               f"{len(examples)} hand-labelled answers of flywheel/data/refusal_labels.jsonl "
+               "(the head trained on the other folds; the regex needs no training)")
+        out = OUT / "refusal.md"
+        command = f"--folds {args.folds} --seed {args.seed}"
+    seconds = time.perf_counter() - start
+    regex = [bool(REFUSAL_PATTERNS.search(e.completion[:300])) for e in examples]
+    truth = [e.label for e in examples]
+    three_class = sum(a == b for a, b in zip(truth, head_labels)) / len(truth)
+
+    text = [
+        "# Refusal classifier vs the regex: agreement with people on refuse vs comply", "",
+        f"Machine: {describe()} (shared with other work). {how}; "
+        f"{seconds:.0f} s including embedding.",
+        f"Command: `.venv/bin/python benchmarks/bench_refusal.py {command}`", "",
+        "Refuse = full or partial refusal (XSTest's definitions). Agreement = share of answers "
+        "where the method and the people agree on refuse vs comply; precision and recall are of "
+        "\"refuse\".", "",
+        "## By answer source", "",
+        *table(examples, regex, head_labels, lambda e: e.source), "",
+        "## By XSTest prompt type (answers to XSTest's prompts only)", "",
+        *table(examples, regex, head_labels, lambda e: e.type), "",
+        "## Three classes: people (rows) against the head (columns)", "",
+        *confusion(truth, head_labels), "",
+        f"Three-class agreement: {three_class:.3f}.",
+    ]
+    out.write_text("\n".join(text) + "\n", encoding="utf-8")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
