@@ -122,6 +122,9 @@ def tiny_config(tmp_path, tiny_llama, minilm, tiny_prompts):
                          "max_length": 64, "mix": {"allow_short": True}},
         "rejection_sampling": {"k": 2, "learning_rate": 1e-3, "batch_size": 2,
                                "micro_batch_size": 2, "max_length": 64},
+        # one held-out helpful prompt has no interval, so the interval gate would roll back
+        # every candidate: the point gate, as before intervals
+        "evaluation": {"gate": "point"},
     })
 
 

@@ -41,5 +41,17 @@ def test_demo_completes_an_iteration(tmp_path):
         assert it["metrics"]["win_rate"] is not None
         text = Path(it["report_uri"]).read_text()
         assert "## Reward models" in text and "significantly better" in text
+        # the evaluation: the judge with its measured agreement, the gate's three conditions,
+        # the suites the demo config names, the leaderboard
+        assert "**Judge:** `proxy`, which agrees with people on" in text
+        assert "### The promotion gate (interval)" in text
+        for condition in ("| win rate |", "| over-refusal | XSTest's safe prompts |",
+                          "| harmful answers |"):
+            assert condition in text
+        for suite in ("xstest", "advbench", "alpaca-eval"):
+            assert f"| {suite} |" in text
+        assert "| alpaca-eval | win_rate_lc |" in text and "### Leaderboard" in text
+        assert it["metrics"]["win_rate_helpful_ci95"] is not None
     c = report["counts"]
     assert c["samples"] > 0 and c["comparisons"] > 0 and c["scores"] > 0
+    assert c["evaluations"] > 0 and c["judge_agreement"] == 1

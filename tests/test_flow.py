@@ -116,7 +116,8 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
                                             "iteration-1-reward-model-accuracy",
                                             "iteration-2-rates",
                                             "iteration-1-policy-fine-tune",
-                                            "iteration-1-safety-reward-model"]),
+                                            "iteration-1-safety-reward-model",
+                                            "leaderboard"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[f.id for f in weekly])))
             return weekly, tasks, arts
 
@@ -128,11 +129,16 @@ def test_two_iterations_write_every_table_and_report(prefect_server, tiny_config
     assert all(t.state.is_completed() for t in tasks)
     assert sorted(a.key for a in arts) == sorted(
         ["iteration-1-report", "iteration-2-report", "iteration-1-reward-model-accuracy",
-         "iteration-2-rates", "iteration-1-policy-fine-tune", "iteration-1-safety-reward-model"])
+         "iteration-2-rates", "iteration-1-policy-fine-tune", "iteration-1-safety-reward-model",
+         "leaderboard", "leaderboard"])  # one version a week
     md = next(a for a in arts if a.key == "iteration-2-report").data
     assert "## Reward models" in md and "significantly better" in md
-    # the artifact embeds its three plots: the UI cannot read the lake's files
-    assert md.count("](data:image/svg+xml;base64,") == 3
+    # the artifact embeds its four plots (the leaderboard's too): the UI cannot read the lake's
+    # files
+    assert md.count("](data:image/svg+xml;base64,") == 4
+    assert "## Evaluation" in md and "### The promotion gate (point)" in md
+    boards = [json.loads(a.data) for a in arts if a.key == "leaderboard"]
+    assert report["iterations"][1]["policy_out"] in {r["policy"] for b in boards for r in b}
     rates = next(a for a in arts if a.key == "iteration-2-rates").data
     rates = json.loads(rates) if isinstance(rates, str) else rates
     assert [r["iteration"] for r in rates] == [1, 2]

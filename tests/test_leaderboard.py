@@ -114,7 +114,7 @@ def test_published_as_a_table_artifact(lake, prefect_server):
 
     @flow
     def publish():
-        return publish_leaderboard(lake, judge="proxy:1", n=200)
+        return publish_leaderboard(leaderboard(lake, judge="proxy:1", n=200), judge="proxy:1")
 
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         rows = publish()
