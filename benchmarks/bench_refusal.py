@@ -54,11 +54,13 @@ def table(examples, regex, head_labels, key) -> list[str]:
              "regex recall | head agreement | head precision | head recall |",
              "|---|---|---|---|---|---|---|---|---|"]
     head = [refuses(x) for x in head_labels]
-    lines.append(row("all", [e.label for e in examples], regex, head))
     groups = defaultdict(list)
     for i, e in enumerate(examples):
         if key(e):
             groups[key(e)].append(i)
+    every = sorted(i for idx in groups.values() for i in idx)
+    lines.append(row("all", [examples[i].label for i in every], [regex[i] for i in every],
+                     [head[i] for i in every]))
     for name in sorted(groups):
         idx = groups[name]
         lines.append(row(name, [examples[i].label for i in idx], [regex[i] for i in idx],
@@ -85,7 +87,7 @@ def main() -> None:
     if args.labels:
         examples = read_xstest(args.labels)
         head_labels = shipped_head().predict(features([e.completion for e in examples]))
-        how = (f"the shipped head (flywheel/data/refusal_head.jsonl) on {args.labels.name}, "
+        how = (f"The shipped head (flywheel/data/refusal_head.jsonl) on {args.labels.name}, "
                f"{len(examples)} answers labelled by people")
         out = OUT / f"refusal_{args.labels.stem}.md"
         command = f"--labels {args.labels}"
