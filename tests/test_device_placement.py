@@ -41,7 +41,7 @@ def on(monkeypatch, request):
         return compute_device
 
     for module in ("flywheel.reward.model", "flywheel.reward.train", "flywheel.policy.finetune",
-                   "flywheel.policy.rrhf", "flywheel.evaluation.proxy"):
+                   "flywheel.policy.rrhf", "flywheel.evaluation.embedding"):
         monkeypatch.setattr(f"{module}.compute_device", spy(module))
     return device, asked
 
@@ -206,7 +206,7 @@ def test_judge_embeds_on_the_compute_device(on, minilm, monkeypatch):
 
     device, asked = on
     judge = ProxyJudge(minilm)
-    assert asked == ["flywheel.evaluation.proxy"]
+    assert asked == ["flywheel.evaluation.embedding"]
     assert devices.model_device(judge.model).type == device.type
     emb = judge.embed(["How do I cook rice?", "Boil it."])
     assert emb.device.type == device.type and judge.embed([]).device.type == device.type

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from flywheel.devices import compute_device, model_device
+from flywheel.evaluation.embedding import Embedder
 from flywheel.evaluation.refusal import refusals
 from flywheel.evaluation.verdicts import Pair, Verdict, by_score
 
@@ -48,30 +46,8 @@ class ProxyJudge:
     key = "proxy"
 
     def __init__(self, embedder_path: str, batch_size: int = 32):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(embedder_path)
-        self.model = AutoModel.from_pretrained(embedder_path).to(compute_device()).eval()
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """Unit-norm mean-pooled embeddings, one row per text, on the embedder's device."""
-        device = model_device(self.model)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            ).to(device)
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.empty(0, device=device)
+        self.embed = Embedder(embedder_path, batch_size)
+        self.model = self.embed.model
 
     def judge(
         self, prompts: list[str], criteria: list[str], responses: list[str]

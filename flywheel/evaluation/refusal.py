@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from flywheel.evaluation.embedding import Embedder
+
 LABELS = ("compliance", "full_refusal", "partial_refusal")
 DATA = Path(__file__).resolve().parents[1] / "data"
 HEAD_FILE = DATA / "refusal_head.jsonl"
@@ -45,38 +47,16 @@ REFUSAL_PATTERNS = re.compile(
 )
 
 
-class Embedder:
-    """Unit-norm mean-pooled MiniLM sentence embeddings, on `compute_device()`."""
-
-    def __init__(self, path: str, batch_size: int = 32):
-        from transformers import AutoModel, AutoTokenizer
-
-        from flywheel.devices import compute_device
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(compute_device()).eval()
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                                 max_length=256, return_tensors="pt").to(device)
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, 384)
-
-
 @functools.cache
 def embedder() -> Embedder:
     """The packaged MiniLM, loaded once per process."""
     from flywheel.models import resolve
 
     return Embedder(resolve(EMBEDDER))
+
+
+def _embed(texts: list[str]) -> torch.Tensor:
+    return embedder()(texts).float().cpu()
 
 
 # cues people read a refusal by; each is a feature in the answer's opening and in its rest, so
@@ -117,8 +97,7 @@ def cues(text: str) -> list[float]:
 def features(texts: list[str]) -> torch.Tensor:
     """One row per answer: embedding of its opening and of the whole answer (its first 256
     tokens), and the `cues`."""
-    embed = embedder()
-    head, whole = embed([opening(t) for t in texts]), embed(texts)
+    head, whole = _embed([opening(t) for t in texts]), _embed(texts)
     cheap = torch.tensor([cues(t) for t in texts]).reshape(len(texts), 2 * len(CUES) + 1)
     return torch.cat([head, whole, cheap], dim=1)
 
