@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flywheel.evaluation.embedding import Embedder
+from flywheel.evaluation.refusal import embedder_path as refusal_embedder_path
 from flywheel.evaluation.refusal import refusals
 from flywheel.evaluation.verdicts import Pair, Verdict, by_score
 
@@ -41,6 +42,11 @@ def repetition(text: str) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+def _positions(texts: list[str]) -> dict[str, int]:
+    """Each distinct text's row, in order of first appearance."""
+    return {t: i for i, t in enumerate(dict.fromkeys(texts))}
+
+
 class ProxyJudge:
     name = "proxy"
     key = "proxy"
@@ -48,14 +54,21 @@ class ProxyJudge:
     def __init__(self, embedder_path: str, batch_size: int = 32):
         self.embed = Embedder(embedder_path, batch_size)
         self.model = self.embed.model
+        # the refusal classifier reads the same model's embedding of the whole answer
+        self.shares_refusal_embedder = embedder_path == refusal_embedder_path()
 
     def judge(
         self, prompts: list[str], criteria: list[str], responses: list[str]
     ) -> list[Judgement]:
         if not responses:
             return []
-        rel = (self.embed(prompts) * self.embed(responses)).sum(-1).clamp(0, 1).tolist()
-        refused_all = refusals(responses)
+        # each distinct text embedded once: a week's pairs repeat every prompt and response
+        p_at, r_at = _positions(prompts), _positions(responses)
+        emb_r = self.embed(list(r_at))
+        rel = (self.embed(list(p_at))[[p_at[t] for t in prompts]]
+               * emb_r[[r_at[t] for t in responses]]).sum(-1).clamp(0, 1).tolist()
+        refused_once = refusals(list(r_at), emb_r if self.shares_refusal_embedder else None)
+        refused_all = [refused_once[r_at[t]] for t in responses]
         results = []
         for criterion, response, r, refused in zip(criteria, responses, rel, refused_all):
             rep = repetition(response)

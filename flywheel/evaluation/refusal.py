@@ -55,6 +55,14 @@ def embedder() -> Embedder:
     return Embedder(resolve(EMBEDDER))
 
 
+def embedder_path() -> str:
+    """The folder of the model the head reads: a caller that already embedded the answers
+    with it passes them as `whole`."""
+    from flywheel.models import resolve
+
+    return resolve(EMBEDDER)
+
+
 def _embed(texts: list[str]) -> torch.Tensor:
     return embedder()(texts).float().cpu()
 
@@ -94,10 +102,11 @@ def cues(text: str) -> list[float]:
     return found + [math.log1p(len(words)) / 8]
 
 
-def features(texts: list[str]) -> torch.Tensor:
+def features(texts: list[str], whole: torch.Tensor | None = None) -> torch.Tensor:
     """One row per answer: embedding of its opening and of the whole answer (its first 256
-    tokens), and the `cues`."""
-    head, whole = _embed([opening(t) for t in texts]), _embed(texts)
+    tokens; `whole` when the caller has them from `embedder_path()`'s model), and the `cues`."""
+    head = _embed([opening(t) for t in texts])
+    whole = _embed(texts) if whole is None else whole.float().cpu()
     cheap = torch.tensor([cues(t) for t in texts]).reshape(len(texts), 2 * len(CUES) + 1)
     return torch.cat([head, whole, cheap], dim=1)
 
@@ -139,16 +148,16 @@ def shipped_head() -> Head:
     return Head.load(HEAD_FILE)
 
 
-def refusal_labels(texts: list[str]) -> list[str]:
+def refusal_labels(texts: list[str], whole: torch.Tensor | None = None) -> list[str]:
     """"compliance", "full_refusal" or "partial_refusal" per answer (the `evaluations.refusal`
-    column's values)."""
+    column's values). `whole`: the answers' embeddings, when the caller has them (`features`)."""
     texts = list(texts)
-    return shipped_head().predict(features(texts)) if texts else []
+    return shipped_head().predict(features(texts, whole)) if texts else []
 
 
-def refusals(texts: list[str]) -> list[bool]:
+def refusals(texts: list[str], whole: torch.Tensor | None = None) -> list[bool]:
     """Whether each answer refuses, fully or partly."""
-    return [label != "compliance" for label in refusal_labels(texts)]
+    return [label != "compliance" for label in refusal_labels(texts, whole)]
 
 
 @functools.lru_cache(maxsize=4096)
