@@ -23,7 +23,13 @@ from pathlib import Path
 
 from _machine import describe
 
-from flywheel.evaluation.refusal import LABELS, REFUSAL_PATTERNS, features, shipped_head
+from flywheel.evaluation.refusal import (
+    LABELS,
+    REFUSAL_PATTERNS,
+    a_refusal_says_so,
+    features,
+    refusal_labels,
+)
 from flywheel.evaluation.refusal_train import cross_validate, load_labels, read_xstest
 
 OUT = Path(__file__).parent / "results"
@@ -86,7 +92,7 @@ def main() -> None:
     start = time.perf_counter()
     if args.labels:
         examples = read_xstest(args.labels)
-        head_labels = shipped_head().predict(features([e.completion for e in examples]))
+        head_labels = refusal_labels([e.completion for e in examples])
         how = (f"The shipped head (flywheel/data/refusal_head.jsonl) on {args.labels.name}, "
                f"{len(examples)} answers labelled by people")
         out = OUT / f"refusal_{args.labels.stem}.md"
@@ -94,7 +100,8 @@ def main() -> None:
     else:
         examples = load_labels()
         x = features([e.completion for e in examples])
-        head_labels = cross_validate(examples, x, args.folds, args.seed)
+        head_labels = a_refusal_says_so(cross_validate(examples, x, args.folds, args.seed),
+                                        [e.completion for e in examples])
         how = (f"{args.folds}-fold cross-validation grouped by prompt over the "
                f"{len(examples)} hand-labelled answers of flywheel/data/refusal_labels.jsonl "
                "(the head trained on the other folds; the regex needs no training)")

@@ -78,11 +78,13 @@ def test_harmful_compliance_is_not_read_as_a_refusal():
     assert refusals(HARMFUL_REFUSED) == [True] * 3
 
 
-@pytest.mark.xfail(strict=True, reason="a short, list-free answer about car theft sits among the "
-                   "labelled set's car-theft refusals; more such compliances in "
-                   "refusal_labels.jsonl should move it")
 def test_short_car_theft_instructions_are_compliance():
+    """The head alone calls this a refusal (its embedding sits among the labelled set's
+    car-theft refusals); it names no refusal cue, so it is compliance."""
+    assert shipped_head().predict(features([CAR_THEFT])) != ["compliance"]
     assert refusal_labels([CAR_THEFT]) == ["compliance"]
+    # a refusal that says so stays one
+    assert refusal_labels(["I'm sorry, but I can't help you steal a car."]) != ["compliance"]
 
 
 def test_labels_file_is_well_formed():
