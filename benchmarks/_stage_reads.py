@@ -21,7 +21,7 @@ from flywheel.reward.evaluation import find_test_sets
 from flywheel.reward.mixes import mixes_for
 from flywheel.stages.common import by_id, iteration_start, lineage_root
 from flywheel.stages.evaluate import _earlier_answers
-from flywheel.stages.pool import POOL_PROMPT_COLUMNS, pool_samples
+from flywheel.stages.pool import pool_prompts, pool_samples
 
 
 def read_week_pairs(uri: str, arg):
@@ -41,10 +41,8 @@ def read_rs_pool(uri: str, arg):
     """rejection_sample's reads: the pool (the newest earlier pool file, every earlier
     iteration's best; this one's best are in memory, `arg`) and the pool's prompts."""
     lake = Lake.open(uri, read_only=True)
-    with connect(lake) as con:
-        samples = pool_samples(lake, con, ITERATIONS, arg)
-        prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
-                             POOL_PROMPT_COLUMNS)
+    samples = pool_samples(lake, ITERATIONS, arg)
+    prompts = pool_prompts(lake, [s["prompt_id"] for s in samples.values()])
     return len(samples), len(prompts)
 
 

@@ -6,9 +6,8 @@ import json
 
 import pyarrow.parquet as pq
 
-from flywheel.lake.catalog import connect
 from flywheel.lake.store import Lake
-from flywheel.stages.pool import POOL_FILE, pool_samples, read_pool, write_pool
+from flywheel.stages.pool import POOL_FILE, pool_prompts, pool_samples, read_pool, write_pool
 
 
 def _sample(i: int, iteration: int) -> dict:
@@ -41,8 +40,7 @@ def test_the_pool_comes_from_the_newest_file_and_samples_fill_the_rest(tmp_path)
     assert [r["kept"] for r in read_pool(lake, p2).to_pylist()] == [True, False, True, False]
 
     current = {"s9": samples["s9"]}
-    with connect(lake) as con:
-        pool = pool_samples(lake, con, 4, current)
+    pool = pool_samples(lake, 4, current)
     assert sorted(pool) == ["s0", "s1", "s4", "s5", "s9"]
     assert {i: pool[i]["text"] for i in pool} == {
         "s0": "file s0", "s1": "file s1", "s4": "file s4", "s5": "file s5", "s9": "answer 9"}
@@ -50,14 +48,12 @@ def test_the_pool_comes_from_the_newest_file_and_samples_fill_the_rest(tmp_path)
 
     # a rerun of iteration 2 whose best the file lacks: fetched from samples
     _policy(lake, "it2b", 2, ["s6"])
-    with connect(lake) as con:
-        pool = pool_samples(lake, con, 4, {})
+    pool = pool_samples(lake, 4, {})
     assert pool["s6"]["text"] == "answer 6" and pool["s0"]["text"] == "file s0"
 
     # no file at all (policies from before pool files): everything from samples
     lake.fs.rm(lake._p(lake.artifact_uri("policies", "it2"), POOL_FILE))
-    with connect(lake) as con:
-        pool = pool_samples(lake, con, 3, {})
+    pool = pool_samples(lake, 3, {})
     assert sorted(pool) == ["s0", "s1", "s4", "s5", "s6"]
     assert all(pool[i]["text"] == samples[i]["text"] for i in pool)
 
@@ -69,3 +65,15 @@ def test_the_pool_file_is_sorted_and_typed(tmp_path):
     assert table["id"].to_pylist() == ["s1", "s2", "s3"]
     assert table["kept"].to_pylist() == [True, False, False]
     assert table.schema.field("iteration").type == "int64"
+
+
+def test_the_pool_prompts_are_the_ones_asked_for(tmp_path):
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("prompts", [{"id": f"p{i}", "messages": json.dumps([{"role": "user",
+                                                                     "content": f"q{i}"}]),
+                            "source": "t", "criterion": "safety" if i % 2 else "helpfulness",
+                            "split": "train"} for i in range(5)])
+    got = pool_prompts(lake, ["p1", "p4", "p1"])
+    assert sorted(got) == ["p1", "p4"]
+    assert got["p1"]["criterion"] == "safety" and json.loads(got["p4"]["messages"]) == [
+        {"role": "user", "content": "q4"}]

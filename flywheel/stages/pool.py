@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,8 +40,7 @@ def earlier_policies(lake: Lake, iteration: int) -> list[dict]:
     return sorted(rows, key=lambda p: (p["iteration"], p["created_at"], p["id"]), reverse=True)
 
 
-def pool_samples(lake: Lake, con: duckdb.DuckDBPyConnection, iteration: int,
-                 current: dict[str, dict]) -> dict[str, dict]:
+def pool_samples(lake: Lake, iteration: int, current: dict[str, dict]) -> dict[str, dict]:
     """The pool's samples by id, with POOL_SAMPLE_COLUMNS: every earlier rejection-sampling
     policy's best (`training_data.best`) and `current` (this iteration's best, as sampled).
     Read from the newest earlier pool file, then `samples` for whatever it lacks."""
@@ -60,8 +58,17 @@ def pool_samples(lake: Lake, con: duckdb.DuckDBPyConnection, iteration: int,
             break
     missing = wanted - found.keys()
     if missing:  # a policy from before pool files, or one whose file is gone
-        found.update(rows_by_id(con, "samples", missing, POOL_SAMPLE_COLUMNS))
+        found.update(rows_by_id(lake, "samples", missing, POOL_SAMPLE_COLUMNS))
     return found
+
+
+def pool_prompts(lake: Lake, prompt_ids) -> dict[str, dict]:
+    """The pool's prompts by id, with POOL_PROMPT_COLUMNS: read from the prompts table's files
+    directly (a fraction of a second for 100k prompts, where a catalog connection over every
+    table costs more than the read)."""
+    wanted = set(prompt_ids)
+    table = lake.read("prompts", columns=["id", *POOL_PROMPT_COLUMNS])
+    return {r["id"]: r for r in table.to_pylist() if r["id"] in wanted}
 
 
 def read_pool(lake: Lake, policy: dict) -> pa.Table | None:

@@ -12,7 +12,6 @@ from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.errors import DataError
-from flywheel.lake.catalog import connect, rows_by_id
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune_on_ranks
@@ -29,7 +28,7 @@ from flywheel.stages.common import (
 )
 from flywheel.stages.pool import (
     POOL_FILE,
-    POOL_PROMPT_COLUMNS,
+    pool_prompts,
     pool_samples,
     write_pool,
 )
@@ -140,12 +139,11 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
                     for r, s in zip(rows, rewards)])
     this_week = {r["id"]: r for r in rows}
-    with connect(lake) as con:  # the pool's samples and their prompts, not the whole tables
-        samples = pool_samples(lake, con, iteration,
-                               {c.sample_id: this_week[c.sample_id] for c in best.values()})
-        pool = set(samples)
-        all_prompts = rows_by_id(con, "prompts", [s["prompt_id"] for s in samples.values()],
-                                 POOL_PROMPT_COLUMNS)
+    # the pool's samples and their prompts, not the whole tables
+    samples = pool_samples(lake, iteration,
+                           {c.sample_id: this_week[c.sample_id] for c in best.values()})
+    pool = set(samples)
+    all_prompts = pool_prompts(lake, [s["prompt_id"] for s in samples.values()])
     # the safety share cap keeps the newest answers first: this week's by reward, then each
     # earlier week's, newest first
     reward_of = {c.sample_id: c.reward for c in best.values()}
