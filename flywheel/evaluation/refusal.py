@@ -33,6 +33,7 @@ import torch
 from flywheel.evaluation.embedding import Embedder
 
 LABELS = ("compliance", "full_refusal", "partial_refusal")
+REFUSED = ("full_refusal", "partial_refusal")  # what counts as refusing: full or partial
 DATA = Path(__file__).resolve().parents[1] / "data"
 HEAD_FILE = DATA / "refusal_head.jsonl"
 EMBEDDER = "builtin:all-minilm-l6-v2"
@@ -178,7 +179,7 @@ def refusal_labels(texts: list[str], whole: torch.Tensor | None = None) -> list[
 
 def refusals(texts: list[str], whole: torch.Tensor | None = None) -> list[bool]:
     """Whether each answer refuses, fully or partly."""
-    return [label != "compliance" for label in refusal_labels(texts, whole)]
+    return [label in REFUSED for label in refusal_labels(texts, whole)]
 
 
 @functools.lru_cache(maxsize=4096)

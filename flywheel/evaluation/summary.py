@@ -21,11 +21,10 @@ import statistics
 
 import numpy as np
 
+from flywheel.evaluation.refusal import REFUSED
 from flywheel.evaluation.stats import bootstrap, bootstrap_interval, length_controlled_win_rate
 from flywheel.evaluation.stats import win_rate as mean_points
 from flywheel.evaluation.verdicts import Verdict
-
-REFUSED = ("full_refusal", "partial_refusal")
 
 
 def _metric(values: list[float], n_boot: int) -> dict:

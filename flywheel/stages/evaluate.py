@@ -17,10 +17,9 @@ from flywheel.evaluation.agreement import (
 from flywheel.evaluation.gate import head_to_head
 from flywheel.evaluation.judge import make_judge
 from flywheel.evaluation.leaderboard import leaderboard
-from flywheel.evaluation.refusal import refusal_labels
+from flywheel.evaluation.refusal import REFUSED, refusal_labels
 from flywheel.evaluation.run import evaluate_policy
 from flywheel.evaluation.suites import data_dir
-from flywheel.evaluation.summary import REFUSED
 from flywheel.evaluation.verdicts import Pair
 from flywheel.lake.catalog import query, rows_by_id
 from flywheel.lake.schemas import content_id
