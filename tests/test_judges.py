@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flywheel.annotation.importers import convert, write_delivery
-from flywheel.errors import DataError
+from flywheel.errors import ConfigError, DataError
 from flywheel.evaluation.agreement import (
     PEOPLE,
     latest_agreement,
@@ -250,3 +250,9 @@ def test_a_file_with_nothing_usable_is_one_clear_error(tmp_path):
         read_comparisons(str(path))
     with pytest.raises(DataError, match="does not exist"):
         read_comparisons(str(tmp_path / "missing.jsonl"))
+
+
+def test_an_unknown_judge_is_a_config_error_naming_the_choices(tiny_config):
+    with pytest.raises(ConfigError, match="unknown judge 'gpt'; choose one of proxy, "
+                       "reward-model, llm"):
+        make_judge("gpt", tiny_config)

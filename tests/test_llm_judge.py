@@ -90,7 +90,7 @@ def test_both_orders_combine_into_one_verdict(first, second, winner, flipped, or
 def test_the_template_follows_the_turns_and_the_reference():
     assert [template_name(p) for p in (SINGLE, TWO, MATH, MATH_TWO)] == [
         "pair-v2", "pair-v2-multi-turn", "pair-math-v1", "pair-math-v1-multi-turn"]
-    with pytest.raises(ValueError, match="one or two user turns; got 3"):
+    with pytest.raises(DataError, match="one or two user turns; got 3"):
         template_name(Pair(("1", "2", "3"), ("a",) * 3, ("b",) * 3))
     with pytest.raises(ValueError, match="one reference answer per turn"):
         template_name(Pair(("1", "2"), ("a",) * 2, ("b",) * 2, reference=("r",)))

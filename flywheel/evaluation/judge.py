@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flywheel import models
 from flywheel.config import FlywheelConfig
+from flywheel.errors import ConfigError
 from flywheel.evaluation.llm_judge import LLMJudge
 from flywheel.evaluation.proxy import ProxyJudge
 from flywheel.evaluation.reward_judge import RewardModelJudge
@@ -30,5 +31,5 @@ def make_judge(spec: str, cfg: FlywheelConfig, lake=None):
         return RewardModelJudge.from_spec(arg, cfg, lake)
     if kind == "llm":
         return LLMJudge.from_env(cfg, lake)
-    raise ValueError(f"unknown judge {spec!r}; choose one of {', '.join(JUDGES)} "
+    raise ConfigError(f"unknown judge {spec!r}; choose one of {', '.join(JUDGES)} "
                      f"(reward-model takes an optional ':ID' or ':FOLDER')")

@@ -111,7 +111,8 @@ def template_name(pair: Pair) -> str:
     """pair-v2 for one turn, its multi-turn form for two; the math forms with a reference."""
     turns = len(pair.prompt)
     if turns > 2:
-        raise ValueError(f"MT-bench's judge prompts cover one or two user turns; got {turns}")
+        raise DataError(f"MT-bench's judge prompts cover one or two user turns; got {turns} "
+                        "(judge-agreement leaves such pairs out with --max-turns 2)")
     if pair.reference is not None and len(pair.reference) < turns:
         raise ValueError(f"a pair with a reference needs one reference answer per turn; got "
                          f"{len(pair.reference)} for {turns} turns")
