@@ -16,14 +16,14 @@ from flywheel.lake.store import Lake
 ELO_2 = 400 * math.log10(2)  # 120.41
 
 
-def _row(run, n, policy, against, verdict, judge="proxy:1", suite="heldout"):
+def _row(run, n, policy, against, verdict, judge="proxy:1", suite="heldout", at=None):
     item = f"item-{n}"
     return {"id": content_id(run, suite, item), "run_id": run, "suite": suite, "item_id": item,
             "category": None, "policy_id": policy, "against_id": against, "iteration": None,
             "prompt": json.dumps([f"question {n}"]), "answer": json.dumps(["an answer"]),
             "against_answer": json.dumps(["another"]) if against else None, "judge": judge,
             "verdict": verdict, "flipped": False, "refusal": "compliance",
-            "against_refusal": None, "metrics": "{}", "created_at": datetime.now(UTC)}
+            "against_refusal": None, "metrics": "{}", "created_at": at or datetime.now(UTC)}
 
 
 @pytest.fixture
@@ -71,6 +71,25 @@ def test_the_prior_pulls_ratings_in_and_filters_choose_the_games(lake):
     assert everything[0]["policy"] == "C" and everything[0]["games"] == 20
     assert leaderboard(lake, judge="nobody") == []
     assert leaderboard(lake, n=200, seed=1) == leaderboard(lake, n=200, seed=1)
+
+
+def test_a_rerun_evaluation_counts_each_game_once(lake):
+    """A then B re-evaluated on the same three prompts twice more (a rerun of the same pair,
+    then the pair the other way round), each run later than the one before: only the latest
+    run's verdicts count, where B won all three, so A and B have 3 games between them, not 9.
+    Other judges' and suites' rows with the same prompts stay separate games."""
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    latest = datetime(2100, 1, 2, tzinfo=UTC)
+    lake.write("evaluations", [_row("r7", i, "A", "B", "a", at=later) for i in range(3)]
+               + [_row("r8", i, "B", "A", "a", at=latest) for i in range(3)]
+               + [_row("r9", i, "A", "B", "a", judge="llm:x:1", at=later) for i in range(3)])
+    rows = {r["policy"]: r for r in leaderboard(lake, judge="proxy:1", suite="heldout", n=50)}
+    a, b = rows["A"], rows["B"]
+    # A: 4 of 5 against C, 0 of 3 against B (r8); B: 3 against A, 2 of 3 against C
+    assert (a["games"], a["wins"], a["losses"]) == (8, 4, 4)
+    assert (b["games"], b["wins"], b["ties"], b["losses"]) == (6, 5, 0, 1)
+    llm = {r["policy"]: r for r in leaderboard(lake, judge="llm:x:1", n=50)}
+    assert llm["A"]["games"] == 9 and llm["A"]["wins"] == 3  # 6 losses to C, 3 wins over B
 
 
 def test_markdown_and_chart(lake):

@@ -6,6 +6,9 @@ won, b: the opponent did, tie). A candidate meets its parent each iteration, so 
 a chain through the loop's history; Bradley-Terry puts policies that never met on one scale
 through the ones in between, which a table of head-to-head win rates cannot. Games by
 different judges measure different things: pass `judge` to keep one judge's.
+
+A rerun of an evaluation judges the same games again: of the rows with the same judge, suite,
+prompt and pair of policies (in either order), only the latest run's count.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from flywheel.stages.charts import intervals_svg
 def games(lake: Lake, judge: str | None = None, suite: str | None = None
           ) -> list[tuple[str, str, float]]:
     """(policy, opponent, the policy's points) of every judged row against an opponent, in a
-    fixed order (so a seeded bootstrap repeats)."""
+    fixed order (so a seeded bootstrap repeats). A game judged by several runs (an evaluation
+    rerun, or the same two policies evaluated the other way round) counts once: the rows of
+    the latest run (by `created_at`, then `run_id`) with that judge, suite, prompt and pair."""
     where = ["against_id IS NOT NULL", "verdict IS NOT NULL"]
     params = {}
     if judge is not None:
@@ -29,8 +34,13 @@ def games(lake: Lake, judge: str | None = None, suite: str | None = None
     if suite is not None:
         where.append("suite = $suite")
         params["suite"] = suite
-    rows = catalog.query(lake, "SELECT policy_id, against_id, verdict FROM evaluations WHERE "
-                         + " AND ".join(where) + " ORDER BY id", params or None)
+    game = ("judge, suite, prompt, least(policy_id, against_id), "
+            "greatest(policy_id, against_id)")
+    rows = catalog.query(
+        lake, "SELECT policy_id, against_id, verdict FROM evaluations WHERE "
+        + " AND ".join(where)
+        + f" QUALIFY run_id = first_value(run_id) OVER (PARTITION BY {game} "
+        "ORDER BY created_at DESC, run_id DESC) ORDER BY id", params or None)
     return [(r["policy_id"], r["against_id"], Verdict(r["verdict"]).points_a) for r in rows]
 
 
