@@ -17,8 +17,6 @@ The iteration row records each stage's wall time (`stage_seconds`), the policy u
 entry per method that ran (rejection_sampling, rrhf, ppo), timed where the method ran.
 """
 
-import time
-from contextlib import contextmanager
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -32,16 +30,9 @@ from flywheel.flows.stages import evaluate_candidate, reward_models, sample, upd
 from flywheel.stages import common, plan
 from flywheel.tasks.annotation import annotate, export_pairs
 from flywheel.tasks.events import awaiting_tag, ensure_resume_automation
+from flywheel.tasks.progress import announced, timed
 from flywheel.tasks.promotion import decide
 from flywheel.tasks.resume import in_lake, resolve_iteration
-
-
-@contextmanager
-def timed(seconds: dict[str, float], name: str):
-    """Records the block's wall time under `name`."""
-    start = time.perf_counter()
-    yield
-    seconds[name] = round(time.perf_counter() - start, 2)
 
 
 def wait_for_batch(config: FlywheelConfig, iteration: int) -> str:
@@ -95,7 +86,8 @@ def weekly_iteration(config: FlywheelConfig, iteration: int | None = None,
             batch_id = in_lake(annotate, config)(config, iteration, pairs)
     with timed(seconds, "train_reward_models"):
         rm_ids = reward_models(config, iteration, batch_id, deployed)
-    update = update_policy(config, iteration, rm_ids, deployed)
+    with announced("policy_update"):  # timed by method where the methods ran
+        update = update_policy(config, iteration, rm_ids, deployed)
     seconds.update(update["seconds"])  # one entry per method, in the order they ran
     with timed(seconds, "evaluate"):
         evaluation = evaluate_candidate(config, iteration, update["candidate"], deployed)
