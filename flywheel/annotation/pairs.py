@@ -1,11 +1,14 @@
 """The week's pairs, and delivery files built from labels of them.
 
-Each weekly iteration N writes, per train prompt, two `samples` rows with purpose "annotation" and
-iteration N (one from the latest policy, one from the previous). `week_pairs` groups them by
-prompt into the pairs people label, whatever the tool (Label Studio, Argilla, the built-in review
-page). Which response is shown as A (left) is decided by a hash of the pair id, so half the pairs
-show the latest policy first: position bias is not systematic, and every tool shows the same pair
-the same way.
+Each weekly iteration N writes, per train prompt, `sampling.responses_per_policy` `samples` rows
+with purpose "annotation" and iteration N from each of two arms: the latest policy at the first
+temperature, the previous one at the second (`flywheel.stages.sample_for_annotation`). The pairs
+of a prompt are every answer of one arm against every answer of the other (`cross_pairs`, the
+one pairing of the simulated annotator and of people), n x n of them. `week_pairs` reads them
+back from the lake, whatever the tool (Label Studio, Argilla, the built-in review page). Which
+response is shown as A (left) is decided by a hash of the pair id, so half the pairs show the
+latest policy first: position bias is not systematic, and every tool shows the same pair the
+same way.
 
 `write_delivery_jsonl` turns labelled pairs into the bytes of a delivery file, which goes through
 `flywheel.ingest.ingest_bytes`: the same validation as any batch.
@@ -56,14 +59,29 @@ def render_prompt(messages: list[dict]) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def week_pairs(lake: Lake, iteration: int) -> list[dict]:
-    """The pairs of iteration `iteration`, sorted by pair id. Groups of other than two annotation
-    samples are skipped. Each pair: pair_id, prompt_id, messages, prompt (rendered), criterion,
-    sample_id_a, text_a, sample_id_b, text_b."""
+def cross_pairs(latest: list[str], previous: list[str]) -> list[list[str]]:
+    """The pairs of one prompt: each latest answer against each previous one, as
+    [latest sample id, previous sample id], latest-major."""
+    return [[x, y] for x in latest for y in previous]
+
+
+def _arms(group: list[dict]) -> list[list[str]]:
+    """A prompt's annotation samples split into arms: one per policy and sampling parameters
+    (temperature, the safety preprompt), each arm's ids sorted."""
+    arms: dict[tuple, list[str]] = defaultdict(list)
+    for s in group:
+        arms[(s["policy_id"], s["params"])].append(s["id"])
+    return [sorted(ids) for _, ids in sorted(arms.items())]
+
+
+def _week(lake: Lake, iteration: int) -> tuple[list[dict], dict[str, int]]:
+    """(the pairs of iteration `iteration`, {prompt id: its number of arms} of the prompts whose
+    annotation samples do not come in two arms, which give no pairs)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     with connect(lake) as con:
-        for s in query(con, "SELECT id, prompt_id, text FROM samples WHERE purpose = "
-                       "'annotation' AND iteration = $iteration", {"iteration": iteration}):
+        for s in query(con, "SELECT id, prompt_id, policy_id, params, text FROM samples WHERE "
+                       "purpose = 'annotation' AND iteration = $iteration",
+                       {"iteration": iteration}):
             groups[s["prompt_id"]].append(s)
         prompts = rows_by_id(con, "prompts", groups)
     missing = sorted(set(groups) - set(prompts))
@@ -71,31 +89,56 @@ def week_pairs(lake: Lake, iteration: int) -> list[dict]:
         raise DataError(f"annotation samples of iteration {iteration} name prompts the lake "
                         f"does not hold: {', '.join(missing)}; write those prompts to the "
                         "`prompts` table or re-run sample-for-annotation")
-    out = []
+    out, unpaired = [], {}
     for prompt_id, group in groups.items():
-        if len(group) != 2:
+        arms = _arms(group)
+        if len(arms) != 2:
+            unpaired[prompt_id] = len(arms)
             continue
-        first, second = sorted(group, key=lambda s: s["id"])
-        pid = pair_id_of(prompt_id, [first["id"], second["id"]])
-        a, b = (first, second) if a_first(pid) else (second, first)
+        texts = {s["id"]: s["text"] for s in group}
         messages = json.loads(prompts[prompt_id]["messages"])
-        out.append({
-            "pair_id": pid, "prompt_id": prompt_id, "messages": messages,
-            "prompt": render_prompt(messages), "criterion": prompts[prompt_id]["criterion"],
-            "sample_id_a": a["id"], "text_a": a["text"],
-            "sample_id_b": b["id"], "text_b": b["text"],
-        })
-    return sorted(out, key=lambda p: p["pair_id"])
+        for ids in cross_pairs(*arms):
+            first, second = sorted(ids)
+            pid = pair_id_of(prompt_id, ids)
+            a, b = (first, second) if a_first(pid) else (second, first)
+            out.append({
+                "pair_id": pid, "prompt_id": prompt_id, "messages": messages,
+                "prompt": render_prompt(messages), "criterion": prompts[prompt_id]["criterion"],
+                "sample_id_a": a, "text_a": texts[a], "sample_id_b": b, "text_b": texts[b],
+            })
+    return sorted(out, key=lambda p: p["pair_id"]), unpaired
+
+
+def week_pairs(lake: Lake, iteration: int) -> list[dict]:
+    """The pairs of iteration `iteration`, sorted by pair id: per prompt, `cross_pairs` of its
+    two arms of annotation samples (prompts with samples in one arm or in more than two give
+    none). Each pair: pair_id, prompt_id, messages, prompt (rendered), criterion, sample_id_a,
+    text_a, sample_id_b, text_b."""
+    return _week(lake, iteration)[0]
 
 
 def require_pairs(lake: Lake, iteration: int) -> list[dict]:
-    """`week_pairs`, or a DataError saying how to get some."""
-    pairs = week_pairs(lake, iteration)
-    if not pairs:
-        raise DataError(f"lake {lake.uri} has no pairs to label for iteration {iteration} (no "
-                        "prompt with exactly two 'annotation' samples of that iteration); run the "
-                        "sample-for-annotation stage first, or pass another --iteration")
-    return pairs
+    """`week_pairs`, or a DataError saying what is missing and how to get some."""
+    pairs, unpaired = _week(lake, iteration)
+    if pairs:
+        return pairs
+    if not unpaired:
+        raise DataError(f"lake {lake.uri} has no pairs to label for iteration {iteration}: it "
+                        f"holds no 'annotation' samples of iteration {iteration}; run the "
+                        "sample-for-annotation stage for it, or pass another --iteration")
+    one = sorted(p for p, n in unpaired.items() if n == 1)
+    if one:
+        raise DataError(f"lake {lake.uri} has no pairs to label for iteration {iteration}: the "
+                        f"annotation samples of {len(one)} prompt(s) (e.g. {one[0]}) all come "
+                        "from one policy at one temperature, so there is no latest and previous "
+                        "answer to compare; give sampling.temperatures two different values "
+                        "and sample another iteration")
+    many = sorted(unpaired)
+    raise DataError(f"lake {lake.uri} has no pairs to label for iteration {iteration}: "
+                    f"{len(many)} prompt(s) (e.g. {many[0]}, {unpaired[many[0]]} arms) were "
+                    "sampled for it more than once with other policies or settings, so which "
+                    "answers are the latest and the previous cannot be told; sample a new "
+                    "iteration and label that one")
 
 
 def delivery_row(pair: dict, chosen: str | None, strength: str | None,

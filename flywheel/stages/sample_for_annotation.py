@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flywheel.annotation.pairs import cross_pairs
 from flywheel.config import FlywheelConfig
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
@@ -38,7 +39,7 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
     policy at the second (on prompts tagged safety with `sampling.safety_preprompt` as the
     system prompt, when set). Returns the
     [latest sample id, previous sample id] pairs: every latest response of a prompt against
-    every previous one."""
+    every previous one (`cross_pairs`, which the exported pairs of human mode also use)."""
     prompts = week_prompts([p for p in ensure_prompts(cfg, lake) if p["split"] == "train"],
                            iteration, cfg.sampling.prompts_per_criterion)
     latest = current_policy(cfg, lake)
@@ -61,5 +62,5 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
                 by_prompt.update((r[0]["prompt_id"], r) for r in
                                  (rows[i : i + n] for i in range(0, len(rows), n)))
         out[role] = [by_prompt[p["id"]] for p in prompts]  # n rows per prompt, prompt order
-    return [[x["id"], y["id"]] for mine, theirs in zip(out["latest"], out["previous"])
-            for x in mine for y in theirs]
+    return [pair for mine, theirs in zip(out["latest"], out["previous"])
+            for pair in cross_pairs([x["id"] for x in mine], [y["id"] for y in theirs])]
