@@ -10,10 +10,12 @@ recorded iterations are read (--config then only names the config they ran with)
 benchmarks/results/demo_loop.md unless --out names another file.
 
     .venv/bin/python benchmarks/bench_demo_loop.py --stages [--lake ./flywheel-demo/lake]
-        [--run --iterations 2]
+        [--run --iterations 2] [--before OTHER_LAKE --before-note "..."]
 
 --stages writes the wall time of each stage of each iteration instead (what `make demo` costs
-on this machine), to benchmarks/results/demo_stages.md unless --out names another file.
+on this machine), to benchmarks/results/demo_stages.md unless --out names another file; with
+--before, another lake's stage times side by side (an earlier config's run), and each run's
+load average (`uptime`) as it ended when this run ran it.
 """
 
 import argparse
@@ -181,24 +183,38 @@ def helpful_interval(lake: Lake, policy_id: str) -> list[float] | None:
     return win_rate_interval(win_points(list(zip(new, old))))
 
 
-def stage_table(rows: list[dict], config: Path, wall: float | None) -> list[str]:
+def stage_table(rows: list[dict], config: Path, wall: float | None,
+                before: list[dict] | None = None, before_note: str = "",
+                load: str = "") -> list[str]:
     """The seconds each stage took in each iteration, as the lake recorded them, and their total;
-    the whole command's wall time when this run ran it."""
-    seconds = [json.loads(r["metrics"])["stage_seconds"] for r in rows]
+    the whole command's wall time when this run ran it; `before`: another lake's iterations in
+    columns of their own, ahead of this run's."""
+    runs = [("before, ", before or []), ("" if not before else "after, ", rows)]
+    cols = [(f"{tag}iteration {r['iteration']} (s)", json.loads(r["metrics"])["stage_seconds"])
+            for tag, rs in runs for r in rs]
     lines = [
         "# Demo wall time per stage",
         "",
         f"Machine: {describe()}. Config: {_config_name(config)} ({_config_line(config)}).",
         "Each stage's time includes loading its models (a vLLM engine start is about a minute "
         "here).",
+        *([f"Before: {before_note}"] if before else []),
+        *([f"Load average (1, 5, 15 min) as this run ended: {load}"] if load else []),
         "",
-        "| stage | " + " | ".join(f"iteration {r['iteration']} (s)" for r in rows) + " |",
-        "|---|" + "---|" * len(rows),
+        "| stage | " + " | ".join(name for name, _ in cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
-    for stage in seconds[0]:
-        lines.append(f"| {stage} | " + " | ".join(f"{s.get(stage, 0.0):.1f}" for s in seconds)
-                     + " |")
-    lines.append("| **total** | " + " | ".join(f"{sum(s.values()):.1f}" for s in seconds) + " |")
+    stages = list(dict.fromkeys(k for _, s in cols for k in s))
+    for stage in stages:
+        lines.append(f"| {stage} | " + " | ".join(
+            f"{s[stage]:.1f}" if stage in s else "" for _, s in cols) + " |")
+    lines.append("| **total** | " + " | ".join(f"{sum(s.values()):.1f}" for _, s in cols)
+                 + " |")
+    if before:
+        b = sum(sum(s.values()) for _, s in cols[:len(before)])
+        a = sum(sum(s.values()) for _, s in cols[len(before):])
+        lines += ["", f"Stages of every iteration together: before {b:.0f} s, after {a:.0f} s "
+                  f"({a / b:.2f} x)."]
     if wall:
         lines += ["", f"Whole `flywheel demo --iterations {len(rows)}` command: {wall:.0f} s "
                   "(includes the local Prefect server start)."]
@@ -217,9 +233,13 @@ def main():
     ap.add_argument("--run", action="store_true", help="run the demo first")
     ap.add_argument("--stages", action="store_true",
                     help="write the stage wall times of each iteration instead")
+    ap.add_argument("--before", default=None,
+                    help="with --stages: another lake whose stage times go beside this one's")
+    ap.add_argument("--before-note", default="",
+                    help="with --before: what that lake ran (config, date, load)")
     args = ap.parse_args()
     args.out = args.out or (STAGES_OUT if args.stages else OUT)
-    wall = None
+    wall, load = None, []
     if args.run:
         t0 = time.perf_counter()
         exe = Path(sys.executable).with_name("flywheel")
@@ -227,12 +247,16 @@ def main():
                         str(args.iterations), "--fresh", "--lake", args.lake],
                        check=True, start_new_session=True)
         wall = time.perf_counter() - t0
+        load = Path("/proc/loadavg").read_text().split()[:3]
     lake = Lake.open(args.lake)
     rows = sorted(lake.rows("iterations"), key=lambda r: r["iteration"])
     if not rows:
         sys.exit(f"no iterations in {args.lake}; pass --run")
     if args.stages:
-        _write(args.out, stage_table(rows, args.config, wall))
+        before = (sorted(Lake.open(args.before).rows("iterations"),
+                         key=lambda r: r["iteration"]) if args.before else None)
+        _write(args.out, stage_table(rows, args.config, wall, before, args.before_note,
+                                     ", ".join(load)))
         return
     policies = {p["id"]: p for p in lake.rows("policies")}
     lines = [

@@ -77,3 +77,44 @@ def test_the_pool_prompts_are_the_ones_asked_for(tmp_path):
     assert sorted(got) == ["p1", "p4"]
     assert got["p1"]["criterion"] == "safety" and json.loads(got["p4"]["messages"]) == [
         {"role": "user", "content": "q4"}]
+
+
+def test_what_a_policy_learned_is_its_nearest_pool_files_learned_column(tmp_path):
+    import pyarrow as pa
+
+    from flywheel.stages.pool import learned_by
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    lake.write("samples", [_sample(i, 1 + i // 4) for i in range(8)])
+    samples = {r["id"]: r for r in lake.rows("samples")}
+    base = {"id": "base", "iteration": 0, "uri": "builtin:x", "method": "base",
+            "training_data": "{}", "metrics": "{}", "parent_id": None}
+    lake.write("policies", [base])
+    assert learned_by(lake, base) == set()
+    it1 = {**_policy(lake, "it1", 1, ["s0", "s1"]), "parent_id": "base"}
+    lake.write("policies", [it1])
+    folder = tmp_path / "it1"
+    folder.mkdir()
+    write_pool(str(folder), {i: samples[i] for i in ("s0", "s1")}, kept={"s0"})
+    lake.put_artifact("policies", "it1", folder, {})
+    assert learned_by(lake, it1) == {"s0"}  # the cap left s1 out: not learned
+    # iteration 2 fine-tuned on the new ones only: its file says what it learned with its parent
+    it2 = {**_policy(lake, "it2", 2, ["s4"]), "parent_id": "it1"}
+    lake.write("policies", [it2])
+    folder = tmp_path / "it2"
+    folder.mkdir()
+    write_pool(str(folder), {i: samples[i] for i in ("s0", "s1", "s4")}, kept={"s1", "s4"},
+               learned_before=learned_by(lake, it1))
+    lake.put_artifact("policies", "it2", folder, {})
+    assert read_pool(lake, it2)["kept"].to_pylist() == [False, True, True]
+    assert learned_by(lake, it2) == {"s0", "s1", "s4"}
+    # PPO on top has no pool of its own: its parent's
+    ppo = {**_policy(lake, "ppo2", 2, [], method="ppo"), "parent_id": "it2"}
+    lake.write("policies", [ppo])
+    assert learned_by(lake, ppo) == {"s0", "s1", "s4"}
+    # a file from before the learned column: its kept (then the whole pool was fine-tuned on)
+    old = pa.Table.from_pylist([{"id": "s0", "kept": True}, {"id": "s1", "kept": False}])
+    pq.write_table(old, tmp_path / "old.parquet")
+    lake.fs.put(str(tmp_path / "old.parquet"),
+                lake._p(lake.artifact_uri("policies", "it1"), POOL_FILE))
+    assert learned_by(lake, it1) == {"s0"}

@@ -52,6 +52,14 @@ class RejectionSamplingConfig(_Seeded):
         "first). They stay in the pool for later weeks. Llama 2 saw false refusals of safe "
         "prompts grow with the share of safety data. Empty: every answer in the pool.",
     )
+    finetune_on: Literal["pool", "new"] = Field(
+        "pool",
+        description="What the latest policy is fine-tuned on: `pool`, the whole pool (every "
+        "iteration's best, as Llama 2); `new`, the pool's answers that policy and its ancestors "
+        "were not yet fine-tuned on (this week's best, and earlier weeks' when their policy was "
+        "rolled back or the safety share cap left them out), so a week's fine-tuning costs "
+        "what is new instead of growing with the pool.",
+    )
     learning_rate: float = Field(1e-5, gt=0, lt=1)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1)

@@ -9,8 +9,9 @@ texts the stage never uses. So each rejection-sampling policy keeps its pool bes
 next iteration reads the newest such file and fetches from `samples` only what the file lacks:
 normally nothing, since this week's best are already in memory.
 
-The file is lineage too: what the policy was fine-tuned on (`kept`), and what the safety share
-cap left out.
+The file is lineage too: what the policy was fine-tuned on (`kept`), what it and its ancestors
+have been fine-tuned on (`learned`; with `rejection_sampling.finetune_on: new` the next policy
+is fine-tuned on the rest), and what the safety share cap left out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ POOL_FILE = "pool.parquet"
 POOL_SCHEMA = pa.schema([("id", pa.string()), ("prompt_id", pa.string()),
                          ("iteration", pa.int64()), ("text", pa.string()),
                          ("token_count", pa.int64()), ("params", pa.string()),
-                         ("kept", pa.bool_())])
+                         ("kept", pa.bool_()), ("learned", pa.bool_())])
+FILE_ONLY = ["kept", "learned"]  # the file's columns that are not the samples'
 
 
 def earlier_policies(lake: Lake, iteration: int) -> list[dict]:
@@ -51,7 +53,8 @@ def pool_samples(lake: Lake, iteration: int, current: dict[str, dict]) -> dict[s
     for policy in policies:
         table = read_pool(lake, policy)
         if table is not None:
-            in_file = dict(zip(table["id"].to_pylist(), table.drop_columns(["kept"]).to_pylist()))
+            extra = [c for c in FILE_ONLY if c in table.column_names]
+            in_file = dict(zip(table["id"].to_pylist(), table.drop_columns(extra).to_pylist()))
             for extra in in_file.keys() - wanted:  # none unless the file is from another pool
                 del in_file[extra]
             found.update(in_file)
@@ -84,11 +87,31 @@ def read_pool(lake: Lake, policy: dict) -> pa.Table | None:
     return pq.ParquetFile(pa.BufferReader(lake.read_bytes(name))).read()
 
 
-def write_pool(folder: str, samples: dict[str, dict], kept: set[str]) -> None:
+def learned_by(lake: Lake, policy: dict) -> set[str]:
+    """The pool answers a policy and its ancestors were fine-tuned on: the `learned` column of
+    the pool file of its nearest rejection-sampling ancestor (itself included; a file from
+    before the column: its `kept`, when each policy was fine-tuned on its whole pool). Empty
+    for the base policy, or a lineage without pool files."""
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    current: dict | None = policy
+    while current is not None:
+        if current["method"] == "rejection_sampling":
+            table = read_pool(lake, current)
+            if table is not None:
+                flag = "learned" if "learned" in table.column_names else "kept"
+                return {i for i, f in zip(table["id"].to_pylist(), table[flag].to_pylist())
+                        if f}
+        current = policies.get(current.get("parent_id") or "")
+    return set()
+
+
+def write_pool(folder: str, samples: dict[str, dict], kept: set[str],
+               learned_before: set[str] = frozenset()) -> None:
     """The pool file of a policy about to be stored from `folder`: every pool sample, sorted by
-    id, and whether it was fine-tuned on."""
-    rows = [{**{k: samples[i][k] for k in ("id", *POOL_SAMPLE_COLUMNS)}, "kept": i in kept}
-            for i in sorted(samples)]
+    id, whether it was fine-tuned on (`kept`) and whether the policy has learned it (`kept`, or
+    `learned_before` by its ancestors)."""
+    rows = [{**{k: samples[i][k] for k in ("id", *POOL_SAMPLE_COLUMNS)}, "kept": i in kept,
+             "learned": i in kept or i in learned_before} for i in sorted(samples)]
     # zstd: 40 % fewer bytes than snappy and faster to read with pyarrow (250k answers: 31 MB,
     # read in 0.08 s against 54 MB and 0.18 s)
     pq.write_table(pa.Table.from_pylist(rows, schema=POOL_SCHEMA), f"{folder}/{POOL_FILE}",

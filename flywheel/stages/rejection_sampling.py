@@ -28,6 +28,7 @@ from flywheel.stages.common import (
 )
 from flywheel.stages.pool import (
     POOL_FILE,
+    learned_by,
     pool_prompts,
     pool_samples,
     write_pool,
@@ -142,7 +143,9 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     # the pool's samples and their prompts, not the whole tables
     samples = pool_samples(lake, iteration,
                            {c.sample_id: this_week[c.sample_id] for c in best.values()})
-    pool = set(samples)
+    # finetune_on new: what the latest policy's lineage has not been fine-tuned on yet
+    learned = learned_by(lake, latest) & set(samples) if rs.finetune_on == "new" else set()
+    pool = set(samples) - learned
     all_prompts = pool_prompts(lake, [s["prompt_id"] for s in samples.values()])
     # the safety share cap keeps the newest answers first: this week's by reward, then each
     # earlier week's, newest first
@@ -161,7 +164,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                            "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
         ft = finetune_on_ranks(policy_path(lake, latest), examples, rs, tmp)
-        write_pool(tmp, samples, set(pool_ids))
+        write_pool(tmp, samples, set(pool_ids), learned)
         uri = lake.put_artifact("policies", policy_id, tmp, {"parent": latest["id"]})
     best_rewards = [c.reward for c in best.values()]
     metrics = {"reward": "R_c: the gated sigmoid of the two reward models' scores",
@@ -170,6 +173,7 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "reward_mean_best": statistics.fmean(best_rewards),
                "reward_all": rewards, "reward_best": best_rewards,
                "pool_size": len(pool_ids), "pool_cut_by_limit": len(cut),
+               "pool_learned_before": len(learned),
                "pool_safety": len(on_safety) - len(left_out),
                "pool_safety_left_out": len(left_out), "finetune": ft}
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
