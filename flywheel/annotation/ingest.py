@@ -45,6 +45,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel.annotation import gold
 from flywheel.annotation.delivery import (
     COLUMNS,
     SUFFIXES,
@@ -166,6 +167,7 @@ def ingest_bytes(lake: Lake, data: bytes, filename: str, batch_id: str | None = 
     ignored = json.loads(table.schema.metadata[b"ignored"])
     table, new_prompts = inline_prompts(table)
     table = normalised_labels(table)
+    table = gold.mark(lake, table)  # labels of gold pairs: quarantined, never trained on
 
     con = connect(lake)
     try:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from flywheel.config.annotators import AnnotatorQualityConfig
 from flywheel.config.base import _Section
 from flywheel.config.resources import RESOURCES_HELP, ResourcesConfig
 
@@ -183,6 +184,11 @@ class AnnotationConfig(_Section):
     )
     max_text_chars: int = Field(
         32000, ge=1, description="Ingest rejects prompts or responses longer than this."
+    )
+    quality: AnnotatorQualityConfig = Field(
+        AnnotatorQualityConfig(),
+        description="Overlap and gold pairs, simulated annotators, quality thresholds of the "
+        "mixes (`flywheel annotators`).",
     )
 
     @model_validator(mode="after")

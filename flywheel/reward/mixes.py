@@ -18,13 +18,18 @@ grows keeps the rows it had ranked first. When the pool holds fewer rows than wa
 fails with an error naming what is missing, or, with `allow_short`, takes all of them and the
 counts say so ("sample short"). `batches` limits the in-house rows to the
 named batches (the lineage of a reward model); open-source rows are not filtered.
+
+`left_out` names in-house annotators whose rows no mix takes, with why (annotators below the
+quality thresholds of `annotation.quality`: flywheel/annotation/annotators.py); the record
+keeps the names and reasons, and nothing is deleted, so a mix without them takes their rows
+again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
@@ -38,11 +43,12 @@ IN_HOUSE = "in-house"
 
 _BASE = f"""
 WITH train AS (
-  SELECT id, coalesce(source, '{IN_HOUSE}') AS source, criterion, batch_id
+  SELECT id, coalesce(source, '{IN_HOUSE}') AS source, criterion, batch_id, annotator
   FROM comparisons WHERE split = 'train'
 ), in_house AS (
   SELECT id, criterion FROM train
   WHERE source = '{IN_HOUSE}' AND ($batches IS NULL OR list_contains($batches, batch_id))
+    AND NOT list_contains($left_out::VARCHAR[], coalesce(annotator, ''))
 ), open_source AS (
   SELECT id, criterion, source ILIKE '%harmless%' AS harmless FROM train
   WHERE source <> '{IN_HOUSE}'
@@ -92,38 +98,44 @@ class MixResult:
     seed: int
     batches: list[str] | None
     ratio: float  # rows sampled per row kept whole
+    left_out: dict[str, str] = field(default_factory=dict)  # annotator -> why
 
 
 def helpfulness_mix(lake_or_con: Lake | duckdb.DuckDBPyConnection, seed: int = 0,
                     batches: list[str] | None = None, extra: float = 1.0,
-                    allow_short: bool = False) -> MixResult:
+                    allow_short: bool = False, left_out: dict[str, str] | None = None
+                    ) -> MixResult:
     """All in-house helpfulness train rows plus `extra` times as many sampled from in-house
     safety and open-source train rows."""
     if not (isinstance(extra, int | float) and extra >= 0):
         raise DataError(f"helpfulness extra must be a number >= 0, got {extra!r}")
     return _mix("helpfulness", HELPFULNESS_SQL, lake_or_con, seed, batches, float(extra),
-                allow_short)
+                allow_short, left_out)
 
 
 def safety_mix(lake_or_con: Lake | duckdb.DuckDBPyConnection, seed: int = 0,
                batches: list[str] | None = None, helpfulness_share: float = 0.1,
-               allow_short: bool = False) -> MixResult:
+               allow_short: bool = False, left_out: dict[str, str] | None = None) -> MixResult:
     """In-house safety and Anthropic Harmless train rows plus in-house and open-source
     helpfulness train rows sampled to make `helpfulness_share` of the mix (Llama 2: 10 %)."""
     if not (isinstance(helpfulness_share, int | float) and 0 <= helpfulness_share < 1):
         raise DataError(f"safety helpfulness_share must be in [0, 1), got {helpfulness_share!r}")
     ratio = helpfulness_share / (1 - helpfulness_share)
-    return _mix("safety", SAFETY_SQL, lake_or_con, seed, batches, ratio, allow_short)
+    return _mix("safety", SAFETY_SQL, lake_or_con, seed, batches, ratio, allow_short, left_out)
 
 
 def mixes_for(lake_or_con, mix_cfg, batches: list[str] | None = None,
-              kinds: tuple[str, ...] = ("helpfulness", "safety")) -> dict[str, MixResult]:
-    """The mixes of `kinds` as a `MixConfig` (flywheel.config) describes them."""
+              kinds: tuple[str, ...] = ("helpfulness", "safety"),
+              left_out: dict[str, str] | None = None) -> dict[str, MixResult]:
+    """The mixes of `kinds` as a `MixConfig` (flywheel.config) describes them, without the
+    rows of the `left_out` annotators."""
     make = {
         "helpfulness": lambda: helpfulness_mix(lake_or_con, mix_cfg.seed, batches,
-                                               mix_cfg.helpfulness_extra, mix_cfg.allow_short),
+                                               mix_cfg.helpfulness_extra, mix_cfg.allow_short,
+                                               left_out),
         "safety": lambda: safety_mix(lake_or_con, mix_cfg.seed, batches,
-                                     mix_cfg.safety_helpfulness_share, mix_cfg.allow_short),
+                                     mix_cfg.safety_helpfulness_share, mix_cfg.allow_short,
+                                     left_out),
     }
     return {kind: make[kind]() for kind in kinds}
 
@@ -138,13 +150,14 @@ def mix_record(result: MixResult) -> dict:
         "seed": result.seed,
         "ratio": result.ratio,
         "batches": None if result.batches is None else list(result.batches),
+        "left_out_annotators": dict(sorted(result.left_out.items())),
         "ids_sha256": hashlib.sha256(blob).hexdigest(),
         "sql": result.sql,
     }
 
 
 def _mix(name: str, sql: str, lake_or_con, seed: int, batches: list[str] | None,
-         ratio: float, allow_short: bool) -> MixResult:
+         ratio: float, allow_short: bool, left_out: dict[str, str] | None = None) -> MixResult:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"mix seed must be an integer, got {seed!r}")
     if isinstance(batches, str):
@@ -155,7 +168,9 @@ def _mix(name: str, sql: str, lake_or_con, seed: int, batches: list[str] | None,
     try:
         if batches is not None:
             _check_batches(con, batches)
-        params = {"seed": str(seed), "batches": _batch_list(batches), "ratio": ratio}
+        left_out = dict(left_out or {})
+        params = {"seed": str(seed), "batches": _batch_list(batches), "ratio": ratio,
+                  "left_out": sorted(left_out)}
         table = con.sql(sql, params=params).to_arrow_table()
     finally:
         if own:
@@ -171,6 +186,8 @@ def _mix(name: str, sql: str, lake_or_con, seed: int, batches: list[str] | None,
             + (", or import Anthropic HH-RLHF harmless-base (flywheel import)"
                if name == "safety" else "")
             + (" or name other batches" if batches is not None else "")
+            + (f" (the rows of {', '.join(sorted(left_out))} are left out for their quality: "
+               "annotation.quality.min_kappa / min_gold_accuracy)" if left_out else "")
         )
     if counts["sample short"] > 0 and not allow_short:
         have = counts["sample wanted"] - counts["sample short"]
@@ -183,7 +200,7 @@ def _mix(name: str, sql: str, lake_or_con, seed: int, batches: list[str] | None,
         )
     ids = table.column("id").combine_chunks()
     return MixResult(name, ids, counts, sql.strip(), seed,
-                     None if batches is None else list(batches), ratio)
+                     None if batches is None else list(batches), ratio, left_out)
 
 
 def _batch_list(batches: list[str] | None) -> list[str] | None:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel import models
+from flywheel.annotation.annotators import left_out
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.errors import DataError
@@ -126,9 +127,12 @@ def retrain(cfg: FlywheelConfig, lake: Lake, iteration: int, batch_id: str | Non
     con = connect(lake)
     try:
         mixes, empty = {}, {}
+        # annotators below annotation.quality's thresholds: their rows stay out of both mixes
+        dropped = left_out(con, lake, cfg.annotation.quality)
         for kind in kinds:
             try:
-                mixes[kind] = mixes_for(con, cfg.reward_model.mix, kinds=(kind,))[kind]
+                mixes[kind] = mixes_for(con, cfg.reward_model.mix, kinds=(kind,),
+                                        left_out=dropped)[kind]
             except EmptyMixError as err:  # other errors (a ratio not met) stop the retrain
                 empty[kind] = str(err)
         if not mixes:

@@ -1,4 +1,6 @@
-"""Stage 2, collect comparisons: the simulated annotator labels the week's pairs."""
+"""Stage 2, collect comparisons: the simulated annotator labels the week's pairs (or, with
+`annotation.quality` set, a round of them with overlap and gold, by several simulated
+annotators)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,10 @@ from flywheel import models
 from flywheel.annotation.ingest import ingest_bytes
 from flywheel.annotation.pairs import write_delivery_jsonl
 from flywheel.annotation.prompts import user_text
-from flywheel.annotation.simulated import Pair
+from flywheel.annotation.gold import gold_pairs, register
+from flywheel.annotation.pairs import pair_id_of, render_prompt
+from flywheel.annotation.rounds import plan_round, save_manifest
+from flywheel.annotation.simulated import ANNOTATOR, Pair, label_round
 from flywheel.annotation.simulated import annotate as label_pairs
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.proxy import ProxyJudge
@@ -28,9 +33,33 @@ def annotate(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[list[s
         p = prompts[a["prompt_id"]]
         todo.append(Pair(p["id"], user_text(p), p["criterion"], a_id, a["text"], b_id, b["text"]))
     judge = ProxyJudge(models.resolve(cfg.models.judge_embedder))
-    rows = label_pairs(judge, todo, cfg.annotation.strength_thresholds)
+    q = cfg.annotation.quality
+    if q.simulated_annotators or q.gold_pairs or q.overlap_share:
+        rows = simulated_round(cfg, lake, iteration, judge, todo)
+    else:
+        rows = label_pairs(judge, todo, cfg.annotation.strength_thresholds)
     data = write_delivery_jsonl(rows)
     batch_id = f"iteration-{iteration:04d}-simulated"
     result = ingest_bytes(lake, data, f"{batch_id}.jsonl", batch_id, cfg.annotation, iteration,
                           source="simulated")
     return result.batch_id
+
+
+def simulated_round(cfg: FlywheelConfig, lake: Lake, iteration: int, judge: ProxyJudge,
+                    todo: list[Pair]) -> list[dict]:
+    """Delivery rows of the week's round (flywheel/annotation/rounds.py): its gold pairs
+    registered and its manifest kept in the lake first."""
+    q = cfg.annotation.quality
+    salt = f"{cfg.seed}:{iteration}"
+    gold = gold_pairs(cfg, q.gold_pairs, salt)
+    register(lake, gold)
+    pairs = [{"pair_id": pair_id_of(p.prompt_id, [p.a_id, p.b_id]), "prompt_id": p.prompt_id,
+              "messages": [{"role": "user", "content": p.prompt_text}],
+              "prompt": render_prompt([{"role": "user", "content": p.prompt_text}]),
+              "criterion": p.criterion, "sample_id_a": p.a_id, "text_a": p.a_text,
+              "sample_id_b": p.b_id, "text_b": p.b_text} for p in todo]
+    names = [a.id for a in q.simulated_annotators] or [ANNOTATOR]
+    items = plan_round(pairs, gold, q, names, salt)
+    save_manifest(lake, items, iteration)
+    return label_round(judge, items, cfg.annotation.strength_thresholds,
+                       q.simulated_annotators, salt)

@@ -1,0 +1,126 @@
+"""Gold pairs: comparisons whose answer is known, mixed into a round to measure annotators.
+
+Where they come from: `annotation.quality.gold_path`, the team's own file (HH-RLHF or
+UltraFeedback format, the chosen response the known answer), else the human-labelled HH-RLHF
+helpful-base and harmless-base test files of the data folder (`evaluation.data_dir`,
+$FLYWHEEL_DATA, or ../shared/data beside the checkout), read when a round is planned. Which
+response is shown as A is decided by a hash, so the known answer is A for about half of them.
+
+A round registers its gold pairs in the lake (gold/<id>.jsonl, one per set of pairs). Ingest
+quarantines every delivered row that labels a registered gold pair (its two responses, whichever
+side each is on) with the reason `gold_pair` before any other check: the label is kept, with
+its annotator, for gold accuracy, and never becomes a training comparison or a test row. A
+delivery that does not know what is gold (a vendor's file, a tool's export) is covered the same
+way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel.annotation.importers import convert
+from flywheel.config import FlywheelConfig
+from flywheel.errors import DataError
+from flywheel.evaluation.suites import data_dir
+from flywheel.lake.schemas import content_id
+from flywheel.lake.store import Lake
+
+FOLDER = "gold"
+REASON = "gold_pair"
+HH_FILES = {"hh_rlhf_helpful_base_test.jsonl.gz": "helpfulness",
+            "hh_rlhf_harmless_base_test_dev.jsonl.gz": "safety"}
+
+
+def gold_key(text_a: str, text_b: str) -> str:
+    """The key of a pair of responses, whichever order they are in."""
+    return content_id("gold", sorted([text_a.strip(), text_b.strip()]))
+
+
+def gold_pairs(cfg: FlywheelConfig, n: int, salt: str) -> list[dict]:
+    """`n` gold pairs, chosen by a hash of `salt` (a round's), each: gold_id, messages,
+    criterion, text_a, text_b, answer ("a" | "b", the known better side)."""
+    if n == 0:
+        return []
+    path = cfg.annotation.quality.gold_path
+    if path:
+        rows = [(r, None) for r in convert(path)]
+    else:
+        folder = data_dir(cfg)
+        missing = [f for f in HH_FILES if not (folder / f).is_file()]
+        if missing:
+            raise DataError(f"no gold pairs: {', '.join(missing)} missing from {folder}; set "
+                            "annotation.quality.gold_path to the team's gold file, or "
+                            "evaluation.data_dir to a folder holding them")
+        rows = [(r, c) for f, c in HH_FILES.items() for r in convert(str(folder / f), criterion=c)]
+    pool = {}
+    for row, criterion in rows:
+        if row["reject_reason"] is not None:
+            continue
+        key = gold_key(row["response_a"], row["response_b"])
+        pool[key] = {"gold_id": key, "messages": json.loads(row["prompt"]),
+                     "criterion": criterion or row["criterion"],
+                     "chosen": row["response_a"], "rejected": row["response_b"]}
+    if len(pool) < n:
+        raise DataError(f"annotation.quality.gold_pairs is {n} but the gold file(s) hold "
+                        f"{len(pool)} usable pairs; lower gold_pairs or supply more")
+    picked = sorted(pool, key=lambda k: content_id(salt, k))[:n]
+    out = []
+    for key in picked:
+        g = pool[key]
+        a_first = int(content_id("gold-side", salt, key), 16) % 2 == 0
+        a, b = (g["chosen"], g["rejected"]) if a_first else (g["rejected"], g["chosen"])
+        out.append({"gold_id": key, "messages": g["messages"], "criterion": g["criterion"],
+                    "text_a": a, "text_b": b, "answer": "a" if a_first else "b"})
+    return out
+
+
+def register(lake: Lake, pairs: list[dict]) -> str | None:
+    """Record the pairs in the lake as gold (once per set); returns the file's path."""
+    if not pairs:
+        return None
+    lines = [json.dumps({"gold_id": p["gold_id"], "criterion": p["criterion"],
+                         "better": (p["text_a"] if p["answer"] == "a" else p["text_b"]).strip()},
+                        sort_keys=True) for p in sorted(pairs, key=lambda p: p["gold_id"])]
+    rel = f"{FOLDER}/{content_id('gold-set', [p['gold_id'] for p in pairs])}.jsonl"
+    if not lake.exists(rel):
+        lake.write_text(rel, "\n".join(lines) + "\n")
+    return rel
+
+
+def registered(lake: Lake) -> dict[str, dict]:
+    """Every gold pair the lake knows: gold_id -> {criterion, better (the known-better text)}."""
+    out = {}
+    for name in lake.listdir(FOLDER):
+        for line in lake.read_bytes(f"{FOLDER}/{name}").decode().splitlines():
+            if line.strip():
+                g = json.loads(line)
+                out[g["gold_id"]] = g
+    return out
+
+
+def mark(lake: Lake, table: pa.Table) -> pa.Table:
+    """The delivery table with `reject_reason` set to `gold_pair` on rows labelling a
+    registered gold pair (ingest then quarantines them first). Unchanged without gold."""
+    gold = registered(lake)
+    if not gold or not table.num_rows:
+        return table
+    better = pa.array(sorted({g["better"] for g in gold.values()}), pa.string())
+    a, b = table.column("response_a"), table.column("response_b")
+    # candidates: one side is a known-better text (as delivered, or trimmed)
+    maybe = pc.or_kleene(pc.or_kleene(pc.is_in(a, better), pc.is_in(b, better)),
+                         pc.or_kleene(pc.is_in(pc.utf8_trim_whitespace(a), better),
+                                      pc.is_in(pc.utf8_trim_whitespace(b), better)))
+    hits = pc.indices_nonzero(pc.fill_null(maybe, False)).to_pylist()
+    reasons = table.column("reject_reason").to_pylist()
+    a_list, b_list = a.to_pylist(), b.to_pylist()
+    changed = False
+    for i in hits:
+        if reasons[i] is None and gold_key(a_list[i], b_list[i]) in gold:
+            reasons[i], changed = REASON, True
+    if not changed:
+        return table
+    at = table.schema.get_field_index("reject_reason")
+    return table.set_column(at, "reject_reason", pa.array(reasons, pa.string()))

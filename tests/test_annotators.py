@@ -1,0 +1,176 @@
+"""Annotator quality on a real lake: overlap and gold in a round, gold labels quarantined at
+ingest, the per-annotator report, and annotators below a threshold left out of the mixes
+(recorded, reversible)."""
+
+import json
+
+import pytest
+
+from flywheel.annotation import gold
+from flywheel.annotation.annotators import left_out, ratings, report
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.annotation.pairs import write_delivery_jsonl
+from flywheel.annotation.rounds import manifest, plan_round
+from flywheel.annotation.simulated import as_annotator
+from flywheel.config import FlywheelConfig
+from flywheel.config.annotators import AnnotatorQualityConfig, SimulatedAnnotator
+from flywheel.lake.catalog import connect
+from flywheel.lake.store import Lake
+from flywheel.reward.mixes import helpfulness_mix, mix_record
+
+PAIRS = 12
+GOLD = [{"gold_id": gold.gold_key(f"gold good {i}", f"gold bad {i}"),
+         "messages": [{"role": "user", "content": f"gold prompt {i}"}],
+         "criterion": "helpfulness", "text_a": f"gold good {i}", "text_b": f"gold bad {i}",
+         "answer": "a"} for i in range(4)]
+
+
+def _row(i: int, chosen: str, who: str) -> dict:
+    return {"prompt": f"prompt {i}", "response_a": f"answer one {i}",
+            "response_b": f"answer two {i}", "chosen": chosen, "strength": "better",
+            "criterion": "helpfulness", "annotator": who, "split": "train"}
+
+
+def _gold_row(g: dict, chosen: str, who: str) -> dict:
+    return {"prompt": json.dumps(g["messages"]), "response_a": g["text_a"],
+            "response_b": g["text_b"], "chosen": chosen, "strength": "better",
+            "criterion": "helpfulness", "annotator": who}
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    """12 pairs labelled by good-1 and good-2 alike (a on even pairs, b on odd) and by bad, who
+    always picks the other; 4 gold pairs (answer a) that good-1 and good-2 get right and bad
+    wrong."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    gold.register(lake, GOLD)
+    rows = []
+    for i in range(PAIRS):
+        pick = "a" if i % 2 == 0 else "b"
+        rows += [_row(i, pick, "good-1"), _row(i, pick, "good-2"),
+                 _row(i, "b" if pick == "a" else "a", "bad")]
+    for g in GOLD:
+        rows += [_gold_row(g, "a", "good-1"), _gold_row(g, "a", "good-2"),
+                 _gold_row(g, "b", "bad")]
+    result = ingest_bytes(lake, write_delivery_jsonl(rows), "week-1.jsonl", "week-1")
+    assert result.rejected == 3 * len(GOLD) and result.reasons == {"gold_pair": 12}
+    return lake
+
+
+def test_gold_labels_are_quarantined_never_comparisons(lake):
+    with connect(lake) as con:
+        texts = {t for (t,) in con.execute(
+            "SELECT chosen_text FROM comparisons UNION SELECT rejected_text FROM comparisons"
+        ).fetchall()}
+        assert not any(t.startswith("gold") for t in texts)
+        assert con.execute("SELECT count(*) FROM quarantine WHERE reason = 'gold_pair'"
+                           ).fetchall() == [(12,)]
+        assert con.execute("SELECT count(*) FROM comparisons").fetchall() == [(3 * PAIRS,)]
+
+
+def test_the_report_measures_each_annotator(lake):
+    """good-1 against the others: 12 items agreeing with good-2, 12 disagreeing with bad, so
+    raw agreement 0.5; bad agrees with nobody (0.0) and so has a negative kappa. Gold: 4 of 4
+    right for good-1 and good-2, 0 of 4 for bad. No timing in the lake: speed n/a."""
+    with connect(lake) as con:
+        out = report(con, lake)
+    rows = {r["annotator"]: r for r in out["annotators"]}
+    assert rows["good-1"]["agreement"] == 0.5 and rows["bad"]["agreement"] == 0.0
+    assert rows["bad"]["kappa"] < 0 < rows["good-1"]["kappa"] + 1
+    assert rows["good-1"]["kappa"] == pytest.approx(rows["good-2"]["kappa"])
+    assert (rows["good-1"]["gold"], rows["good-1"]["gold_accuracy"]) == (4, 1.0)
+    assert rows["bad"]["gold_accuracy"] == 0.0
+    assert rows["bad"]["overlap"] == PAIRS and rows["bad"]["median_seconds"] is None
+    assert out["agreement"]["items"] == PAIRS and list(out["batches"]) == ["week-1"]
+    # Fleiss on 12 items of (2 one way, 1 the other): P_i = (4 + 1 - 3) / 6 = 1/3 each. A
+    # choice is "first" or "second" in the item's own order (sorted response keys), so if the
+    # two good annotators chose "first" on k items, first has 2k + (12 - k) = 12 + k of the 36
+    # labels: P_e = ((12 + k)/36)^2 + ((24 - k)/36)^2, kappa = (1/3 - P_e) / (1 - P_e)
+    with connect(lake) as con:
+        k = sum(r.annotator == "good-1" and r.gold is None and r.choice == "first"
+                for r in ratings(con, lake))
+    p_e = ((12 + k) / 36) ** 2 + ((24 - k) / 36) ** 2
+    assert out["agreement"]["fleiss_kappa"] == pytest.approx((1 / 3 - p_e) / (1 - p_e))
+
+
+def test_annotators_below_a_threshold_leave_the_mix_recorded_and_reversibly(lake):
+    strict = AnnotatorQualityConfig(min_gold_accuracy=0.5, min_items=4)
+    with connect(lake) as con:
+        dropped = left_out(con, lake, strict)
+        assert list(dropped) == ["bad"] and "gold accuracy 0.00 < 0.5 on 4" in dropped["bad"]
+        assert left_out(con, lake, AnnotatorQualityConfig()) == {}  # off by default
+        assert left_out(con, lake, AnnotatorQualityConfig(min_gold_accuracy=0.5)) == {}  # <10
+        full = helpfulness_mix(con, allow_short=True)
+        kept = helpfulness_mix(con, allow_short=True, left_out=dropped)
+        bad_ids = {i for (i,) in con.execute(
+            "SELECT id FROM comparisons WHERE annotator = 'bad'").fetchall()}
+    assert full.counts["in-house helpfulness"] == 3 * PAIRS
+    assert kept.counts["in-house helpfulness"] == 2 * PAIRS
+    assert not bad_ids & set(kept.ids.to_pylist()) and bad_ids <= set(full.ids.to_pylist())
+    assert mix_record(kept)["left_out_annotators"] == dropped
+    assert mix_record(full)["left_out_annotators"] == {}
+    with connect(lake) as con:  # nothing was deleted: without the threshold they are back
+        again = helpfulness_mix(con, allow_short=True, left_out=left_out(
+            con, lake, AnnotatorQualityConfig()))
+    assert again.ids.to_pylist() == full.ids.to_pylist()
+
+
+def test_a_round_marks_overlap_and_gold_without_showing_it():
+    """10 pairs, overlap_share 0.3 -> 3 pairs to 2 annotators each; 2 gold pairs to each of 3
+    annotators: 7 single + 6 overlap + 6 gold = 19 items."""
+    pairs = [{"pair_id": f"pair-{i}", "prompt_id": f"p{i}", "messages": [], "prompt": "q",
+              "criterion": "helpfulness", "sample_id_a": f"a{i}", "text_a": "x",
+              "sample_id_b": f"b{i}", "text_b": "y"} for i in range(10)]
+    q = AnnotatorQualityConfig(overlap_share=0.3, gold_pairs=2)
+    items = plan_round(pairs, GOLD[:2], q, ["s1", "s2", "s3"], salt="0:1")
+    counts = manifest(items, 1)["counts"]
+    assert counts == {"single": 7, "overlap": 6, "gold": 6}
+    overlap = {}
+    for i in items:
+        if i.role == "overlap":
+            overlap.setdefault(i.pair["pair_id"], set()).add(i.annotator)
+    assert len(overlap) == 3 and all(len(v) == 2 for v in overlap.values())
+    assert {i.annotator for i in items if i.role == "gold"} == {"s1", "s2", "s3"}
+    for i in items:  # what a tool shows carries neither the role nor the known answer
+        shown = i.shown()
+        assert "answer" not in shown and "gold_id" not in shown and "role" not in shown
+    assert len({i.item_id for i in items}) == len(items)
+    # no named annotators (a tool's queue): overlap pairs as copies, gold once
+    anon = plan_round(pairs, GOLD[:2], q, [], salt="0:1")
+    assert manifest(anon, 1)["counts"] == {"single": 7, "overlap": 6, "gold": 2}
+
+
+def test_simulated_annotators_flip_their_configured_share():
+    row = {"sample_id_a": "a", "sample_id_b": "b", "chosen": "a", "strength": "better",
+           "safety_label": "chosen_safe_other_unsafe", "annotator": "judge"}
+    rows = [{**row, "sample_id_a": f"a{i}"} for i in range(400)]
+    never = [as_annotator(r, SimulatedAnnotator(id="s0", flip=0.0), "x") for r in rows]
+    always = [as_annotator(r, SimulatedAnnotator(id="s1", flip=1.0), "x") for r in rows]
+    some = [as_annotator(r, SimulatedAnnotator(id="s2", flip=0.25), "x") for r in rows]
+    assert all(r["chosen"] == "a" and r["annotator"] == "s0" for r in never)
+    assert all(r["chosen"] == "b" for r in always)
+    # a flipped safe-over-unsafe label becomes the excluded category (ingest drops it)
+    assert {r["safety_label"] for r in always} == {"chosen_unsafe_other_safe"}
+    assert 0.18 < sum(r["chosen"] == "b" for r in some) / 400 < 0.32
+
+
+def test_gold_pairs_from_the_hh_rlhf_test_files():
+    """The default gold source: the human-labelled HH-RLHF test rows of the data folder; the
+    known answer is on side A for some and B for others."""
+    cfg = FlywheelConfig()
+    picked = gold.gold_pairs(cfg, 20, salt="0:1")
+    assert len(picked) == 20 and len({p["gold_id"] for p in picked}) == 20
+    assert {p["answer"] for p in picked} == {"a", "b"}
+    assert {p["criterion"] for p in picked} <= {"helpfulness", "safety"}
+    assert gold.gold_pairs(cfg, 20, salt="0:1") == picked  # the same round, the same pairs
+
+
+def test_ratings_orient_choices_by_item_not_by_screen(lake):
+    """good-1 and good-2 saw the same sides, so their choices match item by item."""
+    with connect(lake) as con:
+        rs = [r for r in ratings(con, lake) if r.gold is None]
+    by = {}
+    for r in rs:
+        by.setdefault(r.item, {})[r.annotator] = r.choice
+    assert len(by) == PAIRS
+    assert all(v["good-1"] == v["good-2"] != v["bad"] for v in by.values())
