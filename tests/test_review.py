@@ -1,5 +1,6 @@
 """The review app over HTTP (FastAPI's TestClient, a real app on a real lake): the token, the
-validation of a submission, durable submissions and resume, closing a round into a batch."""
+validation of a submission, durable submissions and resume, closing a round into a batch.
+tests/test_review_refusals.py has the requests the page refuses."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_the_token_guards_page_and_api(lake):
     assert res.status_code == 303 and res.headers["location"] == "/"
     assert TOKEN not in res.headers["set-cookie"]  # the cookie is derived, not the token
     assert "Which response is better?" in c.get("/").text  # the cookie now opens the page
+    assert c.post("/api/submit", json={}).status_code == 403  # without the page's header
     assert c.get("/api/state").json()["total"] == 3
     assert TestClient(c.app).get("/api/state", headers=AUTH).status_code == 200
 
@@ -57,19 +59,20 @@ def test_a_submission_is_validated_with_every_problem_named(lake):
     c = _client(lake)
     pairs = {p["criterion"]: p for p in week_pairs(lake, 1)}
     res = c.post("/api/submit", headers=AUTH, json={"pair_id": pairs["safety"]["pair_id"]})
-    assert res.status_code == 400
+    assert res.status_code == 422
     msg = res.json()["error"]
     for part in ("choose the better response: A or B", "pick how much better",
                  "this is a safety prompt: pick the safety label", "type your name"):
         assert part in msg
     res = c.post("/api/submit", headers=AUTH, json={**_label(pairs["helpfulness"]),
                                                     "strength": "much", "safety_label": "ok"})
-    assert res.status_code == 400
+    assert res.status_code == 422
     assert "pick how much better" in res.json()["error"]
-    assert "safety label 'ok' is not one of" in res.json()["error"]
+    assert "the safety label is not one of" in res.json()["error"]
     res = c.post("/api/submit", headers=AUTH, json={**_label(pairs["safety"]), "pair_id": "x"})
-    assert res.status_code == 400 and "not in round iteration-0001" in res.json()["error"]
-    res = c.post("/api/submit", headers=AUTH, content=b"not json")
+    assert res.status_code == 422 and "not in round iteration-0001" in res.json()["error"]
+    res = c.post("/api/submit", headers={**AUTH, "Content-Type": "application/json"},
+                 content=b"not json")
     assert res.status_code == 400
     assert c.get("/api/state", headers=AUTH).json()["labelled"] == 0
 
@@ -97,7 +100,7 @@ def test_submissions_are_saved_at_once_and_a_restart_resumes(lake):
 def test_the_last_label_closes_the_round_into_a_batch(lake):
     c = _client(lake)
     pairs = week_pairs(lake, 1)
-    assert c.post("/api/close", headers=AUTH).status_code == 400  # nothing labelled yet
+    assert c.post("/api/close", headers=AUTH).status_code == 409  # nothing labelled yet
     for p in pairs:
         state = c.post("/api/submit", headers=AUTH, json=_label(p, "b")).json()
     assert state["closed"] and state["pair"] is None

@@ -1,7 +1,9 @@
 """The review page end to end in headless Chromium (Playwright driving Debian's `chromium`):
-the token, labelling every pair by clicking, each label in the lake right after its click, a
-server killed midway (SIGKILL) and restarted resuming at the next unlabelled pair, and the
-completed round landing as a batch whose comparisons hold the responses the test clicked.
+`flywheel annotate serve` with its token from the environment, labelling every pair by clicking
+under the page's Content-Security-Policy (no violation reported), each label in the lake right
+after its click, a server killed midway (SIGKILL) and restarted resuming at the next unlabelled
+pair, the completed round landing as a batch whose comparisons hold the responses the test
+clicked, and the page never showing the lake's path.
 
 Needs `pip install playwright` and `apt-get install chromium`; never `playwright install`."""
 
@@ -57,10 +59,12 @@ def _wait_until_up(url: str, proc: subprocess.Popen | None = None, timeout: floa
 
 
 def _server_process(lake_uri: str, port: int) -> subprocess.Popen:
-    code = ("from flywheel.annotation.review import serve; "
-            f"serve({lake_uri!r}, 1, {TOKEN!r}, port={port})")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """The command a team runs, the token in its environment (not in its arguments)."""
+    argv = [sys.executable, "-m", "flywheel.flows.cli", "annotate", "serve", "--iteration", "1",
+            "--lake", lake_uri, "--port", str(port)]
+    env = {**os.environ, "FLYWHEEL_REVIEW_TOKEN": TOKEN}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
 
 
 class ThreadServer:
@@ -121,14 +125,18 @@ def test_label_a_round_in_the_browser(tmp_path):
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page()
+            violations = []  # what Chromium reports when the CSP blocks something
+            page.on("console", lambda m: violations.append(m.text)
+                    if "Content Security Policy" in m.text else None)
 
             res = page.goto(f"{url}/?token=wrong")
             assert res.status == 401
             expect(page.locator("h1")).to_contain_text("needs its link")
             assert page.goto(f"{url}/").status == 401  # no cookie yet
 
-            page.goto(f"{url}/?token={TOKEN}")
+            res = page.goto(f"{url}/?token={TOKEN}")
             assert page.url == f"{url}/"  # the token left the address bar; the cookie stays
+            assert "script-src 'self'" in res.headers["content-security-policy"]
             expect(page.locator("#progress")).to_have_text("Pair 1 of 3")
             page.get_by_role("button", name="Submit").click()  # nothing picked yet
             expect(page.locator("#error")).to_contain_text("choose the better response")
@@ -149,6 +157,8 @@ def test_label_a_round_in_the_browser(tmp_path):
             expect(page.locator("#summary")).to_contain_text(
                 "batch review-iteration-0001 (iteration-0001.jsonl")
             expect(page.locator("#summary")).to_contain_text("3 delivered, 3 accepted")
+            assert lake.root not in page.content()
+            assert violations == []
             browser.close()
     finally:
         if proc.poll() is None:

@@ -68,19 +68,29 @@ def import_(file: Annotated[str, Parameter(help="the tool's JSON export")], /, *
 
 @app.command
 def serve(*, iteration: IterationOpt,
-          token: Annotated[str | None, Parameter(
-              help="access token (default: a random one, printed)")] = None,
+          token_file: Annotated[str | None, Parameter(
+              help="file holding the access token (default: $FLYWHEEL_REVIEW_TOKEN, else a "
+                   "random one, printed in the link)")] = None,
+          token: Annotated[str | None, Parameter(show=False)] = None,
           host: str = "127.0.0.1", port: int = 8765,
           round: Annotated[str | None, Parameter(help="round id (default iteration-NNNN)")] = None,
           config: ConfigOpt = None, lake: LakeOpt = None) -> int:
     """Serve the built-in review page for the iteration's pairs.
 
-    Finishing the round lands the labels as batch review-iteration-NNNN.
+    Finishing the round lands the labels as batch review-iteration-NNNN. The token comes from
+    --token-file or $FLYWHEEL_REVIEW_TOKEN, never the command line (which `ps` shows).
 
-    Example: flywheel annotate serve --iteration 3 --host 0.0.0.0
+    Example: FLYWHEEL_REVIEW_TOKEN=$(openssl rand -hex 16) flywheel annotate serve --iteration 3
     """
+    from flywheel.annotation.review import TOKEN_ENV, review_token
     from flywheel.annotation.review import serve as serve_page
 
+    if token is not None:
+        raise FlywheelError(f"--token is no longer taken: a token on the command line is shown "
+                            f"to every user by `ps`; set {TOKEN_ENV} or write it to a file and "
+                            "pass --token-file FILE")
+    secret, source = review_token(token_file)
     cfg = load(config, lake)
-    serve_page(existing_lake(cfg.lake).uri, iteration, token, host, port, round, cfg.annotation)
+    serve_page(existing_lake(cfg.lake).uri, iteration, secret, host, port, round, cfg.annotation,
+               token_source=source)
     return 0

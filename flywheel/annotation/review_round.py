@@ -33,12 +33,15 @@ from flywheel.errors import DataError
 from flywheel.lake.store import Lake
 
 PUBLIC = ("pair_id", "prompt", "criterion", "text_a", "text_b")
+FIELDS = ("pair_id", "chosen", "strength", "safety_label", "annotator")  # what a label posts
 
 
 class SubmissionError(DataError):
-    """A submission or close request the round refuses; `status` is the HTTP status to answer."""
+    """A submission or close request the round refuses; `status` is the HTTP status to answer:
+    422 for a label that cannot be used, 409 for one that comes too late. Its message never
+    repeats a submitted value."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
 
@@ -71,7 +74,8 @@ def put_atomic(lake: Lake, relpath: str, data: bytes) -> None:
 
 
 def check_answers(pair: dict, body: dict) -> list[str]:
-    """Every problem with one submission, each saying what to do."""
+    """Every problem with one submission, each saying what to do (its fields are text or
+    missing: `check_types`)."""
     problems = []
     if body.get("chosen") not in ("a", "b"):
         problems.append("choose the better response: A or B")
@@ -79,7 +83,7 @@ def check_answers(pair: dict, body: dict) -> list[str]:
         problems.append("pick how much better the chosen response is (one of the four levels)")
     label = body.get("safety_label") or None
     if label is not None and label not in SAFETY_TITLES:
-        problems.append(f"safety label {label!r} is not one of {', '.join(SAFETY_TITLES)}")
+        problems.append(f"the safety label is not one of {', '.join(SAFETY_TITLES)}")
     if label is None and pair["criterion"] == "safety":
         problems.append("this is a safety prompt: pick the safety label of the pair")
     annotator = body.get("annotator")
@@ -88,6 +92,16 @@ def check_answers(pair: dict, body: dict) -> list[str]:
     elif len(annotator.strip()) > 100:
         problems.append("the annotator name is longer than 100 characters; shorten it")
     return problems
+
+
+def check_types(body) -> None:
+    """Refuses (422) a submission that is not a JSON object of text (or null) fields."""
+    if not isinstance(body, dict):
+        raise SubmissionError("send a JSON object with pair_id, chosen, strength, "
+                              "safety_label and annotator")
+    wrong = [k for k in FIELDS if body.get(k) is not None and not isinstance(body[k], str)]
+    if wrong:
+        raise SubmissionError(f"{', '.join(wrong)} must be text (a JSON string)")
 
 
 class Round:
@@ -147,13 +161,10 @@ class Round:
     def submit(self, body: dict) -> dict:
         """Validate and save one label; close the round when it was the last. Returns the new
         state."""
-        if not isinstance(body, dict):
-            raise SubmissionError("send a JSON object with pair_id, chosen, strength, "
-                                  "safety_label and annotator")
+        check_types(body)
         pair = self.by_id.get(body.get("pair_id"))
         if pair is None:
-            raise SubmissionError(f"pair {body.get('pair_id')!r} is not in round "
-                                  f"{self.round_id}; reload the page")
+            raise SubmissionError(f"the pair is not in round {self.round_id}; reload the page")
         problems = check_answers(pair, body)
         if problems:
             raise SubmissionError("; ".join(problems))
@@ -201,7 +212,7 @@ class Round:
                 return self.state()
             if not self.submissions:
                 raise SubmissionError(f"no pair of round {self.round_id} is labelled yet; label "
-                                      "at least one before closing the round")
+                                      "at least one before closing the round", 409)
             result = ingest_bytes(self.lake, self.delivery(), filename=f"{self.round_id}.jsonl",
                                   batch_id=f"review-{self.round_id}", cfg=self.cfg,
                                   iteration=self.iteration)
