@@ -1,8 +1,10 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flywheel.annotation.annotators import left_out, report
 from flywheel.config import FlywheelConfig
-from flywheel.lake.catalog import query
+from flywheel.lake.catalog import connect, query
+from flywheel.lake.store import Lake
 from flywheel.stages import annotate as annotate_stage
 from flywheel.stages import common, plan
 from flywheel.tasks.resume import stage_cache
@@ -45,3 +47,24 @@ def export_pairs(config: FlywheelConfig, iteration: int, batch_ids: list[str]) -
         description=f"Iteration {iteration}: exported for annotation",
     )
     return uris
+
+
+def publish_annotators(config: FlywheelConfig, lake: Lake, iteration: int,
+                       batch_id: str | None) -> list[dict]:
+    """The batch's annotator quality (flywheel/annotation/quality.py) as the Prefect table
+    artifact "iteration-N-annotators", with whom the mixes leave out and why."""
+    if not batch_id:
+        return []
+    with connect(lake) as con:
+        out = report(con, lake, batch_id)
+        dropped = left_out(con, lake, config.annotation.quality)
+    rows = [{**{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
+             "left_out": dropped.get(r["annotator"], "")} for r in out["annotators"]]
+    a = out["agreement"]
+    create_table_artifact(
+        key=f"iteration-{iteration}-annotators", table=rows,
+        description=f"Batch {batch_id}: per annotator, gold accuracy, agreement and Cohen's "
+        "kappa with the others on overlap items, strength kappa (linear-weighted, choice and "
+        f"strength), unsure share, median seconds; {a['items']} overlap items, Fleiss' kappa "
+        + ("n/a" if a["fleiss_kappa"] is None else f"{a['fleiss_kappa']:.3f}"))
+    return rows

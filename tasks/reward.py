@@ -4,6 +4,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flywheel.config import FlywheelConfig
 from flywheel.stages import common, reward_models
 from flywheel.stages.report import gate_markdown, table8_markdown, table8_rows
+from flywheel.tasks.annotation import publish_annotators
 from flywheel.tasks.progress import training_progress
 from flywheel.tasks.resume import stage_cache
 
@@ -34,4 +35,5 @@ def train_reward_models(config: FlywheelConfig, iteration: int,
         + "\n## Accuracy by preference strength (Table 8)\n\n" + table8_markdown(trained),
         description=f"Iteration {iteration}: reward models trained, evaluated and gated",
     )
+    publish_annotators(config, lake, iteration, batch_id)
     return reward_models.reward_model_ids(results)

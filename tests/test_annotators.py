@@ -174,3 +174,84 @@ def test_ratings_orient_choices_by_item_not_by_screen(lake):
         by.setdefault(r.item, {})[r.annotator] = r.choice
     assert len(by) == PAIRS
     assert all(v["good-1"] == v["good-2"] != v["bad"] for v in by.values())
+
+
+def test_the_command_prints_the_table_and_json(lake, capsys, tmp_path):
+    from flywheel.flows.cli import main
+
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(f"lake: {lake.uri}\nannotation:\n  quality:\n    min_gold_accuracy: 0.5\n"
+                   "    min_items: 4\n")
+    assert main(["annotators", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "| bad | 16 | 4 | 0.00 | 12 | 0.00 |" in out and "Batch `week-1`: 12 overlap" in out
+    assert "left out of the reward-model mixes: bad (gold accuracy 0.00 < 0.5 on 4" in out
+    assert main(["annotators", "--config", str(cfg), "--batch", "week-1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["batch"] == "week-1" and data["agreement"]["items"] == PAIRS
+    assert list(data["left_out"]) == ["bad"]
+    assert main(["annotators", "--config", str(cfg), "--batch", "week-9"]) == 2
+    assert "no batch 'week-9' in the lake; its batches: week-1" in capsys.readouterr().err
+
+
+def test_the_report_section(lake):
+    from flywheel.stages.report_annotators import annotators_markdown
+
+    lines = annotators_markdown(lake, "week-1", 1)
+    assert lines[0] == "## Annotators" and any(line.startswith("| good-1 | 16 | 4 | 1.00 |")
+                                               for line in lines)
+    assert annotators_markdown(lake, None, 1) == []
+
+
+def test_published_as_a_table_artifact(lake, prefect_server):
+    """From a flow, as the reward-model stage publishes it: one row per annotator, bad marked
+    with why it is left out."""
+    from prefect import flow
+    from prefect.artifacts import Artifact
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flywheel.tasks.annotation import publish_annotators
+
+    cfg = FlywheelConfig(lake=lake.uri, annotation={"quality": {"min_gold_accuracy": 0.5,
+                                                                "min_items": 4}})
+
+    @flow
+    def publish():
+        return publish_annotators(cfg, lake, 7, "week-1")
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        rows = publish()
+        table = json.loads(Artifact.get("iteration-7-annotators").data)
+    assert [r["annotator"] for r in table] == ["bad", "good-1", "good-2"] == [
+        r["annotator"] for r in rows]
+    assert table[0]["left_out"].startswith("gold accuracy 0.00") and table[1]["left_out"] == ""
+    assert table[1]["gold_accuracy"] == 1.0
+
+
+def test_a_simulated_round_by_three_annotators(tmp_path, minilm):
+    """The annotate stage with three simulated annotators (one always flipping), overlap on
+    every pair and 2 HH-RLHF gold pairs: the manifest keeps the roles, gold labels are
+    quarantined (2 pairs x 3 annotators), and the always-flipping annotator gets every gold
+    pair the judge got right wrong."""
+    from annotation_lake import build_lake, sample_id
+
+    from flywheel.stages.annotate import annotate
+
+    lake = build_lake(tmp_path / "lake")
+    cfg = FlywheelConfig(lake=lake.uri, models={"judge_embedder": minilm}, annotation={
+        "quality": {"overlap_share": 1.0, "gold_pairs": 2, "simulated_annotators": [
+            {"id": "sim-1"}, {"id": "sim-2"}, {"id": "sim-flip", "flip": 1.0}]}})
+    pairs = [[sample_id(p, "latest"), sample_id(p, "previous")]
+             for p in ("p-rice", "p-lisbon", "p-lock")]
+    batch = annotate(cfg, lake, 1, pairs)
+    saved = json.loads(lake.read_bytes("rounds/iteration-0001.json"))
+    assert saved["counts"] == {"single": 0, "overlap": 6, "gold": 6}
+    with connect(lake) as con:
+        assert con.execute("SELECT count(*) FROM quarantine WHERE reason = 'gold_pair'"
+                           ).fetchall() == [(6,)]
+        out = report(con, lake, batch)
+    rows = {r["annotator"]: r for r in out["annotators"]}
+    assert set(rows) == {"sim-1", "sim-2", "sim-flip"}
+    assert all(r["gold"] == 2 for r in rows.values())
+    assert rows["sim-1"]["gold_accuracy"] == rows["sim-2"]["gold_accuracy"]
+    assert rows["sim-flip"]["gold_accuracy"] == 1 - rows["sim-1"]["gold_accuracy"]

@@ -5,11 +5,10 @@ annotators)."""
 from __future__ import annotations
 
 from flywheel import models
-from flywheel.annotation.ingest import ingest_bytes
-from flywheel.annotation.pairs import write_delivery_jsonl
-from flywheel.annotation.prompts import user_text
 from flywheel.annotation.gold import gold_pairs, register
-from flywheel.annotation.pairs import pair_id_of, render_prompt
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.annotation.pairs import pair_id_of, render_prompt, write_delivery_jsonl
+from flywheel.annotation.prompts import user_text
 from flywheel.annotation.rounds import plan_round, save_manifest
 from flywheel.annotation.simulated import ANNOTATOR, Pair, label_round
 from flywheel.annotation.simulated import annotate as label_pairs

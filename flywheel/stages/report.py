@@ -13,6 +13,7 @@ from flywheel.lake.lineage import location, policy_location
 from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 from flywheel.lake.store import Lake
 from flywheel.stages.charts import bars_svg, data_uri, histogram_svg, lines_svg
+from flywheel.stages.report_annotators import annotators_markdown
 from flywheel.stages.report_evaluation import evaluation_markdown
 
 
@@ -199,6 +200,7 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
           for h in history_rows(lake, row, metrics)],
         "",
         *annotation_markdown(lake, row.get("batch_id")),
+        *annotators_markdown(lake, row.get("batch_id"), it),
         "## Reward models",
         "",
         "Trained this iteration, and the promotion gate:",
