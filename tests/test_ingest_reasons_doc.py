@@ -1,13 +1,13 @@
 """docs/ingest-reasons.md against the code: the reasons a row is rejected for (validation's, in
-their order, and the importers'), the delivery columns, the label spellings and the columns
-every row needs are each in the doc, and the doc names no other."""
+their order, and the importers') and the columns every row needs are each in the doc, and the
+doc names no other reason. (tests/test_delivery_format_doc.py checks the columns, labels and
+spellings in docs/delivery-format.md.)"""
 
 import re
 from pathlib import Path
 
-from flywheel.annotation.formats import COLUMNS, REQUIRED
+from flywheel.annotation.formats import REQUIRED
 from flywheel.annotation.validation import REASONS
-from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "ingest-reasons.md").read_text(encoding="utf-8")
@@ -35,18 +35,10 @@ def test_every_importer_reason_is_documented():
     assert own and sorted(documented) == sorted(own)
 
 
-def test_every_column_is_documented():
-    section = _section("The delivery format")
-    assert _first_cells(section) == list(COLUMNS)
+def test_every_column_every_row_needs_is_named_where_files_are_refused():
     refusal = _section("Files refused whole")  # the columns every row needs, all named there
     for alternatives in REQUIRED:
         assert all(f"`{a}`" in refusal for a in alternatives), alternatives
-
-
-def test_every_label_spelling_is_documented():
-    section = _section("The delivery format")
-    for label in STRENGTHS + CRITERIA + SAFETY_LABELS + ("chosen_unsafe_other_safe",):
-        assert f"`{label.replace('_', ' ')}`" in section or f"`{label}`" in section, label
 
 
 def test_the_doc_names_no_reason_the_code_does_not_know():

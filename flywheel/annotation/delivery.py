@@ -371,16 +371,23 @@ def inline_prompts(t: pa.Table) -> tuple[pa.Table, dict[str, list[dict]]]:
 
 
 # labels: a few distinct values per column, normalised once each ------------------------------
-_ALIASES = {"unsure": "negligibly_better", "negligibly_better_or_unsure": "negligibly_better",
-            "negligibly_better_unsure": "negligibly_better"}
+# other spellings of a label, after `label_key` (docs/delivery-format.md lists them)
+LABEL_ALIASES = {"unsure": "negligibly_better", "negligibly_better_or_unsure": "negligibly_better",
+                 "negligibly_better_unsure": "negligibly_better"}
 
 
-def _label(value: str | None) -> str | None:
-    """'Significantly better', 'chosen-safe other-unsafe' -> snake_case; blank -> None."""
+def label_key(value: str) -> str:
+    """A label folded: lower case, spaces, '-' and '/' alike, runs of them one '_', trimmed."""
+    return "_".join(value.strip().lower().replace("-", " ").replace("/", " ").split())
+
+
+def read_label(value: str | None) -> str | None:
+    """'Significantly better', 'chosen-safe other-unsafe' -> snake_case (`label_key`, then
+    LABEL_ALIASES); blank -> None."""
     if value is None or not value.strip():
         return None
-    key = "_".join(value.strip().lower().replace("-", " ").replace("/", " ").split())
-    return _ALIASES.get(key, key)
+    key = label_key(value)
+    return LABEL_ALIASES.get(key, key)
 
 
 def _stripped(value: str | None) -> str | None:
@@ -399,8 +406,8 @@ def _map_distinct(col: pa.Array, fn) -> pa.Array:
 def normalised_labels(t: pa.Table) -> pa.Table:
     """Adds `<column>_n` for the label columns: snake_case labels, lower-case choice and split,
     trimmed annotator and source (in-house when blank)."""
-    labels = {"chosen": _label, "strength": _label, "criterion": _label,
-              "safety_label": _label, "split": _label, "annotator": _stripped,
+    labels = {"chosen": read_label, "strength": read_label, "criterion": read_label,
+              "safety_label": read_label, "split": read_label, "annotator": _stripped,
               "source": lambda v: _stripped(v) or "in-house"}
     for name, fn in labels.items():
         t = t.append_column(f"{name}_n", _map_distinct(t.column(name), fn))

@@ -160,7 +160,7 @@ def check_required(present: list[str], filename: str, fmt: str) -> None:
     near = {p: c for p in present for c in COLUMNS
             if p != c and "_".join(p.strip().lower().replace("-", " ").split()) == c}
     fix = ("rename " + ", ".join(f"{p!r} to {c!r}" for p, c in near.items()) if near
-           else "add it (see docs/ingest-reasons.md for the columns)")
+           else "add it (see docs/delivery-format.md for the columns)")
     has = ", ".join(repr(p) for p in present[:20]) or "nothing readable"
     raise DataError(f"{filename}: {what} {'; nor '.join(missing)}, which every row needs; "
                     f"{fix}. The file has: {has}")

@@ -14,6 +14,8 @@ from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 
 EXCLUDED_LABEL = "chosen_unsafe_other_safe"
 IN_HOUSE = "in-house"
+CHOICES = ("a", "b")  # `chosen`: the side the annotator preferred
+SPLITS = ("train", "test")  # `split`, when given
 
 # Every reason a row can be rejected for, in the order they are checked (the first one wins).
 # The first four are found while the file is read (delivery.py); an importer may also name its
@@ -103,12 +105,12 @@ def validation_sql(max_chars: int) -> str:
         WHEN source_n = '{IN_HOUSE}' AND strength_n IS NULL THEN 'missing_strength'
         WHEN source_n = '{IN_HOUSE}' AND criterion_n = 'safety' AND safety_n IS NULL
           THEN 'missing_safety_label'
-        WHEN chosen_n NOT IN ('a', 'b') THEN 'invalid_chosen'
+        WHEN chosen_n NOT IN {_sql_list(CHOICES)} THEN 'invalid_chosen'
         WHEN strength_n NOT IN {_sql_list(STRENGTHS)} THEN 'invalid_strength'
         WHEN criterion_n NOT IN {_sql_list(CRITERIA)} THEN 'invalid_criterion'
         WHEN safety_n NOT IN {_sql_list(SAFETY_LABELS + (EXCLUDED_LABEL,))}
           THEN 'invalid_safety_label'
-        WHEN split_n NOT IN ('train', 'test') THEN 'invalid_split'
+        WHEN split_n NOT IN {_sql_list(SPLITS)} THEN 'invalid_split'
         WHEN prompt_key = '' THEN 'invalid_prompt'
         WHEN safety_n = '{EXCLUDED_LABEL}' THEN 'excluded_chosen_unsafe_other_safe'
         WHEN pid_in IS NOT NULL AND pid_found IS NULL THEN 'unknown_prompt_id'
