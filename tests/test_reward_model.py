@@ -9,7 +9,8 @@ from flywheel.errors import FlywheelError
 from flywheel.kernels.last_token import last_token_index, last_token_reference
 from flywheel.reward.evaluation import accuracy
 from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
-from flywheel.reward.train import _encode_distinct, group_pairs, train_reward_model
+from flywheel.reward.train import (_encode_distinct, forward_rewards, group_pairs, pair_ids,
+                                   train_reward_model)
 from flywheel.training import lr_lambda, plan_steps
 
 
@@ -68,13 +69,13 @@ def test_grouped_batches_encode_each_response_once_and_weigh_prompts_equally(tin
     pairs = _grid_pairs()
     assert group_pairs(pairs) == [[0, 1, 2, 3], [4]]
     model = RewardModel.from_backbone(tiny_llama).eval()
-    groups = [[pairs[i] for i in g] for g in group_pairs(pairs)]
-    enc, at_chosen, at_rejected, weight = _encode_distinct(model, groups, 64)
+    seqs, at_chosen, at_rejected, weight = _encode_distinct(group_pairs(pairs),
+                                                            pair_ids(model, pairs, 64), pairs)
     # 4 + 2 distinct responses, not 2 x 5
-    assert enc["input_ids"].shape[0] == 6
+    assert len(seqs) == 6
     assert weight.tolist() == pytest.approx([1 / 8] * 4 + [1 / 2])
     with torch.no_grad():
-        rewards = model(enc["input_ids"], enc["attention_mask"])
+        rewards = forward_rewards(model, model, seqs, "cpu")
         margin = torch.tensor([margin_of(p.strength, "small") for p in pairs])
         grouped = ranking_loss(rewards[at_chosen], rewards[at_rejected], margin,
                                weight=weight).item()
@@ -183,8 +184,8 @@ def test_centering_keeps_the_scores_near_zero_and_the_ranking(tiny_llama, monkey
 
     fresh = RewardModel.from_backbone.__func__
 
-    def offset(cls, path):
-        model = fresh(cls, path)
+    def offset(cls, path, pooling="auto"):
+        model = fresh(cls, path, pooling)
         torch.nn.init.constant_(model.head.bias, 3.0)
         return model
 

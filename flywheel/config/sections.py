@@ -252,6 +252,14 @@ class RewardModelConfig(_Seeded):
         "same either way).",
     )
     max_length: int = Field(512, ge=16)
+    pooling: Literal["auto", "last", "mean", "first"] = Field(
+        "auto",
+        description="Where the scalar head reads the backbone: the last real token (a causal "
+        "decoder's only state that has seen the whole sequence; Llama 2), the mean of the real "
+        "tokens (an encoder such as the embedded default's all-MiniLM-L6-v2, pretrained with "
+        "mean pooling), or the first token ([CLS]). auto: last for a causal decoder, mean "
+        "otherwise. The trained model records it and is scored the same way.",
+    )
     center_coefficient: float = Field(
         0.0,
         ge=0,

@@ -12,24 +12,25 @@ What it does that a sequence-classification model over padded batches does not:
   tokens run after them. The work per group falls from K x (P + R) tokens to P + K x R.
 - **Length buckets.** Rows are sorted by length and cut into forward passes of about
   `token_budget` padded tokens, so little compute goes to padding.
-- **Read-out on the last token only.** The backbone's final RMSNorm is deferred and applied by
-  the last-token kernel (kernels/last_token.py) together with the scalar head, on one row per
-  sequence; reference log-probs come from hidden states and the output head through
-  kernels/head_logprobs.py, without a [tokens, vocab] float32 temporary.
+- **Read-out on the last token only.** For a last-token model the backbone's final RMSNorm is
+  deferred and applied by the last-token kernel (kernels/last_token.py) together with the scalar
+  head, on one row per sequence; mean and first-token models read out through the same
+  `pooling.readout` as in training. Reference log-probs come from hidden states and the output
+  head through kernels/head_logprobs.py, without a [tokens, vocab] float32 temporary.
 
-For reward models, the token sequences are exactly those of `RewardModel.encode`: each full
-conversation is tokenized as a whole, and a row reuses its group's prompt only if the prompt's
-tokens are a prefix of its own (a tokenizer could merge across the boundary) and it was not
-truncated. Every other row, and every row of an encoder backbone (bidirectional attention: the
-prompt's states depend on the response), is scored as a whole sequence in the length buckets.
-The scores therefore match the plain path up to floating-point summation order. Reference
+For reward models, the token sequences are exactly those of `RewardModel.encode` (both come from
+flywheel/reward/text.py): each full conversation is tokenized as a whole, and a row reuses its
+group's prompt only if the model reads out on the last token, the prompt's tokens are a prefix
+of its own (a tokenizer could merge across the boundary) and it was not truncated. Every other
+row, and every row of an encoder backbone (bidirectional attention: the prompt's states depend on
+the response), is scored as a whole sequence in the length buckets. The scores therefore match
+the plain path up to floating-point summation order. Reference
 log-probs take token ids, as sampled, and always reuse the prompt (the LM is a causal decoder).
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ from tqdm.auto import tqdm
 from flywheel.devices import model_device
 from flywheel.errors import FlywheelError
 from flywheel.kernels.head_logprobs import head_logprobs
-from flywheel.kernels.last_token import last_token_readout
+from flywheel.reward.pooling import is_causal, readout, takes_cache
+from flywheel.reward.text import chat_text, pad_id_of, pad_ids, reward_ids
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,9 @@ class _Plan:
 
 
 def supports_prefix_reuse(backbone) -> bool:
-    """Whether a prompt's hidden states do not depend on what follows it (a causal decoder) and
-    the backbone takes a key/value cache. Probed once per model with two short forwards, since a
-    saved reward-model backbone names only its base class (`LlamaModel`, `BertModel`)."""
-    known = getattr(backbone, "_flywheel_causal", None)
-    if known is not None:
-        return known
-    causal = False
-    if "past_key_values" in inspect.signature(backbone.forward).parameters:
-        ids = torch.tensor([[1, 2, 3, 4, 5, 6]], device=model_device(backbone))
-        ids = ids % backbone.config.vocab_size
-        with torch.no_grad():
-            short = backbone(input_ids=ids[:, :3]).last_hidden_state
-            long = backbone(input_ids=ids).last_hidden_state[:, :3]
-        causal = bool(torch.allclose(short, long, atol=1e-4, rtol=1e-3))
-    backbone._flywheel_causal = causal
-    return causal
+    """Whether a prompt's hidden states do not depend on what follows it (a causal decoder,
+    probed: `pooling.is_causal`) and the backbone takes a key/value cache."""
+    return takes_cache(backbone) and is_causal(backbone)
 
 
 @contextmanager
@@ -112,17 +101,7 @@ def _deferred_norm(backbone, enabled: bool):
         backbone.norm = norm
 
 
-def _pad(seqs: list[list[int]], pad_id: int,
-         device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and their 0/1 mask, on `device` (default: the CPU)."""
-    width = max(len(s) for s in seqs)
-    # filled on the CPU, then copied over in one transfer rather than one per row
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+_pad = pad_ids  # right-padded ids and their 0/1 mask
 
 
 def _chunks(items: list, cost, budget: int):
@@ -159,30 +138,19 @@ class ScoringEngine:
     # tokenization --------------------------------------------------------------------------
     def _plan(self, tokenizer, groups: list[Group], reuse: bool) -> _Plan:
         plan = _Plan()
-        tokenizer.truncation_side = "left"  # as RewardModel.encode: keep the response's end
-        if not tokenizer.chat_template:  # pair encoding, as RewardModel.encode does it
-            owners = [(g, k) for g, grp in enumerate(groups) for k in range(len(grp.responses))]
-            if not owners:
-                return plan
-            prompts = ["\n".join(m["content"] for m in groups[g].messages) for g, _ in owners]
-            responses = [groups[g].responses[k] for g, k in owners]
-            ids = tokenizer(prompts, responses, truncation="longest_first",
-                            max_length=self.max_length)["input_ids"]
+        owners = [(g, k) for g, grp in enumerate(groups) for k in range(len(grp.responses))]
+        messages = [groups[g].messages for g, _ in owners]
+        responses = [groups[g].responses[k] for g, k in owners]
+        if not owners:
+            return plan
+        if not reuse:  # every row whole, as RewardModel.encode tokenizes it
+            ids = reward_ids(tokenizer, messages, responses, self.max_length)
             plan.whole = [_Row(g, k, i) for (g, k), i in zip(owners, ids)]
             return plan
-        texts, owners = [], []
-        for g, grp in enumerate(groups):
-            for k, r in enumerate(grp.responses):
-                texts.append(tokenizer.apply_chat_template(
-                    grp.messages + [{"role": "assistant", "content": r}], tokenize=False))
-                owners.append((g, k))
-        full = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        prompts = {}
-        if reuse:
-            ptexts = [tokenizer.apply_chat_template(grp.messages, tokenize=False,
-                                                    add_generation_prompt=True) for grp in groups]
-            p_ids = tokenizer(ptexts, add_special_tokens=False)["input_ids"] if ptexts else []
-            prompts = dict(enumerate(p_ids))
+        # untruncated, to find the prompt's tokens in each row (cut from the left below)
+        full = reward_ids(tokenizer, messages, responses, None)
+        ptexts = [chat_text(tokenizer, grp.messages) for grp in groups]
+        prompts = dict(enumerate(tokenizer(ptexts, add_special_tokens=False)["input_ids"]))
         for (g, k), ids in zip(owners, full):
             p = prompts.get(g)
             if (p is not None and len(p) < len(ids) <= self.max_length
@@ -258,14 +226,18 @@ class ScoringEngine:
         model.eval()
         tok, backbone = model.tokenizer, model.backbone
         device = model_device(model)
-        reuse = self.reuse_prefix and supports_prefix_reuse(backbone)
+        # prefix reuse and the deferred norm serve the last-token read-out: the others read
+        # the prompt's states and every position's normed state
+        last = model.pooling == "last"
+        reuse = (last and self.reuse_prefix and bool(tok.chat_template)
+                 and supports_prefix_reuse(backbone))
         plan = self._plan(tok, groups, reuse)
         out = [[0.0] * len(g.responses) for g in groups]
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        pad_id = pad_id_of(tok)
         units = self._buckets(plan)
         bar = tqdm(total=sum(len(g.responses) for g in groups), desc=desc, unit="seq",
                    disable=not self.progress)
-        with _deferred_norm(backbone, self.fuse_norm) as (norm_w, eps):
+        with _deferred_norm(backbone, self.fuse_norm and last) as (norm_w, eps):
             for kind, rows, gs in units:
                 if kind == "reused":
                     owner_pos = {g: i for i, g in enumerate(gs)}
@@ -280,9 +252,8 @@ class ScoringEngine:
                     self.stats.whole_rows += len(rows)
                     passes = [(range(len(rows)), hidden, mask)]
                 for sub, hidden, mask in passes:
-                    scores = last_token_readout(hidden, mask, model.head.weight,
-                                                model.head.bias, norm_w,
-                                                eps if norm_w is not None else 1e-6)
+                    scores = readout(hidden, mask, model.head.weight, model.head.bias,
+                                     model.pooling, norm_w, eps if norm_w is not None else 1e-6)
                     for i, s in zip(sub, scores.tolist()):
                         out[rows[i].group][rows[i].index] = s
                     bar.update(len(sub))
