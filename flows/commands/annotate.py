@@ -80,7 +80,7 @@ def serve(*, iteration: IterationOpt,
     Finishing the round lands the labels as batch review-iteration-NNNN. The token comes from
     --token-file or $FLYWHEEL_REVIEW_TOKEN, never the command line (which `ps` shows).
 
-    Example: FLYWHEEL_REVIEW_TOKEN=$(openssl rand -hex 16) flywheel annotate serve --iteration 3
+    Example: flywheel annotate serve --iteration 3 --token-file ~/.review-token
     """
     from flywheel.annotation.review import TOKEN_ENV, review_token
     from flywheel.annotation.review import serve as serve_page
