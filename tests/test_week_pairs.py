@@ -136,3 +136,13 @@ def test_no_pairs_names_what_is_missing_and_the_fix(tmp_path):
     three = _lake_with_arms(tmp_path / "three", {"x": ["a"], "y": ["b"], "z": ["c"]})
     with pytest.raises(DataError, match=r"sampled for it more than once.*sample a new iteration"):
         require_pairs(three, 1)
+
+
+def test_a_config_that_would_give_no_pairs_is_refused_naming_the_fix():
+    """Equal temperatures: iteration 1's two arms are the base policy at one temperature, the
+    same samples, so no pair; the config says so before anything runs."""
+    from flywheel.config import validate_config
+    from flywheel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"temperatures must differ.*e\.g\. \[0\.7, 1\.0\]"):
+        validate_config({"sampling": {"temperatures": [0.8, 0.8]}})

@@ -140,6 +140,11 @@ class SamplingConfig(_Seeded):
     def _positive_temperatures(self):
         if any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures must be >= 0; use 0 for greedy decoding")
+        if self.temperatures[0] == self.temperatures[1]:
+            raise ValueError("temperatures must differ: in the first iteration the latest and "
+                             "the previous policy are both the base policy, so at one "
+                             "temperature they draw the same samples and the week has no pair "
+                             "to label; give two values, e.g. [0.7, 1.0]")
         if any(not x for x in self.stop):
             raise ValueError("stop strings must not be empty (an empty one would end every "
                              "response before its first word); remove it")
