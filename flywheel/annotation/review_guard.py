@@ -5,7 +5,8 @@ answers must not carry.
   (scheme aside, it must name the Host the request was sent to) or a `Sec-Fetch-Site` other than
   same-origin; and a POST authenticated by the cookie must carry `X-Flywheel-Review: 1`, which
   the page sets and a page of another site cannot send without a CORS preflight (never granted
-  here). The cookie is SameSite=Strict besides.
+  here). The cookie is SameSite=Strict besides. Behind a reverse proxy (for TLS), pass the
+  browser's Host through (nginx: `proxy_set_header Host $host;`), or every POST is refused.
 - `read_json`: a submission is `Content-Type: application/json` (else 415) of at most
   `MAX_BODY` bytes (else 413, found from Content-Length before anything is read, or while
   reading a body sent without one) holding one JSON value (else 400).
