@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from flywheel.annotation.gold import gold_pairs, register
 from flywheel.annotation.pairs import render_prompt
+from flywheel.config import FlywheelConfig
 from flywheel.config.annotators import AnnotatorQualityConfig
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
@@ -73,6 +75,20 @@ def plan_round(pairs: list[dict], gold: list[dict], q: AnnotatorQualityConfig,
     items = [Item(content_id(salt, "item", p["pair_id"], who, copy), role, who, p)
              for role, who, p, copy in plan]
     return sorted(items, key=lambda i: i.item_id)
+
+
+def round_items(cfg: FlywheelConfig, lake: Lake, iteration: int, pairs: list[dict],
+                annotators: list[str]) -> list[Item]:
+    """The iteration's round as `annotation.quality` asks: its gold pairs drawn and registered
+    in the lake, the items planned, the manifest saved. The same iteration and seed give the
+    same round."""
+    q = cfg.annotation.quality
+    salt = f"{cfg.seed}:{iteration}"
+    gold = gold_pairs(cfg, q.gold_pairs, salt)
+    register(lake, gold)
+    items = plan_round(pairs, gold, q, annotators, salt)
+    save_manifest(lake, items, iteration)
+    return items
 
 
 def manifest(items: list[Item], iteration: int) -> dict:

@@ -5,11 +5,10 @@ annotators)."""
 from __future__ import annotations
 
 from flywheel import models
-from flywheel.annotation.gold import gold_pairs, register
 from flywheel.annotation.ingest import ingest_bytes
 from flywheel.annotation.pairs import pair_id_of, render_prompt, write_delivery_jsonl
 from flywheel.annotation.prompts import user_text
-from flywheel.annotation.rounds import plan_round, save_manifest
+from flywheel.annotation.rounds import round_items
 from flywheel.annotation.simulated import ANNOTATOR, Pair, label_round
 from flywheel.annotation.simulated import annotate as label_pairs
 from flywheel.config import FlywheelConfig
@@ -49,16 +48,12 @@ def simulated_round(cfg: FlywheelConfig, lake: Lake, iteration: int, judge: Prox
     """Delivery rows of the week's round (flywheel/annotation/rounds.py): its gold pairs
     registered and its manifest kept in the lake first."""
     q = cfg.annotation.quality
-    salt = f"{cfg.seed}:{iteration}"
-    gold = gold_pairs(cfg, q.gold_pairs, salt)
-    register(lake, gold)
     pairs = [{"pair_id": pair_id_of(p.prompt_id, [p.a_id, p.b_id]), "prompt_id": p.prompt_id,
               "messages": [{"role": "user", "content": p.prompt_text}],
               "prompt": render_prompt([{"role": "user", "content": p.prompt_text}]),
               "criterion": p.criterion, "sample_id_a": p.a_id, "text_a": p.a_text,
               "sample_id_b": p.b_id, "text_b": p.b_text} for p in todo]
     names = [a.id for a in q.simulated_annotators] or [ANNOTATOR]
-    items = plan_round(pairs, gold, q, names, salt)
-    save_manifest(lake, items, iteration)
+    items = round_items(cfg, lake, iteration, pairs, names)
     return label_round(judge, items, cfg.annotation.strength_thresholds,
-                       q.simulated_annotators, salt)
+                       q.simulated_annotators, f"{cfg.seed}:{iteration}")
