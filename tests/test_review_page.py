@@ -1,5 +1,6 @@
 """The review page end to end in headless Chromium (Playwright driving Debian's `chromium`):
-`flywheel annotate serve` with its token from the environment, labelling every pair by clicking
+`flywheel annotate serve` with its token from the environment, a page of another local service
+failing to post a label with the review cookie, labelling every pair by clicking
 under the page's Content-Security-Policy (no violation reported), each label in the lake right
 after its click, a server killed midway (SIGKILL) and restarted resuming at the next unlabelled
 pair, the completed round landing as a batch whose comparisons hold the responses the test
@@ -9,10 +10,12 @@ Needs `pip install playwright` and `apt-get install chromium`; never `playwright
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -112,6 +115,50 @@ def _label(page, lake, pair: dict, chosen: str, position: int) -> None:
         chosen, "slightly_better", "Ana Tester")
 
 
+class _Blank(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (the handler's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<!doctype html><title>another service</title>")
+
+    def log_message(self, *args):
+        pass
+
+
+def _cross_site_attempts(page, url: str, pair: dict) -> None:
+    """A page of another service on the same host (the same site, so the browser sends the
+    SameSite=Strict review cookie with its requests) posts a label the ways a script can: a
+    no-cors text/plain fetch (what a form sends) and a JSON fetch with the page's header, both
+    with credentials. The server refuses the first (not JSON, and from another origin), the
+    browser the second (the preflight is never granted); neither labels anything. (Without
+    the server's checks the first one is saved: the cookie does go with it.)"""
+    other = socketserver.TCPServer(("127.0.0.1", 0), _Blank)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        label = json.dumps({"pair_id": pair["pair_id"], "chosen": "a", "strength": "better",
+                            "safety_label": "both_safe", "annotator": "mallory"})
+        statuses = page.evaluate("""async ([url, label]) => {
+          const out = [];
+          for (const init of [
+            {method: "POST", mode: "no-cors", credentials: "include",
+             headers: {"Content-Type": "text/plain"}, body: label},
+            {method: "POST", credentials: "include",
+             headers: {"Content-Type": "application/json", "X-Flywheel-Review": "1"},
+             body: label},
+          ]) {
+            try { const r = await fetch(url + "/api/submit", init); out.push(r.status); }
+            catch (e) { out.push("blocked"); }
+          }
+          return out;
+        }""", [url, label])
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert statuses == [0, "blocked"], statuses  # the no-cors answer is opaque: status 0
+
+
 def test_label_a_round_in_the_browser(tmp_path):
     lake = build_lake(tmp_path / "lake")
     pairs = week_pairs(lake, 1)
@@ -140,6 +187,10 @@ def test_label_a_round_in_the_browser(tmp_path):
             expect(page.locator("#progress")).to_have_text("Pair 1 of 3")
             page.get_by_role("button", name="Submit").click()  # nothing picked yet
             expect(page.locator("#error")).to_contain_text("choose the better response")
+            _cross_site_attempts(page, url, pairs[0])
+            assert _saved(lake, pairs[0]["pair_id"]) is None
+            page.goto(f"{url}/")  # back on the review page: the cookie still opens it
+            expect(page.locator("#progress")).to_have_text("Pair 1 of 3")
             page.get_by_label("Annotator").fill("Ana Tester")
             _label(page, lake, pairs[0], clicks[0], 1)
             _label(page, lake, pairs[1], clicks[1], 2)
