@@ -61,6 +61,8 @@ REASON_HELP = {
                               "drop the record",
     "import_unknown_split": "the record's `split` is not train, test, eval or validation; fix "
                             "the value or remove it",
+    "gold_pair": "a gold pair (known answer) of an annotation round: the label is kept for "
+                 "annotator quality (`flywheel annotators`), never trained on; nothing to fix",
 }
 
 # reason -> the delivered columns it is about, the one to show first
@@ -86,6 +88,7 @@ REASON_FIELDS = {
     "import_unparseable_dialogue": ("response_a", "response_b", "prompt"),
     "import_prompt_mismatch": ("response_a", "response_b"),
     "import_unknown_split": ("split",),
+    "gold_pair": ("response_a", "response_b"),
 }
 
 
