@@ -255,3 +255,21 @@ def test_a_simulated_round_by_three_annotators(tmp_path, minilm):
     assert all(r["gold"] == 2 for r in rows.values())
     assert rows["sim-1"]["gold_accuracy"] == rows["sim-2"]["gold_accuracy"]
     assert rows["sim-flip"]["gold_accuracy"] == 1 - rows["sim-1"]["gold_accuracy"]
+
+
+def test_retrain_records_whom_its_mix_left_out(lake, tiny_llama):
+    """The reward-model stage itself: with min_gold_accuracy the helpfulness model trains on
+    good-1's and good-2's rows only, and its data_mix says whom it left out and why."""
+    from flywheel.config import validate_config
+    from flywheel.reward.retrain import retrain
+
+    cfg = validate_config({
+        "lake": lake.uri, "models": {"policy": tiny_llama, "reward_backbone": tiny_llama},
+        "reward_model": {"batch_size": 8, "micro_batch_size": 8, "max_length": 64,
+                         "mix": {"allow_short": True}},
+        "annotation": {"quality": {"min_gold_accuracy": 0.5, "min_items": 4}}})
+    out = retrain(cfg, lake, 1, "week-1", kinds=("helpfulness",))
+    row = next(r for r in lake.rows("reward_models") if r["id"] == out["helpfulness"]["id"])
+    mix = json.loads(row["data_mix"])
+    assert list(mix["left_out_annotators"]) == ["bad"]
+    assert mix["counts"]["in-house helpfulness"] == 2 * PAIRS
