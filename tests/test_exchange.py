@@ -153,12 +153,13 @@ def test_from_label_studio_rows(lake):
     row = _expected_row(_by_prompt(week_pairs(lake, 1)))
     rows = from_label_studio(_ls_export(lake))
 
-    assert rows == [  # the cancelled annotation (id 12) is skipped
-        row("p-rice", "b", "better", "label-studio:10"),
-        row("p-lisbon", "a", "slightly_better", "ana@example.org"),
-        row("p-lisbon", "b", None, "label-studio:13"),
-        row("p-lock", "a", "significantly_better", "label-studio:10",
-            "chosen_safe_other_unsafe"),
+    assert rows == [  # the cancelled annotation (id 12) is skipped; the comment carried
+        r | {"comment": "looked fine"} for r in [
+            row("p-rice", "b", "better", "label-studio:10"),
+            row("p-lisbon", "a", "slightly_better", "ana@example.org"),
+            row("p-lisbon", "b", None, "label-studio:13"),
+            row("p-lock", "a", "significantly_better", "label-studio:10",
+                "chosen_safe_other_unsafe")]
     ]
 
 
@@ -181,6 +182,7 @@ def test_label_studio_round_trip_through_ingest(lake):
     again = import_export(lake, data, "label-studio", "project-7-at-2026-11-20.json",
                           batch_id="week-1-ls", iteration=1)
     assert again.already_ingested and len(lake.rows("comparisons")) == 3
+    assert [r["comment"] for r in lake.rows("comparisons")] == ["looked fine"] * 3
 
 
 def test_label_studio_exports_with_broken_structure_are_refused(lake):

@@ -7,7 +7,9 @@ of tasks, each with `annotations`, each with `result` items `{"from_name", "type
 `<Pairwise>` result is `{"type": "pairwise", "value": {"selected": "left" | "right"}}` (left is
 response A), a `<Choices>` result `{"type": "choices", "value": {"choices": [...]}}`; cancelled
 (skipped) annotations carry `"was_cancelled": true`; `completed_by` is a user id or, with
-annotator details, `{"id", "email", ...}`.
+annotator details, `{"id", "email", ...}`; the optional comment is a `<TextArea>` result
+`{"type": "textarea", "value": {"text": [...]}}`. A gold pair's task (no sample ids) carries its
+prompt as `messages` (JSON) and its responses inline; its rows deliver the texts.
 
 Argilla (v2 SDK, shapes only; the package is not needed here): `argilla_settings()` is what
 `rg.Settings(...).serialize()` writes; records are `rg.Record.to_dict()` dicts (`id`, `fields`,
@@ -88,9 +90,14 @@ def label_studio_config() -> str:
 
 
 def to_label_studio(pairs: list[dict]) -> list[dict]:
-    """Tasks to import into a project with `label_studio_config()`; the ids ride in `data`."""
-    return [{"data": {"prompt": p["prompt"], "response_a": p["text_a"],
-                      "response_b": p["text_b"], **{k: p[k] for k in IDS}}} for p in pairs]
+    """Tasks to import into a project with `label_studio_config()`; the ids ride in `data`, and
+    a pair without sample ids (a gold pair) also carries its prompt's `messages`."""
+    def data(p: dict) -> dict:
+        inline = {} if p["sample_id_a"] else {"messages": json.dumps(p["messages"])}
+        return {"prompt": p["prompt"], "response_a": p["text_a"], "response_b": p["text_b"],
+                **{k: p[k] for k in IDS}, **inline}
+
+    return [{"data": data(p)} for p in pairs]
 
 
 def _ls_annotator(completed_by) -> str | None:
@@ -115,7 +122,20 @@ def _ls_answers(result: list) -> dict:
                                                                          "safety_label"):
             picked = value.get("choices") or []
             out[item["from_name"]] = picked[0] if len(picked) == 1 else None
+        elif item.get("type") == "textarea" and item.get("from_name") == "comment":
+            text = "\n".join(t for t in value.get("text") or [] if isinstance(t, str)).strip()
+            out["comment"] = text or None
     return out
+
+
+def _ls_row(data: dict, got: dict, annotator: str | None) -> dict:
+    """The delivery row of one annotation: by sample ids, or a gold pair's texts inline."""
+    row = delivery_row(data, got.get("chosen"), got.get("strength"), got.get("safety_label"),
+                       annotator)
+    if not data.get("sample_id_a"):
+        row.update(prompt=data["messages"], response_a=data.get("response_a"),
+                   response_b=data.get("response_b"))
+    return row | ({"comment": got["comment"]} if got.get("comment") else {})
 
 
 def from_label_studio(export: list[dict], annotator_default: str | None = None) -> list[dict]:
@@ -130,6 +150,8 @@ def from_label_studio(export: list[dict], annotator_default: str | None = None) 
             continue
         where = f"task {task.get('id', n)}"
         lacking = [k for k in ("sample_id_a", "sample_id_b") if not data.get(k)]
+        if lacking and data.get("messages"):
+            lacking = []  # a gold pair: its texts travel inline
         if lacking:
             problems.append(f"{where}: data lacks {', '.join(lacking)} (import the tasks that "
                             "`to_label_studio` wrote, which carry the ids)")
@@ -145,10 +167,8 @@ def from_label_studio(export: list[dict], annotator_default: str | None = None) 
                 continue
             if ann.get("was_cancelled"):
                 continue
-            got = _ls_answers(ann["result"])
             annotator = _ls_annotator(ann.get("completed_by")) or annotator_default
-            rows.append(delivery_row(data, got.get("chosen"), got.get("strength"),
-                                     got.get("safety_label"), annotator))
+            rows.append(_ls_row(data, _ls_answers(ann["result"]), annotator))
     _raise_all(problems, "Label Studio export")
     return rows
 

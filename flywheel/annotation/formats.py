@@ -15,7 +15,8 @@ from flywheel.errors import DataError
 
 COLUMNS = (
     "prompt_id", "prompt", "response_a", "response_b", "sample_id_a", "sample_id_b", "chosen",
-    "strength", "criterion", "safety_label", "annotator", "source", "split", "reject_reason",
+    "strength", "criterion", "safety_label", "annotator", "source", "split", "comment",
+    "reject_reason",
 )
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 # id-like columns, where a whole number stands for its digits (a vendor's numeric ids)

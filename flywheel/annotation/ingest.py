@@ -18,6 +18,7 @@ protocol:
     split                       train | test (optional: in-house rows get a held-out split;
                                 a row already in the lake keeps its split, and a file naming
                                 another for it is refused: `flywheel batch resplit` moves rows)
+    comment                     the annotator's note (optional; kept, not part of the row's id)
 
 Every delivered row ends up in exactly one place: `comparisons` (accepted, new or already there)
 or `quarantine` (rejected, with the first reason it failed), so accepted + rejected = delivered.
@@ -305,7 +306,7 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
         $delivery AS delivery_id, c.source_n AS source,
         coalesce(o.old_split, o.split_n, CASE WHEN t.cid IS NOT NULL THEN 'test' END,
                  'train') AS split,
-        NULL::TIMESTAMPTZ AS created_at
+        nullif(trim(c.comment), '') AS comment, NULL::TIMESTAMPTZ AS created_at
       FROM checked c JOIN ok o USING (row_index) LEFT JOIN test t ON t.cid = c.cid
       ORDER BY c.row_index
     """, params={"batch": batch_id, "delivery": delivery_id}).to_arrow_table()

@@ -54,6 +54,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("delivery_id", pa.string()),  # the delivered file the row came from
             ("source", pa.string()),  # in-house | name of an open-source set
             ("split", pa.string()),  # train | test
+            ("comment", pa.string()),  # the annotator's note, if any (NULL in older rows)
             ("created_at", _ts),
         ]
     ),
