@@ -273,3 +273,13 @@ def test_retrain_records_whom_its_mix_left_out(lake, tiny_llama):
     mix = json.loads(row["data_mix"])
     assert list(mix["left_out_annotators"]) == ["bad"]
     assert mix["counts"]["in-house helpfulness"] == 2 * PAIRS
+
+
+def test_an_open_source_set_keeps_rows_that_are_also_gold(lake):
+    """HH-RLHF's test files are where the default gold comes from: importing one as an
+    open-source set must not lose the rows a round uses as gold."""
+    g = GOLD[0]
+    row = {**_gold_row(g, "a", "anthropic-hh-rlhf"), "source": "anthropic-hh-rlhf/helpful-base",
+           "split": "test"}
+    result = ingest_bytes(lake, write_delivery_jsonl([row]), "hh.jsonl", "hh")
+    assert (result.accepted, result.rejected) == (1, 0)

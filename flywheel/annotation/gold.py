@@ -30,6 +30,7 @@ from flywheel.lake.store import Lake
 
 FOLDER = "gold"
 REASON = "gold_pair"
+IN_HOUSE = "in-house"
 HH_FILES = {"hh_rlhf_helpful_base_test.jsonl.gz": "helpfulness",
             "hh_rlhf_harmless_base_test_dev.jsonl.gz": "safety"}
 
@@ -102,17 +103,22 @@ def registered(lake: Lake) -> dict[str, dict]:
 
 
 def mark(lake: Lake, table: pa.Table) -> pa.Table:
-    """The delivery table with `reject_reason` set to `gold_pair` on rows labelling a
-    registered gold pair (ingest then quarantines them first). Unchanged without gold."""
+    """The delivery table (after delivery.normalised_labels) with `reject_reason` set to
+    `gold_pair` on in-house rows labelling a registered gold pair (ingest then quarantines them
+    first). Unchanged without gold; an open-source set imported whole (HH-RLHF's test files,
+    where the default gold comes from) keeps its rows."""
     gold = registered(lake)
     if not gold or not table.num_rows:
         return table
     better = pa.array(sorted({g["better"] for g in gold.values()}), pa.string())
     a, b = table.column("response_a"), table.column("response_b")
     # candidates: one side is a known-better text (as delivered, or trimmed)
-    maybe = pc.or_kleene(pc.or_kleene(pc.is_in(a, better), pc.is_in(b, better)),
-                         pc.or_kleene(pc.is_in(pc.utf8_trim_whitespace(a), better),
-                                      pc.is_in(pc.utf8_trim_whitespace(b), better)))
+    sides = [a, b, pc.utf8_trim_whitespace(a), pc.utf8_trim_whitespace(b)]
+    maybe = pc.equal(table.column("source_n"), IN_HOUSE)
+    found = pc.is_in(sides[0], better)
+    for side in sides[1:]:
+        found = pc.or_kleene(found, pc.is_in(side, better))
+    maybe = pc.and_kleene(maybe, found)
     hits = pc.indices_nonzero(pc.fill_null(maybe, False)).to_pylist()
     reasons = table.column("reject_reason").to_pylist()
     a_list, b_list = a.to_pylist(), b.to_pylist()
