@@ -120,8 +120,9 @@ def overlap_items(ratings: Iterable[Rating]) -> dict[str, list[Rating]]:
     return {k: list(v.values()) for k, v in by_item.items() if len(v) >= 2}
 
 
-def _pairs_with_others(items: dict[str, list[Rating]], annotator: str, key) -> list[tuple]:
-    return [(key(mine), key(other)) for rs in items.values() for mine in rs
+def _pairs_with_others(items: list[list[Rating]], annotator: str, key) -> list[tuple]:
+    """(the annotator's label, another's) for each other annotator of each of its items."""
+    return [(key(mine), key(other)) for rs in items for mine in rs
             if mine.annotator == annotator for other in rs if other.annotator != annotator]
 
 
@@ -129,10 +130,16 @@ def annotator_report(ratings: Sequence[Rating]) -> list[dict]:
     """One row per annotator, by name: ratings, gold items and accuracy, overlap items and
     agreement with the others (Cohen's kappa on the choice, linear-weighted kappa on the signed
     scale, raw agreement on the choice), share of unsure ratings, median seconds."""
-    items = overlap_items(ratings)
+    by_name: dict[str, list[Rating]] = defaultdict(list)
+    for r in ratings:
+        by_name[r.annotator].append(r)
+    shared: dict[str, list[list[Rating]]] = defaultdict(list)  # annotator -> its overlap items
+    for rs in overlap_items(ratings).values():
+        for r in rs:
+            shared[r.annotator].append(rs)
     out = []
-    for name in sorted({r.annotator for r in ratings}):
-        mine = [r for r in ratings if r.annotator == name]
+    for name in sorted(by_name):
+        mine, items = by_name[name], shared[name]
         choice = _pairs_with_others(items, name, lambda r: r.choice)
         times = [r.seconds for r in mine if r.seconds is not None]
         out.append({
@@ -140,7 +147,7 @@ def annotator_report(ratings: Sequence[Rating]) -> list[dict]:
             "ratings": len(mine),
             "gold": sum(r.gold is not None for r in mine),
             "gold_accuracy": gold_accuracy(mine),
-            "overlap": sum(any(r.annotator == name for r in rs) for rs in items.values()),
+            "overlap": len(items),
             "agreement": (sum(a == b for a, b in choice) / len(choice)) if choice else None,
             "kappa": cohen_kappa(choice),
             "strength_kappa": linear_weighted_kappa(
