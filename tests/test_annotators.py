@@ -261,6 +261,7 @@ def test_retrain_records_whom_its_mix_left_out(lake, tiny_llama):
     """The reward-model stage itself: with min_gold_accuracy the helpfulness model trains on
     good-1's and good-2's rows only, and its data_mix says whom it left out and why."""
     from flywheel.config import validate_config
+    from flywheel.lake.lineage import format_lineage, lineage
     from flywheel.reward.retrain import retrain
 
     cfg = validate_config({
@@ -273,6 +274,8 @@ def test_retrain_records_whom_its_mix_left_out(lake, tiny_llama):
     mix = json.loads(row["data_mix"])
     assert list(mix["left_out_annotators"]) == ["bad"]
     assert mix["counts"]["in-house helpfulness"] == 2 * PAIRS
+    text = format_lineage(lineage(lake, row["id"]))  # `flywheel lineage` says so too
+    assert "left out annotator bad: gold accuracy 0.00 < 0.5 on 4 gold items" in text
 
 
 def test_an_open_source_set_keeps_rows_that_are_also_gold(lake):

@@ -58,7 +58,8 @@ def reward_model_lineage(lake: Lake, rm: dict) -> dict:
                          "ids_sha256": mix.get("ids_sha256"),
                          "ids_file": f"{uri}/{mix['ids_file']}" if mix.get("ids_file")
                          else None,
-                         "table_versions": mix.get("table_versions")},
+                         "table_versions": mix.get("table_versions"),
+                         "left_out_annotators": mix.get("left_out_annotators") or {}},
             "promoted": rm.get("promoted"), "decision": rm.get("decision"),
             "batches": names, "deliveries": deliveries}
 
@@ -100,6 +101,8 @@ def format_lineage(info: dict) -> str:
                f" on {rm['backbone']}): mix {rm['data_mix']['counts']}, seed "
                f"{rm['data_mix']['seed']}" + _versions(rm["data_mix"].get("table_versions"))
                + (f"; {rm['decision']}" if rm.get("decision") else "")]
+        for who, why in rm["data_mix"].get("left_out_annotators", {}).items():
+            out.append(f"{indent}  left out annotator {who}: {why}")
         for d in rm["deliveries"]:
             out.append(f"{indent}  batch {d['batch_id']}: {d['filename']} sha256 "
                        f"{d['checksum'][:12]}, {d['accepted']} accepted / {d['rejected']} "
