@@ -43,15 +43,22 @@ WHERE reason = '{REASON}' AND ($batch IS NULL OR batch_id = $batch)
 def ratings(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None = None
             ) -> list[Rating]:
     """The in-house comparisons (of `batch`, or all) and the gold labels, as ratings."""
+    return [r for _, r in batch_ratings(con, lake, batch)]
+
+
+def batch_ratings(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None = None
+                  ) -> list[tuple[str, Rating]]:
+    """`ratings`, each with its batch id."""
     out = []
-    for prompt_id, criterion, strength, annotator, _, chosen, rejected in con.execute(
+    for prompt_id, criterion, strength, annotator, batch_id, chosen, rejected in con.execute(
             _COMPARISONS, {"batch": batch}).fetchall():
         first, second = sorted((chosen, rejected))
-        out.append(Rating(f"{prompt_id}|{first}|{second}", annotator,
-                          "first" if chosen == first else "second", strength, criterion))
+        out.append((batch_id, Rating(f"{prompt_id}|{first}|{second}", annotator,
+                                     "first" if chosen == first else "second", strength,
+                                     criterion)))
     rows = con.execute(_GOLD, {"batch": batch}).fetchall()
     known = registered(lake) if rows else {}
-    for blob, _ in rows:
+    for blob, batch_id in rows:
         r = json.loads(blob)
         a, b = (r.get("response_a") or "").strip(), (r.get("response_b") or "").strip()
         chosen = {"a": a, "b": b}.get((r.get("chosen") or "").strip().lower())
@@ -59,10 +66,10 @@ def ratings(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None = None
         if g is None or chosen is None or not r.get("annotator"):
             continue  # a gold pair no longer registered, or a label without a choice
         first = min(a, b)
-        out.append(Rating(g["gold_id"], r["annotator"].strip(),
-                          "first" if chosen == first else "second",
-                          _strength(r.get("strength")), g["criterion"],
-                          gold="first" if g["better"] == first else "second"))
+        out.append((batch_id, Rating(g["gold_id"], r["annotator"].strip(),
+                                     "first" if chosen == first else "second",
+                                     _strength(r.get("strength")), g["criterion"],
+                                     gold="first" if g["better"] == first else "second")))
     return out
 
 
@@ -73,14 +80,14 @@ def _strength(value: str | None) -> str | None:
 
 def report(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None = None) -> dict:
     """{batch, annotators: per-annotator rows, agreement: the batch's, batches: per batch}."""
-    rs = ratings(con, lake, batch)
+    tagged = batch_ratings(con, lake, batch)
+    rs = [r for _, r in tagged]
     per_batch = {}
     if batch is None:
-        names = [b for (b,) in con.execute(
-            f"SELECT DISTINCT batch_id FROM comparisons WHERE coalesce(source, '{IN_HOUSE}') = "
-            f"'{IN_HOUSE}' UNION SELECT DISTINCT batch_id FROM quarantine WHERE reason = "
-            f"'{REASON}' ORDER BY 1").fetchall()]
-        per_batch = {b: batch_agreement(ratings(con, lake, b)) for b in names}
+        grouped: dict[str, list[Rating]] = {}
+        for b, r in tagged:
+            grouped.setdefault(b, []).append(r)
+        per_batch = {b: batch_agreement(grouped[b]) for b in sorted(grouped)}
     return {"batch": batch, "annotators": annotator_report(rs),
             "agreement": batch_agreement(rs), "batches": per_batch}
 
