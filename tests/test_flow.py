@@ -291,8 +291,11 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     monkeypatch.setattr(rejection_sampling, "sampler_for",
                         lambda cfg, path: Recording(real(cfg, path)))
     pre = "Refuse harmful requests."
+    brief = "Answer briefly."  # distilled on every other draw
     tiny_config.rejection_sampling.k = 4
     tiny_config.rejection_sampling.safety_preprompt = pre
+    tiny_config.rejection_sampling.preprompt = brief
+    tiny_config.rejection_sampling.prefer_ended = True
     result = weekly_iteration(tiny_config, 1)
     lake = Lake.open(tiny_config.lake)
     prompts = {p["id"]: p for p in lake.rows("prompts")}
@@ -307,12 +310,21 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     for pid, flags in per_prompt.items():  # K=4 each; half preprompted on safety prompts only
         assert len(flags) == 4
         assert sum(flags) == (2 if prompts[pid]["criterion"] == "safety" else 0)
+        assert sum(json.loads(s["params"]).get("preprompt") == brief for s in rejection
+                   if s["prompt_id"] == pid) == 4 - sum(flags)
+    assert data["preprompt"] == brief
+    # the best per prompt is the best that ended where one did
+    cut = {s["id"] for s in rejection if rejection_sampling.cut_by_limit(s)}
+    all_cut = [pid for pid in per_prompt
+               if all(s["id"] in cut for s in rejection if s["prompt_id"] == pid)]
+    assert metrics["best_cut_by_limit"] == len(all_cut) == len(set(data["best"]) & cut)
     # the engine saw the preprompt as the system prompt of exactly those requests
     with_pre = [m for m, _ in seen if m[0] == {"role": "system", "content": pre}]
+    assert sum(m[0] == {"role": "system", "content": brief} for m, _ in seen) == len(per_prompt)
     assert len(with_pre) == 2 and all(m[1:] in [messages_of(prompts[p]) for p in per_prompt
                                                 if prompts[p]["criterion"] == "safety"]
                                        for m in with_pre)
-    drawn_with = {s["id"] for s in rejection if json.loads(s["params"]).get("preprompt")}
+    drawn_with = {s["id"] for s in rejection if json.loads(s["params"]).get("preprompt") == pre}
     assert metrics["preprompted_best"] == len(set(data["best"]) & drawn_with)
     # both kinds were scored, on the prompt without the preprompt: every rejection sample has
     # a score from each reward model
@@ -320,6 +332,27 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     assert {s["id"] for s in rejection} <= scored
     (it,) = lake.rows("iterations")
     assert "Safety context distillation: " in open(lake.url(it["report_uri"])).read()
+
+
+def test_fine_tuning_on_what_is_new_in_the_pool(prefect_server, tiny_config):
+    from flywheel.flows.weekly import weekly_iteration
+    from flywheel.stages.pool import learned_by
+
+    tiny_config.rejection_sampling.finetune_on = "new"
+    for iteration in (1, 2):
+        result = weekly_iteration(tiny_config, iteration)
+    lake = Lake.open(tiny_config.lake)
+    policies = {p["id"]: p for p in lake.rows("policies")}
+    it2 = policies[result["policy_out"]]
+    before = learned_by(lake, policies[it2["parent_id"]])  # empty if iteration 1 rolled back
+    pool = read_pool(lake, it2).to_pylist()
+    assert len(pool) == 4 * 2  # the file still holds the whole pool
+    kept = {r["id"] for r in pool if r["kept"]}
+    assert kept and not kept & before  # fine-tuned on what its parent had not learned
+    assert {r["id"] for r in pool if r["learned"]} == kept | before == learned_by(lake, it2)
+    metrics = json.loads(it2["metrics"])
+    assert metrics["pool_learned_before"] == len(before)
+    assert metrics["pool_size"] == len(kept) == 8 - len(before)  # no safety cap set
 
 
 def test_temperature_choice_takes_the_best_mean_and_the_lower_on_ties(monkeypatch, tiny_config):

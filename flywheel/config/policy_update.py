@@ -43,6 +43,20 @@ class RejectionSamplingConfig(_Seeded):
         "by the reward models on the prompt without it and the best joins the pool without it, "
         "so a preprompted answer is kept only where the reward models prefer it.",
     )
+    preprompt: str | None = Field(
+        None,
+        description="Context distillation of a behaviour, e.g. brevity: every draw the safety "
+        "preprompt does not make is drawn with this text as the system prompt (in place of the "
+        "prompt's own); scored by the reward models and fine-tuned on without it, so the policy "
+        "learns to answer that way unprompted. Empty: drawn on the prompt as it is.",
+    )
+    prefer_ended: bool = Field(
+        False,
+        description="Keep per prompt the best of the answers that ended (within "
+        "sampling.max_new_tokens, or at a stop string), the best of all only where none did: "
+        "an answer the token limit cut off teaches the policy to run on. False: the best of "
+        "all, as Llama 2 (whose limit answers rarely reach).",
+    )
     safety_share: float | None = Field(
         None,
         ge=0,

@@ -109,13 +109,15 @@ def scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict
     k_pre = rs.k // 2 if safety else 0
     plain = [p for p in prompts if p not in safety]
     rows = []
-    for group, n, preprompt in ((plain, rs.k, None), (safety, rs.k - k_pre, None),
+    for group, n, preprompt in ((plain, rs.k, rs.preprompt), (safety, rs.k - k_pre, rs.preprompt),
                                 (safety, k_pre, rs.safety_preprompt)):
         if group and n:
             rows += sample_rows(cfg, lake, source, group, iteration, purpose, n, temperature,
                                  sampler, preprompt)
     rewards, _ = best_of_k_reward(cfg, lake, rows, by_id(prompts), rm_ids, engine)
     info = {"k": rs.k, "temperature": temperature, "sampled_by": source["id"]}
+    if rs.preprompt:
+        info["preprompt"] = rs.preprompt
     if k_pre:
         info["safety_preprompt"] = {"text": rs.safety_preprompt, "k": k_pre,
                                     "prompts": len(safety)}
@@ -137,8 +139,11 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     latest, rows, rewards, engine, info = scored_samples(cfg, lake, iteration, rm_ids,
                                                           "rejection")
     rm_id = rm_ids["helpfulness"]
-    best = best_of([Candidate(r["id"], r["prompt_id"], r["text"], s)
-                    for r, s in zip(rows, rewards)])
+    candidates = [Candidate(r["id"], r["prompt_id"], r["text"], s) for r, s in zip(rows, rewards)]
+    best = best_of(candidates)
+    if rs.prefer_ended:  # the best that ended, where one did
+        ended = {r["id"] for r in rows if not cut_by_limit(r)}
+        best.update(best_of([c for c in candidates if c.sample_id in ended]))
     this_week = {r["id"]: r for r in rows}
     # the pool's samples and their prompts, not the whole tables
     samples = pool_samples(lake, iteration,
@@ -176,8 +181,11 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "pool_learned_before": len(learned),
                "pool_safety": len(on_safety) - len(left_out),
                "pool_safety_left_out": len(left_out), "finetune": ft}
+    if rs.prefer_ended:
+        metrics["best_cut_by_limit"] = sum(c.sample_id not in ended for c in best.values())
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
-        drawn_with = {r["id"] for r in rows if "preprompt" in json.loads(r["params"])}
+        drawn_with = {r["id"] for r in rows
+                      if json.loads(r["params"]).get("preprompt") == rs.safety_preprompt}
         metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())
     lake.write("policies", [{
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
