@@ -102,20 +102,26 @@ def fmt_acc(result: dict) -> str:
 
 
 def run_one(name: str, backbone: str, train: list, test: dict[str, list], train_eval: list,
-            cfg: RewardModelConfig) -> dict:
-    torch.manual_seed(cfg.seed)  # as train_reward_model does: the same initial head
-    t0 = time.perf_counter()
-    untrained = accuracy(RewardModel.from_backbone(backbone), test[name], cfg.max_length)
-    untrained_s = time.perf_counter() - t0
-    print(f"{name}: untrained {fmt_acc(untrained)} ({untrained_s:.0f} s)", flush=True)
+            cfg: RewardModelConfig, own_only: bool = False) -> dict:
+    """`own_only`: evaluate the trained model on its own held-out split alone (no untrained
+    model, no other RM's split, no train sample)."""
+    untrained = None
+    if not own_only:
+        torch.manual_seed(cfg.seed)  # as train_reward_model does: the same initial head
+        t0 = time.perf_counter()
+        untrained = accuracy(RewardModel.from_backbone(backbone, cfg.pooling), test[name],
+                             cfg.max_length)
+        untrained_s = time.perf_counter() - t0
+        print(f"{name}: untrained {fmt_acc(untrained)} ({untrained_s:.0f} s)", flush=True)
     t0 = time.perf_counter()
     model, metrics = train_reward_model(backbone, train, cfg, desc=f"{name} RM")
     train_s = time.perf_counter() - t0
     print(f"{name}: trained in {train_s:.0f} s, {metrics}", flush=True)
     t0 = time.perf_counter()
     evals = {split_name: accuracy(model, pairs, cfg.max_length)
-             for split_name, pairs in test.items()}
-    evals["train"] = accuracy(model, train_eval, cfg.max_length)
+             for split_name, pairs in test.items() if split_name == name or not own_only}
+    if not own_only:
+        evals["train"] = accuracy(model, train_eval, cfg.max_length)
     eval_s = time.perf_counter() - t0
     for k, v in evals.items():
         print(f"{name} RM on {k}: {fmt_acc(v)}", flush=True)
@@ -144,6 +150,10 @@ def main():
     ap.add_argument("--train-eval", type=int, default=200,
                     help="train pairs (a seeded sample) the train accuracy is measured on")
     ap.add_argument("--models", default="helpfulness,safety")
+    ap.add_argument("--own-only", action="store_true",
+                    help="evaluate each trained RM on its own held-out split only")
+    ap.add_argument("--pooling", default="auto", choices=["auto", "last", "mean", "first"],
+                    help="the reward model's read-out (auto: mean for this encoder)")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="train on a seeded sample of this many pairs (hyper-parameter search)")
     ap.add_argument("--threads", type=int, default=None,
@@ -167,7 +177,7 @@ def main():
     backbone = resolve(args.backbone)
     cfg = RewardModelConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                             micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                            margin="none", seed=args.seed)
+                            margin="none", pooling=args.pooling, seed=args.seed)
     names = args.models.split(",")
     data = {}
     for name in SETS:
@@ -186,7 +196,7 @@ def main():
         if limit:
             train = rng.sample(train, min(limit, len(train)))
         train_eval = rng.sample(train, min(args.train_eval, len(train)))
-        results[name] = run_one(name, backbone, train, test, train_eval, cfg)
+        results[name] = run_one(name, backbone, train, test, train_eval, cfg, args.own_only)
     load_end = os.getloadavg()
     write(args, cfg, data, test, results, started, load_start, load_end)
 
@@ -198,6 +208,7 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
                     f"--backbone {args.backbone} --lr {args.lr:g} --epochs {args.epochs}",
                     f"--batch-size {args.batch_size} --micro-batch-size {args.micro_batch_size}",
                     f"--max-length {args.max_length} --train-eval {args.train_eval}",
+                    f"--pooling {args.pooling}", *(["--own-only"] if args.own_only else []),
                     *([f"--train-limit {args.train_limit}"] if args.train_limit else []),
                     *([f"--threads {args.threads}"] if args.threads else []),
                     f"--seed {args.seed}`"])
@@ -209,8 +220,9 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
         "above 2 on its 2 cores, other processes took CPU time from this run).",
         f"Command: {cmd}",
         "",
-        f"Backbone: `{args.backbone}` with a scalar head on the last real token "
-        "(`flywheel.reward.model.RewardModel`); float32, plain PyTorch. Training: "
+        f"Backbone: `{args.backbone}` with a scalar head read out by `{args.pooling}` pooling "
+        "(`flywheel.reward.model.RewardModel`, flywheel/reward/pooling.py); float32, plain "
+        "PyTorch. Training: "
         f"`train_reward_model`, margin ranking loss with the \"none\" margin table, AdamW "
         f"(0.9, 0.95), max lr {cfg.learning_rate:g}, linear warmup (3 % of the steps, at least "
         f"5) then cosine to 10 %, {cfg.epochs} epoch(s), {cfg.batch_size} pairs a step in "
@@ -238,10 +250,12 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
     for name, r in results.items():
         ev, (set_name, paper) = r["evals"], LLAMA2[name]
         seen = r["n_train"] * cfg.epochs
+        shown = {k: fmt_acc(v) for k, v in ev.items()}
         lines.append(
             f"| {name} | {r['n_train']:,} pairs x {cfg.epochs} epoch(s) | "
-            f"{fmt_acc(r['untrained'])} | {fmt_acc(ev['train'])} | **{fmt_acc(ev[name])}** | "
-            f"{other[name]}: {fmt_acc(ev[other[name]])} | {paper:.1f} ({set_name}) | "
+            f"{fmt_acc(r['untrained']) if r['untrained'] else '-'} | "
+            f"{shown.get('train', '-')} | **{shown[name]}** | "
+            f"{other[name]}: {shown.get(other[name], '-')} | {paper:.1f} ({set_name}) | "
             f"{r['train_s'] / 60:.1f} min | {seen / r['train_s']:.2f} | "
             f"{r['eval_s'] / 60:.1f} min |")
     lines += ["", "Loss (first step, last step) and running train accuracy during training:", ""]
