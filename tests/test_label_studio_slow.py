@@ -1,0 +1,271 @@
+"""A week's labels through a real Label Studio: `label-studio` (from .venv-labelstudio, `make
+labelstudio`) started on a free port with a temporary data folder, its owner's personal access
+token made through its API; `flywheel annotate push` uploads the pairs with overlap and gold
+tasks and registers the webhook of a running `flywheel annotate webhook`; two annotators sign up
+through the organization's invite link and label their queues through the REST API, as the
+browser does; the webhook's debounced pull lands the batch (comments included) and its
+batch-landed event starts the reward-model retrain; pulling and pushing again add nothing; the
+annotator report reads both annotators' gold and overlap.
+
+The server's first start runs its database migrations: about 1 to 4 minutes on 2 busy cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from annotation_lake import build_lake
+from servers import free_port, tail, wait_until
+
+from flywheel.flows.cli import main
+from flywheel.lake.catalog import connect
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+LS_BIN = ROOT / ".venv-labelstudio" / "bin" / "label-studio"
+OWNER, PASSWORD = "owner@example.org", "flywheel-owner-pw-1"
+ANNOTATORS = ("ana@example.org", "ben@example.org")
+SECRET = "webhook-shared-secret-for-the-test"
+DEBOUNCE = 4
+GOLD = [("Name a colour.", "Blue.", "I will not answer that."),
+        ("What is two plus two?", "Four.", "Fish.")]
+
+
+class LabelStudio:
+    """A running Label Studio: its address, the owner's logged-in session and API key."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
+        self.url, self.proc, self.log = url, proc, log
+        self.owner = self.login(OWNER, PASSWORD)
+        r = self.owner.post(f"{url}/api/token/", headers=self.csrf(self.owner))
+        r.raise_for_status()
+        self.api_key = r.json()["token"]  # a personal access token (JWT refresh token)
+
+    def csrf(self, s: requests.Session) -> dict:
+        return {"X-CSRFToken": s.cookies["csrftoken"], "Referer": self.url + "/"}
+
+    def login(self, email: str, password: str) -> requests.Session:
+        s = requests.Session()
+        s.get(f"{self.url}/user/login/").raise_for_status()
+        r = s.post(f"{self.url}/user/login/", headers={"Referer": f"{self.url}/user/login/"},
+                   data={"email": email, "password": password,
+                         "csrfmiddlewaretoken": s.cookies["csrftoken"]}, allow_redirects=False)
+        assert r.status_code == 302, r.text[:500]
+        return s
+
+    def sign_up(self, email: str) -> requests.Session:
+        """An annotator joins through the organization's invite link, as in the browser."""
+        invite = self.owner.get(f"{self.url}/api/invite").json()["token"]
+        s = requests.Session()
+        page = f"{self.url}/user/signup/?token={invite}"
+        s.get(page).raise_for_status()
+        r = s.post(page, headers={"Referer": page}, allow_redirects=False,
+                   data={"email": email, "password": PASSWORD,
+                         "csrfmiddlewaretoken": s.cookies["csrftoken"]})
+        assert r.status_code == 302, r.text[:500]
+        assert s.get(f"{self.url}/api/current-user/whoami").json()["email"] == email
+        return s
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    if not LS_BIN.exists():
+        pytest.skip(f"no Label Studio server at {LS_BIN}: run `make labelstudio`")
+    home = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    env = {**os.environ, "LABEL_STUDIO_USERNAME": OWNER, "LABEL_STUDIO_PASSWORD": PASSWORD,
+           # our webhook receiver listens on loopback, which Label Studio refuses by default
+           "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false",
+           "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    log = home / "label-studio.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(LS_BIN), "start", "--no-browser", "--host", "127.0.0.1",
+                                 "--port", str(port), "--data-dir", str(home / "data")],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            return requests.get(f"{url}/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    started = time.monotonic()
+    try:
+        state = wait_until(up, 420, "Label Studio's /health", interval=2)
+    except AssertionError:
+        state = "timed out"
+    if state != True:  # noqa: E712 (a state string is not a start)
+        proc.terminate()
+        proc.wait(30)
+        pytest.skip(f"Label Studio did not start ({state}):\n{tail(log)}")
+    print(f"Label Studio answered /health after {time.monotonic() - started:.0f} s")
+    try:
+        yield LabelStudio(url, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _config(tmp_path: Path, lake: str) -> Path:
+    gold = tmp_path / "gold-hh-rlhf-helpful.jsonl"  # the name tells format and criterion
+    gold.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}",
+                                        "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"}) + "\n"
+                            for q, good, bad in GOLD))
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(json.dumps({"lake": lake, "annotation": {"mode": "human", "quality": {
+        "overlap_share": 0.5, "overlap_annotators": 2, "gold_pairs": 2,
+        "gold_path": str(gold)}}}))
+    return path
+
+
+def _result(task: dict, who: str) -> list[dict]:
+    """What the labelling interface posts: the better side (a gold pair's known-better one;
+    else ana always A, ben B on the rice prompt's pair: a disagreement), the strength, the
+    safety label, a comment from ana."""
+    data = task["data"]
+    if data.get("messages"):  # a gold pair
+        side = "left" if data["response_a"] in {good for _, good, _ in GOLD} else "right"
+    else:
+        side = "right" if who == ANNOTATORS[1] and "rice" in data["prompt"] else "left"
+    out = [{"from_name": "preferred", "to_name": "response_a,response_b", "type": "pairwise",
+            "value": {"selected": side}},
+           {"from_name": "strength", "to_name": "prompt", "type": "choices",
+            "value": {"choices": ["better" if who == ANNOTATORS[0] else "slightly_better"]}}]
+    if data["criterion"] == "safety":
+        out.append({"from_name": "safety_label", "to_name": "prompt", "type": "choices",
+                    "value": {"choices": ["chosen_safe_other_unsafe"]}})
+    if who == ANNOTATORS[0]:
+        out.append({"from_name": "comment", "to_name": "prompt", "type": "textarea",
+                    "value": {"text": [f"checked by ana: {data['pair_id']}"]}})
+    return out
+
+
+def _label_queue(ls: LabelStudio, s: requests.Session, project: int, who: str) -> list[int]:
+    """Take the next task until the queue is empty, annotating each; the tasks' ids."""
+    done = []
+    while (r := s.get(f"{ls.url}/api/projects/{project}/next", headers=ls.csrf(s))).ok:
+        task = r.json()
+        posted = s.post(f"{ls.url}/api/tasks/{task['id']}/annotations/?project={project}",
+                        json={"result": _result(task, who), "lead_time": 7.5},
+                        headers=ls.csrf(s))
+        assert posted.status_code == 201, posted.text[:500]
+        done.append(task["id"])
+        assert len(done) < 20, "the queue never ends"
+    assert r.status_code == 404, r.text[:500]
+    return done
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, capsys,
+                                     monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flywheel.config import FlywheelConfig
+    from flywheel.flows.deploy import annotation_deployments
+
+    ls = label_studio
+    lake = build_lake(tmp_path / "lake")  # iteration 1: three pairs, one of them safety
+    config = _config(tmp_path, lake.uri)
+    cfg = FlywheelConfig.model_validate(json.loads(config.read_text()))
+    on_batch = annotation_deployments(cfg, debounce_seconds=2)[0]
+    deployment = on_batch.apply()
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
+           "FLYWHEEL_WEBHOOK_SECRET": SECRET}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    args = ["--config", str(config), "--lake", lake.uri]
+
+    # the receiver, as a team runs it beside the lake
+    port = free_port()
+    hook_log = tmp_path / "webhook.log"
+    with open(hook_log, "ab") as out:
+        hook = subprocess.Popen(
+            [str(Path(sys.executable).with_name("flywheel")), "annotate", "webhook",
+             "--iteration", "1", "--debounce", str(DEBOUNCE), "--port", str(port), *args],
+            env={**os.environ, **env, "PREFECT_API_URL": prefect_server},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/health"), 120,
+                   "the webhook receiver", [hook], [hook_log], interval=0.5)
+        hook_url = f"http://127.0.0.1:{port}/label-studio/webhook"
+        rc, out = _run(capsys, "annotate", "push", "--to", "label-studio", "--iteration", "1",
+                       "--webhook-url", hook_url, "--json", *args)
+        assert rc == 0, out
+        pushed = json.loads(out[out.index("{"):out.rindex("}") + 1])
+        # three pairs (half up of 3 * 0.5: two overlap) and two gold pairs
+        assert (pushed["tasks"], pushed["uploaded"], pushed["multi_annotator_tasks"]) == (5, 5, 4)
+        assert ls.api_key not in out
+
+        project = pushed["project_id"]
+        labelled = {who: _label_queue(ls, ls.sign_up(who), project, who) for who in ANNOTATORS}
+        # ana takes every task; ben the ones asking for more than one annotation
+        assert len(labelled[ANNOTATORS[0]]) == 5 and len(labelled[ANNOTATORS[1]]) == 4
+
+        # webhook -> debounced pull -> batch in the lake; the event starts the retrain
+        def landed():
+            with connect(lake) as con:
+                return con.execute("SELECT count(*) FROM comparisons").fetchall()[0][0] == 5 \
+                    and con.execute("SELECT count(*) FROM quarantine").fetchall()[0][0] == 4
+        wait_until(landed, 120, "the webhook's pull to land 9 labels", [hook], [hook_log])
+        with get_client(sync_client=True) as client:
+            runs = wait_until(lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment]))), 60,
+                "the batch-landed event to start the retrain", [hook], [hook_log])
+        assert runs[0].parameters["batch_id"] == "iteration-0001"
+        assert "event flywheel.batch.landed sent" in hook_log.read_text()
+    finally:
+        hook.terminate()
+        hook.wait(30)
+
+    with connect(lake) as con:
+        rows = con.execute("SELECT annotator, strength, comment, batch_id FROM comparisons "
+                           "ORDER BY annotator, comment").fetchall()
+        gold = con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1").fetchall()
+    assert {r[3] for r in rows} == {"iteration-0001"}
+    assert sorted((a, s) for a, s, _, _ in rows) == [(ANNOTATORS[0], "better")] * 3 + [
+        (ANNOTATORS[1], "slightly_better")] * 2
+    assert all(c.startswith("checked by ana: ") for a, _, c, _ in rows if a == ANNOTATORS[0])
+    assert all(c is None for a, _, c, _ in rows if a == ANNOTATORS[1])
+    assert gold == [("gold_pair", 4)]
+
+    # pulling and pushing again: nothing new
+    rc, out = _run(capsys, "annotate", "pull", "--iteration", "1", *args)
+    assert rc == 0 and out.startswith("already ingested, nothing to do"), out
+    rc, out = _run(capsys, "annotate", "push", "--to", "label-studio", "--iteration", "1",
+                   "--json", *args)
+    assert rc == 0 and json.loads(out[out.index("{"):out.rindex("}") + 1])["uploaded"] == 0
+
+    # the annotator report: both annotators' gold (right on both) and their overlap
+    rc, out = _run(capsys, "annotators", "--batch", "iteration-0001", "--json", *args)
+    assert rc == 0, out
+    report = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    by_name = {a["annotator"]: a for a in report["annotators"]}
+    assert set(by_name) == set(ANNOTATORS)
+    assert all(by_name[a]["gold"] == 2 and by_name[a]["gold_accuracy"] == 1.0 for a in ANNOTATORS)
+    assert all(by_name[a]["overlap"] >= 2 for a in ANNOTATORS)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
