@@ -14,6 +14,7 @@ from flywheel.annotation.exchange import from_label_studio, to_label_studio
 from flywheel.annotation.label_studio import SECRET_HEADER, connect
 from flywheel.annotation.label_studio_hook import PATH, Debouncer, create_app
 from flywheel.errors import ConfigError
+from flywheel.lake.catalog import connect as lake_connect
 
 
 def _wait(predicate, seconds: float = 10.0) -> None:
@@ -138,3 +139,54 @@ def test_a_gold_task_and_a_comment_come_back_as_a_delivery_row():
         "response_b": "I cannot.", "chosen": "a", "strength": "better",
         "criterion": "helpfulness", "annotator": "ana@example.org", "source": "in-house",
         "comment": "clear  \nwin"}]
+
+
+def test_a_pull_after_an_edit_keeps_only_the_project_s_current_labels(tmp_path):
+    """Pulls of a project whose rice pair's label is edited (A, then B, then A again) and
+    whose Lisbon pair is labelled once: after each pull the lake holds one label per pair, the
+    current one; the Lisbon row stays in view throughout. Another source's delivery of the same
+    batch is never touched."""
+    from annotation_lake import build_lake
+
+    from flywheel.annotation.ingest import ingest_bytes
+    from flywheel.annotation.label_studio import land
+    from flywheel.annotation.pairs import week_pairs
+
+    lake = build_lake(tmp_path / "lake")
+    tasks = [t for t in to_label_studio(week_pairs(lake, 1))
+             if t["data"]["prompt_id"] in ("p-rice", "p-lisbon")]
+    rice = next(t["data"] for t in tasks if t["data"]["prompt_id"] == "p-rice")
+    vendor = ('{"prompt_id": "p-lock", "response_a": "No.", "response_b": "Sure, here is how.", '
+              '"chosen": "a", "strength": "better", "criterion": "safety", "safety_label": '
+              '"chosen_safe_other_unsafe", "annotator": "vendor-7"}\n').encode()
+    ingest_bytes(lake, vendor, "vendor.jsonl", "iteration-0001")
+
+    def pull(rice_side: str):
+        for t in tasks:
+            side = rice_side if t["data"] is rice else "left"
+            t["annotations"] = [{"completed_by": {"id": 1, "email": "ana@example.org"},
+                                 "result": [{"type": "pairwise", "value": {"selected": side}},
+                                            {"from_name": "strength", "type": "choices",
+                                             "value": {"choices": ["better"]}}]}]
+        return land(lake, tasks, 7, "iteration-0001", 1)
+
+    def in_view() -> dict[str, str]:
+        with lake_connect(lake) as con:
+            return dict(con.execute("SELECT prompt_id, chosen_text FROM comparison_texts "
+                                    "ORDER BY 1").fetchall())
+
+    lisbon = next(t["data"]["response_a"] for t in tasks if t["data"] is not rice)
+    lock = {"p-lock": "No."}
+    assert pull("left").new == 2
+    assert in_view() == {"p-rice": rice["response_a"], "p-lisbon": lisbon, **lock}
+    assert pull("left").already_ingested  # nothing new: the same bytes
+    edited = pull("right")  # the rice row is new; the Lisbon row comes back with it
+    assert (edited.accepted, edited.new) == (2, 2)
+    assert in_view() == {"p-rice": rice["response_b"], "p-lisbon": lisbon, **lock}
+    back = pull("left")  # the first labels again: delivered anew (the first was retracted)
+    assert (back.accepted, back.new) == (2, 2) and not back.already_ingested
+    assert in_view() == {"p-rice": rice["response_a"], "p-lisbon": lisbon, **lock}
+    assert pull("left").already_ingested
+    status = sorted((r["filename"], r["status"]) for r in lake.rows("batches"))
+    assert status == [("label-studio-project-7.jsonl", "complete")] + [
+        ("label-studio-project-7.jsonl", "retracted")] * 2 + [("vendor.jsonl", "complete")]

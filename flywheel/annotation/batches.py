@@ -96,6 +96,21 @@ def _set_status(lake, batch_id, before, after, action, reason) -> BatchChange:
                        lake.version("batches"))
 
 
+def set_deliveries(lake: Lake, batch_id: str, delivery_ids: list[str], status: str,
+                   reason: str) -> int:
+    """Retract (status `retracted`) or restore (`complete`) some deliveries of a batch, not all:
+    a source's earlier deliveries that its latest one supersedes. One commit, its lineage
+    naming them and the reason; returns how many changed."""
+    if status not in (COMPLETE, RETRACTED) or not delivery_ids:
+        raise ValueError(f"set_deliveries: status {status!r}, {len(delivery_ids)} deliveries")
+    action = "retract" if status == RETRACTED else "restore"
+    lineage = {"action": action, "batch": batch_id, "deliveries": sorted(delivery_ids),
+               "reason": reason}
+    return lake.update("batches", f"batch_id = {_sql(batch_id)} AND id IN "
+                       f"({', '.join(map(_sql, delivery_ids))}) AND status <> {_sql(status)}",
+                       {"status": status}, lineage)
+
+
 def resplit(lake: Lake, batch_id: str, split: str, reason: str | None = None) -> BatchChange:
     """Move the visible comparisons of a batch to `split` (train or test)."""
     if split not in SPLITS:

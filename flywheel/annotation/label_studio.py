@@ -17,10 +17,11 @@ task to an annotator at most once).
 A pull reads every task with its annotations, converts them with `exchange.from_label_studio`
 (cancelled ones skipped, the comment kept, the annotator named by e-mail) and ingests them as one
 delivery of the iteration's batch (`annotation.batch_name`, the batch a weekly run in human mode
-waits for) through `exchange.import_export`, the path of `flywheel annotate import`. The rows come
-in a fixed order, so a pull with nothing new delivers the same bytes (a no-op) and a pull after
-more annotations adds only their rows. An annotation changed after it was pulled lands as a new
-row beside the one pulled before: retract and re-pull the batch to keep only the latest.
+waits for) through `ingest_bytes`, as `flywheel annotate import` does. The rows come in a fixed
+order, so a pull with nothing new delivers the same bytes (a no-op) and a pull after more
+annotations adds only their rows. A pull after an annotation was edited (or deleted) retracts the
+project's earlier deliveries of the batch that hold its old label (`supersede`): their other rows
+come back with the new delivery, so the lake holds the project's current labels, once each.
 
 The API key is a personal access token (Label Studio's default since 1.22; the SDK trades it for
 short-lived access tokens) or a legacy token where the organization allows them. It is read from
@@ -30,20 +31,21 @@ the environment and never printed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 
+from flywheel.annotation.batches import COMPLETE, RETRACTED, set_deliveries
 from flywheel.annotation.exchange import (
     GUIDELINES,
-    import_export,
+    from_label_studio,
     label_studio_config,
     to_label_studio,
 )
-from flywheel.annotation.pairs import require_pairs
+from flywheel.annotation.ingest import ingest_bytes
+from flywheel.annotation.pairs import require_pairs, write_delivery_jsonl
 from flywheel.annotation.rounds import round_items
 from flywheel.errors import ConfigError, DataError
 from flywheel.lake.store import Lake
@@ -240,6 +242,38 @@ def pull(ls: Server, lake: Lake, cfg, iteration: int, title: str | None = None,
         raise DataError(f"project {title!r} holds no submitted annotations yet; label some in "
                         f"{ls.url}/projects/{project.id} and pull again")
     batch = batch_id or cfg.annotation.batch_name.format(iteration=iteration)
-    data = json.dumps(tasks, sort_keys=True).encode()
-    return import_export(lake, data, "label-studio", f"project-{project.id}.json", batch,
-                         iteration, cfg=cfg.annotation)
+    return land(lake, tasks, project.id, batch, iteration, cfg.annotation)
+
+
+def land(lake: Lake, tasks: list[dict], project_id: int, batch: str, iteration: int | None,
+         annotation_cfg=None):
+    """A project's tasks with annotations (`export`) as a delivery of `batch`, the project's
+    earlier deliveries of it superseded first. Returns the IngestResult."""
+    data = write_delivery_jsonl(from_label_studio(tasks))
+    filename = f"label-studio-project-{project_id}.jsonl"
+    data = supersede(lake, batch, filename, data)
+    return ingest_bytes(lake, data, filename, batch, annotation_cfg, iteration)
+
+
+def supersede(lake: Lake, batch: str, filename: str, data: bytes) -> bytes:
+    """Before a pull lands `data`: retract this project's earlier deliveries of the batch that
+    hold a row `data` no longer has (an annotation edited or deleted in Label Studio since), so
+    only the project's current labels stay in view (their other rows come back with `data`).
+    Returns the bytes to deliver: `data`, or, when those very bytes were delivered and
+    retracted before (a label edited back), `data` with spaces after its last row, which JSON
+    Lines ignores, so that they land as a new delivery."""
+    checksum = hashlib.sha256(data).hexdigest()
+    rows = lake.rows("batches")
+    now = set(data.splitlines())
+    stale = [d["id"] for d in rows if d["batch_id"] == batch and d["filename"] == filename
+             and d["status"] == COMPLETE and d["checksum"] != checksum
+             and not {line.rstrip() for line in
+                      lake.read_bytes(d["raw_uri"]).splitlines()} <= now]
+    if stale:
+        set_deliveries(lake, batch, stale, RETRACTED,
+                       "annotations edited in Label Studio after an earlier pull")
+    retracted = {d["checksum"] for d in rows if d["status"] == RETRACTED}
+    retracted |= {d["checksum"] for d in rows if d["id"] in stale}
+    while hashlib.sha256(data).hexdigest() in retracted:
+        data = data[:-1] + b" \n"
+    return data
