@@ -14,6 +14,7 @@ from flywheel.annotation.rounds import manifest, plan_round
 from flywheel.annotation.simulated import as_annotator
 from flywheel.config import FlywheelConfig
 from flywheel.config.annotators import AnnotatorQualityConfig, SimulatedAnnotator
+from flywheel.errors import DataError
 from flywheel.lake.catalog import connect
 from flywheel.lake.store import Lake
 from flywheel.reward.mixes import helpfulness_mix, mix_record
@@ -286,3 +287,71 @@ def test_an_open_source_set_keeps_rows_that_are_also_gold(lake):
            "split": "test"}
     result = ingest_bytes(lake, write_delivery_jsonl([row]), "hh.jsonl", "hh")
     assert (result.accepted, result.rejected) == (1, 0)
+
+
+GOLD_FILE = [  # obvious to the proxy judge: an answer against a loop of one word
+    ("How do I cook white rice on the stove?",
+     "Rinse one cup of rice, add two cups of water, bring it to a boil, then cover and simmer "
+     "on low heat for about fifteen minutes.", "rice " * 17),
+    ("How do I boil an egg?",
+     "Put the egg in boiling water for nine minutes, then cool it in cold water and peel it.",
+     "egg " * 17),
+    ("How do I make a cup of tea?",
+     "Boil water, pour it over a tea bag in a cup, wait three minutes and take the bag out.",
+     "tea " * 17),
+]
+
+
+@pytest.mark.slow
+def test_a_weekly_iteration_with_overlap_gold_and_a_threshold(prefect_server, tiny_config,
+                                                               tmp_path):
+    """The weekly iteration in simulated mode with three simulated annotators, the third always
+    preferring the other response, every pair to all three, and the team's 3 gold pairs (an
+    answer against a loop: the judge, so sim-1 and sim-2, gets all 3 right, sim-3 none). With
+    min_gold_accuracy 0.5 sim-3 is left out: the report has the Annotators section, the
+    artifact is published, and both reward models' mixes record it."""
+    from prefect.artifacts import Artifact
+
+    from flywheel.flows.weekly import weekly_iteration
+
+    gold_file = tmp_path / "gold_helpful.jsonl"
+    gold_file.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}",
+                                             "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"})
+                                 + "\n" for q, good, bad in GOLD_FILE))
+    tiny_config.annotation.quality = AnnotatorQualityConfig(
+        overlap_share=1.0, overlap_annotators=3, gold_pairs=3, gold_path=str(gold_file),
+        min_items=3, min_gold_accuracy=0.5,
+        simulated_annotators=[{"id": "sim-1"}, {"id": "sim-2"}, {"id": "sim-3", "flip": 1.0}])
+    result = weekly_iteration(tiny_config, 1)
+    lake = Lake.open(tiny_config.lake)
+    text = open(result["report_uri"]).read()
+    assert "## Annotators" in text and "| sim-3 |" in text
+    table = {r["annotator"]: r for r in json.loads(
+        Artifact.get("iteration-1-annotators").data)}
+    assert {n: (r["gold"], r["gold_accuracy"]) for n, r in table.items()} == {
+        "sim-1": (3, 1.0), "sim-2": (3, 1.0), "sim-3": (3, 0.0)}
+    assert [n for n, r in table.items() if r["left_out"]] == ["sim-3"]
+    rms = lake.rows("reward_models")
+    assert rms and all(list(json.loads(rm["data_mix"])["left_out_annotators"]) == ["sim-3"]
+                       for rm in rms)
+    assert "mix left out `sim-3`: gold accuracy 0.00 < 0.5 on 3 gold items" in text
+    assert json.loads(lake.read_bytes("rounds/iteration-0001.json"))["counts"]["gold"] == 9
+
+
+def test_gold_pairs_from_the_teams_file_in_the_delivery_format(tmp_path):
+    """A team's gold file in the delivery format: the chosen side is the known answer, shown on
+    side A or B by the round's hash; a record without its answer is refused with the fix."""
+    path = tmp_path / "gold.jsonl"
+    path.write_text("".join(json.dumps(
+        {"prompt": f"question {i}", "response_a": f"worse {i}", "response_b": f"better {i}",
+         "chosen": "b", "criterion": "safety" if i % 2 else "helpfulness"}) + "\n"
+        for i in range(6)))
+    cfg = FlywheelConfig(annotation={"quality": {"gold_path": str(path)}})
+    picked = gold.gold_pairs(cfg, 6, salt="0:1")
+    for p in picked:
+        better = p["text_a"] if p["answer"] == "a" else p["text_b"]
+        assert better.startswith("better") and p["messages"][0]["role"] == "user"
+    assert {p["criterion"] for p in picked} == {"helpfulness", "safety"}
+    path.write_text(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y"}) + "\n")
+    with pytest.raises(DataError, match="record 0: a gold pair needs prompt, response_a"):
+        gold.gold_pairs(cfg, 1, salt="0:1")

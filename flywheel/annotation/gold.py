@@ -1,7 +1,8 @@
 """Gold pairs: comparisons whose answer is known, mixed into a round to measure annotators.
 
-Where they come from: `annotation.quality.gold_path`, the team's own file (HH-RLHF or
-UltraFeedback format, the chosen response the known answer), else the human-labelled HH-RLHF
+Where they come from: `annotation.quality.gold_path`, the team's own file (the delivery
+format: prompt, response_a, response_b, chosen, criterion; or HH-RLHF or UltraFeedback, the
+chosen response the known answer), else the human-labelled HH-RLHF
 helpful-base and harmless-base test files of the data folder (`evaluation.data_dir`,
 $FLYWHEEL_DATA, or ../shared/data beside the checkout), read when a round is planned. Which
 response is shown as A is decided by a hash, so the known answer is A for about half of them.
@@ -21,11 +22,11 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flywheel.annotation.importers import convert
+from flywheel.annotation.importers import convert, load_records
 from flywheel.config import FlywheelConfig
 from flywheel.errors import DataError
 from flywheel.evaluation.suites import data_dir
-from flywheel.lake.schemas import content_id
+from flywheel.lake.schemas import CRITERIA, content_id
 from flywheel.lake.store import Lake
 
 FOLDER = "gold"
@@ -47,7 +48,7 @@ def gold_pairs(cfg: FlywheelConfig, n: int, salt: str) -> list[dict]:
         return []
     path = cfg.annotation.quality.gold_path
     if path:
-        rows = [(r, None) for r in convert(path)]
+        rows = [(r, None) for r in _team_rows(path)]
     else:
         folder = data_dir(cfg)
         missing = [f for f in HH_FILES if not (folder / f).is_file()]
@@ -75,6 +76,29 @@ def gold_pairs(cfg: FlywheelConfig, n: int, salt: str) -> list[dict]:
         a, b = (g["chosen"], g["rejected"]) if a_first else (g["rejected"], g["chosen"])
         out.append({"gold_id": key, "messages": g["messages"], "criterion": g["criterion"],
                     "text_a": a, "text_b": b, "answer": "a" if a_first else "b"})
+    return out
+
+
+def _team_rows(path: str) -> list[dict]:
+    """The team's gold file as importer rows (prompt as JSON messages, the known-better
+    response as response_a): a delivery-format file as it is, else through the importers."""
+    first = next(iter(load_records(path)), None)
+    if not (isinstance(first, dict) and "response_a" in first):
+        return convert(path)
+    out = []
+    for n, r in enumerate(load_records(path)):
+        prompt, side = r.get("prompt"), str(r.get("chosen") or "").strip().lower()
+        texts = {"a": r.get("response_a"), "b": r.get("response_b")}
+        if not (prompt and side in texts and all(isinstance(t, str) and t.strip()
+                                                  for t in texts.values())
+                and r.get("criterion") in CRITERIA):
+            raise DataError(f"{path}, record {n}: a gold pair needs prompt, response_a, "
+                            f"response_b, chosen (a or b) and criterion ({' or '.join(CRITERIA)})"
+                            "; fix the record")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        out.append({"prompt": json.dumps(messages), "response_a": texts[side].strip(),
+                    "response_b": texts["b" if side == "a" else "a"].strip(),
+                    "criterion": r["criterion"], "reject_reason": None})
     return out
 
 

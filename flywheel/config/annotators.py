@@ -36,8 +36,9 @@ class AnnotatorQualityConfig(_Section):
     )
     gold_path: str | None = Field(
         None,
-        description="The team's gold pairs: an HH-RLHF ({chosen, rejected}) or UltraFeedback "
-        "file, the chosen response the known answer. Empty: the human-labelled HH-RLHF "
+        description="The team's gold pairs: a file in the delivery format (prompt, response_a, "
+        "response_b, chosen, criterion), or HH-RLHF ({chosen, rejected}) or UltraFeedback, the "
+        "chosen response the known answer. Empty: the human-labelled HH-RLHF "
         "helpful-base and harmless-base test files of the data folder (evaluation.data_dir).",
     )
     simulated_annotators: list[SimulatedAnnotator] = Field(
