@@ -4,8 +4,9 @@ token made through its API; `flywheel annotate push` uploads the pairs with over
 tasks and registers the webhook of a running `flywheel annotate webhook`; two annotators sign up
 through the organization's invite link and label their queues through the REST API, as the
 browser does; the webhook's debounced pull lands the batch (comments included) and its
-batch-landed event starts the reward-model retrain; pulling and pushing again add nothing; the
-annotator report reads both annotators' gold and overlap.
+batch-landed event starts the reward-model retrain; an annotation edited afterwards replaces its
+row; pulling and pushing again add nothing; the annotator report reads both annotators' gold and
+overlap.
 
 The server's first start runs its database migrations: about 1 to 4 minutes on 2 busy cores."""
 
@@ -81,7 +82,7 @@ def label_studio(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "LABEL_STUDIO_USERNAME": OWNER, "LABEL_STUDIO_PASSWORD": PASSWORD,
            # our webhook receiver listens on loopback, which Label Studio refuses by default
-           "SSRF_PROTECTION_ENABLED": "false", "LATEST_VERSION_CHECK": "false",
+           "USE_DEFAULT_BANNED_SUBNETS": "false", "LATEST_VERSION_CHECK": "false",
            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
     log = home / "label-studio.log"
     with open(log, "ab") as out:
@@ -153,16 +154,17 @@ def _result(task: dict, who: str) -> list[dict]:
     return out
 
 
-def _label_queue(ls: LabelStudio, s: requests.Session, project: int, who: str) -> list[int]:
-    """Take the next task until the queue is empty, annotating each; the tasks' ids."""
-    done = []
+def _label_queue(ls: LabelStudio, s: requests.Session, project: int, who: str) -> dict:
+    """Take the next task until the queue is empty, annotating each: the annotations posted,
+    by the task's prompt."""
+    done = {}
     while (r := s.get(f"{ls.url}/api/projects/{project}/next", headers=ls.csrf(s))).ok:
         task = r.json()
         posted = s.post(f"{ls.url}/api/tasks/{task['id']}/annotations/?project={project}",
                         json={"result": _result(task, who), "lead_time": 7.5},
                         headers=ls.csrf(s))
         assert posted.status_code == 201, posted.text[:500]
-        done.append(task["id"])
+        done[task["data"]["prompt"]] = posted.json()
         assert len(done) < 20, "the queue never ends"
     assert r.status_code == 404, r.text[:500]
     return done
@@ -216,22 +218,31 @@ def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, cap
         assert ls.api_key not in out
 
         project = pushed["project_id"]
-        labelled = {who: _label_queue(ls, ls.sign_up(who), project, who) for who in ANNOTATORS}
+        sessions = {who: ls.sign_up(who) for who in ANNOTATORS}
+        labelled = {who: _label_queue(ls, s, project, who) for who, s in sessions.items()}
         # ana takes every task; ben the ones asking for more than one annotation
         assert len(labelled[ANNOTATORS[0]]) == 5 and len(labelled[ANNOTATORS[1]]) == 4
 
         # webhook -> debounced pull -> batch in the lake; the event starts the retrain
-        def landed():
-            with connect(lake) as con:
-                return con.execute("SELECT count(*) FROM comparisons").fetchall()[0][0] == 5 \
-                    and con.execute("SELECT count(*) FROM quarantine").fetchall()[0][0] == 4
-        wait_until(landed, 120, "the webhook's pull to land 9 labels", [hook], [hook_log])
+        wait_until(lambda: _counts(lake) == (5, 4, "better"), 120,
+                   "the webhook's pull to land 9 labels", [hook], [hook_log])
         with get_client(sync_client=True) as client:
             runs = wait_until(lambda: client.read_flow_runs(deployment_filter=DeploymentFilter(
                 id=DeploymentFilterId(any_=[deployment]))), 60,
                 "the batch-landed event to start the retrain", [hook], [hook_log])
         assert runs[0].parameters["batch_id"] == "iteration-0001"
         assert "event flywheel.batch.landed sent" in hook_log.read_text()
+
+        # ana edits her label of the Lisbon pair: annotation updated -> the lake follows
+        ana = sessions[ANNOTATORS[0]]
+        mine = next(a for p, a in labelled[ANNOTATORS[0]].items() if "Lisbon" in p)
+        result = [r if r["from_name"] != "strength" else
+                  {**r, "value": {"choices": ["significantly_better"]}} for r in mine["result"]]
+        r = ana.patch(f"{ls.url}/api/annotations/{mine['id']}/", json={"result": result},
+                      headers=ls.csrf(ana))
+        assert r.ok, r.text[:500]
+        wait_until(lambda: _counts(lake) == (5, 4, "significantly_better"), 120,
+                   "the pull after the edit", [hook], [hook_log])
     finally:
         hook.terminate()
         hook.wait(30)
@@ -241,8 +252,8 @@ def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, cap
                            "ORDER BY annotator, comment").fetchall()
         gold = con.execute("SELECT reason, count(*) FROM quarantine GROUP BY 1").fetchall()
     assert {r[3] for r in rows} == {"iteration-0001"}
-    assert sorted((a, s) for a, s, _, _ in rows) == [(ANNOTATORS[0], "better")] * 3 + [
-        (ANNOTATORS[1], "slightly_better")] * 2
+    assert sorted((a, s) for a, s, _, _ in rows) == [(ANNOTATORS[0], "better")] * 2 + [
+        (ANNOTATORS[0], "significantly_better")] + [(ANNOTATORS[1], "slightly_better")] * 2
     assert all(c.startswith("checked by ana: ") for a, _, c, _ in rows if a == ANNOTATORS[0])
     assert all(c is None for a, _, c, _ in rows if a == ANNOTATORS[1])
     assert gold == [("gold_pair", 4)]
@@ -262,6 +273,16 @@ def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, cap
     assert set(by_name) == set(ANNOTATORS)
     assert all(by_name[a]["gold"] == 2 and by_name[a]["gold_accuracy"] == 1.0 for a in ANNOTATORS)
     assert all(by_name[a]["overlap"] >= 2 for a in ANNOTATORS)
+
+
+def _counts(lake) -> tuple[int, int, str | None]:
+    """(comparisons, quarantined rows, the strength of ana's Lisbon label) in view."""
+    with connect(lake) as con:
+        (n,), (q,) = (con.execute(f"SELECT count(*) FROM {t}").fetchone()
+                      for t in ("comparisons", "quarantine"))
+        lisbon = con.execute("SELECT strength FROM comparisons WHERE prompt_id = 'p-lisbon' "
+                             "AND annotator = $a", {"a": ANNOTATORS[0]}).fetchall()
+    return n, q, lisbon[0][0] if len(lisbon) == 1 else None
 
 
 def _healthy(url: str) -> bool:
