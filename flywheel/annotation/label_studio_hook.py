@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from flywheel.annotation.label_studio import SECRET_HEADER, WEBHOOK_ACTIONS
-from flywheel.errors import ConfigError
+from flywheel.errors import ConfigError, FlywheelError
 
 PATH = "/label-studio/webhook"
 MAX_BODY = 1 << 20  # Label Studio's payload carries the task's texts; ours asks for none
@@ -85,7 +85,10 @@ class Debouncer:
                 self._due = None
             try:
                 self.last_result, self.last_error = self.action(), None
-            except Exception as err:  # a failed pull must not stop the receiver
+            except FlywheelError as err:  # bad input or a server away: the message says why
+                log.error("the pull after Label Studio's webhook failed: %s", err)
+                self.last_error = err
+            except Exception as err:  # a bug: its traceback, and the receiver keeps serving
                 log.exception("the pull after Label Studio's webhook failed")
                 self.last_error = err
             self.runs += 1
