@@ -14,8 +14,10 @@ prompt as `messages` (JSON) and its responses inline; its rows deliver the texts
 Argilla (v2 SDK, shapes only; the package is not needed here): `argilla_settings()` is what
 `rg.Settings(...).serialize()` writes; records are `rg.Record.to_dict()` dicts (`id`, `fields`,
 `metadata`), loadable with `rg.Record.from_dict`; the export (`dataset.records.to_json(path)`) is a
-list of those dicts with `responses` per question: `{"preferred": [{"value": "a", "user_id": "...",
-"status": "submitted"}], ...}`.
+list of those dicts with `responses` per question: `{"preferred": [{"value": "a", "user_id":
+"..."}], ...}` and the record's `status`. SDK 2.8 writes no per-response status there (its
+`RecordResponses.to_dict`), so a completed record's responses are all taken, a draft's included:
+discard drafts before exporting; a response that carries `"status"` counts only when submitted.
 
 Whatever the tool, structural problems in an export (not a list, a task without `annotations`, a
 record without its ids) raise a DataError; missing or odd answers become rows that ingest
@@ -216,7 +218,7 @@ def to_argilla(pairs: list[dict]) -> list[dict]:
 
 def _submitted(response: dict, record_status) -> bool:
     status = response.get("status")
-    if status is None:  # older SDKs export no per-response status: trust a completed record
+    if status is None:  # SDK 2.x's to_json writes no per-response status: trust the record
         return record_status == "completed"
     return status == "submitted"
 
