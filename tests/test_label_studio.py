@@ -190,3 +190,23 @@ def test_a_pull_after_an_edit_keeps_only_the_project_s_current_labels(tmp_path):
     status = sorted((r["filename"], r["status"]) for r in lake.rows("batches"))
     assert status == [("label-studio-project-7.jsonl", "complete")] + [
         ("label-studio-project-7.jsonl", "retracted")] * 2 + [("vendor.jsonl", "complete")]
+
+
+def test_the_commands_name_what_is_missing(capsys, tmp_path, monkeypatch):
+    """push, pull and webhook without the server's address, the key or the secret: exit 2 and
+    the variable to set, before any connection."""
+    from annotation_lake import build_lake
+
+    from flywheel.flows.cli import main
+
+    lake = build_lake(tmp_path / "lake").uri
+    for var in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "FLYWHEEL_WEBHOOK_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["annotate", "webhook", "--iteration", "1", "--lake", lake]) == 2
+    assert "set FLYWHEEL_WEBHOOK_SECRET" in capsys.readouterr().err
+    assert main(["annotate", "pull", "--lake", lake]) == 2
+    assert "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    assert main(["annotate", "push", "--to", "label-studio", "--lake", lake]) == 2
+    err = capsys.readouterr().err
+    assert "set LABEL_STUDIO_API_KEY" in err and "Traceback" not in err

@@ -200,6 +200,10 @@ def webhook(*, iteration: LiveIterationOpt = None, project: ProjectOpt = None,
         serve,
     )
 
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret:
+        raise FlywheelError(f"set {SECRET_ENV}: the shared secret Label Studio's webhook sends "
+                            "(`flywheel annotate push --webhook-url` registers it)")
     cfg, target, iteration, ls = _live(config, lake, iteration)
 
     def land():
@@ -207,7 +211,7 @@ def webhook(*, iteration: LiveIterationOpt = None, project: ProjectOpt = None,
         announce(target, result)
         return result.to_dict()
 
-    app = create_app(os.environ.get(SECRET_ENV, ""), Debouncer(debounce, land))
+    app = create_app(secret, Debouncer(debounce, land))
     print(f"receiving Label Studio's webhooks at http://{host}:{port}{PATH} for iteration "
           f"{iteration}; pulling {debounce:g} s after the last", flush=True)
     serve(app, host, port)
