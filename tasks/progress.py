@@ -53,15 +53,17 @@ def training_progress(key: str):
 # whichever methods the iteration runs (the iteration row records them by method).
 STAGES = ("sample_for_annotation", "annotate", "train_reward_models", "policy_update",
           "evaluate")
-# Expected seconds of each stage of deployments/demo.yaml on two idle CPU cores, in a first
-# iteration and in a later one (benchmarks/results/demo_stages.md). Only their proportions
-# matter once a stage has finished: the estimate is scaled by what this run measured.
+# Expected seconds of each stage of deployments/demo.yaml on two CPU cores, in a first
+# iteration and in a later one: a first iteration's measured times and a later one's on idle
+# cores (benchmarks/results/demo_stages.md), the policy update's less what fine-tuning on the
+# new answers only saves. Only their proportions matter once a stage has finished: the
+# estimate is scaled by what this run measured.
 DEMO_STAGE_SECONDS = {
-    "sample_for_annotation": (200.0, 120.0),
-    "annotate": (60.0, 60.0),
-    "train_reward_models": (300.0, 450.0),
-    "policy_update": (600.0, 650.0),
-    "evaluate": (250.0, 150.0),
+    "sample_for_annotation": (220.0, 150.0),
+    "annotate": (220.0, 200.0),
+    "train_reward_models": (300.0, 660.0),
+    "policy_update": (600.0, 700.0),
+    "evaluate": (260.0, 300.0),
 }
 POLICY_METHODS = ("rejection_sampling", "rrhf", "ppo")
 
