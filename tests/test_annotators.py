@@ -229,28 +229,34 @@ def test_published_as_a_table_artifact(lake, prefect_server):
     assert table[1]["gold_accuracy"] == 1.0
 
 
-def test_a_simulated_round_by_three_annotators(tmp_path, minilm):
-    """The annotate stage with three simulated annotators (one always flipping), overlap on
-    every pair and 2 HH-RLHF gold pairs: the manifest keeps the roles, gold labels are
+def test_a_simulated_round_by_three_annotators(tmp_path, judge):
+    """A round of three simulated annotators (one always flipping), overlap on every pair and
+    2 of the team's gold pairs (short ones: the judge's time goes with the texts), labelled and
+    ingested as the annotate stage does: the manifest keeps the roles, gold labels are
     quarantined (2 pairs x 3 annotators), and the always-flipping annotator gets every gold
-    pair the judge got right wrong."""
-    from annotation_lake import build_lake, sample_id
+    pair the judge got right wrong. (The stage itself runs in the slow weekly test below.)"""
+    from annotation_lake import build_lake
 
-    from flywheel.stages.annotate import annotate
+    from flywheel.annotation.pairs import week_pairs
+    from flywheel.annotation.rounds import round_items
+    from flywheel.annotation.simulated import label_round
 
     lake = build_lake(tmp_path / "lake")
-    cfg = FlywheelConfig(lake=lake.uri, models={"judge_embedder": minilm}, annotation={
-        "quality": {"overlap_share": 1.0, "gold_pairs": 2, "simulated_annotators": [
+    cfg = FlywheelConfig(lake=lake.uri, annotation={"quality": {
+        "overlap_share": 1.0, "gold_pairs": 2, "gold_path": _gold_file(tmp_path),
+        "simulated_annotators": [
             {"id": "sim-1"}, {"id": "sim-2"}, {"id": "sim-flip", "flip": 1.0}]}})
-    pairs = [[sample_id(p, "latest"), sample_id(p, "previous")]
-             for p in ("p-rice", "p-lisbon", "p-lock")]
-    batch = annotate(cfg, lake, 1, pairs)
+    q = cfg.annotation.quality
+    items = round_items(cfg, lake, 1, week_pairs(lake, 1), [a.id for a in q.simulated_annotators])
+    rows = label_round(judge, items, cfg.annotation.strength_thresholds, q.simulated_annotators,
+                       "0:1")
+    ingest_bytes(lake, write_delivery_jsonl(rows), "round.jsonl", "round-1")
     saved = json.loads(lake.read_bytes("rounds/iteration-0001.json"))
     assert saved["counts"] == {"single": 0, "overlap": 6, "gold": 6}
     with connect(lake) as con:
         assert con.execute("SELECT count(*) FROM quarantine WHERE reason = 'gold_pair'"
                            ).fetchall() == [(6,)]
-        out = report(con, lake, batch)
+        out = report(con, lake, "round-1")
     rows = {r["annotator"]: r for r in out["annotators"]}
     assert set(rows) == {"sim-1", "sim-2", "sim-flip"}
     assert all(r["gold"] == 2 for r in rows.values())
@@ -302,6 +308,15 @@ GOLD_FILE = [  # obvious to the proxy judge: an answer against a loop of one wor
 ]
 
 
+def _gold_file(folder) -> str:
+    """GOLD_FILE in HH-RLHF's format (the name says helpful: helpfulness pairs)."""
+    path = folder / "gold_helpful.jsonl"
+    path.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}",
+                                        "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"})
+                            + "\n" for q, good, bad in GOLD_FILE))
+    return str(path)
+
+
 @pytest.mark.slow
 def test_a_weekly_iteration_with_overlap_gold_and_a_threshold(prefect_server, tiny_config,
                                                                tmp_path):
@@ -314,12 +329,8 @@ def test_a_weekly_iteration_with_overlap_gold_and_a_threshold(prefect_server, ti
 
     from flywheel.flows.weekly import weekly_iteration
 
-    gold_file = tmp_path / "gold_helpful.jsonl"
-    gold_file.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}",
-                                             "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"})
-                                 + "\n" for q, good, bad in GOLD_FILE))
     tiny_config.annotation.quality = AnnotatorQualityConfig(
-        overlap_share=1.0, overlap_annotators=3, gold_pairs=3, gold_path=str(gold_file),
+        overlap_share=1.0, overlap_annotators=3, gold_pairs=3, gold_path=_gold_file(tmp_path),
         min_items=3, min_gold_accuracy=0.5,
         simulated_annotators=[{"id": "sim-1"}, {"id": "sim-2"}, {"id": "sim-3", "flip": 1.0}])
     result = weekly_iteration(tiny_config, 1)
