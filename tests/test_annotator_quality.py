@@ -5,6 +5,7 @@ import pytest
 from flywheel.annotation.quality import (
     SCALE,
     Rating,
+    against_consensus,
     annotator_report,
     batch_agreement,
     below_threshold,
@@ -110,6 +111,7 @@ def test_annotator_report_by_hand():
     assert a["kappa"] == pytest.approx(0.4) and b["kappa"] == pytest.approx(0.4)
     assert a["agreement"] == pytest.approx(0.7)
     assert (a["overlap"], b["overlap"], a["ratings"], b["ratings"]) == (10, 10, 11, 12)
+    assert a["compared"] == b["compared"] == 10  # one other annotator: the consensus
     assert a["unsure"] == pytest.approx(2 / 11) and b["unsure"] == 0
     assert a["median_seconds"] == 6 and b["median_seconds"] is None
     assert (a["gold"], a["gold_accuracy"], b["gold_accuracy"]) == (1, 1.0, 0.0)
@@ -132,12 +134,37 @@ def test_batch_agreement_by_criterion():
 
 def test_below_threshold_needs_enough_items():
     report = [
-        {"annotator": "good", "overlap": 20, "kappa": 0.8, "gold": 10, "gold_accuracy": 0.9},
-        {"annotator": "noisy", "overlap": 20, "kappa": 0.1, "gold": 10, "gold_accuracy": 0.5},
-        {"annotator": "new", "overlap": 2, "kappa": -1.0, "gold": 1, "gold_accuracy": 0.0},
+        {"annotator": "good", "compared": 20, "kappa": 0.8, "gold": 10, "gold_accuracy": 0.9},
+        {"annotator": "noisy", "compared": 20, "kappa": 0.1, "gold": 10, "gold_accuracy": 0.5},
+        {"annotator": "new", "compared": 2, "kappa": -1.0, "gold": 1, "gold_accuracy": 0.0},
     ]
     out = below_threshold(report, min_kappa=0.4, min_gold_accuracy=0.7, min_items=5)
     assert list(out) == ["noisy"]
     assert "kappa 0.10 < 0.4 on 20 overlap items" in out["noisy"]
     assert "gold accuracy 0.50 < 0.7" in out["noisy"]
     assert below_threshold(report, None, None, 5) == {}
+
+
+def test_each_annotator_is_measured_against_the_others_consensus():
+    """g1 and g2 agree on 4 items (F, F, S, S), bad always picks the other. bad against the
+    consensus (g1 and g2 agree): p_o = 0, both sides half F, p_e = 0.5, kappa -1. For g1 the
+    others (g2, bad) tie on every item: nothing to compare, so no kappa, and a threshold
+    cannot leave g1 out for bad's sake."""
+    ratings = []
+    for i, c in enumerate([F, F, S, S]):
+        ratings += [_r(f"p{i}", "g1", c), _r(f"p{i}", "g2", c),
+                    _r(f"p{i}", "bad", S if c == F else F)]
+    rows = {r["annotator"]: r for r in annotator_report(ratings)}
+    assert (rows["bad"]["compared"], rows["bad"]["agreement"]) == (4, 0.0)
+    assert rows["bad"]["kappa"] == pytest.approx(-1.0)
+    assert (rows["g1"]["overlap"], rows["g1"]["compared"], rows["g1"]["kappa"]) == (4, 0, None)
+    assert list(below_threshold(list(rows.values()), 0.2, None, 4)) == ["bad"]
+
+
+def test_the_consensus_strength_is_the_lower_median_of_the_majority():
+    """Others: x first/better (level 1), y first/slightly better (2), z second: the majority
+    is first, its levels [1, 2], lower median 1: (first, better)."""
+    item = [_r("p", "me", F, "significantly_better"), _r("p", "x", F, "better"),
+            _r("p", "y", F, "slightly_better"), _r("p", "z", S, "better")]
+    ((mine, consensus),) = against_consensus([item], "me")
+    assert mine.annotator == "me" and consensus == (F, (F, "better"))

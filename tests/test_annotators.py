@@ -70,15 +70,17 @@ def test_gold_labels_are_quarantined_never_comparisons(lake):
 
 
 def test_the_report_measures_each_annotator(lake):
-    """good-1 against the others: 12 items agreeing with good-2, 12 disagreeing with bad, so
-    raw agreement 0.5; bad agrees with nobody (0.0) and so has a negative kappa. Gold: 4 of 4
-    right for good-1 and good-2, 0 of 4 for bad. No timing in the lake: speed n/a."""
+    """bad against the consensus of good-1 and good-2 (who agree) on 12 items: it agrees on
+    none, so a negative kappa; for good-1 (and good-2) the others tie on every item, so it is
+    compared on none. Gold: 4 of 4 right for good-1 and good-2, 0 of 4 for bad. No timing in
+    the lake: speed n/a."""
     with connect(lake) as con:
         out = report(con, lake)
     rows = {r["annotator"]: r for r in out["annotators"]}
-    assert rows["good-1"]["agreement"] == 0.5 and rows["bad"]["agreement"] == 0.0
-    assert rows["bad"]["kappa"] < 0 < rows["good-1"]["kappa"] + 1
-    assert rows["good-1"]["kappa"] == pytest.approx(rows["good-2"]["kappa"])
+    assert (rows["bad"]["compared"], rows["bad"]["agreement"]) == (PAIRS, 0.0)
+    assert rows["bad"]["kappa"] < 0
+    assert [rows[g]["compared"] for g in ("good-1", "good-2")] == [0, 0]
+    assert rows["good-1"]["kappa"] is None and rows["good-1"]["overlap"] == PAIRS
     assert (rows["good-1"]["gold"], rows["good-1"]["gold_accuracy"]) == (4, 1.0)
     assert rows["bad"]["gold_accuracy"] == 0.0
     assert rows["bad"]["overlap"] == PAIRS and rows["bad"]["median_seconds"] is None
@@ -92,6 +94,10 @@ def test_the_report_measures_each_annotator(lake):
                 for r in ratings(con, lake))
     p_e = ((12 + k) / 36) ** 2 + ((24 - k) / 36) ** 2
     assert out["agreement"]["fleiss_kappa"] == pytest.approx((1 / 3 - p_e) / (1 - p_e))
+    # bad against the consensus: p_o = 0; consensus first on k of 12, bad on 12 - k, so
+    # p_e = 2 k (12 - k) / 144 and kappa = -p_e / (1 - p_e)
+    p_e = 2 * k * (12 - k) / 144
+    assert rows["bad"]["kappa"] == pytest.approx(-p_e / (1 - p_e))
 
 
 def test_annotators_below_a_threshold_leave_the_mix_recorded_and_reversibly(lake):
@@ -185,7 +191,7 @@ def test_the_command_prints_the_table_and_json(lake, capsys, tmp_path):
                    "    min_items: 4\n")
     assert main(["annotators", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "| bad | 16 | 4 | 0.00 | 12 | 0.00 |" in out and "Batch `week-1`: 12 overlap" in out
+    assert "| bad | 16 | 4 | 0.00 | 12 | 12 | 0.00 |" in out and "Batch `week-1`: 12 overlap" in out
     assert "left out of the reward-model mixes: bad (gold accuracy 0.00 < 0.5 on 4" in out
     assert main(["annotators", "--config", str(cfg), "--batch", "week-1", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

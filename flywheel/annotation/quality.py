@@ -6,15 +6,18 @@ A rating's `choice` is "first" or "second": which of the item's two responses wa
 a fixed order of the item (not the order an annotator saw them in), so two annotators' choices
 compare whatever their screens showed.
 
-    Cohen's kappa     two raters (or one annotator against all the others, each shared item
-                      once per other annotator), nominal: (p_o - p_e) / (1 - p_e), p_o the
-                      share of pairs that agree, p_e = sum_k p1(k) p2(k) from each side's
-                      own label shares.
+    Cohen's kappa     two raters, nominal: (p_o - p_e) / (1 - p_e), p_o the share of pairs
+                      that agree, p_e = sum_k p1(k) p2(k) from each side's own label shares.
+                      An annotator's is against the consensus of the others on each overlap
+                      item (the other annotator when there is one; the majority choice of
+                      several, the item left out where they tie), so one unreliable annotator
+                      does not drag down everyone who labelled beside them.
     linear-weighted   the same with partial credit w(i, j) = 1 - |i - j| / (K - 1) between
     kappa             ordered levels: p_o = mean w, p_e = sum_ij p1(i) p2(j) w(i, j). Cohen's
                       kappa is this with w(i, j) = [i == j] (one implementation).
-    strength          linear-weighted kappa on the signed 8-level scale SCALE: the choice and
-    agreement         its strength together ("first, significantly better" ... "second,
+    strength          linear-weighted kappa on the signed 8-level scale SCALE (against the
+    agreement         others' consensus: the lower median of their levels): the choice and
+                      its strength together ("first, significantly better" ... "second,
                       significantly better"), so "a much better" against "b much better" is the
                       furthest apart, not an agreement on "much" (the four levels alone would
                       score it as one).
@@ -120,16 +123,29 @@ def overlap_items(ratings: Iterable[Rating]) -> dict[str, list[Rating]]:
     return {k: list(v.values()) for k, v in by_item.items() if len(v) >= 2}
 
 
-def _pairs_with_others(items: list[list[Rating]], annotator: str, key) -> list[tuple]:
-    """(the annotator's label, another's) for each other annotator of each of its items."""
-    return [(key(mine), key(other)) for rs in items for mine in rs
-            if mine.annotator == annotator for other in rs if other.annotator != annotator]
+def against_consensus(items: list[list[Rating]], annotator: str) -> list[tuple[Rating, tuple]]:
+    """(the annotator's rating, the others' consensus: (choice, signed level)) on each of its
+    overlap items where the others' choice has a majority; the signed level is the lower
+    median of the others' levels that made the majority."""
+    out = []
+    for rs in items:
+        mine = [r for r in rs if r.annotator == annotator]
+        others = [r for r in rs if r.annotator != annotator]
+        counts = Counter(r.choice for r in others).most_common()
+        if not mine or not others or (len(counts) > 1 and counts[0][1] == counts[1][1]):
+            continue
+        choice = counts[0][0]
+        level = statistics.median_low(sorted(SCALE.index(signed(r)) for r in others
+                                             if r.choice == choice))
+        out.append((mine[0], (choice, SCALE[level])))
+    return out
 
 
 def annotator_report(ratings: Sequence[Rating]) -> list[dict]:
-    """One row per annotator, by name: ratings, gold items and accuracy, overlap items and
-    agreement with the others (Cohen's kappa on the choice, linear-weighted kappa on the signed
-    scale, raw agreement on the choice), share of unsure ratings, median seconds."""
+    """One row per annotator, by name: ratings, gold items and accuracy, overlap items (and
+    how many had a consensus of the others to compare with), agreement with that consensus
+    (raw on the choice, Cohen's kappa on the choice, linear-weighted kappa on the signed
+    scale), share of unsure ratings, median seconds."""
     by_name: dict[str, list[Rating]] = defaultdict(list)
     for r in ratings:
         by_name[r.annotator].append(r)
@@ -140,7 +156,8 @@ def annotator_report(ratings: Sequence[Rating]) -> list[dict]:
     out = []
     for name in sorted(by_name):
         mine, items = by_name[name], shared[name]
-        choice = _pairs_with_others(items, name, lambda r: r.choice)
+        compared = against_consensus(items, name)
+        choice = [(r.choice, c) for r, (c, _) in compared]
         times = [r.seconds for r in mine if r.seconds is not None]
         out.append({
             "annotator": name,
@@ -148,10 +165,11 @@ def annotator_report(ratings: Sequence[Rating]) -> list[dict]:
             "gold": sum(r.gold is not None for r in mine),
             "gold_accuracy": gold_accuracy(mine),
             "overlap": len(items),
+            "compared": len(compared),
             "agreement": (sum(a == b for a, b in choice) / len(choice)) if choice else None,
             "kappa": cohen_kappa(choice),
             "strength_kappa": linear_weighted_kappa(
-                _pairs_with_others(items, name, signed), SCALE),
+                [(signed(r), level) for r, (_, level) in compared], SCALE),
             "unsure": sum(r.strength == UNSURE for r in mine) / len(mine),
             "median_seconds": statistics.median(times) if times else None,
         })
@@ -180,14 +198,15 @@ def batch_agreement(ratings: Sequence[Rating]) -> dict:
 def below_threshold(report: list[dict], min_kappa: float | None,
                     min_gold_accuracy: float | None, min_items: int) -> dict[str, str]:
     """The annotators whose kappa or gold accuracy is under its threshold, with why. A measure
-    on fewer than `min_items` items (overlap items for the kappa, gold items for the accuracy)
-    or undefined is not held against anyone."""
+    on fewer than `min_items` items (overlap items compared with a consensus for the kappa,
+    gold items for the accuracy) or undefined is not held against anyone."""
     out = {}
     for row in report:
         why = []
-        if (min_kappa is not None and row["overlap"] >= min_items and row["kappa"] is not None
+        if (min_kappa is not None and row["compared"] >= min_items and row["kappa"] is not None
                 and row["kappa"] < min_kappa):
-            why.append(f"kappa {row['kappa']:.2f} < {min_kappa} on {row['overlap']} overlap items")
+            why.append(f"kappa {row['kappa']:.2f} < {min_kappa} on {row['compared']} overlap "
+                       "items")
         if (min_gold_accuracy is not None and row["gold"] >= min_items
                 and row["gold_accuracy"] is not None and row["gold_accuracy"] < min_gold_accuracy):
             why.append(f"gold accuracy {row['gold_accuracy']:.2f} < {min_gold_accuracy} on "

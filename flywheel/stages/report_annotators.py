@@ -10,10 +10,11 @@ from flywheel.annotation.annotators import report
 from flywheel.lake.catalog import connect
 from flywheel.lake.store import Lake
 
-COLUMNS = ("annotator", "ratings", "gold", "gold accuracy", "overlap items", "agreement",
-           "Cohen's kappa", "strength kappa", "unsure", "median s")
-NOTE = ("Agreement and Cohen's kappa: on the choice, against every other annotator of the "
-        "same overlap items. Strength kappa: linear-weighted kappa on the choice and its "
+COLUMNS = ("annotator", "ratings", "gold", "gold accuracy", "overlap items", "compared",
+           "agreement", "Cohen's kappa", "strength kappa", "unsure", "median s")
+NOTE = ("Agreement and Cohen's kappa: on the choice, against the consensus of the others on "
+        "each overlap item (the majority; compared: the items where the others did not tie). "
+        "Strength kappa: linear-weighted kappa on the choice and its "
         "strength together (8 ordered levels, one response much better ... the other much "
         "better). Unsure: share at the weakest level. Median s: n/a where the tool reports no "
         "time. Gold labels are quarantined (`gold_pair`), never trained on.")
@@ -27,7 +28,8 @@ def table_markdown(rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append(f"| {r['annotator']} | {r['ratings']} | {r['gold']} | "
-                     f"{_num(r['gold_accuracy'])} | {r['overlap']} | {_num(r['agreement'])} | "
+                     f"{_num(r['gold_accuracy'])} | {r['overlap']} | {r['compared']} | "
+                     f"{_num(r['agreement'])} | "
                      f"{_num(r['kappa'])} | {_num(r['strength_kappa'])} | {_num(r['unsure'])} | "
                      f"{_num(r['median_seconds'], 1)} |")
     return lines
