@@ -50,7 +50,8 @@ class AnnotatorQualityConfig(_Section):
     min_kappa: float | None = Field(
         None, ge=-1, le=1,
         description="Leave out of the reward-model mixes the comparisons of annotators whose "
-        "Cohen's kappa with the others is below this (on at least min_items overlap items). "
+        "Cohen's kappa with the consensus of the others is below this (on at least min_items "
+        "overlap items where the others did not tie). "
         "Empty: nobody is left out for it.",
     )
     min_gold_accuracy: float | None = Field(
