@@ -4,7 +4,9 @@ On the hand-labelled answers (flywheel/data/refusal_labels.jsonl), k-fold cross-
 grouped by prompt (no prompt's answers in both train and test): the head
 (`flywheel.evaluation.refusal`) trained on the other folds against `REFUSAL_PATTERNS` alone.
 Refuse = full or partial refusal. Reports agreement, precision and recall of "refuse", the same
-by answer source and by XSTest prompt type, and the 3-class confusion matrix.
+by answer source and by XSTest prompt type, and the 3-class confusion matrix. Then leave one
+source out: each source's answers labelled by a head trained on the other sources only, the
+nearest this set has to a model whose style the head never saw.
 
     .venv/bin/python benchmarks/bench_refusal.py [--folds 5] [--seed 0] [--labels FILE]
 
@@ -17,6 +19,7 @@ Writes benchmarks/results/refusal.md (or refusal_<file stem>.md with --labels).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,11 +29,16 @@ from _machine import describe
 from flywheel.evaluation.refusal import (
     LABELS,
     REFUSAL_PATTERNS,
-    a_refusal_says_so,
+    decide,
     features,
     refusal_labels,
 )
-from flywheel.evaluation.refusal_train import cross_validate, load_labels, read_xstest
+from flywheel.evaluation.refusal_train import (
+    cross_validate,
+    leave_one_source_out,
+    load_labels,
+    read_xstest,
+)
 
 OUT = Path(__file__).parent / "results"
 
@@ -89,7 +97,9 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, help="another labelled set, XSTest's v2 format")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
+    unseen = None
     if args.labels:
         examples = read_xstest(args.labels)
         head_labels = refusal_labels([e.completion for e in examples])
@@ -100,8 +110,9 @@ def main() -> None:
     else:
         examples = load_labels()
         x = features([e.completion for e in examples])
-        head_labels = a_refusal_says_so(cross_validate(examples, x, args.folds, args.seed),
-                                        [e.completion for e in examples])
+        texts = [e.completion for e in examples]
+        head_labels = decide(cross_validate(examples, x, args.folds, args.seed), texts)
+        unseen = decide(leave_one_source_out(examples, x, args.seed), texts)
         how = (f"{args.folds}-fold cross-validation grouped by prompt over the "
                f"{len(examples)} hand-labelled answers of flywheel/data/refusal_labels.jsonl "
                "(the head trained on the other folds; the regex needs no training)")
@@ -114,8 +125,9 @@ def main() -> None:
 
     text = [
         "# Refusal classifier vs the regex: agreement with people on refuse vs comply", "",
-        f"Machine: {describe()} (shared with other work). {how}; "
-        f"{seconds:.0f} s including embedding.",
+        f"Machine: {describe()} (shared with other work; load average {load_before:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end). {how}; {seconds:.0f} s including "
+        "embedding.",
         f"Command: `.venv/bin/python benchmarks/bench_refusal.py {command}`", "",
         "Refuse = full or partial refusal (XSTest's definitions). Agreement = share of answers "
         "where the method and the people agree on refuse vs comply; precision and recall are of "
@@ -128,6 +140,14 @@ def main() -> None:
         *confusion(truth, head_labels), "",
         f"Three-class agreement: {three_class:.3f}.",
     ]
+    if unseen is not None:
+        text += [
+            "", "## Leave one source out", "",
+            "Each source's answers labelled by a head trained on the other sources' answers only "
+            "(the regex as above).", "",
+            *table(examples, regex, unseen, lambda e: e.source), "",
+            "XSTest's prompts (SmolLM2's answers, the head trained without any SmolLM2 answer):",
+            "", *table(examples, regex, unseen, lambda e: e.type)[:3], ""]
     out.write_text("\n".join(text) + "\n", encoding="utf-8")
     print("\n".join(text))
 
