@@ -73,8 +73,8 @@ def test_reward_model_trains_saves_loads_and_scores_on_the_compute_device(on, ti
     device, asked = on
     from_backbone = RewardModel.from_backbone.__func__
 
-    def hooked(cls, path):  # every backbone built from here on reports its inputs
-        model = from_backbone(cls, path)
+    def hooked(cls, path, pooling="auto"):  # every backbone built from here on reports its inputs
+        model = from_backbone(cls, path, pooling)
         model._inputs = _input_devices(model.backbone)
         return model
 
