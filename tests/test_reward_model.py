@@ -9,8 +9,13 @@ from flywheel.errors import FlywheelError
 from flywheel.kernels.last_token import last_token_index, last_token_reference
 from flywheel.reward.evaluation import accuracy
 from flywheel.reward.model import PreferencePair, RewardModel, margin_of, ranking_loss
-from flywheel.reward.train import (_encode_distinct, forward_rewards, group_pairs, pair_ids,
-                                   train_reward_model)
+from flywheel.reward.train import (
+    _encode_distinct,
+    forward_rewards,
+    group_pairs,
+    pair_ids,
+    train_reward_model,
+)
 from flywheel.training import lr_lambda, plan_steps
 
 
