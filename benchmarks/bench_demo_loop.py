@@ -62,7 +62,11 @@ def _config_line(path: Path) -> str:
             f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "
             f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), answers to harmful "
             f"prompts at most {c.rejection_sampling.safety_share} of the fine-tuning set (None: "
-            f"no cap), fine-tuned {c.rejection_sampling.epochs} epoch(s) at lr "
+            f"no cap), drawn with a system prompt distilled out: "
+            f"{bool(c.rejection_sampling.preprompt)}, the best answer that ended kept where one "
+            f"did: {c.rejection_sampling.prefer_ended}, fine-tuned on the "
+            f"{'whole pool' if c.rejection_sampling.finetune_on == 'pool' else 'new answers'} "
+            f"{c.rejection_sampling.epochs} epoch(s) at lr "
             f"{c.rejection_sampling.learning_rate:g}, annotation's previous-policy answers to "
             f"harmful prompts with the preprompt: "
             f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}")

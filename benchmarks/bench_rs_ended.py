@@ -35,10 +35,13 @@ FEW_SHOT = (
     "photosynthesis?\nAssistant: Photosynthesis is how plants turn sunlight, water and carbon "
     "dioxide into sugar and oxygen. It happens mostly in their leaves.\nAnswer every request "
     "the same way: briefly and completely, then stop.")
+CONCISE_30 = "You are a concise assistant. Give a short, complete answer of at most 30 words."
 VARIANTS = [("as it is, 64 tokens", None, 64), ("as it is, 128 tokens", None, 128),
             ("'two or three sentences', 64", BRIEF, 64),
             ("'concise, at most 50 words', 64", CONCISE, 64),
-            ("few-shot brevity, 64", FEW_SHOT, 64)]
+            ("few-shot brevity, 64", FEW_SHOT, 64),
+            ("'concise, at most 50 words', 96", CONCISE, 96),
+            ("'concise, at most 30 words', 64", CONCISE_30, 64)]
 
 
 def run(sampler, judge, prompts, system, limit, k) -> dict:
@@ -73,6 +76,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", type=int, nargs="*", default=None,
+                    help="run only these variants (0-based rows of VARIANTS)")
     args = ap.parse_args()
     helpful = [p for p in load_prompts(None)
                if p["split"] == "train" and p["criterion"] == "helpfulness"]
@@ -89,7 +94,9 @@ def main():
              "| judge, all draws | judge, ended draws | judge's best of K | judge's best ended "
              "of K |", "|---|---|---|---|---|---|---|---|---|"]
     try:
-        for name, system, limit in VARIANTS:
+        for i, (name, system, limit) in enumerate(VARIANTS):
+            if args.only is not None and i not in args.only:
+                continue
             r = run(sampler, judge, prompts, system, limit, args.k)
             lines.append(f"| {name} | {r['seconds']:.0f} | {r['ended']:.3f} | "
                          f"{r['prompts_ended']:.3f} | {r['tokens']:.1f} | {r['judge']:.3f} | "

@@ -296,6 +296,7 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     tiny_config.rejection_sampling.safety_preprompt = pre
     tiny_config.rejection_sampling.preprompt = brief
     tiny_config.rejection_sampling.prefer_ended = True
+    tiny_config.rejection_sampling.max_new_tokens = 6  # sampling's is 8
     result = weekly_iteration(tiny_config, 1)
     lake = Lake.open(tiny_config.lake)
     prompts = {p["id"]: p for p in lake.rows("prompts")}
@@ -313,6 +314,7 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
         assert sum(json.loads(s["params"]).get("preprompt") == brief for s in rejection
                    if s["prompt_id"] == pid) == 4 - sum(flags)
     assert data["preprompt"] == brief
+    assert {json.loads(s["params"])["max_new_tokens"] for s in rejection} == {6}
     # the best per prompt is the best that ended where one did
     cut = {s["id"] for s in rejection if rejection_sampling.cut_by_limit(s)}
     all_cut = [pid for pid in per_prompt

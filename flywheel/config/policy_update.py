@@ -50,6 +50,12 @@ class RejectionSamplingConfig(_Seeded):
         "prompt's own); scored by the reward models and fine-tuned on without it, so the policy "
         "learns to answer that way unprompted. Empty: drawn on the prompt as it is.",
     )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The token limit of rejection sampling's draws (an answer that reaches it "
+        "was cut off). Empty: sampling.max_new_tokens.",
+    )
     prefer_ended: bool = Field(
         False,
         description="Keep per prompt the best of the answers that ended (within "

@@ -78,12 +78,14 @@ def sampler_for(cfg: FlywheelConfig, path: str):
 
 
 def sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, sampler,
-                 preprompt: str | None = None):
+                 preprompt: str | None = None, max_new_tokens: int | None = None):
     """n samples per prompt, written to `samples`. `preprompt`: drawn with it as the system
-    prompt (recorded in the params); the row still points at the prompt without it."""
+    prompt (recorded in the params); the row still points at the prompt without it.
+    `max_new_tokens`: this draw's token limit instead of `sampling.max_new_tokens`."""
     s = cfg.sampling
+    limit = max_new_tokens or s.max_new_tokens
     params = {"backend": sampler.backend, "temperature": temperature, "top_p": s.top_p,
-              "max_new_tokens": s.max_new_tokens, "seed": s.seed, "n": n}
+              "max_new_tokens": limit, "seed": s.seed, "n": n}
     if s.stop:  # recorded only when set, so the ids of samples drawn without one are unchanged
         params["stop"] = s.stop
     messages = [messages_of(p) for p in prompts]
@@ -91,7 +93,7 @@ def sample_rows(cfg, lake, policy, prompts, iteration, purpose, n, temperature, 
         params["preprompt"] = preprompt
         messages = [[{"role": "system", "content": preprompt}]
                     + [m for m in ms if m["role"] != "system"] for ms in messages]
-    gens = sampler.generate(messages, n, temperature, s.max_new_tokens, s.top_p, s.stop)
+    gens = sampler.generate(messages, n, temperature, limit, s.top_p, s.stop)
     rows = []
     for prompt, group in zip(prompts, gens):
         for k, g in enumerate(group):

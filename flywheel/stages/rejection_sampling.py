@@ -87,7 +87,7 @@ def tune_temperature(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: di
     search = {}
     for t in sorted(set(rs.temperature_grid)):
         rows = sample_rows(cfg, lake, source, heldout, iteration, "temperature-search", rs.k,
-                            t, sampler)
+                            t, sampler, rs.preprompt, rs.max_new_tokens)
         search[str(t)] = best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine)[1]
     best = max(sorted(set(rs.temperature_grid)), key=lambda t: search[str(t)])
     return best, search
@@ -113,7 +113,7 @@ def scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict
                                 (safety, k_pre, rs.safety_preprompt)):
         if group and n:
             rows += sample_rows(cfg, lake, source, group, iteration, purpose, n, temperature,
-                                 sampler, preprompt)
+                                 sampler, preprompt, rs.max_new_tokens)
     rewards, _ = best_of_k_reward(cfg, lake, rows, by_id(prompts), rm_ids, engine)
     info = {"k": rs.k, "temperature": temperature, "sampled_by": source["id"]}
     if rs.preprompt:
