@@ -143,14 +143,18 @@ def mark(lake: Lake, table: pa.Table) -> pa.Table:
     for side in sides[1:]:
         found = pc.or_kleene(found, pc.is_in(side, better))
     maybe = pc.and_kleene(maybe, found)
-    hits = pc.indices_nonzero(pc.fill_null(maybe, False)).to_pylist()
-    reasons = table.column("reject_reason").to_pylist()
-    a_list, b_list = a.to_pylist(), b.to_pylist()
-    changed = False
-    for i in hits:
-        if reasons[i] is None and gold_key(a_list[i], b_list[i]) in gold:
-            reasons[i], changed = REASON, True
-    if not changed:
+    free = pc.is_null(table.column("reject_reason"))
+    hits = pc.indices_nonzero(pc.fill_null(pc.and_kleene(maybe, free), False))
+    if not len(hits):
         return table
+    # only the candidates' texts come into Python (200k rows: 0.8 s when all of them did)
+    is_gold = [gold_key(x, y) in gold for x, y in zip(pc.take(a, hits).to_pylist(),
+                                                        pc.take(b, hits).to_pylist())]
+    if not any(is_gold):
+        return table
+    mask = [False] * table.num_rows
+    for i, g in zip(hits.to_pylist(), is_gold):
+        mask[i] = g
     at = table.schema.get_field_index("reject_reason")
-    return table.set_column(at, "reject_reason", pa.array(reasons, pa.string()))
+    marked = pc.if_else(pa.array(mask), pa.scalar(REASON), table.column("reject_reason"))
+    return table.set_column(at, "reject_reason", marked)
