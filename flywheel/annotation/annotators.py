@@ -27,7 +27,7 @@ from flywheel.lake.store import Lake
 IN_HOUSE = "in-house"
 
 _COMPARISONS = f"""
-SELECT prompt_id, criterion, strength, annotator, batch_id,
+SELECT prompt_id, criterion, strength, annotator, batch_id, seconds,
   coalesce(chosen_sample_id, 'text:' || md5(chosen_text)) AS chosen_key,
   coalesce(rejected_sample_id, 'text:' || md5(rejected_text)) AS rejected_key
 FROM comparisons
@@ -50,12 +50,12 @@ def batch_ratings(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None 
                   ) -> list[tuple[str, Rating]]:
     """`ratings`, each with its batch id."""
     out = []
-    for prompt_id, criterion, strength, annotator, batch_id, chosen, rejected in con.execute(
-            _COMPARISONS, {"batch": batch}).fetchall():
+    for prompt_id, criterion, strength, annotator, batch_id, seconds, chosen, rejected in (
+            con.execute(_COMPARISONS, {"batch": batch}).fetchall()):
         first, second = sorted((chosen, rejected))
         out.append((batch_id, Rating(f"{prompt_id}|{first}|{second}", annotator,
                                      "first" if chosen == first else "second", strength,
-                                     criterion)))
+                                     criterion, seconds=seconds)))
     rows = con.execute(_GOLD, {"batch": batch}).fetchall()
     known = registered(lake) if rows else {}
     for blob, batch_id in rows:
@@ -69,8 +69,19 @@ def batch_ratings(con: duckdb.DuckDBPyConnection, lake: Lake, batch: str | None 
         out.append((batch_id, Rating(g["gold_id"], r["annotator"].strip(),
                                      "first" if chosen == first else "second",
                                      _strength(r.get("strength")), g["criterion"],
-                                     gold="first" if g["better"] == first else "second")))
+                                     gold="first" if g["better"] == first else "second",
+                                     seconds=_seconds(r.get("seconds")))))
     return out
+
+
+def _seconds(value) -> float | None:
+    """A gold label's delivered seconds (a number, or its text), when it is a valid one."""
+    try:
+        seconds = (float(value) if isinstance(value, (int, float, str))
+                   and not isinstance(value, bool) else None)
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def _strength(value: str | None) -> str | None:

@@ -27,6 +27,7 @@ from flywheel.annotation.formats import (
     COLUMNS,
     IDS,
     JSON_WS,
+    NUMBERS,
     SUFFIXES,
     check_required,
     check_unique,
@@ -69,6 +70,12 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _is_number(name: str, t: pa.DataType) -> bool:
+    """A number in a number column (seconds), or a whole number in an id column."""
+    return ((name in NUMBERS and (pa.types.is_integer(t) or pa.types.is_floating(t)))
+            or (name in IDS and pa.types.is_integer(t)))
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
@@ -76,14 +83,15 @@ def _is_list(t: pa.DataType) -> bool:
 def _as_text(name: str, col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array | None]:
     """(the column as text, each row's reason where its value is not what the column holds:
     invalid_encoding or invalid_type, "<reason>: <column>"). Text is text; a whole number is
-    text in an id column; a prompt may be a list of messages (as JSON, checked later)."""
+    text in an id column, any number in a number column (seconds); a prompt may be a list of
+    messages (as JSON, checked later)."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if _is_text(col.type):
         return col.cast(pa.string()), None
     if pa.types.is_null(col.type):
         return pa.chunked_array([pa.nulls(len(col), pa.string())]), None
-    if pa.types.is_integer(col.type) and name in IDS:
+    if _is_number(name, col.type):
         return col.cast(pa.string()), None
     if name == "prompt" and _is_list(col.type):
         return pa.chunked_array([pa.array([None if v is None else json.dumps(v)
@@ -219,12 +227,12 @@ def _utf8(data: bytes) -> bool:
 
 def _columnar(t: pa.Table) -> bool:
     """Whether Arrow read every delivery column as the delivery gave it: text (not a text
-    Arrow took for a timestamp), a whole number in an id column, a list as the prompt. Else
+    Arrow took for a timestamp), a whole number in an id column, a number of seconds, a list
+    as the prompt. Else
     the file is read line by line, which tells each value apart."""
     for f in t.schema:
         if f.name in COLUMNS and not (
-                _is_text(f.type) or pa.types.is_null(f.type)
-                or (f.name in IDS and pa.types.is_integer(f.type))
+                _is_text(f.type) or pa.types.is_null(f.type) or _is_number(f.name, f.type)
                 or (f.name == "prompt" and _is_list(f.type))):
             return False
     return True

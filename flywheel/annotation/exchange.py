@@ -8,7 +8,9 @@ of tasks, each with `annotations`, each with `result` items `{"from_name", "type
 response A), a `<Choices>` result `{"type": "choices", "value": {"choices": [...]}}`; cancelled
 (skipped) annotations carry `"was_cancelled": true`; `completed_by` is a user id or, with
 annotator details, `{"id", "email", ...}`; the optional comment is a `<TextArea>` result
-`{"type": "textarea", "value": {"text": [...]}}`. A gold pair's task (no sample ids) carries its
+`{"type": "textarea", "value": {"text": [...]}}`; an annotation's `lead_time` (seconds from
+opening the task to submitting it) is the row's `seconds` (left out when it is not a number of
+at least 0: a timer's fault is not the label's). A gold pair's task (no sample ids) carries its
 prompt as `messages` (JSON) and its responses inline; its rows deliver the texts.
 
 Argilla (v2 SDK, shapes only; the package is not needed here): `argilla_settings()` is what
@@ -27,6 +29,7 @@ quarantines with its reason, as for any delivery.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -130,14 +133,22 @@ def _ls_answers(result: list) -> dict:
     return out
 
 
-def _ls_row(data: dict, got: dict, annotator: str | None) -> dict:
+def _ls_seconds(lead_time) -> dict:
+    """{"seconds": lead_time} when it is a finite number >= 0, else nothing."""
+    if type(lead_time) in (int, float) and 0 <= lead_time < math.inf:
+        return {"seconds": lead_time}
+    return {}
+
+
+def _ls_row(data: dict, got: dict, annotator: str | None, lead_time=None) -> dict:
     """The delivery row of one annotation: by sample ids, or a gold pair's texts inline."""
     row = delivery_row(data, got.get("chosen"), got.get("strength"), got.get("safety_label"),
                        annotator)
     if not data.get("sample_id_a"):
         row.update(prompt=data["messages"], response_a=data.get("response_a"),
                    response_b=data.get("response_b"))
-    return row | ({"comment": got["comment"]} if got.get("comment") else {})
+    return (row | ({"comment": got["comment"]} if got.get("comment") else {})
+            | _ls_seconds(lead_time))
 
 
 def from_label_studio(export: list[dict], annotator_default: str | None = None) -> list[dict]:
@@ -170,7 +181,8 @@ def from_label_studio(export: list[dict], annotator_default: str | None = None) 
             if ann.get("was_cancelled"):
                 continue
             annotator = _ls_annotator(ann.get("completed_by")) or annotator_default
-            rows.append(_ls_row(data, _ls_answers(ann["result"]), annotator))
+            rows.append(_ls_row(data, _ls_answers(ann["result"]), annotator,
+                                ann.get("lead_time")))
     _raise_all(problems, "Label Studio export")
     return rows
 

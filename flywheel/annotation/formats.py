@@ -16,11 +16,13 @@ from flywheel.errors import DataError
 COLUMNS = (
     "prompt_id", "prompt", "response_a", "response_b", "sample_id_a", "sample_id_b", "chosen",
     "strength", "criterion", "safety_label", "annotator", "source", "split", "comment",
-    "reject_reason",
+    "seconds", "reject_reason",
 )
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 # id-like columns, where a whole number stands for its digits (a vendor's numeric ids)
 IDS = ("prompt_id", "sample_id_a", "sample_id_b", "annotator")
+# number columns, where any number stands for itself (read as text; validation checks its range)
+NUMBERS = ("seconds",)
 # columns every row needs, each as its alternatives (the prompt may come from sample_id_a)
 REQUIRED = (("prompt_id", "prompt", "sample_id_a"), ("response_a", "sample_id_a"),
             ("response_b", "sample_id_b"), ("chosen",), ("criterion",), ("annotator",))

@@ -19,6 +19,8 @@ protocol:
                                 a row already in the lake keeps its split, and a file naming
                                 another for it is refused: `flywheel batch resplit` moves rows)
     comment                     the annotator's note (optional; kept, not part of the row's id)
+    seconds                     time the annotator spent on the item (optional; a number >= 0,
+                                kept, not part of the row's id)
 
 Every delivered row ends up in exactly one place: `comparisons` (accepted, new or already there)
 or `quarantine` (rejected, with the first reason it failed), so accepted + rejected = delivered.
@@ -306,7 +308,8 @@ def _accepted(con: duckdb.DuckDBPyConnection, lake: Lake, batch_id: str, deliver
         $delivery AS delivery_id, c.source_n AS source,
         coalesce(o.old_split, o.split_n, CASE WHEN t.cid IS NOT NULL THEN 'test' END,
                  'train') AS split,
-        nullif(trim(c.comment), '') AS comment, NULL::TIMESTAMPTZ AS created_at
+        nullif(trim(c.comment), '') AS comment, c.seconds_n AS seconds,
+        NULL::TIMESTAMPTZ AS created_at
       FROM checked c JOIN ok o USING (row_index) LEFT JOIN test t ON t.cid = c.cid
       ORDER BY c.row_index
     """, params={"batch": batch_id, "delivery": delivery_id}).to_arrow_table()

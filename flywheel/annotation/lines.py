@@ -13,7 +13,7 @@ import re
 
 import pyarrow as pa
 
-from flywheel.annotation.formats import COLUMNS, IDS, JSON_WS
+from flywheel.annotation.formats import COLUMNS, IDS, JSON_WS, NUMBERS
 from flywheel.errors import DataError
 
 SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: bytes that were not UTF-8
@@ -44,6 +44,8 @@ def _value(name: str, value) -> tuple[str | None, str | None]:
     if isinstance(value, str):
         return (_clean(value), "invalid_encoding") if SURROGATE.search(value) else (value, None)
     if type(value) is int and name in IDS:
+        return str(value), None
+    if type(value) in (int, float) and name in NUMBERS:  # its range is checked later
         return str(value), None
     if name == "prompt" and isinstance(value, list):  # chat messages, checked later
         loose = json.dumps(value, ensure_ascii=False)

@@ -33,6 +33,8 @@ REASON_HELP = {
     "invalid_criterion": f"`criterion` is not {' or '.join(CRITERIA)}; use one of them",
     "invalid_safety_label": f"`safety_label` is not one of {_LABELS}; use one of them",
     "invalid_split": "`split` is not train or test; use one of them, or leave it out",
+    "invalid_seconds": "`seconds` is not a number of seconds >= 0; give the time spent on the "
+                       "item (e.g. 12.5), or leave it blank",
     "invalid_prompt": "the prompt is a message list that is not [{role, content}, ...] ending "
                       "with a user turn; fix the list or give the prompt as plain text",
     "excluded_chosen_unsafe_other_safe": "the chosen response is unsafe and the other safe: "
@@ -76,7 +78,7 @@ REASON_FIELDS = {
     "missing_safety_label": ("safety_label",),
     "invalid_chosen": ("chosen",), "invalid_strength": ("strength",),
     "invalid_criterion": ("criterion",), "invalid_safety_label": ("safety_label",),
-    "invalid_split": ("split",), "invalid_prompt": ("prompt",),
+    "invalid_split": ("split",), "invalid_seconds": ("seconds",), "invalid_prompt": ("prompt",),
     "excluded_chosen_unsafe_other_safe": ("safety_label",),
     "unknown_prompt_id": ("prompt_id",), "unknown_sample_id": ("sample_id_a", "sample_id_b"),
     "sample_prompt_mismatch": ("sample_id_a", "sample_id_b"),

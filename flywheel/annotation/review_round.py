@@ -14,6 +14,7 @@ the first pair without a submission. One label per pair per round: a second one 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -34,6 +35,7 @@ from flywheel.lake.store import Lake
 
 PUBLIC = ("pair_id", "prompt", "criterion", "text_a", "text_b")
 FIELDS = ("pair_id", "chosen", "strength", "safety_label", "annotator")  # what a label posts
+TIMED = "seconds"  # also posted: the seconds from showing the pair to submitting it (optional)
 
 
 class SubmissionError(DataError):
@@ -95,13 +97,18 @@ def check_answers(pair: dict, body: dict) -> list[str]:
 
 
 def check_types(body) -> None:
-    """Refuses (422) a submission that is not a JSON object of text (or null) fields."""
+    """Refuses (422) a submission that is not a JSON object of text (or null) fields, with
+    `seconds`, when given, a finite number >= 0."""
     if not isinstance(body, dict):
         raise SubmissionError("send a JSON object with pair_id, chosen, strength, "
                               "safety_label and annotator")
     wrong = [k for k in FIELDS if body.get(k) is not None and not isinstance(body[k], str)]
     if wrong:
         raise SubmissionError(f"{', '.join(wrong)} must be text (a JSON string)")
+    seconds = body.get(TIMED)
+    if seconds is not None and (type(seconds) not in (int, float)
+                                or not 0 <= seconds < math.inf):
+        raise SubmissionError(f"{TIMED} must be a number of seconds of at least 0 (or left out)")
 
 
 class Round:
@@ -183,7 +190,7 @@ class Round:
                                         "criterion")},
                 "chosen": body["chosen"], "strength": body["strength"],
                 "safety_label": body.get("safety_label") or None,
-                "annotator": body["annotator"].strip(),
+                "annotator": body["annotator"].strip(), TIMED: body.get(TIMED),
                 "submitted_at": datetime.now(timezone.utc).isoformat(),
             }
             data = json.dumps(sub, indent=2, ensure_ascii=False).encode()
@@ -199,8 +206,9 @@ class Round:
         for p in self.pairs:
             s = self.submissions.get(p["pair_id"])
             if s:
-                rows.append(delivery_row(p, s["chosen"], s["strength"], s["safety_label"],
-                                         s["annotator"]))
+                row = delivery_row(p, s["chosen"], s["strength"], s["safety_label"],
+                                   s["annotator"])
+                rows.append(row if s.get(TIMED) is None else row | {TIMED: s[TIMED]})
         return write_delivery_jsonl(rows)
 
     def close(self) -> dict:

@@ -3,7 +3,8 @@ that gives each delivered row its first reason (or none). docs/ingest-reasons.md
 reason and how to fix the row; tests/test_ingest_reasons_doc.py keeps the two in step.
 
 The query reads the `delivery` table (delivery.read_delivery's text columns plus the `_n`
-columns of delivery.normalised_labels and `prompt_key`) joined to the lake's `samples` and
+columns of delivery.normalised_labels and `prompt_key`; `seconds_n` is its own: the delivered
+seconds as a number) joined to the lake's `samples` and
 `prompts`. A blank value (empty or whitespace only) is a missing one: labels are blank when
 their normalised `_n` value is NULL; ids are trimmed as Python's str.strip() would.
 """
@@ -25,9 +26,9 @@ REASONS = (
     "missing_prompt", "missing_response", "missing_chosen",
     "missing_criterion", "missing_annotator", "missing_strength", "missing_safety_label",
     "invalid_chosen", "invalid_strength", "invalid_criterion", "invalid_safety_label",
-    "invalid_split", "invalid_prompt", "excluded_chosen_unsafe_other_safe", "unknown_prompt_id",
-    "unknown_sample_id", "sample_prompt_mismatch", "empty_prompt", "empty_response",
-    "oversize_text", "identical_responses", "duplicate_row",
+    "invalid_split", "invalid_seconds", "invalid_prompt", "excluded_chosen_unsafe_other_safe",
+    "unknown_prompt_id", "unknown_sample_id", "sample_prompt_mismatch", "empty_prompt",
+    "empty_response", "oversize_text", "identical_responses", "duplicate_row",
 )
 
 
@@ -77,7 +78,9 @@ def validation_sql(max_chars: int) -> str:
       SELECT d.*,
         {_present('d.prompt_id')} AS pid_in, {_present('d.sample_id_a')} AS sa_id,
         {_present('d.sample_id_b')} AS sb_id, d.safety_label_n AS safety_n,
-        {_present('d.reject_reason')} AS reject_given
+        {_present('d.reject_reason')} AS reject_given,
+        CASE WHEN NOT {_blank('d.seconds')} THEN TRY_CAST({_trimmed('d.seconds')} AS DOUBLE)
+          END AS seconds_n
       FROM delivery d
     ), s AS MATERIALIZED (
       -- the samples the delivery names, read once: joining `samples` itself twice would hash
@@ -111,6 +114,8 @@ def validation_sql(max_chars: int) -> str:
         WHEN safety_n NOT IN {_sql_list(SAFETY_LABELS + (EXCLUDED_LABEL,))}
           THEN 'invalid_safety_label'
         WHEN split_n NOT IN {_sql_list(SPLITS)} THEN 'invalid_split'
+        WHEN NOT {_blank('seconds')} AND (seconds_n IS NULL OR NOT isfinite(seconds_n)
+          OR seconds_n < 0) THEN 'invalid_seconds'
         WHEN prompt_key = '' THEN 'invalid_prompt'
         WHEN safety_n = '{EXCLUDED_LABEL}' THEN 'excluded_chosen_unsafe_other_safe'
         WHEN pid_in IS NOT NULL AND pid_found IS NULL THEN 'unknown_prompt_id'

@@ -4,6 +4,8 @@
 // another site cannot send it).
 "use strict";
 let state = null;
+// the pair on screen and when it was first shown: its label posts the seconds since
+let shownFor = null, shownAt = null;
 const $ = (id) => document.getElementById(id);
 
 function radios(fieldset, name, options) {
@@ -45,6 +47,7 @@ function render(s) {
   radios($("safety"), "safety_label", s.safety_labels);
   document.querySelectorAll('input[name="chosen"]').forEach((el) => { el.checked = false; });
   $("error").textContent = "";
+  if (s.pair.pair_id !== shownFor) { shownFor = s.pair.pair_id; shownAt = performance.now(); }
 }
 
 async function call(method, path, body) {
@@ -67,6 +70,7 @@ async function submit() {
     render(await call("POST", "api/submit", {
       pair_id: state.pair.pair_id, chosen: picked("chosen"), strength: picked("strength"),
       safety_label: picked("safety_label"), annotator,
+      seconds: Math.round((performance.now() - shownAt) / 100) / 10,
     }));
   } catch (err) {
     $("error").textContent = err.message;

@@ -55,6 +55,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("source", pa.string()),  # in-house | name of an open-source set
             ("split", pa.string()),  # train | test
             ("comment", pa.string()),  # the annotator's note, if any (NULL in older rows)
+            ("seconds", pa.float64()),  # time spent on the item, if known (NULL in older rows)
             ("created_at", _ts),
         ]
     ),
