@@ -153,8 +153,8 @@ def test_from_label_studio_rows(lake):
     row = _expected_row(_by_prompt(week_pairs(lake, 1)))
     rows = from_label_studio(_ls_export(lake))
 
-    assert rows == [  # the cancelled annotation (id 12) is skipped; the comment carried
-        r | {"comment": "looked fine"} for r in [
+    assert rows == [  # the cancelled annotation (id 12) is skipped; comment and lead_time carried
+        r | {"comment": "looked fine", "seconds": 12.5} for r in [
             row("p-rice", "b", "better", "label-studio:10"),
             row("p-lisbon", "a", "slightly_better", "ana@example.org"),
             row("p-lisbon", "b", None, "label-studio:13"),
@@ -183,6 +183,7 @@ def test_label_studio_round_trip_through_ingest(lake):
                           batch_id="week-1-ls", iteration=1)
     assert again.already_ingested and len(lake.rows("comparisons")) == 3
     assert [r["comment"] for r in lake.rows("comparisons")] == ["looked fine"] * 3
+    assert [r["seconds"] for r in lake.rows("comparisons")] == [12.5] * 3
 
 
 def test_label_studio_exports_with_broken_structure_are_refused(lake):
