@@ -14,8 +14,9 @@ opening and of the whole answer, plus `cues`: refusal phrases (`REFUSAL_PATTERNS
 apologies, redirections, objections to the request, AI disclaimers, "however", lists and code,
 each in the opening and in the rest. Two rules follow the head (`decide`): a refusal that names
 no refusal cue is compliance, and an opening that objects to the request on grounds of harm,
-with no list or code after it, is a refusal. The regex alone agrees with people on XSTest's answers 83 % of the time: it misses refusals worded
-another way (benchmarks/results/refusal.md has the head and the regex side by side).
+with no list or code after it, is a refusal. The regex alone agrees with people on XSTest's
+answers 83 % of the time: it misses refusals worded another way (benchmarks/results/refusal.md
+has the head and the regex side by side).
 
 `is_refusal` (one text) and `refusals`/`refusal_labels` (a batch) are what every caller asks:
 the judges, the gate's refusal rates and the report. A refusal is a full or a partial one.
