@@ -4,9 +4,10 @@ token made through its API; `flywheel annotate push` uploads the pairs with over
 tasks and registers the webhook of a running `flywheel annotate webhook`; two annotators sign up
 through the organization's invite link and label their queues through the REST API, as the
 browser does; the webhook's debounced pull lands the batch (comments included) and its
-batch-landed event starts the reward-model retrain; an annotation edited afterwards replaces its
-row; pulling and pushing again add nothing; the annotator report reads both annotators' gold and
-overlap.
+batch-landed event starts the reward-model retrain, whose flow run (executed as a worker executes
+it) trains both reward models on the batch; an annotation edited afterwards replaces its row;
+pulling and pushing again add nothing; the annotator report reads both annotators' gold, overlap
+and speed (Label Studio's lead_time).
 
 The server's first start runs its database migrations: about 1 to 4 minutes on 2 busy cores."""
 
@@ -120,15 +121,19 @@ def label_studio(tmp_path_factory):
             proc.kill()
 
 
-def _config(tmp_path: Path, lake: str) -> Path:
+def _config(tmp_path: Path, lake: str, model: str) -> Path:
     gold = tmp_path / "gold-hh-rlhf-helpful.jsonl"  # the name tells format and criterion
     gold.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}",
                                         "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"}) + "\n"
                             for q, good, bad in GOLD))
     path = tmp_path / "flywheel.yaml"
-    path.write_text(json.dumps({"lake": lake, "annotation": {"mode": "human", "quality": {
-        "overlap_share": 0.5, "overlap_annotators": 2, "gold_pairs": 2,
-        "gold_path": str(gold)}}}))
+    path.write_text(json.dumps({
+        "lake": lake, "models": {"policy": model, "reward_backbone": model},
+        "reward_model": {"batch_size": 8, "micro_batch_size": 8, "max_length": 64,
+                         "mix": {"allow_short": True}},
+        "annotation": {"mode": "human", "quality": {
+            "overlap_share": 0.5, "overlap_annotators": 2, "gold_pairs": 2,
+            "gold_path": str(gold)}}}))
     return path
 
 
@@ -154,15 +159,20 @@ def _result(task: dict, who: str) -> list[dict]:
     return out
 
 
+def _lead_time(who: str, n: int) -> float:
+    """Seconds on the n-th task of the queue (0, 1, ...): ana 2, 4, 6, ...; ben 3, 6, 9, ..."""
+    return (2.0 if who == ANNOTATORS[0] else 3.0) * (n + 1)
+
+
 def _label_queue(ls: LabelStudio, s: requests.Session, project: int, who: str) -> dict:
     """Take the next task until the queue is empty, annotating each: the annotations posted,
     by the task's prompt."""
     done = {}
     while (r := s.get(f"{ls.url}/api/projects/{project}/next", headers=ls.csrf(s))).ok:
         task = r.json()
+        body = {"result": _result(task, who), "lead_time": _lead_time(who, len(done))}
         posted = s.post(f"{ls.url}/api/tasks/{task['id']}/annotations/?project={project}",
-                        json={"result": _result(task, who), "lead_time": 7.5},
-                        headers=ls.csrf(s))
+                        json=body, headers=ls.csrf(s))
         assert posted.status_code == 201, posted.text[:500]
         done[task["data"]["prompt"]] = posted.json()
         assert len(done) < 20, "the queue never ends"
@@ -176,17 +186,19 @@ def _run(capsys, *argv) -> tuple[int, str]:
     return rc, out.out + out.err
 
 
-def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, capsys,
+def test_a_week_through_label_studio(label_studio, prefect_server, tiny_llama, tmp_path, capsys,
                                      monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.flow_engine import run_flow
 
     from flywheel.config import FlywheelConfig
+    from flywheel.flows.annotation import retrain
     from flywheel.flows.deploy import annotation_deployments
 
     ls = label_studio
     lake = build_lake(tmp_path / "lake")  # iteration 1: three pairs, one of them safety
-    config = _config(tmp_path, lake.uri)
+    config = _config(tmp_path, lake.uri, tiny_llama)
     cfg = FlywheelConfig.model_validate(json.loads(config.read_text()))
     on_batch = annotation_deployments(cfg, debounce_seconds=2)[0]
     deployment = on_batch.apply()
@@ -247,6 +259,22 @@ def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, cap
         hook.terminate()
         hook.wait(30)
 
+    # the retrain's flow run, executed as a worker executes it: the reward models trained on
+    # the batch
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(runs[0].id)
+    with capsys.disabled():  # Prefect's log handlers keep the stream they first write to
+        state = run_flow(retrain, flow_run=flow_run, parameters=flow_run.parameters,
+                         return_type="state")
+        print(f"the retrain's flow run ended in {time.monotonic() - started:.0f} s")
+    assert state.is_completed(), state
+    assert state.result()["trained"] and "iteration-0001" in state.result()["batches"]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(runs[0].id).state.is_completed()
+    trained = {r["criterion"]: json.loads(r["parents"]) for r in lake.rows("reward_models")}
+    assert trained == {"helpfulness": ["iteration-0001"], "safety": ["iteration-0001"]}
+
     with connect(lake) as con:
         rows = con.execute("SELECT annotator, strength, comment, batch_id FROM comparisons "
                            "ORDER BY annotator, comment").fetchall()
@@ -273,6 +301,8 @@ def test_a_week_through_label_studio(label_studio, prefect_server, tmp_path, cap
     assert set(by_name) == set(ANNOTATORS)
     assert all(by_name[a]["gold"] == 2 and by_name[a]["gold_accuracy"] == 1.0 for a in ANNOTATORS)
     assert all(by_name[a]["overlap"] >= 2 for a in ANNOTATORS)
+    # speed from lead_time: ana 2, 4, 6, 8, 10 s on her 5 tasks, ben 3, 6, 9, 12 on his 4
+    assert [by_name[a]["median_seconds"] for a in ANNOTATORS] == [6.0, 7.5]
 
 
 def _counts(lake) -> tuple[int, int, str | None]:
