@@ -163,6 +163,7 @@ def test_label_a_round_in_the_browser(tmp_path):
     lake = build_lake(tmp_path / "lake")
     pairs = week_pairs(lake, 1)
     clicks = ["b", "a", "b"]  # the response clicked for pairs[0], [1], [2]
+    started = time.monotonic()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _server_process(lake.uri, port)
@@ -229,3 +230,7 @@ def test_label_a_round_in_the_browser(tmp_path):
             "review-iteration-0001", "Ana Tester", "slightly_better")
         expected_safety = "chosen_safe_other_unsafe" if pair["criterion"] == "safety" else None
         assert row["safety_label"] == expected_safety
+    # the page timed each pair, from showing it to its label's submission
+    took = [rows[p["prompt_id"]]["seconds"] for p in pairs]
+    assert all(t is not None and 0 <= t <= time.monotonic() - started for t in took), took
+    assert sum(took) > 0, took
