@@ -157,3 +157,26 @@ def test_the_review_page_refuses_wrong_seconds_with_a_422(lake, value):
     assert res.json() == {"error": "seconds must be a number of seconds of at least 0 (or left "
                                    "out)"}
     assert c.get("/api/state").json()["labelled"] == 0
+
+
+def test_rows_written_before_the_column_read_as_no_time(tmp_path, monkeypatch):
+    """A lake whose comparisons table was written before `seconds` existed: NULL seconds, speed
+    n/a; a new delivery adds the column (the Delta table's schema merged) with its times."""
+    from flywheel.lake.schemas import SCHEMAS
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    now = SCHEMAS["comparisons"]
+    with monkeypatch.context() as m:
+        m.setitem(SCHEMAS, "comparisons", now.remove(now.get_field_index("seconds")))
+        ingest_bytes(lake, write_delivery_jsonl([_row(0, "ana"), _row(1, "ana")]), "old.jsonl",
+                     "week-1")
+    (old,), _ = lake.files("comparisons", None)
+    assert "seconds" not in pq.read_schema(old).names
+    with connect(lake) as con:
+        assert con.execute("SELECT count(*), count(seconds) FROM comparisons").fetchall() == [
+            (2, 0)]
+    assert _by_annotator(lake)["ana"]["median_seconds"] is None
+    ingest_bytes(lake, write_delivery_jsonl([_row(2, "ana", seconds=8)]), "new.jsonl", "week-2")
+    assert sorted(map(str, (c["seconds"] for c in lake.rows("comparisons")))) == [
+        "8.0", "None", "None"]
+    assert _by_annotator(lake)["ana"]["median_seconds"] == 8.0
