@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.annotation.delivery import LABEL_ALIASES, label_key, read_label
 from flywheel.annotation.formats import COLUMNS, SUFFIXES
 from flywheel.annotation.ingest import ingest_bytes
+from flywheel.annotation.labels import LABEL_ALIASES, label_key, read_label
 from flywheel.annotation.validation import CHOICES, EXCLUDED_LABEL, REASONS, SPLITS
 from flywheel.lake.schemas import CRITERIA, SAFETY_LABELS, STRENGTHS
 from flywheel.lake.store import Lake

@@ -127,7 +127,7 @@ def registered(lake: Lake) -> dict[str, dict]:
 
 
 def mark(lake: Lake, table: pa.Table) -> pa.Table:
-    """The delivery table (after delivery.normalised_labels) with `reject_reason` set to
+    """The delivery table (after labels.normalised_labels) with `reject_reason` set to
     `gold_pair` on in-house rows labelling a registered gold pair (ingest then quarantines them
     first). Unchanged without gold; an open-source set imported whole (HH-RLHF's test files,
     where the default gold comes from) keeps its rows."""

@@ -53,9 +53,9 @@ from flywheel.annotation.delivery import (
     COLUMNS,
     SUFFIXES,
     inline_prompts,
-    normalised_labels,
     read_delivery,
 )
+from flywheel.annotation.labels import normalised_labels
 from flywheel.annotation.validation import IN_HOUSE, REASONS  # noqa: F401 (re-exported)
 from flywheel.annotation.validation import validation_sql as _validation_sql
 from flywheel.config import AnnotationConfig

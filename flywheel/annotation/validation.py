@@ -3,7 +3,7 @@ that gives each delivered row its first reason (or none). docs/ingest-reasons.md
 reason and how to fix the row; tests/test_ingest_reasons_doc.py keeps the two in step.
 
 The query reads the `delivery` table (delivery.read_delivery's text columns plus the `_n`
-columns of delivery.normalised_labels and `prompt_key`; `seconds_n` is its own: the delivered
+columns of labels.normalised_labels and `prompt_key`; `seconds_n` is its own: the delivered
 seconds as a number) joined to the lake's `samples` and
 `prompts`. A blank value (empty or whitespace only) is a missing one: labels are blank when
 their normalised `_n` value is NULL; ids are trimmed as Python's str.strip() would.
