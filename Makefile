@@ -39,10 +39,10 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 LS_VENV := .venv-labelstudio
 labelstudio: $(LS_VENV)/.installed
 
-$(LS_VENV)/.installed:
+$(LS_VENV)/.installed: requirements/labelstudio.lock
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2 \
+	$(LS_VENV)/bin/pip install --quiet -c requirements/labelstudio.lock label-studio==1.23.2 \
 	  || echo "label-studio not installed: the live Label Studio test will skip"
 	$(LS_VENV)/bin/label-studio --help >/dev/null 2>&1 && touch $@ || true
 
@@ -68,7 +68,7 @@ test: setup browser
 	$(BIN)/python -m pytest
 
 test-slow: setup browser postgres labelstudio
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=15
 
 lint: setup
 	$(BIN)/ruff check flywheel flows tasks kernels tests benchmarks

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import sys
 import tempfile
 import time
@@ -55,7 +56,7 @@ def comparisons(start: int, n: int, seed: int, text_corpus: np.ndarray | None = 
     text_corpus = corpus(rng, 1 << 22) if text_corpus is None else text_corpus
     row_ids = ids("c", start + n).slice(start)
     helpful = rng.random(n) < 0.7
-    return pa.table({
+    cols = {
         "id": row_ids, "prompt_id": ids("p", start + n).slice(start),
         "chosen_sample_id": ids("sa", start + n).slice(start),
         "rejected_sample_id": ids("sb", start + n).slice(start),
@@ -69,8 +70,12 @@ def comparisons(start: int, n: int, seed: int, text_corpus: np.ndarray | None = 
                                          .astype(str))),
         "delivery_id": pa.array(["bench"] * n), "source": pa.array(["in-house"] * n),
         "split": pa.array(np.where(rng.random(n) < 0.95, "train", "test")),
-        "created_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * n, SCHEMA[-1].type),
-    }, schema=SCHEMA)
+        "created_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * n,
+                               SCHEMA.field("created_at").type),
+    }
+    # the columns the bench leaves empty (an annotator's note, the seconds spent): NULL, as in
+    # rows that came without them
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in SCHEMA}, schema=SCHEMA)
 
 
 # concurrent writers ----------------------------------------------------------------------------
@@ -98,7 +103,7 @@ def concurrent(fmt, place, name, op, jobs: list[list[int]], n, seed,
         p.start()
     barrier.wait()
     t0 = time.perf_counter()
-    retries = [results.get(timeout=600) for _ in procs]
+    retries = [_result(results, procs, op, fmt) for _ in procs]
     seconds = time.perf_counter() - t0
     for p in procs:
         p.join()
@@ -109,6 +114,20 @@ def concurrent(fmt, place, name, op, jobs: list[list[int]], n, seed,
     want = unique if op == "merge" else n * sum(len(s) for s in jobs)
     return {"seconds": seconds, "retries": sum(retries), "rows": rows, "distinct": distinct,
             "want": want, "ok": rows == want == distinct}
+
+
+def _result(results, procs, op, fmt) -> int:
+    """The next worker's retry count; a worker that died ends the run at once, not after the
+    queue's timeout."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=1)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode]
+            if dead:
+                sys.exit(f"a {op} process of {fmt} exited with {dead[0]} (its traceback is above)")
+    sys.exit(f"the {op} processes of {fmt} gave no result in 600 s")
 
 
 # the single-writer steps ------------------------------------------------------------------------
