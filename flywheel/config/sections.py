@@ -98,10 +98,11 @@ class SamplingConfig(_Seeded):
         "policy that rarely refuses by itself then gives the safety reward model comparisons of "
         "a refusal against an answer; rejection_sampling.safety_preprompt is the usual text.",
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "float32",
-        description="vLLM weights dtype. float32 on CPUs without AVX-512 BF16 (bfloat16 is "
-        "emulated there and several times slower); bfloat16 on GPUs.",
+        description="vLLM weights dtype. auto: bfloat16 where the device computes it natively "
+        "(a GPU that supports it, a CPU with AVX-512 BF16 or AMX), float32 elsewhere (on CPUs "
+        "without AVX-512 BF16 bfloat16 is emulated and several times slower).",
     )
     max_model_len: int = Field(1024, ge=64)
     tensor_parallel_size: int = Field(
@@ -264,6 +265,14 @@ class RewardModelConfig(_Seeded):
         "tokens (an encoder such as the embedded default's all-MiniLM-L6-v2, pretrained with "
         "mean pooling), or the first token ([CLS]). auto: last for a causal decoder, mean "
         "otherwise. The trained model records it and is scored the same way.",
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "fp32",
+        description="Training arithmetic: bf16 runs each forward pass under bfloat16 autocast "
+        "(float32 weights, optimizer state and loss; matrix products in bfloat16); auto does so "
+        "where the device computes bfloat16 natively (a GPU that supports it, a CPU with "
+        "AVX-512 BF16 or AMX: about twice float32's speed there) and stays float32 elsewhere; "
+        "fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own.",
     )
     center_coefficient: float = Field(
         0.0,

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from tqdm.auto import tqdm
 
 from flywheel.config import FlywheelConfig
+from flywheel.devices import resolve_dtype
 from flywheel.errors import DataError
 from flywheel.evaluation.judge import make_judge
 from flywheel.evaluation.refusal import refusal_labels
@@ -53,7 +54,8 @@ def sampling_params(cfg: FlywheelConfig) -> dict:
     """What decides a greedy answer besides the policy: kept in each row's metrics, and what an
     earlier answer must match to be reused."""
     s = cfg.sampling
-    return {"backend": s.backend, "dtype": s.dtype, "temperature": cfg.evaluation.temperature,
+    return {"backend": s.backend, "dtype": resolve_dtype(s.dtype),
+            "temperature": cfg.evaluation.temperature,
             "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "stop": s.stop}
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import RejectionSamplingConfig
-from flywheel.devices import compute_device
+from flywheel.devices import autocast, compute_device
 from flywheel.distributed.launch import policy_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
@@ -137,11 +137,14 @@ def finetune(
                            len(rank_micro_batches(full_step, cfg.micro_batch_size, world())),
                            cfg.deepspeed, "rejection_sampling.deepspeed")
     device, w = stepper.device, stepper.world
+    precision = "fp32" if cfg.deepspeed else cfg.precision  # DeepSpeed's config sets its own
     losses = []
     bar = tqdm(total=steps, desc="policy fine-tune", unit="step", disable=not w.main)
     start = time.perf_counter()
     for idx in epoch_batches(len(data), cfg.batch_size, cfg.epochs, cfg.seed):
-        batch = [data[i] for i in idx]
+        # shortest first: each micro-batch pads to its own longest, so similar lengths share one
+        # (the step's gradient is the same in any order: every response token weighs the same)
+        batch = sorted((data[i] for i in idx), key=lambda e: len(e[0]))
         n_tokens = sum(_response_tokens(lab) for _, lab in batch)
         step_loss = 0.0
         for micro in rank_micro_batches(batch, cfg.micro_batch_size, w):
@@ -153,7 +156,9 @@ def finetune(
                                   device=device)
             mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro.items],
                                 device=device)
-            logits = stepper.module(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            with autocast(precision, device):
+                out = stepper.module(input_ids=ids, attention_mask=mask)
+            logits = out.logits[:, :-1].float()
             target = labels[:, 1:]
             tokens = sum(_response_tokens(lab) for _, lab in micro.items)
             # the micro-batch's mean over its response tokens, weighted by its share of the

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from flywheel.devices import resolve_dtype
 from flywheel.models import load_causal_lm, load_tokenizer
 
 
@@ -61,6 +62,7 @@ class VLLMSampler:
         # not reserve a core for the scheduler (by default it does, which on 2 cores leaves the
         # model one: the demo model made 90 tokens/s on 32 prompts that way, 168 on 32 x 4
         # without the reservation).
+        dtype = resolve_dtype(dtype)  # auto: bfloat16 where the device computes it natively
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         if (os.cpu_count() or 1) <= 4:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flywheel.config import RewardModelConfig
-from flywheel.devices import compute_device
+from flywheel.devices import autocast, compute_device
 from flywheel.distributed.launch import run_on_ranks
 from flywheel.distributed.ranks import all_sum, rank_micro_batches, world
 from flywheel.errors import FlywheelError
@@ -130,6 +130,7 @@ def train_reward_model(
     stepper = make_stepper(model, cfg.learning_rate, steps, warmup, micro_steps, cfg.deepspeed)
     device = stepper.device
     w = stepper.world
+    precision = "fp32" if cfg.deepspeed else cfg.precision  # DeepSpeed's config sets its own
     losses, correct, seen = [], 0, 0
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not w.main)
     start = time.perf_counter()
@@ -139,7 +140,8 @@ def train_reward_model(
             micro_groups = [elements[e] for e in micro.items]
             flat = [pairs[i] for group in micro_groups for i in group]
             seqs, at_chosen, at_rejected, weight = _encode_distinct(micro_groups, ids, pairs)
-            rewards = forward_rewards(stepper.module, model, seqs, device)
+            with autocast(precision, device):
+                rewards = forward_rewards(stepper.module, model, seqs, device)
             margin = torch.tensor([margin_of(p.strength, cfg.margin) for p in flat],
                                   device=device)
             r_chosen, r_rejected = rewards[at_chosen.to(device)], rewards[at_rejected.to(device)]
