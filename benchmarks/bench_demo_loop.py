@@ -27,6 +27,7 @@ from pathlib import Path
 
 from _machine import describe
 
+from flywheel.devices import resolve_dtype
 from flywheel.lake.store import Lake
 
 OUT = Path(__file__).parent / "results" / "demo_loop.md"
@@ -69,7 +70,9 @@ def _config_line(path: Path) -> str:
             f"{c.rejection_sampling.epochs} epoch(s) at lr "
             f"{c.rejection_sampling.learning_rate:g}, annotation's previous-policy answers to "
             f"harmful prompts with the preprompt: "
-            f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}")
+            f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}, "
+            f"sampling dtype {c.sampling.dtype} ({resolve_dtype(c.sampling.dtype)} here), "
+            f"training precision {c.reward_model.precision} / {c.rejection_sampling.precision}")
 
 
 def _config_name(path: Path) -> str:

@@ -154,6 +154,8 @@ def main():
                     help="evaluate each trained RM on its own held-out split only")
     ap.add_argument("--pooling", default="auto", choices=["auto", "last", "mean", "first"],
                     help="the reward model's read-out (auto: mean for this encoder)")
+    ap.add_argument("--precision", default="fp32", choices=["auto", "bf16", "fp32"],
+                    help="reward_model.precision (auto: bfloat16 autocast where native)")
     ap.add_argument("--train-limit", type=int, default=None,
                     help="train on a seeded sample of this many pairs (hyper-parameter search)")
     ap.add_argument("--threads", type=int, default=None,
@@ -177,7 +179,8 @@ def main():
     backbone = resolve(args.backbone)
     cfg = RewardModelConfig(learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                             micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                            margin="none", pooling=args.pooling, seed=args.seed)
+                            margin="none", pooling=args.pooling, seed=args.seed,
+                            precision=args.precision)
     names = args.models.split(",")
     data = {}
     for name in SETS:
@@ -208,7 +211,8 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
                     f"--backbone {args.backbone} --lr {args.lr:g} --epochs {args.epochs}",
                     f"--batch-size {args.batch_size} --micro-batch-size {args.micro_batch_size}",
                     f"--max-length {args.max_length} --train-eval {args.train_eval}",
-                    f"--pooling {args.pooling}", *(["--own-only"] if args.own_only else []),
+                    f"--pooling {args.pooling} --precision {args.precision}",
+                    *(["--own-only"] if args.own_only else []),
                     *([f"--train-limit {args.train_limit}"] if args.train_limit else []),
                     *([f"--threads {args.threads}"] if args.threads else []),
                     f"--seed {args.seed}`"])
@@ -221,7 +225,8 @@ def write(args, cfg, data, test, results, started, load_start, load_end):
         f"Command: {cmd}",
         "",
         f"Backbone: `{args.backbone}` with a scalar head read out by `{args.pooling}` pooling "
-        "(`flywheel.reward.model.RewardModel`, flywheel/reward/pooling.py); float32, plain "
+        "(`flywheel.reward.model.RewardModel`, flywheel/reward/pooling.py); "
+        f"{'float32' if args.precision == 'fp32' else 'precision ' + args.precision}, plain "
         "PyTorch. Training: "
         f"`train_reward_model`, margin ranking loss with the \"none\" margin table, AdamW "
         f"(0.9, 0.95), max lr {cfg.learning_rate:g}, linear warmup (3 % of the steps, at least "
