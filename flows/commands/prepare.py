@@ -44,8 +44,9 @@ prompts:
 sampling:
   # vllm (a GPU, or vLLM's CPU build) or transformers (slower; needs no vLLM).
   backend: {backend}
-  # float32 on CPUs (bfloat16 is emulated there); bfloat16 on GPUs.
-  dtype: float32
+  # auto: bfloat16 where the device computes it natively (GPUs, CPUs with AVX-512 BF16 or
+  # AMX), float32 elsewhere (bfloat16 is emulated there, several times slower).
+  dtype: auto
 annotation:
   # simulated: the proxy judge labels every pair, unattended. human: each iteration exports its
   # pairs (Label Studio, Argilla, `flywheel annotate serve`) and waits for the batch named
