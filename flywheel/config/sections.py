@@ -271,8 +271,8 @@ class RewardModelConfig(_Seeded):
         description="Training arithmetic: bf16 runs each forward pass under bfloat16 autocast "
         "(float32 weights, optimizer state and loss; matrix products in bfloat16); auto does so "
         "where the device computes bfloat16 natively (a GPU that supports it, a CPU with "
-        "AVX-512 BF16 or AMX: about twice float32's speed there) and stays float32 elsewhere; "
-        "fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own.",
+        "AVX-512 BF16 or AMX: 1.5x float32's speed measured on a 2-core one) and stays float32 "
+        "elsewhere; fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own.",
     )
     center_coefficient: float = Field(
         0.0,
