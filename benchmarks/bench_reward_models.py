@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_reward_models.py [--quick] [--backbone NAME]
         [--lr 5e-5] [--epochs 1] [--batch-size 8] [--micro-batch-size 8] [--max-length 64]
-        [--train-eval 200] [--threads N] [--seed 0] [--out PATH]
+        [--train-eval 200] [--precision fp32|bf16|auto] [--threads N] [--seed 0] [--out PATH]
 
 Data: the HH-RLHF files in ../shared/data (Anthropic's test splits; the train splits are not
 available there). Helpfulness RM: helpful-base and helpful-online; safety RM: harmless-base

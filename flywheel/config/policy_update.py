@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from flywheel.config.resources import RESOURCES_HELP, ResourcesConfig
-from flywheel.config.sections import SEED_HELP, _Section, _Seeded
+from flywheel.config.sections import PRECISION_HELP, SEED_HELP, _Section, _Seeded
 
 
 class RejectionSamplingConfig(_Seeded):
@@ -63,14 +63,7 @@ class RejectionSamplingConfig(_Seeded):
         "an answer the token limit cut off teaches the policy to run on. False: the best of "
         "all, as Llama 2 (whose limit answers rarely reach).",
     )
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "fp32",
-        description="Training arithmetic: bf16 runs each forward pass under bfloat16 autocast "
-        "(float32 weights, optimizer state and loss; matrix products in bfloat16); auto does so "
-        "where the device computes bfloat16 natively (a GPU that supports it, a CPU with "
-        "AVX-512 BF16 or AMX: 1.5x float32's speed measured on a 2-core one) and stays float32 "
-        "elsewhere; fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own.",
-    )
+    precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description=PRECISION_HELP)
     safety_share: float | None = Field(
         None,
         ge=0,

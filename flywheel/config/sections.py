@@ -18,6 +18,13 @@ DEFAULT_EMBEDDER = "builtin:all-minilm-l6-v2"
 
 
 DEFAULT_SEED = 0
+PRECISION_HELP = (
+    "Training arithmetic: bf16 runs each forward pass under bfloat16 autocast "
+    "(float32 weights, optimizer state and loss; matrix products in bfloat16); auto does so "
+    "where the device computes bfloat16 natively (a GPU that supports it, a CPU with "
+    "AVX-512 BF16 or AMX: 1.5x float32's speed measured on a 2-core one) and stays float32 "
+    "elsewhere; fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own."
+)
 SEED_HELP = "Empty: the top-level `seed`."
 
 
@@ -266,14 +273,7 @@ class RewardModelConfig(_Seeded):
         "mean pooling), or the first token ([CLS]). auto: last for a causal decoder, mean "
         "otherwise. The trained model records it and is scored the same way.",
     )
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "fp32",
-        description="Training arithmetic: bf16 runs each forward pass under bfloat16 autocast "
-        "(float32 weights, optimizer state and loss; matrix products in bfloat16); auto does so "
-        "where the device computes bfloat16 natively (a GPU that supports it, a CPU with "
-        "AVX-512 BF16 or AMX: 1.5x float32's speed measured on a 2-core one) and stays float32 "
-        "elsewhere; fp32: float32 throughout. Plain PyTorch only: a DeepSpeed config sets its own.",
-    )
+    precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description=PRECISION_HELP)
     center_coefficient: float = Field(
         0.0,
         ge=0,
