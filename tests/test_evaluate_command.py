@@ -146,6 +146,16 @@ def test_other_sampling_settings_draw_again(setup, judge):
     assert out["suites"]["xstest"]["sampled"] == {"policy": 2, "against": 2}
 
 
+def test_the_evaluation_s_own_token_limit_draws_again_and_is_recorded(setup, judge):
+    cfg, lake, _ = setup
+    cfg.evaluation.max_new_tokens = 4  # sampling's is 8, as the base's earlier answers
+    out = evaluate_policy(cfg, lake, "c0ffee01", against="base", limit=2, judge=judge,
+                          suites=("xstest",), progress=False)
+    assert out["suites"]["xstest"]["sampled"] == {"policy": 2, "against": 2}
+    rows = _rows(lake, out["run_id"]).values()
+    assert {json.loads(r["metrics"])["sampling"]["max_new_tokens"] for r in rows} == {4}
+
+
 def test_alpaca_eval_without_an_opponent_is_judged_against_the_reference_outputs(setup, judge):
     cfg, lake, _ = setup
     out = evaluate_policy(cfg, lake, "c0ffee01", limit=2, judge=judge,

@@ -297,6 +297,7 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     tiny_config.rejection_sampling.preprompt = brief
     tiny_config.rejection_sampling.prefer_ended = True
     tiny_config.rejection_sampling.max_new_tokens = 6  # sampling's is 8
+    tiny_config.evaluation.max_new_tokens = 5  # the evaluated answers' own limit
     result = weekly_iteration(tiny_config, 1)
     lake = Lake.open(tiny_config.lake)
     prompts = {p["id"]: p for p in lake.rows("prompts")}
@@ -315,6 +316,10 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
                    if s["prompt_id"] == pid) == 4 - sum(flags)
     assert data["preprompt"] == brief
     assert {json.loads(s["params"])["max_new_tokens"] for s in rejection} == {6}
+    assert {json.loads(s["params"])["max_new_tokens"] for s in lake.rows("samples")
+            if s["purpose"] == "evaluation"} == {5}
+    assert {json.loads(s["params"])["max_new_tokens"] for s in lake.rows("samples")
+            if s["purpose"] == "annotation"} == {8}
     # the best per prompt is the best that ended where one did
     cut = {s["id"] for s in rejection if rejection_sampling.cut_by_limit(s)}
     all_cut = [pid for pid in per_prompt

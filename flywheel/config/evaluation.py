@@ -21,6 +21,12 @@ class LLMJudgeConfig(_Section):
 
 class EvaluationConfig(_Section):
     temperature: float = Field(0.0, ge=0, description="0: greedy answers on held-out prompts.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=4096,
+        description="Token limit of the answers evaluated (held-out prompts and suites); empty: "
+        "sampling.max_new_tokens. Set it at least to rejection_sampling.max_new_tokens when that "
+        "is larger, so answers the policy learned to finish within it are judged whole.",
+    )
     judge: str = Field(
         "proxy",
         description="Who decides which answer is better: proxy (MiniLM relevance and the refusal "
@@ -82,3 +88,8 @@ class EvaluationConfig(_Section):
         1000, ge=100, description="Bootstrap resamples behind every interval."
     )
     llm_judge: LLMJudgeConfig = LLMJudgeConfig()
+
+
+def answer_limit(cfg) -> int:
+    """The token limit of evaluated answers: evaluation.max_new_tokens, else the sampling one."""
+    return cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from tqdm.auto import tqdm
 
 from flywheel.config import FlywheelConfig
+from flywheel.config.evaluation import answer_limit
 from flywheel.devices import resolve_dtype
 from flywheel.errors import DataError
 from flywheel.evaluation.judge import make_judge
@@ -56,7 +57,7 @@ def sampling_params(cfg: FlywheelConfig) -> dict:
     s = cfg.sampling
     return {"backend": s.backend, "dtype": resolve_dtype(s.dtype),
             "temperature": cfg.evaluation.temperature,
-            "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "stop": s.stop}
+            "top_p": s.top_p, "max_new_tokens": answer_limit(cfg), "stop": s.stop}
 
 
 def evaluate_policy(cfg: FlywheelConfig, lake: Lake, policy: dict | str,
@@ -164,7 +165,7 @@ def converse(cfg: FlywheelConfig, sampler, items: list[Item]) -> list[list[str]]
         for j in asked:
             history[j].append({"role": "user", "content": items[j].turns[turn]})
         gens = sampler.generate([history[j] for j in asked], 1, cfg.evaluation.temperature,
-                                s.max_new_tokens, s.top_p, s.stop)
+                                answer_limit(cfg), s.top_p, s.stop)
         for j, group in zip(asked, gens):
             history[j].append({"role": "assistant", "content": group[0].text})
             answers[j].append(group[0].text)

@@ -7,6 +7,7 @@ import statistics
 
 from flywheel.annotation.prompts import user_text
 from flywheel.config import FlywheelConfig
+from flywheel.config.evaluation import answer_limit
 from flywheel.evaluation.agreement import (
     HH_TEST_FILES,
     latest_agreement,
@@ -58,7 +59,7 @@ def evaluate(cfg: FlywheelConfig, lake: Lake, iteration: int, candidate_id: str)
         if rows is None:
             sampler = sampler_for(cfg, policy_path(lake, policy))
             rows = sample_rows(cfg, lake, policy, prompts, iteration, "evaluation", 1,
-                                ev.temperature, sampler)
+                                ev.temperature, sampler, max_new_tokens=answer_limit(cfg))
         answers[policy["id"]] = [r["text"] for r in rows]
         rows_of[policy["id"]] = rows
     judge = make_judge(ev.judge, cfg, lake)
@@ -152,7 +153,7 @@ def _earlier_answers(cfg: FlywheelConfig, lake: Lake, policy: dict,
     if cfg.evaluation.temperature != 0:
         return None
     s = cfg.sampling
-    want = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+    want = {"temperature": 0.0, "top_p": s.top_p, "max_new_tokens": answer_limit(cfg),
             "n": 1, "backend": s.backend}
     found = {}
     for r in query(lake, "SELECT * FROM samples WHERE policy_id = $policy AND purpose = "
