@@ -5,7 +5,7 @@ proxy judge makes of them (its helpfulness score: relevance, less for repetition
 answers under 20 words).
 
     .venv/bin/python benchmarks/bench_rs_ended.py [--prompts 32] [--k 8]
-        [--out benchmarks/results/rs_ended.md]
+        [--only I ...] [--dtype auto] [--out benchmarks/results/rs_ended.md]
 
 The helpful train prompts of the shipped set, a fixed shuffle; temperature 0.5 as
 deployments/demo.yaml's rejection sampling; one vLLM engine for every variant.
@@ -41,7 +41,9 @@ VARIANTS = [("as it is, 64 tokens", None, 64), ("as it is, 128 tokens", None, 12
             ("'concise, at most 50 words', 64", CONCISE, 64),
             ("few-shot brevity, 64", FEW_SHOT, 64),
             ("'concise, at most 50 words', 96", CONCISE, 96),
-            ("'concise, at most 30 words', 64", CONCISE_30, 64)]
+            ("'concise, at most 30 words', 64", CONCISE_30, 64),
+            ("'two or three sentences', 96", BRIEF, 96), ("as it is, 96 tokens", None, 96),
+            ("few-shot brevity, 96", FEW_SHOT, 96)]
 
 
 def run(sampler, judge, prompts, system, limit, k) -> dict:
@@ -78,17 +80,19 @@ def main():
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--only", type=int, nargs="*", default=None,
                     help="run only these variants (0-based rows of VARIANTS)")
+    ap.add_argument("--dtype", default="float32", help="the engine's dtype (auto: bfloat16 "
+                    "where native)")
     args = ap.parse_args()
     helpful = [p for p in load_prompts(None)
                if p["split"] == "train" and p["criterion"] == "helpfulness"]
     random.Random(0).shuffle(helpful)
     prompts = helpful[: args.prompts]
-    sampler = VLLMSampler(models.resolve("builtin:smollm2-135m-instruct"))
+    sampler = VLLMSampler(models.resolve("builtin:smollm2-135m-instruct"), dtype=args.dtype)
     judge = ProxyJudge(models.resolve("builtin:all-minilm-l6-v2"))
     lines = ["# Rejection-sampling draws that end", "",
              f"Machine: {describe()}; load average as it ended: "
              f"{', '.join(Path('/proc/loadavg').read_text().split()[:3])} (seconds are rough on "
-             "a shared machine). SmolLM2-135M-Instruct through vLLM, temperature 0.5, stop "
+             f"a shared machine). SmolLM2-135M-Instruct through vLLM ({args.dtype}), temperature 0.5, stop "
              f"strings {STOP!r}, {args.prompts} helpful train prompts x K={args.k}.", "",
              "| drawn with | seconds | draws ended | prompts with an ended draw | mean tokens "
              "| judge, all draws | judge, ended draws | judge's best of K | judge's best ended "
