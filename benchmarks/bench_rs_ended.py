@@ -92,8 +92,9 @@ def main():
     lines = ["# Rejection-sampling draws that end", "",
              f"Machine: {describe()}; load average as it ended: "
              f"{', '.join(Path('/proc/loadavg').read_text().split()[:3])} (seconds are rough on "
-             f"a shared machine). SmolLM2-135M-Instruct through vLLM ({args.dtype}), temperature 0.5, stop "
-             f"strings {STOP!r}, {args.prompts} helpful train prompts x K={args.k}.", "",
+             f"a shared machine). SmolLM2-135M-Instruct through vLLM ({args.dtype}), "
+             f"temperature 0.5, stop strings {STOP!r}, {args.prompts} helpful train prompts x "
+             f"K={args.k}.", "",
              "| drawn with | seconds | draws ended | prompts with an ended draw | mean tokens "
              "| judge, all draws | judge, ended draws | judge's best of K | judge's best ended "
              "of K |", "|---|---|---|---|---|---|---|---|---|"]
