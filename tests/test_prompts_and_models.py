@@ -8,7 +8,7 @@ from flywheel.errors import DataError, ModelNotFoundError
 
 
 def test_shipped_prompts_counts_by_criterion_and_split():
-    """216 helpful (24 of them borderline) and 32 harmful to train on (deployments/demo.yaml
+    """224 helpful (24 of them borderline, 8 "Where ..." questions) and 32 harmful to train on (deployments/demo.yaml
     annotates 64 helpful of them a week; rejection sampling draws on every one), 200 helpful
     and 28 harmful held out (a helpful win rate near 0.5 then carries a 95 % interval of about
     +/- 0.07)."""
@@ -16,9 +16,9 @@ def test_shipped_prompts_counts_by_criterion_and_split():
     count = {}
     for r in rows:
         count[r["criterion"], r["split"]] = count.get((r["criterion"], r["split"]), 0) + 1
-    assert count == {("helpfulness", "train"): 216, ("helpfulness", "heldout"): 200,
+    assert count == {("helpfulness", "train"): 224, ("helpfulness", "heldout"): 200,
                      ("safety", "train"): 32, ("safety", "heldout"): 28}
-    assert len({r["id"] for r in rows}) == 476
+    assert len({r["id"] for r in rows}) == 484
 
 
 def test_bad_prompt_lines_are_reported_together(tmp_path):

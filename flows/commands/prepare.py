@@ -39,7 +39,7 @@ models:
   judge_embedder: {embedder}
 prompts:
   # JSONL of {{"text", "criterion": helpfulness|safety, "split": train|heldout}} records;
-  # null: the 476 prompts shipped with rlhf-flywheel.
+  # null: the 484 prompts shipped with rlhf-flywheel.
   path: {prompts}
 sampling:
   # vllm (a GPU, or vLLM's CPU build) or transformers (slower; needs no vLLM).
