@@ -53,17 +53,16 @@ def training_progress(key: str):
 # whichever methods the iteration runs (the iteration row records them by method).
 STAGES = ("sample_for_annotation", "annotate", "train_reward_models", "policy_update",
           "evaluate")
-# Expected seconds of each stage of deployments/demo.yaml on two CPU cores (bfloat16 where the
-# CPU has it), in a first iteration and in a later one, measured on idle cores
-# (benchmarks/results/demo_stages.md, 2026-12-07): the later policy update is that run's less
-# what fine-tuning on a promoted parent's new answers only saves. Only their proportions matter
-# once a stage has finished: the estimate is scaled by what this run measured.
+# Expected seconds of each stage of deployments/demo.yaml on two idle CPU cores (a Xeon with
+# AMX, bfloat16), in a first iteration and in a later one after a promotion: run B of
+# benchmarks/results/demo_stages.md (2026-12-07). Only their proportions matter once a stage
+# has finished: the estimate is scaled by what this run measured.
 DEMO_STAGE_SECONDS = {
-    "sample_for_annotation": (135.0, 100.0),
-    "annotate": (20.0, 20.0),
-    "train_reward_models": (290.0, 550.0),
-    "policy_update": (630.0, 750.0),
-    "evaluate": (215.0, 115.0),
+    "sample_for_annotation": (80.0, 50.0),
+    "annotate": (11.0, 12.0),
+    "train_reward_models": (71.0, 161.0),
+    "policy_update": (402.0, 388.0),
+    "evaluate": (147.0, 100.0),
 }
 
 POLICY_METHODS = ("rejection_sampling", "rrhf", "ppo")
