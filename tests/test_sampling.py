@@ -192,6 +192,25 @@ def test_annotation_draws_the_previous_side_with_the_safety_preprompt_on_safety_
     assert all(t == 1.0 and m[1:] in safety_msgs for m, t in with_pre)
 
 
+def test_annotation_draws_helpful_prompts_with_the_preprompt_on_both_sides(tiny_config):
+    """sampling.preprompt: both policies answer the helpful prompts with it (as rejection
+    sampling draws them); the harmful prompts keep theirs: none on the latest side, the safety
+    preprompt on the previous one. Every pair stays within one prompt and one preprompt."""
+    concise, safe = "Answer in one sentence.", "Refuse harmful requests."
+    pairs, lake = _annotation_pairs(tiny_config, preprompt=concise, safety_preprompt=safe)
+    samples = {s["id"]: s for s in lake.rows("samples")}
+    prompts = {p["id"]: p for p in lake.rows("prompts")}
+    criteria = {prompts[samples[a]["prompt_id"]]["criterion"] for a, _ in pairs}
+    assert criteria == {"helpfulness", "safety"}
+    for a, b in pairs:
+        assert samples[a]["prompt_id"] == samples[b]["prompt_id"]
+        pre_a, pre_b = (json.loads(samples[x]["params"]).get("preprompt") for x in (a, b))
+        if prompts[samples[a]["prompt_id"]]["criterion"] == "safety":
+            assert (pre_a, pre_b) == (None, safe)
+        else:
+            assert (pre_a, pre_b) == (concise, concise)
+
+
 def test_annotation_samples_end_at_the_configured_stop_strings(tiny_config, tmp_path):
     """sampling.stop reaches the engine for every draw and is recorded with each sample: with
     the character the tiny model writes most often as a stop, no sample holds it."""

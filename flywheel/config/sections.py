@@ -96,6 +96,13 @@ class SamplingConfig(_Seeded):
         "different prompts, as Llama 2's weekly batches came from new prompts); rejection "
         "sampling and PPO still use every train prompt. Empty: every train prompt every week.",
     )
+    preprompt: str | None = Field(
+        None,
+        description="Annotation: on train prompts not tagged safety, both policies' responses "
+        "are drawn with this text as the system prompt (in place of the prompt's own); the pair "
+        "shows the prompt without it. Set it to rejection_sampling.preprompt so that the "
+        "helpfulness reward model learns to rank answers like the ones it picks among there.",
+    )
     safety_preprompt: str | None = Field(
         None,
         description="Annotation: on train prompts tagged safety, the previous policy's "

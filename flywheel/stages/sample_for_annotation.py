@@ -36,8 +36,9 @@ def week_prompts(prompts: list[dict], iteration: int, per_criterion: int | None)
 def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> list[list[str]]:
     """Per train prompt of the week (`week_prompts`), `sampling.responses_per_policy`
     responses from the latest policy at the first temperature and as many from the previous
-    policy at the second (on prompts tagged safety with `sampling.safety_preprompt` as the
-    system prompt, when set). Returns the
+    policy at the second: on prompts not tagged safety both with `sampling.preprompt` as the
+    system prompt, on prompts tagged safety the previous policy's with
+    `sampling.safety_preprompt` (each when set). Returns the
     [latest sample id, previous sample id] pairs: every latest response of a prompt against
     every previous one (`cross_pairs`, which the exported pairs of human mode also use)."""
     prompts = week_prompts([p for p in ensure_prompts(cfg, lake) if p["split"] == "train"],
@@ -46,19 +47,21 @@ def sample_for_annotation(cfg: FlywheelConfig, lake: Lake, iteration: int) -> li
     previous = previous_policy(lake, latest)
     t_latest, t_prev = cfg.sampling.temperatures
     n = cfg.sampling.responses_per_policy
-    pre = cfg.sampling.safety_preprompt
+    helpful = [p for p in prompts if p["criterion"] != "safety"]
+    harmful = [p for p in prompts if p["criterion"] == "safety"]
     out = {}
     for role, policy, temp in (("latest", latest, t_latest), ("previous", previous, t_prev)):
         sampler = sampler_for(cfg, policy_path(lake, policy))  # shared: one engine per policy
-        groups = [prompts]
-        if role == "previous" and pre:  # the context-distilled variant on the harmful prompts
-            groups = [[p for p in prompts if p["criterion"] != "safety"],
-                      [p for p in prompts if p["criterion"] == "safety"]]
+        # the context-distilled variant answers the harmful prompts for the previous policy
+        on_harmful = cfg.sampling.safety_preprompt if role == "previous" else None
+        groups = [(prompts, None)]
+        if cfg.sampling.preprompt or on_harmful:
+            groups = [(helpful, cfg.sampling.preprompt), (harmful, on_harmful)]
         by_prompt = {}
-        for g, group in enumerate(groups):
+        for group, pre in groups:
             if group:
                 rows = sample_rows(cfg, lake, policy, group, iteration, "annotation", n, temp,
-                                    sampler, pre if g == 1 else None)
+                                    sampler, pre)
                 by_prompt.update((r[0]["prompt_id"], r) for r in
                                  (rows[i : i + n] for i in range(0, len(rows), n)))
         out[role] = [by_prompt[p["id"]] for p in prompts]  # n rows per prompt, prompt order
