@@ -8,10 +8,10 @@ from flywheel.errors import DataError, ModelNotFoundError
 
 
 def test_shipped_prompts_counts_by_criterion_and_split():
-    """224 helpful (24 of them borderline, 8 "Where ..." questions) and 32 harmful to train on (deployments/demo.yaml
-    annotates 64 helpful of them a week; rejection sampling draws on every one), 200 helpful
-    and 28 harmful held out (a helpful win rate near 0.5 then carries a 95 % interval of about
-    +/- 0.07)."""
+    """224 helpful (24 of them borderline, 8 "Where ..." questions) and 32 harmful to train on
+    (deployments/demo.yaml annotates 64 helpful of them a week; rejection sampling draws on
+    every one), 200 helpful and 28 harmful held out (a helpful win rate near 0.5 then carries a
+    95 % interval of about +/- 0.07)."""
     rows = load_prompts()
     count = {}
     for r in rows:
