@@ -100,8 +100,9 @@ class SamplingConfig(_Seeded):
         None,
         description="Annotation: on train prompts not tagged safety, both policies' responses "
         "are drawn with this text as the system prompt (in place of the prompt's own); the pair "
-        "shows the prompt without it. Set it to rejection_sampling.preprompt so that the "
-        "helpfulness reward model learns to rank answers like the ones it picks among there.",
+        "shows the prompt without it. Set to rejection_sampling.preprompt, the helpfulness "
+        "reward model learns from answers like the ones it picks among there (in the demo its "
+        "pick was no better for it: benchmarks/results/demo_stages.md, run E).",
     )
     safety_preprompt: str | None = Field(
         None,
