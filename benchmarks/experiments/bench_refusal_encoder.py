@@ -9,9 +9,9 @@ same two rules (`refusal.decide`).
 
 The encoder: mean-pooled last hidden states into a 3-class linear layer, AdamW (weight decay
 0.01), one-cycle schedule (10 % warm-up, linear decay), batches of 16, bfloat16 autocast, the
-classes weighted by the square root of their inverse counts as the head's are (`--lora R`:
-rank-R adapters on the attention's query and value and on both feed-forward layers, the only
-encoder weights trained, with the 3-class layer).
+classes weighted as the head's are (`refusal_train.class_weights`). With `--lora R`, rank-R
+adapters on the attention's query and value and on both feed-forward layers are the only
+encoder weights trained, with the 3-class layer.
 Prints refuse-vs-comply agreement with people per fold, per answer source and on XSTest's
 prompts; writes the table to --out (default: print only).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from flywheel.evaluation.refusal import LABELS, decide, embedder_path, features
-from flywheel.evaluation.refusal_train import fit, folds, load_labels
+from flywheel.evaluation.refusal_train import class_weights, fit, folds, load_labels
 
 BATCH = 16
 
@@ -76,8 +76,7 @@ def encoder_fold(examples, train, test, args, tokenizer) -> torch.Tensor:
 
     torch.manual_seed(0)
     y = torch.tensor([LABELS.index(e.label) for e in examples])
-    counts = torch.bincount(y[train], minlength=len(LABELS)).float().clamp(min=1)
-    class_weight = (len(train) / (len(LABELS) * counts)) ** 0.5
+    class_weight = class_weights(y[train])
     model = CrossEncoder(embedder_path(), args.lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -121,7 +120,6 @@ def main() -> None:
     parser.add_argument("--lora", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     examples = load_labels()
     fold = folds(examples, 5, 0)
     chosen = [int(f) for f in args.folds.split(",")]

@@ -134,6 +134,13 @@ def read_xstest(path: Path) -> list[Example]:
     return examples
 
 
+def class_weights(y: torch.Tensor) -> torch.Tensor:
+    """Each class's loss weight from the class indices `y`: (n / (classes * count)) **
+    CLASS_WEIGHT_POWER."""
+    counts = torch.bincount(y, minlength=len(LABELS)).float().clamp(min=1)
+    return (len(y) / (len(LABELS) * counts)) ** CLASS_WEIGHT_POWER
+
+
 def fit(x: torch.Tensor, labels: list[str], seed: int = 0,
         weight_decay: float = WEIGHT_DECAY) -> Head:
     """Multinomial logistic regression, classes weighted by the square root of their inverse
@@ -141,8 +148,7 @@ def fit(x: torch.Tensor, labels: list[str], seed: int = 0,
     convex problem, so the seed only fixes torch's state."""
     torch.manual_seed(seed)
     y = torch.tensor([LABELS.index(label) for label in labels])
-    counts = torch.bincount(y, minlength=len(LABELS)).float().clamp(min=1)
-    class_weight = (len(y) / (len(LABELS) * counts)) ** CLASS_WEIGHT_POWER
+    class_weight = class_weights(y)
     w = torch.zeros(len(LABELS), x.shape[1], requires_grad=True)
     b = torch.zeros(len(LABELS), requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=1e-7,
