@@ -2,7 +2,15 @@ import torch
 
 from flywheel.config import RejectionSamplingConfig
 from flywheel.models import load_causal_lm, load_tokenizer
-from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune, tokenize_sft
+from flywheel.policy.finetune import (
+    Candidate,
+    best_of,
+    cap_safety_share,
+    finetune,
+    response_loss,
+    takes_logits_to_keep,
+    tokenize_sft,
+)
 
 
 def test_best_of_keeps_the_highest_reward_per_prompt():
@@ -79,6 +87,31 @@ def test_finetune_learns_the_pool(tiny_llama, tmp_path):
 
     with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_logits_on_the_responses_only_give_the_same_loss_and_gradients(tiny_llama):
+    """The fine-tuning loss computed with the vocabulary's logits from the first response
+    token's predecessor on equals the one over every position, gradients included, for prompts
+    and responses of different lengths padded into one pass."""
+    tok = load_tokenizer(tiny_llama)
+    model = load_causal_lm(tiny_llama)
+    assert takes_logits_to_keep(model)
+    items = [tokenize_sft(tok, [{"role": "user", "content": q}], a, 128) for q, a in [
+        ("Hi", "Hello there, how can I help you today?"),
+        ("How do I cook rice on the stove without burning it?", "Rinse, boil, simmer."),
+        ("Name a colour.", "Blue.")]]
+    firsts = [next(i for i, x in enumerate(lab) if x != -100) for _, lab in items]
+    assert min(firsts) > 2 and len(set(firsts)) == 3  # something to trim, unequal prompts
+    losses, grads = [], []
+    for trim in (False, True):
+        model.zero_grad()
+        loss = response_loss(model, items, tok.pad_token_id, torch.device("cpu"), "fp32", trim)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] > 0
+    assert abs(losses[0] - losses[1]) < 1e-5 * losses[0]
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
 def test_rrhf_ranks_the_best_sample_above_the_worst(tiny_llama, tmp_path):

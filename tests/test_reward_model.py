@@ -166,9 +166,11 @@ def test_training_changes_every_parameter_and_raises_train_accuracy(tiny_llama, 
     before_acc = accuracy(before_model, PAIRS, 64)["accuracy"]
     model, metrics = train_reward_model(tiny_llama, PAIRS, cfg)
     after = model.state_dict()
-    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    # moved by less than a thousandth of a step of this learning rate: not trained
+    unchanged = [k for k in before if (before[k] - after[k]).abs().max() < 2e-6]
     # the ranking loss sees only score differences, so the head's bias gets no gradient
-    # without the centering term (test_centering_... trains it)
+    # without the centering term (test_centering_... trains it); fused AdamW's arithmetic may
+    # move it by rounding (1e-6 here), not by learning
     assert unchanged == ["head.bias"]
     assert metrics["loss_last"] < metrics["loss_first"]
     result = accuracy(model, PAIRS, 64)

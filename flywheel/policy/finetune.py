@@ -3,6 +3,7 @@ fine-tune the policy on that pool with the loss on response tokens only."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -78,10 +79,44 @@ def tokenize_sft(tokenizer, messages: list[dict], response: str, max_length: int
     return ids, labels
 
 
+def _first_response(labels: list[int]) -> int:
+    """The position of a sequence's first response token (its length when it has none)."""
+    return next((i for i, x in enumerate(labels) if x != -100), len(labels))
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward can compute the logits of its last positions only (most
+    transformers causal LMs: `logits_to_keep`)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def _response_tokens(labels: list[int]) -> int:
     """The tokens a sequence's loss is on: its labels past the first position (the causal
     shift), not -100."""
     return sum(1 for x in labels[1:] if x != -100)
+
+
+def response_loss(module, items: list[tuple[list[int], list[int]]], pad: int, device,
+                  precision: str, trim: bool) -> torch.Tensor:
+    """The summed cross-entropy of (ids, labels) sequences' response tokens, padded on the
+    right into one forward pass. With `trim` the vocabulary's logits are computed only from the
+    first response token's predecessor on (position t predicts token t + 1), not over the
+    prompts: the same loss, less work (benchmarks/results/finetune_step.md)."""
+    width = max(len(ids) for ids, _ in items)
+    ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=device)
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items],
+                          device=device)
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in items],
+                        device=device)
+    start = min(max(0, min(_first_response(lab) for _, lab in items) - 1),
+                width - 1) if trim else 0
+    keep = {"logits_to_keep": width - start} if start else {}
+    with autocast(precision, device):
+        out = module(input_ids=ids, attention_mask=mask, **keep)
+    logits = out.logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, start + 1:].reshape(-1),
+        ignore_index=-100, reduction="sum")
 
 
 def save_policy(stepper: Stepper, policy_path: str, tok, out_dir: str | Path) -> None:
@@ -138,6 +173,9 @@ def finetune(
                            cfg.deepspeed, "rejection_sampling.deepspeed")
     device, w = stepper.device, stepper.world
     precision = "fp32" if cfg.deepspeed else cfg.precision  # DeepSpeed's config sets its own
+    # the vocabulary's logits only where a response token is predicted, not over the prompt
+    # (with the chat template's system turn, a third of the positions here)
+    trim = takes_logits_to_keep(stepper.model)
     losses = []
     bar = tqdm(total=steps, desc="policy fine-tune", unit="step", disable=not w.main)
     start = time.perf_counter()
@@ -148,25 +186,11 @@ def finetune(
         n_tokens = sum(_response_tokens(lab) for _, lab in batch)
         step_loss = 0.0
         for micro in rank_micro_batches(batch, cfg.micro_batch_size, w):
-            width = max(len(ids) for ids, _ in micro.items)
-            pad = tok.pad_token_id
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in micro.items],
-                               device=device)
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in micro.items],
-                                  device=device)
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in micro.items],
-                                device=device)
-            with autocast(precision, device):
-                out = stepper.module(input_ids=ids, attention_mask=mask)
-            logits = out.logits[:, :-1].float()
-            target = labels[:, 1:]
             tokens = sum(_response_tokens(lab) for _, lab in micro.items)
             # the micro-batch's mean over its response tokens, weighted by its share of the
             # step's: every response token weighs the same whatever the micro-batch split
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            ) / max(1, tokens)
+            loss = response_loss(stepper.module, micro.items, tok.pad_token_id, device,
+                                 precision, trim) / max(1, tokens)
             if not torch.isfinite(loss):
                 raise FlywheelError(
                     f"policy fine-tuning loss became {loss.item()}; lower "
