@@ -101,7 +101,9 @@ def response_loss(module, items: list[tuple[list[int], list[int]]], pad: int, de
     """The summed cross-entropy of (ids, labels) sequences' response tokens, padded on the
     right into one forward pass. With `trim` the vocabulary's logits are computed only from the
     first response token's predecessor on (position t predicts token t + 1), not over the
-    prompts: the same loss, less work (benchmarks/results/finetune_step.md)."""
+    prompts: the same loss without the prompt positions' share of the [sequences, positions,
+    vocabulary] float32 logits (a third of them here). On 2 Xeon cores it is no faster
+    (benchmarks/results/finetune_step.md); it saves their memory."""
     width = max(len(ids) for ids, _ in items)
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=device)
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items],
