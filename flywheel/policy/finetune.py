@@ -102,8 +102,8 @@ def response_loss(module, items: list[tuple[list[int], list[int]]], pad: int, de
     right into one forward pass. With `trim` the vocabulary's logits are computed only from the
     first response token's predecessor on (position t predicts token t + 1), not over the
     prompts: the same loss without the prompt positions' share of the [sequences, positions,
-    vocabulary] float32 logits (a third of them here). On 2 Xeon cores it is no faster
-    (benchmarks/results/finetune_step.md); it saves their memory."""
+    vocabulary] float32 logits (54 of 128 positions in the benchmark). On 2 Xeon cores it is
+    no faster (benchmarks/results/finetune_step.md); it saves their memory."""
     width = max(len(ids) for ids, _ in items)
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=device)
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items],
@@ -176,7 +176,7 @@ def finetune(
     device, w = stepper.device, stepper.world
     precision = "fp32" if cfg.deepspeed else cfg.precision  # DeepSpeed's config sets its own
     # the vocabulary's logits only where a response token is predicted, not over the prompt
-    # (with the chat template's system turn, a third of the positions here)
+    # (with the chat template's system turn, 54 of 128 positions in bench_finetune_step.py)
     trim = takes_logits_to_keep(stepper.model)
     losses = []
     bar = tqdm(total=steps, desc="policy fine-tune", unit="step", disable=not w.main)
