@@ -271,9 +271,8 @@ def test_rejection_sampling_retunes_its_temperature_and_distils_from_a_teacher(p
     assert {json.loads(s["params"])["temperature"] for s in rejection} == {data["temperature"]}
 
 
-def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_server,
-                                                                       tiny_config,
-                                                                       monkeypatch):
+def test_safety_context_distillation_draws_its_k_with_the_preprompt(prefect_server,
+                                                                    tiny_config, monkeypatch):
     from flywheel.annotation.prompts import messages_of
     from flywheel.flows.weekly import weekly_iteration
 
@@ -294,6 +293,8 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     brief = "Answer briefly."  # distilled on every other draw
     tiny_config.rejection_sampling.k = 4
     tiny_config.rejection_sampling.safety_preprompt = pre
+    tiny_config.rejection_sampling.safety_preprompt_k = 3  # beside K - K//2 = 2 plain draws
+    tiny_config.rejection_sampling.avoid_refusals = True
     tiny_config.rejection_sampling.preprompt = brief
     tiny_config.rejection_sampling.prefer_ended = True
     tiny_config.rejection_sampling.max_new_tokens = 6  # sampling's is 8
@@ -303,17 +304,18 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     prompts = {p["id"]: p for p in lake.rows("prompts")}
     rs = {p["id"]: p for p in lake.rows("policies")}[result["policy_out"]]
     data, metrics = json.loads(rs["training_data"]), json.loads(rs["metrics"])
-    assert data["safety_preprompt"] == {"text": pre, "k": 2, "prompts": 2}
+    assert data["safety_preprompt"] == {"text": pre, "k": 3, "prompts": 2}
     rejection = [s for s in lake.rows("samples") if s["purpose"] == "rejection"]
     per_prompt: dict[str, list[bool]] = {}
     for s in rejection:
         per_prompt.setdefault(s["prompt_id"], []).append(
             json.loads(s["params"]).get("preprompt") == pre)
-    for pid, flags in per_prompt.items():  # K=4 each; half preprompted on safety prompts only
-        assert len(flags) == 4
-        assert sum(flags) == (2 if prompts[pid]["criterion"] == "safety" else 0)
+    for pid, flags in per_prompt.items():  # K=4 each; 3 more preprompted on safety prompts
+        on_safety = prompts[pid]["criterion"] == "safety"
+        assert len(flags) == (5 if on_safety else 4)
+        assert sum(flags) == (3 if on_safety else 0)
         assert sum(json.loads(s["params"]).get("preprompt") == brief for s in rejection
-                   if s["prompt_id"] == pid) == 4 - sum(flags)
+                   if s["prompt_id"] == pid) == len(flags) - sum(flags)
     assert data["preprompt"] == brief
     assert {json.loads(s["params"])["max_new_tokens"] for s in rejection} == {6}
     assert {json.loads(s["params"])["max_new_tokens"] for s in lake.rows("samples")
@@ -328,11 +330,13 @@ def test_safety_context_distillation_draws_half_of_k_with_the_preprompt(prefect_
     # the engine saw the preprompt as the system prompt of exactly those requests
     with_pre = [m for m, _ in seen if m[0] == {"role": "system", "content": pre}]
     assert sum(m[0] == {"role": "system", "content": brief} for m, _ in seen) == len(per_prompt)
+    assert {n for m, n in seen if m[0] == {"role": "system", "content": pre}} == {3}
     assert len(with_pre) == 2 and all(m[1:] in [messages_of(prompts[p]) for p in per_prompt
                                                 if prompts[p]["criterion"] == "safety"]
                                        for m in with_pre)
     drawn_with = {s["id"] for s in rejection if json.loads(s["params"]).get("preprompt") == pre}
     assert metrics["preprompted_best"] == len(set(data["best"]) & drawn_with)
+    assert 0 <= metrics["refusals_passed_over"] <= len(per_prompt) - 2  # helpful prompts only
     # both kinds were scored, on the prompt without the preprompt: every rejection sample has
     # a score from each reward model
     scored = {sc["sample_id"] for sc in lake.rows("scores")}

@@ -38,10 +38,17 @@ class RejectionSamplingConfig(_Seeded):
     safety_preprompt: str | None = Field(
         None,
         description="Llama 2's targeted safety context distillation: on prompts tagged safety, "
-        "half of the K samples are drawn with this text as the system prompt (in place of the "
-        "prompt's own, if it has one). All K are scored "
+        "safety_preprompt_k samples (half of K by default) are drawn with this text as the "
+        "system prompt (in place of the prompt's own, if it has one). All are scored "
         "by the reward models on the prompt without it and the best joins the pool without it, "
         "so a preprompted answer is kept only where the reward models prefer it.",
+    )
+    safety_preprompt_k: int | None = Field(
+        None,
+        ge=1,
+        description="How many of a safety-tagged prompt's draws are made with safety_preprompt, "
+        "beside its K - K//2 plain ones: a refusal can be kept only where one was drawn, and "
+        "a 135M policy refuses a fraction of its preprompted draws. Empty: K//2 (half of K).",
     )
     preprompt: str | None = Field(
         None,
@@ -62,6 +69,12 @@ class RejectionSamplingConfig(_Seeded):
         "sampling.max_new_tokens, or at a stop string), the best of all only where none did: "
         "an answer the token limit cut off teaches the policy to run on. False: the best of "
         "all, as Llama 2 (whose limit answers rarely reach).",
+    )
+    avoid_refusals: bool = Field(
+        False,
+        description="On prompts not tagged safety, keep the best answer the refusal classifier "
+        "(the evaluation's) does not read as a refusal, where one was drawn: a refusal picked "
+        "on a helpful prompt teaches the policy false refusals. False: R_c alone decides.",
     )
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description=PRECISION_HELP)
     safety_share: float | None = Field(

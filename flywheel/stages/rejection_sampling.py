@@ -6,12 +6,14 @@ import json
 import random
 import statistics
 import tempfile
+from collections.abc import Callable
 
 from flywheel import models
 from flywheel.annotation.prompts import messages_of
 from flywheel.config import FlywheelConfig
 from flywheel.config.resources import identity
 from flywheel.errors import DataError
+from flywheel.evaluation.refusal import refusals
 from flywheel.lake.schemas import content_id
 from flywheel.lake.store import Lake
 from flywheel.policy.finetune import Candidate, best_of, cap_safety_share, finetune_on_ranks
@@ -52,6 +54,41 @@ def _teacher_policy(cfg: FlywheelConfig, lake: Lake) -> dict | None:
 def cut_by_limit(sample: dict) -> bool:
     """Whether a sample ran to its `max_new_tokens` (cut off rather than ended)."""
     return sample["token_count"] >= json.loads(sample["params"])["max_new_tokens"]
+
+
+def pick_best(candidates: list[Candidate], ended: set[str] | None) -> dict[str, Candidate]:
+    """The best candidate per prompt by reward; with `ended` (prefer_ended), the best of those
+    that ended, where one did."""
+    best = best_of(candidates)
+    if ended is not None:
+        best.update(best_of([c for c in candidates if c.sample_id in ended]))
+    return best
+
+
+def pass_over_refusals(best: dict[str, Candidate], candidates: list[Candidate],
+                       ended: set[str] | None, helpful: set[str],
+                       refuses: Callable[[list[str]], list[bool]]
+                       ) -> tuple[dict[str, Candidate], int]:
+    """On the `helpful` prompts, the best candidate (as `pick_best` chooses) that `refuses`
+    does not call a refusal, where one was drawn. Only the picks are classified, round by round,
+    so a week costs a few hundred classifications, not one per draw. Returns the picks and how
+    many prompts' first pick was a refusal passed over."""
+    best = dict(best)
+    refused: set[str] = set()
+    checked: set[str] = set()
+    passed_over: set[str] = set()
+    while todo := [c for p, c in best.items() if p in helpful and c.sample_id not in checked]:
+        for c, r in zip(todo, refuses([c.text for c in todo])):
+            checked.add(c.sample_id)
+            if r:
+                refused.add(c.sample_id)
+        for prompt_id in {c.prompt_id for c in todo if c.sample_id in refused}:
+            rest = [c for c in candidates if c.prompt_id == prompt_id
+                    and c.sample_id not in refused]
+            if rest:
+                best[prompt_id] = pick_best(rest, ended)[prompt_id]
+                passed_over.add(prompt_id)
+    return best, len(passed_over)
 
 
 def best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[float], float]:
@@ -106,10 +143,11 @@ def scored_samples(cfg: FlywheelConfig, lake: Lake, iteration: int, rm_ids: dict
     engine = ScoringEngine.from_config(cfg.scoring, cfg.reward_model.max_length)
     temperature, search = tune_temperature(cfg, lake, iteration, rm_ids, source, sampler, engine)
     safety = [p for p in prompts if p["criterion"] == "safety"] if rs.safety_preprompt else []
-    k_pre = rs.k // 2 if safety else 0
+    k_pre = (rs.safety_preprompt_k or rs.k // 2) if safety else 0
     plain = [p for p in prompts if p not in safety]
     rows = []
-    for group, n, preprompt in ((plain, rs.k, rs.preprompt), (safety, rs.k - k_pre, rs.preprompt),
+    for group, n, preprompt in ((plain, rs.k, rs.preprompt),
+                                (safety, rs.k - rs.k // 2, rs.preprompt),
                                 (safety, k_pre, rs.safety_preprompt)):
         if group and n:
             rows += sample_rows(cfg, lake, source, group, iteration, purpose, n, temperature,
@@ -140,10 +178,12 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                                                           "rejection")
     rm_id = rm_ids["helpfulness"]
     candidates = [Candidate(r["id"], r["prompt_id"], r["text"], s) for r, s in zip(rows, rewards)]
-    best = best_of(candidates)
-    if rs.prefer_ended:  # the best that ended, where one did
-        ended = {r["id"] for r in rows if not cut_by_limit(r)}
-        best.update(best_of([c for c in candidates if c.sample_id in ended]))
+    ended = {r["id"] for r in rows if not cut_by_limit(r)} if rs.prefer_ended else None
+    best = pick_best(candidates, ended)
+    passed_over = 0
+    if rs.avoid_refusals:
+        helpful = {p["id"] for p in ensure_prompts(cfg, lake) if p["criterion"] != "safety"}
+        best, passed_over = pass_over_refusals(best, candidates, ended, helpful, refusals)
     this_week = {r["id"]: r for r in rows}
     # the pool's samples and their prompts, not the whole tables
     samples = pool_samples(lake, iteration,
@@ -181,6 +221,8 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "pool_learned_before": len(learned),
                "pool_safety": len(on_safety) - len(left_out),
                "pool_safety_left_out": len(left_out), "finetune": ft}
+    if rs.avoid_refusals:
+        metrics["refusals_passed_over"] = passed_over
     if rs.prefer_ended:
         metrics["best_cut_by_limit"] = sum(c.sample_id not in ended for c in best.values())
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it

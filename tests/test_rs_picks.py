@@ -1,0 +1,59 @@
+"""Rejection sampling's pick per prompt: the best by reward, the best that ended, and on helpful
+prompts the best that does not refuse (read by the shipped refusal classifier)."""
+
+from __future__ import annotations
+
+from flywheel.evaluation.refusal import refusals
+from flywheel.policy.finetune import Candidate
+from flywheel.stages.rejection_sampling import pass_over_refusals, pick_best
+
+REFUSAL = "I'm sorry, but I can't help with that."
+CAKE = "Cream the butter and sugar, add the eggs and flour, and bake at 180 C for 25 minutes."
+CAKE_SHORT = "Mix butter, sugar, eggs and flour, then bake it for about 25 minutes at 180 C."
+THEFT = "I'm sorry, but I can't help with that. Stealing a car is a crime that hurts its owner."
+
+
+def _draws():
+    return [
+        Candidate("h1", "helpful", REFUSAL, 0.9),     # the reward model's favourite
+        Candidate("h2", "helpful", CAKE, 0.7),        # ran to the token limit
+        Candidate("h3", "helpful", CAKE_SHORT, 0.6),
+        Candidate("s1", "harmful", THEFT, 0.8),       # a refusal where it belongs
+        Candidate("s2", "harmful", "Break the window, then hotwire it.", 0.3),
+        Candidate("r1", "refused", REFUSAL, 0.5),     # a helpful prompt with nothing else drawn
+    ]
+
+
+def test_the_classifier_reads_the_draws_as_the_cases_below_need():
+    assert refusals([REFUSAL, CAKE, CAKE_SHORT, THEFT]) == [True, False, False, True]
+
+
+def test_pick_best_prefers_answers_that_ended_where_one_did():
+    draws = _draws()
+    assert {p: c.sample_id for p, c in pick_best(draws, None).items()} == {
+        "helpful": "h1", "harmful": "s1", "refused": "r1"}
+    ended = {"h1", "h3", "s2"}  # h2, s1 and r1 ran to the limit
+    assert {p: c.sample_id for p, c in pick_best(draws, ended).items()} == {
+        "helpful": "h1", "harmful": "s2", "refused": "r1"}
+
+
+def test_a_refusal_on_a_helpful_prompt_is_passed_over_for_the_next_best():
+    draws = _draws()
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return refusals(texts)
+
+    helpful = {"helpful", "refused"}
+    best, passed = pass_over_refusals(pick_best(draws, None), draws, None, helpful, counting)
+    # the refusal gives way to the best answer left; on the harmful prompt the refusal stays;
+    # where every draw refuses, the best of them stays
+    assert {p: c.sample_id for p, c in best.items()} == {
+        "helpful": "h2", "harmful": "s1", "refused": "r1"}
+    assert passed == 1
+    assert calls == [2, 1]  # the picks only, each once: not every draw
+    # with prefer_ended the next best is the next best that ended
+    best, passed = pass_over_refusals(pick_best(draws, {"h1", "h3"}), draws, {"h1", "h3"},
+                                      helpful, refusals)
+    assert best["helpful"].sample_id == "h3" and passed == 1
