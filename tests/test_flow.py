@@ -295,6 +295,7 @@ def test_safety_context_distillation_draws_its_k_with_the_preprompt(prefect_serv
     tiny_config.rejection_sampling.safety_preprompt = pre
     tiny_config.rejection_sampling.safety_preprompt_k = 3  # beside K - K//2 = 2 plain draws
     tiny_config.rejection_sampling.avoid_refusals = True
+    tiny_config.rejection_sampling.safety_repeat = 2
     tiny_config.rejection_sampling.preprompt = brief
     tiny_config.rejection_sampling.prefer_ended = True
     tiny_config.rejection_sampling.max_new_tokens = 6  # sampling's is 8
@@ -322,11 +323,13 @@ def test_safety_context_distillation_draws_its_k_with_the_preprompt(prefect_serv
             if s["purpose"] == "evaluation"} == {5}
     assert {json.loads(s["params"])["max_new_tokens"] for s in lake.rows("samples")
             if s["purpose"] == "annotation"} == {8}
-    # the best per prompt is the best that ended where one did
+    # on helpful prompts the best per prompt is the best that ended where one did
     cut = {s["id"] for s in rejection if rejection_sampling.cut_by_limit(s)}
-    all_cut = [pid for pid in per_prompt
-               if all(s["id"] in cut for s in rejection if s["prompt_id"] == pid)]
-    assert metrics["best_cut_by_limit"] == len(all_cut) == len(set(data["best"]) & cut)
+    all_cut = {pid for pid in per_prompt if prompts[pid]["criterion"] != "safety"
+               and all(s["id"] in cut for s in rejection if s["prompt_id"] == pid)}
+    best_cut = {s["prompt_id"] for s in rejection if s["id"] in set(data["best"]) & cut}
+    assert metrics["best_cut_by_limit"] == len(best_cut)
+    assert {pid for pid in best_cut if prompts[pid]["criterion"] != "safety"} == all_cut
     # the engine saw the preprompt as the system prompt of exactly those requests
     with_pre = [m for m, _ in seen if m[0] == {"role": "system", "content": pre}]
     assert sum(m[0] == {"role": "system", "content": brief} for m, _ in seen) == len(per_prompt)
@@ -337,6 +340,9 @@ def test_safety_context_distillation_draws_its_k_with_the_preprompt(prefect_serv
     drawn_with = {s["id"] for s in rejection if json.loads(s["params"]).get("preprompt") == pre}
     assert metrics["preprompted_best"] == len(set(data["best"]) & drawn_with)
     assert 0 <= metrics["refusals_passed_over"] <= len(per_prompt) - 2  # helpful prompts only
+    # each kept answer to a safety prompt fine-tuned on twice an epoch
+    assert metrics["pool_safety"] > 0
+    assert metrics["finetune"]["examples"] == metrics["pool_size"] + metrics["pool_safety"]
     # both kinds were scored, on the prompt without the preprompt: every rejection sample has
     # a score from each reward model
     scored = {sc["sample_id"] for sc in lake.rows("scores")}

@@ -3,9 +3,16 @@ prompts the best that does not refuse (read by the shipped refusal classifier)."
 
 from __future__ import annotations
 
+import json
+
 from flywheel.evaluation.refusal import refusals
 from flywheel.policy.finetune import Candidate
-from flywheel.stages.rejection_sampling import pass_over_refusals, pick_best
+from flywheel.stages.rejection_sampling import (
+    may_keep_when_ending,
+    only_refusals,
+    pass_over_refusals,
+    pick_best,
+)
 
 REFUSAL = "I'm sorry, but I can't help with that."
 CAKE = "Cream the butter and sugar, add the eggs and flour, and bake at 180 C for 25 minutes."
@@ -57,3 +64,32 @@ def test_a_refusal_on_a_helpful_prompt_is_passed_over_for_the_next_best():
     best, passed = pass_over_refusals(pick_best(draws, {"h1", "h3"}), draws, {"h1", "h3"},
                                       helpful, refusals)
     assert best["helpful"].sample_id == "h3" and passed == 1
+
+
+def test_on_harmful_prompts_a_refusal_cut_by_the_limit_still_beats_an_answer_that_ended():
+    def row(sample_id, prompt_id, tokens):
+        return {"id": sample_id, "prompt_id": prompt_id, "token_count": tokens,
+                "params": json.dumps({"max_new_tokens": 96})}
+
+    rows = [row("h1", "helpful", 20), row("h2", "helpful", 96), row("h3", "helpful", 40),
+            row("s1", "harmful", 96), row("s2", "harmful", 30), row("r1", "refused", 96)]
+    ended = may_keep_when_ending(rows, {"harmful"})
+    assert ended == {"h1", "h3", "s1", "s2"}
+    # s1, the refusal, ran to the limit and is kept all the same; on the helpful prompt the
+    # best that ended; where nothing ended, the best of all
+    assert {p: c.sample_id for p, c in pick_best(_draws(), ended).items()} == {
+        "helpful": "h1", "harmful": "s1", "refused": "r1"}
+
+
+def test_only_refusals_are_kept_on_harmful_prompts():
+    draws = _draws() + [Candidate("c1", "complied", "Break the window, then hotwire it.", 0.9)]
+    best, without = only_refusals(pick_best(draws, None), draws, {"harmful", "complied"},
+                                  refusals)
+    # the refusal on the harmful prompt stays; the prompt with no refusal drawn loses its pick;
+    # the helpful prompts are untouched, their refusals included (pass_over_refusals' part)
+    assert {p: c.sample_id for p, c in best.items()} == {
+        "helpful": "h1", "harmful": "s1", "refused": "r1"}
+    assert without == 1
+    draws[3] = Candidate("s1", "harmful", THEFT, 0.1)  # the safety model prefers compliance
+    best, _ = only_refusals(pick_best(draws, None), draws, {"harmful"}, refusals)
+    assert best["harmful"].sample_id == "s1"

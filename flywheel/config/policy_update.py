@@ -65,16 +65,30 @@ class RejectionSamplingConfig(_Seeded):
     )
     prefer_ended: bool = Field(
         False,
-        description="Keep per prompt the best of the answers that ended (within "
-        "sampling.max_new_tokens, or at a stop string), the best of all only where none did: "
-        "an answer the token limit cut off teaches the policy to run on. False: the best of "
-        "all, as Llama 2 (whose limit answers rarely reach).",
+        description="Keep per prompt not tagged safety the best of the answers that ended "
+        "(within the token limit, or at a stop string), the best of all only where none did: "
+        "an answer the token limit cut off teaches the policy to run on. On prompts tagged "
+        "safety the best of all: a refusal that runs on is cut off more often than a harmful "
+        "answer ends. False: the best of all, as Llama 2 (whose limit answers rarely reach).",
     )
     avoid_refusals: bool = Field(
         False,
         description="On prompts not tagged safety, keep the best answer the refusal classifier "
         "(the evaluation's) does not read as a refusal, where one was drawn: a refusal picked "
         "on a helpful prompt teaches the policy false refusals. False: R_c alone decides.",
+    )
+    safety_refusals_only: bool = Field(
+        False,
+        description="On prompts tagged safety, keep the best draw the refusal classifier reads "
+        "as a refusal, and none where no refusal was drawn: a compliant answer to a harmful "
+        "request is not learned, however the safety model ranks it. False: R_c alone decides.",
+    )
+    safety_repeat: int = Field(
+        1,
+        ge=1,
+        description="How many times an epoch each kept answer to a prompt tagged safety is "
+        "fine-tuned on (safety_share counts it once): a few dozen refusals among a few hundred "
+        "answers teach a small policy to refuse only the prompts it saw.",
     )
     precision: Literal["auto", "bf16", "fp32"] = Field("fp32", description=PRECISION_HELP)
     safety_share: float | None = Field(

@@ -56,6 +56,15 @@ def cut_by_limit(sample: dict) -> bool:
     return sample["token_count"] >= json.loads(sample["params"])["max_new_tokens"]
 
 
+def may_keep_when_ending(rows: list[dict], safety_ids: set[str]) -> set[str]:
+    """The draws prefer_ended chooses among: those that ended, and every draw on a prompt
+    tagged safety, where R_c alone decides. A refusal that runs on after its first sentences is
+    cut by the limit more often than a harmful answer ends: in one week, 5 of the 21 harmful
+    prompts whose best draw was a refusal would have kept an answer that ended instead
+    (benchmarks/results/demo_stages.md, run I)."""
+    return {r["id"] for r in rows if not cut_by_limit(r) or r["prompt_id"] in safety_ids}
+
+
 def pick_best(candidates: list[Candidate], ended: set[str] | None) -> dict[str, Candidate]:
     """The best candidate per prompt by reward; with `ended` (prefer_ended), the best of those
     that ended, where one did."""
@@ -89,6 +98,19 @@ def pass_over_refusals(best: dict[str, Candidate], candidates: list[Candidate],
                 best[prompt_id] = pick_best(rest, ended)[prompt_id]
                 passed_over.add(prompt_id)
     return best, len(passed_over)
+
+
+def only_refusals(best: dict[str, Candidate], candidates: list[Candidate], safety: set[str],
+                  refuses: Callable[[list[str]], list[bool]]
+                  ) -> tuple[dict[str, Candidate], int]:
+    """On the `safety` prompts, the best candidate that `refuses` calls a refusal, and no pick
+    where none was drawn: a compliant answer to a harmful request is not learned, however the
+    safety model ranks it. Returns the picks and how many safety prompts were left without
+    one."""
+    drawn = [c for c in candidates if c.prompt_id in safety]
+    refused = best_of([c for c, r in zip(drawn, refuses([c.text for c in drawn])) if r])
+    best = {p: c for p, c in best.items() if p not in safety} | refused
+    return best, len({c.prompt_id for c in drawn} - set(refused))
 
 
 def best_of_k_reward(cfg, lake, rows, by_prompt, rm_ids, engine) -> tuple[list[float], float]:
@@ -178,12 +200,15 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                                                           "rejection")
     rm_id = rm_ids["helpfulness"]
     candidates = [Candidate(r["id"], r["prompt_id"], r["text"], s) for r, s in zip(rows, rewards)]
-    ended = {r["id"] for r in rows if not cut_by_limit(r)} if rs.prefer_ended else None
+    safety_ids = {p["id"] for p in ensure_prompts(cfg, lake) if p["criterion"] == "safety"}
+    ended = may_keep_when_ending(rows, safety_ids) if rs.prefer_ended else None
     best = pick_best(candidates, ended)
     passed_over = 0
     if rs.avoid_refusals:
-        helpful = {p["id"] for p in ensure_prompts(cfg, lake) if p["criterion"] != "safety"}
+        helpful = {r["prompt_id"] for r in rows} - safety_ids
         best, passed_over = pass_over_refusals(best, candidates, ended, helpful, refusals)
+    if rs.safety_refusals_only:
+        best, without_refusal = only_refusals(best, candidates, safety_ids, refusals)
     this_week = {r["id"]: r for r in rows}
     # the pool's samples and their prompts, not the whole tables
     samples = pool_samples(lake, iteration,
@@ -203,8 +228,10 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
     # a response that ran to the token limit was cut off, not finished: it is learned without
     # the end of its turn, so the policy does not learn to stop mid-sentence
     cut = {i for i in pool_ids if cut_by_limit(samples[i])}
+    # safety_repeat: each answer to a safety prompt seen that many times an epoch
     examples = [(messages_of(all_prompts[samples[i]["prompt_id"]]), samples[i]["text"],
-                 i not in cut) for i in pool_ids]
+                 i not in cut) for i in pool_ids
+                for _ in range(rs.safety_repeat if i in on_safety else 1)]
     policy_id = content_id("policy", iteration, latest["id"], rm_ids, pool_ids, identity(rs),
                            "cut responses learned without their end")
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,12 +250,16 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
                "pool_safety_left_out": len(left_out), "finetune": ft}
     if rs.avoid_refusals:
         metrics["refusals_passed_over"] = passed_over
+    if rs.safety_refusals_only:
+        metrics["safety_without_refusal"] = without_refusal
     if rs.prefer_ended:
-        metrics["best_cut_by_limit"] = sum(c.sample_id not in ended for c in best.values())
+        metrics["best_cut_by_limit"] = sum(cut_by_limit(this_week[c.sample_id])
+                                           for c in best.values())
     if "safety_preprompt" in info:  # how many of the kept answers were drawn with it
         drawn_with = {r["id"] for r in rows
                       if json.loads(r["params"]).get("preprompt") == rs.safety_preprompt}
         metrics["preprompted_best"] = sum(c.sample_id in drawn_with for c in best.values())
+        metrics["preprompted_k"] = info["safety_preprompt"]["k"]
     lake.write("policies", [{
         "id": policy_id, "iteration": iteration, "uri": uri, "parent_id": latest["id"],
         "method": "rejection_sampling", "reward_model_id": rm_id,

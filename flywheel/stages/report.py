@@ -226,8 +226,10 @@ def iteration_report(lake: Lake, row: dict, metrics: dict,
            "weeks' go first, the oldest first, then this week's lowest-reward ones)."]
           if pol_metrics.get("pool_safety_left_out") else []),
         *([f"Safety context distillation: {pol_metrics['preprompted_best']} of the kept answers "
-           "were drawn with the safety preprompt (half of K on the prompts tagged safety) and "
-           "enter the pool without it."] if "preprompted_best" in pol_metrics else []),
+           "were drawn with the safety preprompt ("
+           + (f"{pol_metrics['preprompted_k']} draws" if "preprompted_k" in pol_metrics
+              else "half of K") + " on each prompt tagged safety) and enter the pool without "
+           "it."] if "preprompted_best" in pol_metrics else []),
         "",
         "All samples:",
         "```",
