@@ -62,8 +62,11 @@ def _config_line(path: Path) -> str:
             f"models {c.reward_model.epochs} epoch(s) at lr {c.reward_model.learning_rate:g}"
             f"{', a prompt per batch element' if c.reward_model.group_by_prompt else ''}, "
             f"rejection sampling best of K={c.rejection_sampling.k} at T="
-            f"{c.rejection_sampling.temperature:g} (half drawn with the safety preprompt on "
-            f"harmful prompts: {bool(c.rejection_sampling.safety_preprompt)}), answers to harmful "
+            f"{c.rejection_sampling.temperature:g} (on harmful prompts "
+            f"{_harmful_draws(c.rejection_sampling)}; only "
+            f"refusals kept: {c.rejection_sampling.safety_refusals_only}, each learned "
+            f"{c.rejection_sampling.safety_repeat}x an epoch; refusals passed over on helpful "
+            f"prompts: {c.rejection_sampling.avoid_refusals}), answers to harmful "
             f"prompts at most {c.rejection_sampling.safety_share} of the fine-tuning set (None: "
             f"no cap), drawn with a system prompt distilled out: "
             f"{bool(c.rejection_sampling.preprompt)}, the best answer that ended kept where one "
@@ -75,6 +78,14 @@ def _config_line(path: Path) -> str:
             f"{bool(c.sampling.safety_preprompt)}, schedule {c.policy_update.schedule}, "
             f"sampling dtype {c.sampling.dtype} ({resolve_dtype(c.sampling.dtype)} here), "
             f"training precision {c.reward_model.precision} / {c.rejection_sampling.precision}")
+
+
+def _harmful_draws(rs) -> str:
+    """How a harmful prompt's draws are made, as rejection_sampling.scored_samples makes them."""
+    if not rs.safety_preprompt:
+        return f"{rs.k} plain draws"
+    return (f"{rs.k - rs.k // 2} plain and {rs.safety_preprompt_k or rs.k // 2} with the "
+            "safety preprompt")
 
 
 def _config_name(path: Path) -> str:
