@@ -54,15 +54,17 @@ def training_progress(key: str):
 STAGES = ("sample_for_annotation", "annotate", "train_reward_models", "policy_update",
           "evaluate")
 # Expected seconds of each stage of deployments/demo.yaml on two idle CPU cores (a Xeon with
-# AMX, bfloat16), in a first iteration and in a later one after a promotion: run B of
-# benchmarks/results/demo_stages.md (2026-12-07). Only their proportions matter once a stage
+# AMX, bfloat16), in a first iteration and in a later one after a promotion: run J of
+# benchmarks/results/demo_stages.md (2026-12-07), whose second iteration came after a rollback
+# (its policy update, refitting both weeks, took 934 s); after a promotion the update fine-tunes
+# one week's answers, as the first iteration does. Only their proportions matter once a stage
 # has finished: the estimate is scaled by what this run measured.
 DEMO_STAGE_SECONDS = {
-    "sample_for_annotation": (80.0, 50.0),
-    "annotate": (11.0, 12.0),
-    "train_reward_models": (71.0, 161.0),
-    "policy_update": (402.0, 388.0),
-    "evaluate": (147.0, 100.0),
+    "sample_for_annotation": (97.0, 65.0),
+    "annotate": (14.0, 15.0),
+    "train_reward_models": (88.0, 184.0),
+    "policy_update": (485.0, 485.0),
+    "evaluate": (185.0, 114.0),
 }
 
 POLICY_METHODS = ("rejection_sampling", "rrhf", "ppo")
