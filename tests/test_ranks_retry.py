@@ -14,7 +14,7 @@ import psutil
 from mix_lake import build
 
 from flywheel.config import validate_config
-from flywheel.distributed.launch import RankFailed
+from flywheel.distributed.launch import Job, RankFailed, failure_report
 from flywheel.lake.store import Lake
 from flywheel.reward.retrain import retrain
 
@@ -83,3 +83,43 @@ def test_a_killed_rank_fails_the_stage_and_the_retry_writes_once(tmp_path, tiny_
     assert retrain(cfg, lake, iteration=1, kinds=("helpfulness",))["helpfulness"] == again
     assert len(lake.rows("reward_models")) == 1
 
+
+
+# torchrun's summary when the killed rank's peer is reaped first: its collective broke, it wrote
+# an error file, and the agent stopped it (SIGTERM) and named it the root cause; the killed rank
+# is listed among the other failures
+AGENT_SUMMARY = """\
+torch.distributed.elastic.multiprocessing.api: Sending process 7847 closing signal SIGTERM
+============================================================
+flywheel.distributed.worker FAILED
+------------------------------------------------------------
+Failures:
+[0]:
+  time      : 2026-12-07_22:09:44
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 7848)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 7848
+------------------------------------------------------------
+Root Cause (first observed failure):
+[1]:
+  time      : 2026-12-07_22:09:43
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 7847)  (SIGTERM)
+  error_file: {error_file}
+  traceback : Traceback (most recent call last):
+    RuntimeError: Connection closed by peer
+============================================================
+"""
+
+
+def test_the_killed_rank_is_named_when_its_peer_is_named_the_root_cause(tmp_path):
+    error_file = tmp_path / "error.json"
+    error_file.write_text(json.dumps({"message": {"message": "Connection closed by peer"}}))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "agent0.log").write_text(AGENT_SUMMARY.format(error_file=error_file))
+    report = failure_report(Job(tmp_path, "reward_model", 1, 2, "127.0.0.1:1"), {0: 1})
+    assert "rank 1 (node 0, local rank 1) failed: killed by SIGKILL" in report
+    assert "Connection closed" not in report

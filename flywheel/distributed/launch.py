@@ -166,15 +166,17 @@ def wait(job: Job, procs: list[tuple[int, subprocess.Popen]], poll_s: float = 0.
 
 def failure_report(job: Job, codes: dict[int, int]) -> str:
     """The first failed rank's error and log tail, from the agents' summaries (torchrun's
-    "Root Cause" block) and the error file the failed rank wrote (worker.py's `record`)."""
+    "Failures" and "Root Cause" entries) and the error file the failed rank wrote (worker.py's
+    `record`). A rank killed by a signal can be listed under "Failures" while its peer, whose
+    collective broke and which the agent then stopped, is named the root cause."""
     causes = []
     for node, code in sorted(codes.items()):
         text = _read(job.dir / "logs" / f"agent{node}.log")
-        for block in re.split(r"Root Cause \(first observed failure\):", text)[1:]:
-            m = re.search(r"time\s*:\s*(\S+).*?rank\s*:\s*(\d+) \(local_rank: (\d+)\).*?"
-                          r"exitcode\s*:\s*(-?\d+).*?error_file:\s*(\S+)", block, re.S)
-            if m:
-                causes.append((m[1], node, int(m[2]), int(m[3]), int(m[4]), m[5]))
+        start = min((i for i in (text.find("Failures:"), text.find("Root Cause")) if i >= 0),
+                    default=len(text))
+        for m in re.finditer(r"time\s*:\s*(\S+).*?rank\s*:\s*(\d+) \(local_rank: (\d+)\).*?"
+                             r"exitcode\s*:\s*(-?\d+).*?error_file:\s*(\S+)", text[start:], re.S):
+            causes.append((m[1], node, int(m[2]), int(m[3]), int(m[4]), m[5]))
     lines = [f"{job.kind} on {job.nodes * job.ranks_per_node} rank(s) "
              f"({job.nodes} node(s) x {job.ranks_per_node}) failed; agents' exit codes "
              f"{codes}; logs in {job.dir / 'logs'}"]
