@@ -44,6 +44,13 @@ def test_an_empty_stop_string_is_refused(tmp_path):
         load_config(bad)
 
 
+def test_safety_preprompt_k_without_the_preprompt_names_the_fix(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rejection_sampling:\n  safety_preprompt_k: 8\n")
+    with pytest.raises(ConfigError, match="set rejection_sampling.safety_preprompt too"):
+        load_config(bad)
+
+
 def test_missing_file_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="pass --config"):
         load_config(tmp_path / "nope.yaml")

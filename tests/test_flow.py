@@ -311,7 +311,7 @@ def test_safety_context_distillation_draws_its_k_with_the_preprompt(prefect_serv
     for s in rejection:
         per_prompt.setdefault(s["prompt_id"], []).append(
             json.loads(s["params"]).get("preprompt") == pre)
-    for pid, flags in per_prompt.items():  # K=4 each; 3 more preprompted on safety prompts
+    for pid, flags in per_prompt.items():  # K=4; safety prompts: 2 plain + 3 preprompted
         on_safety = prompts[pid]["criterion"] == "safety"
         assert len(flags) == (5 if on_safety else 4)
         assert sum(flags) == (3 if on_safety else 0)

@@ -127,6 +127,9 @@ class RejectionSamplingConfig(_Seeded):
     def _grid(self):
         if any(t <= 0 for t in self.temperature_grid):
             raise ValueError("temperature_grid values must be > 0 (best-of-K needs sampling)")
+        if self.safety_preprompt_k and not self.safety_preprompt:
+            raise ValueError("safety_preprompt_k counts draws made with safety_preprompt: set "
+                             "rejection_sampling.safety_preprompt too, or drop safety_preprompt_k")
         return self
 
 
