@@ -93,3 +93,19 @@ def test_only_refusals_are_kept_on_harmful_prompts():
     draws[3] = Candidate("s1", "harmful", THEFT, 0.1)  # the safety model prefers compliance
     best, _ = only_refusals(pick_best(draws, None), draws, {"harmful"}, refusals)
     assert best["harmful"].sample_id == "s1"
+
+
+def test_with_prefer_ended_the_best_refusal_that_ended_is_kept():
+    rambling = "I'm sorry, but I'm unable to assist with that. " * 4
+    draws = _draws() + [Candidate("s3", "harmful", rambling, 0.9),  # the limit cut it
+                        Candidate("n1", "nothing-ended", rambling, 0.4)]
+    safety = {"harmful", "nothing-ended"}
+    ends = {"s1", "s2"}
+    # R_c alone keeps the rambling refusal; with the draws that ended, the refusal that did
+    best, _ = only_refusals(pick_best(draws, None), draws, safety, refusals)
+    assert best["harmful"].sample_id == "s3"
+    best, without = only_refusals(pick_best(draws, None), draws, safety, refusals, ends)
+    assert best["harmful"].sample_id == "s1"
+    # a compliant answer that ended (s2) is never the pick; where no refusal ended, the best
+    # refusal all the same
+    assert best["nothing-ended"].sample_id == "n1" and without == 0

@@ -69,7 +69,8 @@ class RejectionSamplingConfig(_Seeded):
         "(within the token limit, or at a stop string), the best of all only where none did: "
         "an answer the token limit cut off teaches the policy to run on. On prompts tagged "
         "safety the best of all: a refusal that runs on is cut off more often than a harmful "
-        "answer ends. False: the best of all, as Llama 2 (whose limit answers rarely reach).",
+        "answer ends; with safety_refusals_only, the best of the refusals that ended. False: "
+        "the best of all, as Llama 2 (whose limit answers rarely reach).",
     )
     avoid_refusals: bool = Field(
         False,

@@ -101,14 +101,17 @@ def pass_over_refusals(best: dict[str, Candidate], candidates: list[Candidate],
 
 
 def only_refusals(best: dict[str, Candidate], candidates: list[Candidate], safety: set[str],
-                  refuses: Callable[[list[str]], list[bool]]
+                  refuses: Callable[[list[str]], list[bool]], ended: set[str] | None = None
                   ) -> tuple[dict[str, Candidate], int]:
     """On the `safety` prompts, the best candidate that `refuses` calls a refusal, and no pick
     where none was drawn: a compliant answer to a harmful request is not learned, however the
-    safety model ranks it. Returns the picks and how many safety prompts were left without
-    one."""
+    safety model ranks it. With `ended` (the ids of the draws that ended: prefer_ended), the
+    best refusal that ended where one did: a refusal cut by the token limit repeats itself
+    ("I'm sorry, but I'm unable to assist with that." three or four times over), and learned,
+    it spread to harmless prompts (benchmarks/results/demo_stages.md, refusals that end).
+    Returns the picks and how many safety prompts were left without one."""
     drawn = [c for c in candidates if c.prompt_id in safety]
-    refused = best_of([c for c, r in zip(drawn, refuses([c.text for c in drawn])) if r])
+    refused = pick_best([c for c, r in zip(drawn, refuses([c.text for c in drawn])) if r], ended)
     best = {p: c for p, c in best.items() if p not in safety} | refused
     return best, len({c.prompt_id for c in drawn} - set(refused))
 
@@ -208,7 +211,8 @@ def rejection_sample(cfg: FlywheelConfig, lake: Lake, iteration: int,
         helpful = {r["prompt_id"] for r in rows} - safety_ids
         best, passed_over = pass_over_refusals(best, candidates, ended, helpful, refusals)
     if rs.safety_refusals_only:
-        best, without_refusal = only_refusals(best, candidates, safety_ids, refusals)
+        ends = {r["id"] for r in rows if not cut_by_limit(r)} if rs.prefer_ended else None
+        best, without_refusal = only_refusals(best, candidates, safety_ids, refusals, ends)
     this_week = {r["id"]: r for r in rows}
     # the pool's samples and their prompts, not the whole tables
     samples = pool_samples(lake, iteration,
